@@ -1,0 +1,53 @@
+"""The ``itcp-deploy`` command line: a thin typer shell over the Python API.
+
+Each stage's commands live in their own module (``cli/foundation.py``, ``cli/pruning.py``, ...) and import
+heavy packages inside the command bodies, so ``itcp-deploy --help`` works on a CPU box without extras.
+User mistakes (:class:`~itcp_deploy.errors.ItcpError`) print one line and exit non-zero; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from itcp_deploy.cli.app import app
+from itcp_deploy.cli import foundation, pipeline, profiling, pruning, search  # noqa: F401  (registers commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code instead of raising ``SystemExit``."""
+    from itcp_deploy.errors import ItcpError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ITCP_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="itcp-deploy", standalone_mode=False)
+    except ItcpError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            return 130
+        if isinstance(exc, click.ClickException):
+            if debug:
+                raise
+            print(f"error: {exc.format_message()}. Fix: see `itcp-deploy COMMAND --help`", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

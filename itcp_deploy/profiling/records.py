@@ -1,0 +1,107 @@
+"""Profile records as plain data: what ``profile-engines`` writes and ``fit`` reads.
+
+No torch or backend imports: ``perfmodel/`` reads these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from itcp_deploy.atomic_io import read_json, write_json
+from itcp_deploy.errors import InputFileError
+from itcp_deploy.space import PruningSpace
+
+PROFILE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of repeated timed runs of one engine, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    mean_ms: float
+    std_ms: float
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        a = np.asarray(samples_ms, dtype=float)
+        if a.size == 0:
+            raise ValueError("no timing samples")
+        return cls(median_ms=float(np.median(a)), p90_ms=float(np.percentile(a, 90)),
+                   p99_ms=float(np.percentile(a, 99)), min_ms=float(a.min()), mean_ms=float(a.mean()),
+                   std_ms=float(a.std()), n=int(a.size))
+
+    def percentile_ms(self, percentile: int) -> float:
+        return {50: self.median_ms, 90: self.p90_ms, 99: self.p99_ms}[percentile]
+
+
+@dataclass(frozen=True)
+class EngineMeasurement:
+    """One built whole-network engine at one width plan, measured.
+
+    ``role``: ``design`` (used to fit the model), ``holdout`` (random plans, only for validating it) or
+    ``dense``. ``layer_ms``: per-layer time of each Conv/Linear layer (by module name) in this engine,
+    in context (ORT session profiling, TensorRT IProfiler) or from isolated-layer engines, per
+    ``layer_source``. ``round_medians_ms``: the median of each interleaved measurement round, whose spread is
+    the noise floor.
+    """
+
+    engine_id: str
+    widths: dict[str, int]
+    role: str
+    latency: LatencyStats
+    layer_ms: dict[str, float] = field(default_factory=dict)
+    other_ms: float = 0.0
+    round_medians_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    """Everything measured for one model on one backend/device/precision/input shape."""
+
+    model: str
+    input_shape: tuple[int, int, int, int]
+    backend: str
+    backend_version: str
+    precision: str
+    device: str
+    space: PruningSpace
+    engines: list[EngineMeasurement]
+    layer_source: str = "in-context"  # or "isolated"
+    builds: int = 0
+    wall_s: float = 0.0
+    noise_pct: float = float("nan")  # mean relative spread of repeated rounds of one engine
+    schema: int = PROFILE_SCHEMA
+
+    def by_role(self, role: str) -> list[EngineMeasurement]:
+        return [e for e in self.engines if e.role == role]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["space"] = self.space.to_dict()
+        return d
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        d = read_json(path, "profile")
+        if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA:
+            raise InputFileError(f"{path} is not a profile of schema {PROFILE_SCHEMA}",
+                                 "regenerate it with `itcp-deploy profile-engines`")
+        try:
+            engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"])}) for e in d["engines"]]
+            return cls(**{**d, "input_shape": tuple(d["input_shape"]), "engines": engines,
+                          "space": PruningSpace.from_dict(d["space"])})
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputFileError(f"profile {path} has malformed fields ({err})",
+                                 "regenerate it with `itcp-deploy profile-engines`") from err
