@@ -12,7 +12,7 @@ import os
 import sys
 
 from itcp_deploy.cli.app import app
-from itcp_deploy.cli import foundation, pipeline, profiling, pruning, search  # noqa: F401  (registers commands)
+from itcp_deploy.cli import models, pipeline, profiling, pruning, search, train  # noqa: F401  (registers commands)
 
 
 def main(argv: list[str] | None = None) -> int:

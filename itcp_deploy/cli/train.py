@@ -1,4 +1,4 @@
-"""CLI commands of the foundation stage."""
+"""CLI commands of the training stage (train, finetune, evaluate)."""
 
 from __future__ import annotations
 
