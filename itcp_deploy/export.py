@@ -1,0 +1,233 @@
+"""ONNX export with BatchNorm folded in torch, checked by ``onnx.checker`` and ONNX Runtime parity.
+
+Exported with the TorchScript-based exporter (``dynamo=False``): it names every node after the torch module
+scope that produced it (``/layer1/layer1.0/conv1/Conv``), so per-node engine profiles map back to layers
+(:func:`onnx_node_to_module`). BatchNorm is folded into the preceding conv *in torch*, keeping the conv's
+module name; the BN module becomes ``nn.Identity``. Shapes are static (the batch size is the one exported).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.errors import ItcpError
+
+DEFAULT_OPSET = 17
+PARITY_RTOL = 1e-4
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+_WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+_FOLDABLE_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FOLDABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the ONNX file went and how closely ONNX Runtime matched PyTorch (max error / max |output|)."""
+
+    path: Path
+    input_shape: tuple[int, ...]
+    max_rel_err: float
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where the BN's only input is the conv and each is called exactly once."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # untraceable user model: the ONNX exporter still fuses Conv+BN itself
+        return []
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    counts: dict[str, int] = {}
+    for node in calls:
+        counts[node.target] = counts.get(node.target, 0) + 1
+    pairs = []
+    for node in calls:
+        source = node.args[0] if node.args else None
+        if (type(model.get_submodule(node.target)) in _FOLDABLE_NORMS
+                and isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and type(model.get_submodule(source.target)) in _FOLDABLE_CONVS
+                and len(source.users) == 1 and counts[source.target] == 1 and counts[node.target] == 1):
+            pairs.append((str(source.target), str(node.target)))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm into the conv that feeds it (in place; the model must be in eval mode).
+
+    Returns:
+        ``model``, whose folded BN modules are now ``nn.Identity`` and whose convs carry a bias.
+    """
+    for conv_name, bn_name in _conv_bn_pairs(model):
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight.copy_(conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        conv.bias = nn.Parameter(bias * scale + shift)
+        parent_name, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, nn.Identity())
+    return model
+
+
+def _flat_outputs(output: object) -> list[np.ndarray]:
+    if isinstance(output, torch.Tensor):
+        return [output.detach().numpy()]
+    if isinstance(output, (tuple, list)):
+        return [a for item in output for a in _flat_outputs(item)]
+    if isinstance(output, dict):
+        return [a for item in output.values() for a in _flat_outputs(item)]
+    raise ItcpError(f"model returns a {type(output).__name__}, which ONNX cannot hold",
+                    "return a tensor (or a tuple of tensors) from forward()")
+
+
+def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, trials: int = 2,
+                seed: int = 0) -> float:
+    """ONNX Runtime (CPU) vs PyTorch on random inputs; returns max |diff| / max |torch output|.
+
+    Raises:
+        ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-4) on any trial.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    reference = copy.deepcopy(model).cpu().float().eval()
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for _ in range(trials):
+        x = torch.randn(input_shape, generator=generator)
+        with torch.no_grad():
+            expected = _flat_outputs(reference(x))
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        for want, have in zip(expected, got, strict=True):
+            scale = max(float(np.abs(want).max()), 1e-12)
+            worst = max(worst, float(np.abs(want - have).max()) / scale)
+    if not worst <= PARITY_RTOL:
+        raise ItcpError(f"ONNX Runtime output differs from PyTorch (relative error {worst:.2e} > "
+                        f"{PARITY_RTOL:.0e}) for {path}", "report the model; try another --opset")
+    return worst
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated upstream, still works
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
+        except Exception as err:  # unsupported operators and the like; the message says which
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+            raise ItcpError(f"ONNX export failed: {first_line}",
+                            "replace the unsupported operation or try another --opset") from err
+
+
+def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int,
+                    verify: bool) -> float | None:
+    """Export a folded deep copy to a temp file, check it, then move it onto ``path``; returns the error."""
+    import onnx
+
+    original = copy.deepcopy(model).cpu().float().eval()
+    folded = fold_batchnorm(copy.deepcopy(original))
+    example = torch.randn(tuple(input_shape))
+    max_rel_err = None
+    with atomic_path(path) as tmp:
+        _torch_export(folded, example, tmp, opset)
+        if verify:
+            try:
+                onnx.checker.check_model(str(tmp))
+            except onnx.checker.ValidationError as err:
+                raise ItcpError(f"exported ONNX model is invalid: {str(err).splitlines()[0]}",
+                                "try another --opset") from err
+            max_rel_err = verify_onnx(original, tmp, tuple(input_shape))
+    return max_rel_err
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
+                opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
+    """Export ``model`` to ONNX at ``path`` (atomically): eval mode, BN folded, static ``input_shape``.
+
+    The caller's model is not changed (a deep copy is exported). Input and output are named ``input`` and
+    ``output``. A file that fails verification is never put in place.
+
+    Args:
+        model: any ``nn.Module`` taking one NCHW tensor.
+        input_shape: (N, C, H, W) of the exported input.
+        path: where the ``.onnx`` file goes.
+        opset: ONNX opset. Defaults to 17.
+        verify: run ``onnx.checker`` and the ONNX Runtime parity check (:func:`verify_onnx`).
+
+    Raises:
+        ItcpError: export fails, or the checker or parity check rejects the result.
+    """
+    _export_checked(model, input_shape, path, opset, verify)
+    return Path(path)
+
+
+def export_model(spec: str, input_shape: tuple[int, ...], path: str | Path, *, num_classes: int | None = None,
+                 weights: str | Path | None = None, trust_code: bool = False,
+                 opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Build a model from a spec (:func:`itcp_deploy.models.create_model`) and export it, verified."""
+    from itcp_deploy.models import create_model
+
+    model = create_model(spec, num_classes=num_classes, weights=weights, trust_code=trust_code)
+    max_rel_err = _export_checked(model, input_shape, path, opset, verify=True)
+    return ExportResult(path=Path(path), input_shape=tuple(input_shape),
+                        max_rel_err=float(max_rel_err or 0.0))
+
+
+def _scope_to_module(node_name: str) -> str | None:
+    """``/features/features.1/conv/conv.0/conv.0.0/Conv`` -> ``features.1.conv.0.0``.
+
+    Each scope segment is a child's attribute name, except that children of containers appear as
+    ``<container segment>.<index>``; attribute names never contain dots, so this is unambiguous.
+    """
+    segments = [s for s in node_name.split("/")[:-1] if s]
+    if not segments:
+        return None
+    name, previous = "", ""
+    for segment in segments:
+        if previous and segment.startswith(previous + "."):
+            name += segment[len(previous):]
+        else:
+            name = f"{name}.{segment}" if name else segment
+        previous = segment
+    return name
+
+
+def onnx_node_to_module(onnx_model: str | Path | object) -> dict[str, str]:
+    """Map each Conv/Gemm/MatMul node name of an exported model to its torch module name.
+
+    Args:
+        onnx_model: path to an ``.onnx`` file or a loaded ``onnx.ModelProto``.
+
+    Returns:
+        ``{"/layer1/layer1.0/conv1/Conv": "layer1.0.conv1", ...}``. Nodes outside any module (a
+        functional call in the top-level ``forward``) are left out.
+    """
+    import onnx
+
+    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model),
+                                                                                 load_external_data=False)
+    mapping = {}
+    for node in proto.graph.node:
+        if node.op_type in _WEIGHTED_OPS:
+            module = _scope_to_module(node.name)
+            if module:
+                mapping[node.name] = module
+    return mapping

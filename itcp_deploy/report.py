@@ -1,0 +1,159 @@
+"""The run report: ``report.json`` for machines, ``report.md`` for people, and its three plots.
+
+Plain data in, files out; ``pipeline.py`` fills :class:`RunReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from itcp_deploy.atomic_io import atomic_path, write_json, write_text
+
+
+@dataclass
+class RunReport:
+    """What ``itcp-deploy run`` promises in ``report.json``."""
+
+    model: str
+    backend: str
+    precision: str
+    device: str
+    sla_ms: float
+    percentile: int
+    dense_latency_ms: float
+    predicted_latency_ms: float
+    final_latency_ms: dict[str, float]  # median_ms, p90_ms, p99_ms
+    final_over_dense: float
+    met_sla: bool
+    accuracy_dense: float | None
+    accuracy_pruned_bn: float | None
+    accuracy_final: float | None
+    macs_dense: int
+    macs_final: int
+    params_dense: int
+    params_final: int
+    rounds: list[dict]
+    widths: dict[str, int]
+    full_widths: dict[str, int]
+    criterion: str
+    method: str
+    epochs: int
+    perf_model_error: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    def save(self, out_dir: Path) -> None:
+        write_json(out_dir / "report.json", asdict(self))
+        write_text(out_dir / "report.md", self.markdown())
+
+    def markdown(self) -> str:
+        f = self.final_latency_ms
+        acc = (lambda a: "n/a" if a is None else f"{a:.2f}%")  # noqa: E731
+        lines = [
+            f"# itcp-deploy run: {self.model}",
+            "",
+            f"Backend `{self.backend}` ({self.precision}) on {self.device}; "
+            f"SLA {self.sla_ms:.4f} ms at p{self.percentile}; "
+            f"criterion `{self.criterion}`, method `{self.method}`, {self.epochs} finetuning epoch(s).",
+            "",
+            "| | dense | pruned |",
+            "|---|---|---|",
+            f"| latency median (ms) | {self.dense_latency_ms:.4f} | {f['median_ms']:.4f} "
+            f"(p90 {f['p90_ms']:.4f}, p99 {f['p99_ms']:.4f}) |",
+            f"| predicted (ms) | | {self.predicted_latency_ms:.4f} |",
+            f"| accuracy | {acc(self.accuracy_dense)} | {acc(self.accuracy_final)} "
+            f"(after pruning + BN re-estimation, before finetuning: {acc(self.accuracy_pruned_bn)}) |",
+            f"| MACs | {self.macs_dense:,} | {self.macs_final:,} |",
+            f"| parameters | {self.params_dense:,} | {self.params_final:,} |",
+            "",
+            f"**SLA {'met' if self.met_sla else 'MISSED'}**: measured/SLA = "
+            f"{f['median_ms' if self.percentile == 50 else f'p{self.percentile}_ms'] / self.sla_ms:.3f}, "
+            f"pruned/dense latency = {self.final_over_dense:.3f} (measured interleaved).",
+            "",
+            "## Closed loop rounds",
+            "",
+            "| round | budget (ms) | predicted (ms) | measured (ms) | measured/predicted |",
+            "|---|---|---|---|---|",
+        ]
+        for r in self.rounds:
+            lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {r['predicted_ms']:.4f} "
+                         f"| {r['measured_ms']:.4f} | {r['measured_ms'] / r['predicted_ms']:.3f} |")
+        if self.perf_model_error:
+            lines += ["", "## Performance model", "",
+                      "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in self.perf_model_error.items()]
+        lines += ["", "## Widths", "", "| group | kept | full |", "|---|---|---|"]
+        lines += [f"| {g} | {self.widths[g]} | {self.full_widths[g]} |" for g in self.widths]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        lines += ["", "Plots: `latency_pred_vs_measured.png`, `pareto.png`, `widths.png`.", ""]
+        return "\n".join(lines)
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+
+
+def plot_pred_vs_measured(predicted_ms: Sequence[float], measured_ms: Sequence[float], path: Path,
+                          title: str = "held-out engines") -> None:
+    """Predicted against measured latency of the profile's held-out engines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(measured_ms, predicted_ms, s=14)
+    lo, hi = min(min(measured_ms), min(predicted_ms)), max(max(measured_ms), max(predicted_ms))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title)
+    ax.legend()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_front(front: Sequence[tuple[float, float]], chosen: tuple[float, float], sla_ms: float, path: Path,
+               others: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
+    """The Pareto front (predicted latency, score) with the chosen point and the SLA line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs, ys = zip(*front, strict=True) if front else ((), ())
+    ax.step(xs, ys, where="post", label="ITCP front")
+    for name, pts in (others or {}).items():
+        if pts:
+            ox, oy = zip(*pts, strict=True)
+            ax.plot(ox, oy, ".-", label=name, alpha=0.7)
+    ax.scatter([chosen[0]], [chosen[1]], color="red", zorder=5, label="chosen plan")
+    ax.axvline(sla_ms, color="gray", ls="--", label="SLA")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("score (higher = better)")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_widths(widths: Mapping[str, int], full_widths: Mapping[str, int], path: Path) -> None:
+    """Kept width per group next to its full width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(widths)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 4))
+    ax.bar(range(len(names)), [full_widths[n] for n in names], color="lightgray", label="full")
+    ax.bar(range(len(names)), [widths[n] for n in names], color="tab:blue", label="kept")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.legend()
+    _save_figure(fig, path)
+    plt.close(fig)

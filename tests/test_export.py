@@ -1,0 +1,141 @@
+"""ONNX export: BN folding, ONNX Runtime parity for every zoo family, node-to-module names, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from itcp_deploy import export as export_module
+from itcp_deploy.errors import ItcpError
+from itcp_deploy.export import export_model, export_onnx, fold_batchnorm, onnx_node_to_module
+from itcp_deploy.models import create_model
+from tests.conftest import run_cli
+
+CASES = [
+    ("cifar_resnet20", (1, 3, 32, 32)),
+    ("cifar_resnet56", (1, 3, 32, 32)),
+    ("cifar_vgg16_bn", (1, 3, 32, 32)),
+    ("torchvision:resnet18", (1, 3, 64, 64)),
+    ("torchvision:resnet50", (1, 3, 64, 64)),
+    ("torchvision:mobilenet_v2", (1, 3, 64, 64)),
+    ("torchvision:mobilenet_v3_small", (1, 3, 64, 64)),
+]
+EXPECTED_NODES = {
+    "cifar_resnet20": {"/layer1/layer1.0/conv1/Conv": "layer1.0.conv1",
+                       "/layer2/layer2.0/shortcut/Conv": "layer2.0.shortcut", "/linear/Gemm": "linear"},
+    "cifar_vgg16_bn": {"/features/features.0/Conv": "features.0", "/classifier/Gemm": "classifier"},
+    "torchvision:mobilenet_v2": {"/features/features.1/conv/conv.0/conv.0.0/Conv": "features.1.conv.0.0",
+                                 "/classifier/classifier.1/Gemm": "classifier.1"},
+    "torchvision:resnet50": {"/layer1/layer1.0/downsample/downsample.0/Conv": "layer1.0.downsample.0"},
+}
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, so a wrong fold shows up in the outputs."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("spec, shape", CASES)
+def test_export_parity_and_node_names(tmp_path, spec, shape):
+    result = export_model(spec, shape, tmp_path / "m.onnx")
+    assert result.max_rel_err <= 1e-4
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto)
+    assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    weighted = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    mapping = onnx_node_to_module(result.path)
+    modules = dict(create_model(spec).named_modules())
+    assert sorted(mapping) == sorted(weighted)
+    assert all(isinstance(modules[name], (nn.Conv2d, nn.Linear)) for name in mapping.values())
+    assert len(set(mapping.values())) == len(mapping)
+    for node, module in EXPECTED_NODES.get(spec, {}).items():
+        assert mapping[node] == module
+
+
+@pytest.mark.parametrize("spec", ["cifar_resnet20", "cifar_vgg16_bn", "torchvision:mobilenet_v3_small"])
+def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(spec):
+    model = _randomize_bn(create_model(spec)).eval()
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, got = model(x), folded(x)
+    assert (want - got).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_export_leaves_callers_model_alone(tmp_path):
+    model = create_model("cifar_resnet20").train()
+    path = export_onnx(model, (2, 3, 32, 32), tmp_path / "r.onnx")
+    assert model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 32, 32]
+
+
+@pytest.mark.slow
+def test_published_weights_export_with_parity(tmp_path, shared_dir):
+    weights = shared_dir / "weights" / "cifar10-resnet" / "resnet20-12fca82f.th"
+    result = export_model("cifar_resnet20", (1, 3, 32, 32), tmp_path / "r20.onnx", weights=str(weights))
+    assert result.max_rel_err <= 1e-4
+
+
+def test_parity_failure_raises_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "PARITY_RTOL", -1.0)
+    target = tmp_path / "bad.onnx"
+    with pytest.raises(ItcpError, match="differs from PyTorch"):
+        export_onnx(create_model("cifar_resnet20"), (1, 3, 32, 32), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_json(tmp_path):
+    out = tmp_path / "vgg.onnx"
+    code, stdout, _ = run_cli("export", "cifar_resnet20", "--input-shape", "1x3x32x32", "--out", str(out),
+                              "--num-classes", "4", "--json")
+    assert code == 0
+    assert '"max_rel_err"' in stdout and out.exists()
+    assert onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim[1].dim_value == 4
+
+
+def test_cli_models_lists_zoo():
+    code, stdout, _ = run_cli("models", "--json")
+    assert code == 0 and '"cifar_resnet56"' in stdout and '"cifar_vgg16_bn"' in stdout
+
+
+def _bad_inputs(tmp_path) -> dict[str, list[str]]:
+    listing = tmp_path / "list.pkl"
+    with open(listing, "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    torch.save(create_model("cifar_resnet20"), tmp_path / "whole.pt")
+    out = str(tmp_path / "o.onnx")
+    shape = ["--input-shape", "1x3x32x32", "--out", out]
+    return {
+        "missing weights": ["export", "cifar_resnet20", *shape, "--weights", str(tmp_path / "nope.pt")],
+        "missing model file": ["export", str(tmp_path / "nope.pt"), *shape],
+        "non-model pickle": ["export", str(listing), *shape, "--trust-code"],
+        "untrusted pickle": ["export", str(tmp_path / "whole.pt"), *shape],
+        "unknown name": ["export", "cifar_resnet21", *shape],
+        "unknown torchvision": ["export", "torchvision:resnet19", *shape],
+        "malformed shape": ["export", "cifar_resnet20", "--input-shape", "1x3x32", "--out", out],
+        "bad num classes": ["export", "cifar_resnet20", *shape, "--num-classes", "0"],
+    }
+
+
+@pytest.mark.parametrize("case", ["missing weights", "missing model file", "non-model pickle",
+                                  "untrusted pickle", "unknown name", "unknown torchvision",
+                                  "malformed shape", "bad num classes"])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, case):
+    code, stdout, stderr = run_cli(*_bad_inputs(tmp_path)[case])
+    assert code == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "o.onnx").exists()
