@@ -3,12 +3,13 @@ input and output width.
 
 This is what every later stage consumes: the profiler draws width plans from it, the performance model keys
 its per-layer tables on it, and the DP searches over it. It holds no torch objects, so ``perfmodel/`` and
-``search/`` can import it. :mod:`itcp_deploy.pruning.space_builder` builds it from a model with Torch-Pruning's
-dependency graph.
+``search/`` can import it. :mod:`itcp_deploy.pruning.space_builder` builds it from a model with
+Torch-Pruning's dependency graph.
 
 Example (CIFAR ResNet-20, abridged)::
 
-    groups:  input (3, fixed) | layer1.0.conv1 (16: 4,8,12,16) | conv1 (stage 1, 16) | ... | output (10, fixed)
+    groups:  input (3, fixed) | layer1.0.conv1 (16: 4,8,12,16) | conv1 (stage 1, 16) | ...
+             output (10, fixed)
     layers:  conv1            in=input           out=conv1
              layer1.0.conv1   in=conv1           out=layer1.0.conv1
              layer1.0.conv2   in=layer1.0.conv1  out=conv1          (residual add ties it to the stage group)
@@ -142,15 +143,16 @@ class PruningSpace:
     def macs(self, widths: Mapping[str, int]) -> int:
         """Conv/Linear MACs of a width plan (what the ``flops`` baseline budgets)."""
         w = self.complete(widths)
-        return sum(layer.macs(w[layer.in_group], w[layer.out_group]) for layer in self.layers)
+        return sum(layer.macs(sum(w[g] for g in layer.in_group.split("+")), w[layer.out_group])
+                   for layer in self.layers)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PruningSpace:
-        groups = tuple(ChannelGroup(**{**g, "candidates": tuple(g["candidates"]),
-                                       "layers_out": tuple(g["layers_out"]), "layers_in": tuple(g["layers_in"])})
+        tuples = ("candidates", "layers_out", "layers_in")
+        groups = tuple(ChannelGroup(**{k: (tuple(v) if k in tuples else v) for k, v in g.items()})
                        for g in d["groups"])
         pairs = ("kernel", "stride", "padding", "in_hw", "out_hw")
         layers = tuple(LayerSpec(**{k: (tuple(v) if k in pairs else v) for k, v in layer.items()})

@@ -1,0 +1,38 @@
+"""Pruning: channel groups (Torch-Pruning dependency graph), channel importance, group scores, applying a
+width plan, MACs, and saving/loading pruned models as data.
+
+Attributes load lazily so importing :mod:`itcp_deploy.pruning` does not import torch:
+
+- :func:`build_space` (``space_builder``), :func:`build_space_from_spec`
+- :func:`apply_widths`, :func:`channel_importance` (``apply``); registry ``IMPORTANCE`` (``importance``)
+- :func:`group_scores`, :class:`ScoreSettings`; registry ``SCORES`` (``scores``, ``sensitivity``)
+- :func:`count_macs_params` (``counting``)
+- :func:`save_pruned`, :func:`load_pruned` (``persist``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_space": "space_builder",
+    "build_space_from_spec": "space_builder",
+    "apply_widths": "apply",
+    "channel_importance": "apply",
+    "IMPORTANCE": "importance",
+    "group_scores": "scores",
+    "ScoreSettings": "scores",
+    "SCORES": "scores",
+    "count_macs_params": "counting",
+    "save_pruned": "persist",
+    "load_pruned": "persist",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

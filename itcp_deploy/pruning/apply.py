@@ -1,0 +1,137 @@
+"""Apply a width plan: a physically smaller deep copy of the model, pruned with Torch-Pruning.
+
+One dependency graph is traced per call (on the copy); channel importance is computed on the unpruned copy for
+every group that shrinks, then each group is pruned by index, so the result does not depend on group order.
+Groups touching a grouped (non-depthwise) conv keep the same positions inside each conv group, so the conv
+stays valid. The original model is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch_pruning as tp
+from torch import nn
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.pruning.importance import IMPORTANCE, Batch, accumulate_gradients, group_importance
+from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
+from itcp_deploy.space import ChannelGroup, PruningSpace
+
+DEFAULT_GRADIENT_BATCHES = 4
+
+
+def conv_multiple(model: nn.Module, group: ChannelGroup) -> int:
+    """Channel-count multiple a group must keep: the lcm of ``groups`` of grouped, non-depthwise convs."""
+    multiple = 1
+    for name in set(group.layers_in) | set(group.layers_out):
+        m = model.get_submodule(name)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (m.groups == m.in_channels
+                                                                              == m.out_channels):
+            multiple = math.lcm(multiple, m.groups)
+    return multiple
+
+
+def keep_indices(importance: np.ndarray, width: int, multiple_of: int = 1) -> np.ndarray:
+    """Sorted indices of the ``width`` most important channels (ties: lower index first).
+
+    With ``multiple_of`` > 1 the channels split into that many equal blocks and the same positions are kept in
+    every block, ranked by importance summed over blocks.
+    """
+    imp = np.asarray(importance, dtype=np.float64)
+    if multiple_of > 1:
+        position = imp.reshape(multiple_of, -1).sum(0)
+        keep = np.sort(np.argsort(-position, kind="stable")[: width // multiple_of])
+        block = imp.size // multiple_of
+        return np.sort((np.arange(multiple_of)[:, None] * block + keep[None, :]).ravel())
+    return np.sort(np.argsort(-imp, kind="stable")[:width])
+
+
+def _importances(graph: tp.DependencyGraph, model: nn.Module, groups: list[ChannelGroup], criterion: str,
+                 loader: Iterable[Batch] | None, num_batches: int = DEFAULT_GRADIENT_BATCHES
+                 ) -> dict[str, np.ndarray]:
+    if IMPORTANCE.get(criterion).needs_gradients:
+        if loader is None:
+            raise UsageError(f"the {criterion!r} importance needs data for gradients",
+                             "pass a loader (--data) or use importance 'l1'")
+        accumulate_gradients(model, loader, num_batches)
+    return {g.name: group_importance(graph, model, g.name, g.full_width, criterion) for g in groups}
+
+
+def channel_importance(model: nn.Module, space: PruningSpace, importance: str = "l1", *,
+                       loader: Iterable[Batch] | None = None,
+                       num_batches: int = DEFAULT_GRADIENT_BATCHES) -> dict[str, np.ndarray]:
+    """Per-channel importance of every prunable group (see :mod:`itcp_deploy.pruning.importance`).
+
+    Args:
+        model: The unpruned network (left untouched; gradients are taken on a copy).
+        space: Its pruning space.
+        importance: A name in ``IMPORTANCE``. Defaults to ``l1``.
+        loader: ``(images, labels)`` batches; needed by ``taylor``.
+        num_batches: How many batches of ``loader`` the gradients average over. Defaults to 4.
+
+    Returns:
+        Group name -> float64 vector of length ``full_width``, indexed like the root layer's output channels.
+    """
+    IMPORTANCE.get(importance)
+    work = copy.deepcopy(model)
+    graph = trace(work, space.input_shape, space.model)
+    return _importances(graph, work, list(space.prunable), importance, loader, num_batches)
+
+
+def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int], *,
+                 importance: str | Mapping[str, np.ndarray] = "l1",
+                 loader: Iterable[Batch] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with each group cut to its planned width, keeping the most important channels.
+
+    Args:
+        model: The unpruned network the space was built from (left untouched).
+        space: Its pruning space.
+        widths: Group name -> kept width (a candidate); missing groups stay at full width.
+        importance: A criterion name in ``IMPORTANCE``, or precomputed vectors from :func:`channel_importance`
+            (fast path when many plans are applied to one model). Defaults to ``l1``.
+        loader: ``(images, labels)`` batches for gradient-based criteria (``taylor``).
+
+    Returns:
+        The pruned copy, in the same train/eval mode, with every parameter's ``requires_grad`` as before.
+
+    Raises:
+        UsageError: Unknown group, or a width that is not one of the group's candidates.
+        UnknownNameError: Unknown importance criterion.
+    """
+    plan = space.complete(widths)
+    targets = [g for g in space.prunable if plan[g.name] < g.full_width]
+    if isinstance(importance, str):
+        IMPORTANCE.get(importance)
+    pruned = copy.deepcopy(model)
+    if not targets:
+        return pruned
+    flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
+    graph = trace(pruned, space.input_shape, space.model)
+    scores = (_importances(graph, pruned, targets, importance, loader) if isinstance(importance, str)
+              else importance)
+    for g in targets:
+        imp = scores.get(g.name)
+        if imp is None or len(imp) != g.full_width:
+            raise UsageError(f"no importance vector of length {g.full_width} for group {g.name!r}",
+                             "compute it with channel_importance(model, space)")
+        keep = set(keep_indices(imp, plan[g.name], conv_multiple(model, g)).tolist())
+        drop = [i for i in range(g.full_width) if i not in keep]
+        root_group(graph, pruned, g.name, drop).prune(record_history=False)
+    restore_requires_grad(pruned, flags)
+    for p in pruned.parameters():
+        p.grad = None
+    return pruned
+
+
+def pruned_layer_widths(model: nn.Module, space: PruningSpace) -> dict[str, tuple[int, int]]:
+    """Actual ``(in_channels, out_channels)`` of every layer of the space in ``model`` (for checks)."""
+    out = {}
+    for layer in space.layers:
+        m = model.get_submodule(layer.name)
+        out[layer.name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                           else (m.in_channels, m.out_channels))
+    return out

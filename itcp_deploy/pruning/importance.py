@@ -1,0 +1,125 @@
+"""Channel importance: which channels of a group to keep (registry ``IMPORTANCE``).
+
+Every criterion returns one non-negative value per channel of a group, indexed like the output channels of
+the group's root layer (the layer the group is named after), summed over every coupled parameter of the group
+(producers' output filters, BatchNorm, consumers' input slices), so it ranks channels of the same group.
+
+- ``l1`` / ``l2``: group L1 / squared-L2 norm of the coupled weights (TP ``GroupMagnitudeImportance``). Free.
+- ``bn_scale``: summed |gamma| of the group's BatchNorms (TP ``BNScaleImportance``); falls back to ``l1`` for
+  groups without BatchNorm. Free.
+- ``taylor``: first-order Taylor estimate of the loss change from removing the channel,
+  ``sum over coupled parameter tensors of |sum over the channel's slice of w * dL/dw|``, with gradients of the
+  mean cross-entropy summed over ``num_batches`` batches of ``loader`` in eval mode (BN statistics fixed, as
+  deployed), divided by ``num_batches``. In loss units, so comparable across groups. Costs ``num_batches``
+  forward+backward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A channel-importance criterion: ``fn(tp_group, width)`` -> per-channel numpy vector."""
+
+    fn: Callable[[tp.dependency.Group, int], np.ndarray | None]
+    needs_gradients: bool = False
+
+
+IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
+
+
+def _tp(criterion: tp.importance.Importance) -> Callable[[tp.dependency.Group, int], np.ndarray | None]:
+    def fn(group: tp.dependency.Group, width: int) -> np.ndarray | None:
+        imp = criterion(group)
+        return None if imp is None else imp.detach().double().cpu().numpy()
+    return fn
+
+
+def _slice_taylor(w: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per channel along ``dim``: sum of w * grad over the rest of the tensor."""
+    return (w * g).transpose(0, dim).flatten(1).sum(1) if w.dim() > 1 else w * g
+
+
+def _taylor(group: tp.dependency.Group, width: int) -> np.ndarray:
+    total = torch.zeros(width, dtype=torch.float64)
+    for item in group:
+        layer, fn, idxs, roots = item.dep.target.module, item.dep.handler, item.idxs, item.root_idxs
+        if not isinstance(layer, nn.Module) or any(r is None for r in roots):
+            continue
+        out_side = fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
+                          tp.prune_depthwise_conv_out_channels, tp.prune_batchnorm_out_channels)
+        in_side = fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+        if not (out_side or in_side):
+            continue
+        per_channel = None
+        for name in ("weight", "bias") if out_side else ("weight",):
+            p = getattr(layer, name, None)
+            if p is None or p.grad is None:
+                continue
+            transposed = getattr(layer, "transposed", False)
+            dim = (1 if transposed else 0) if out_side else (0 if transposed else 1)
+            s = _slice_taylor(p.detach(), p.grad.detach(), dim).double()
+            if in_side and isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1:
+                s = s.repeat(layer.groups)
+            per_channel = s if per_channel is None else per_channel + s
+        if per_channel is not None:
+            total.scatter_add_(0, torch.tensor(roots), per_channel[idxs].abs())
+    return total.numpy()
+
+
+IMPORTANCE.add("l1", Criterion(_tp(tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum",
+                                                                          normalizer=None))))
+IMPORTANCE.add("l2", Criterion(_tp(tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum",
+                                                                          normalizer=None))))
+IMPORTANCE.add("bn_scale", Criterion(_tp(tp.importance.BNScaleImportance(group_reduction="sum",
+                                                                         normalizer=None))))
+IMPORTANCE.add("taylor", Criterion(_taylor, needs_gradients=True))
+
+
+def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches: int) -> int:
+    """Sum the gradients of the mean cross-entropy over up to ``num_batches`` batches into ``.grad``, scaled
+    to a per-batch mean, in eval mode. Every parameter gets a gradient (fixed layers too). Returns batches."""
+    training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    seen = 0
+    with torch.enable_grad():
+        for x, y in batches:
+            if seen >= num_batches:
+                break
+            nn.functional.cross_entropy(model(x), y).backward()
+            seen += 1
+    model.train(training)
+    if seen == 0:
+        raise UsageError("the loader for the taylor criterion yielded no batch", "pass a non-empty data set")
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad /= seen
+    return seen
+
+
+def group_importance(graph: tp.DependencyGraph, model: nn.Module, root: str, width: int,
+                     criterion: str) -> np.ndarray:
+    """Importance of every channel of the group rooted at layer ``root`` (gradients already accumulated)."""
+    from itcp_deploy.pruning.tracing import root_group
+
+    group = root_group(graph, model, root, list(range(width)))
+    imp = IMPORTANCE.get(criterion).fn(group, width)
+    if imp is None:  # e.g. bn_scale on a group without BatchNorm
+        imp = IMPORTANCE.get("l1").fn(group, width)
+    return np.nan_to_num(np.asarray(imp, dtype=np.float64), nan=0.0)

@@ -1,0 +1,133 @@
+"""Group scores: the accuracy value of each candidate width of each group (registry ``SCORES``).
+
+The solver maximises the sum of group scores under a latency budget, so a score is one value per candidate
+width, non-decreasing in width (enforced by a running max from small to large width) and in units comparable
+across groups (higher = better accuracy expected). Every score is 0 at full width except ``l1-fraction``.
+
+- ``taylor`` (default): ``score(w) = -(sum of the taylor importance of the channels pruned at width w)``, the
+  first-order Taylor estimate of the loss increase when the group alone is cut to ``w`` (as in HALP); the
+  channels pruned are the least important ones, as :func:`~itcp_deploy.pruning.apply_widths` with
+  ``importance="taylor"`` removes them. Loss units. Cost: ``gradient_batches`` forward+backward passes of
+  ``loader`` (4 by default), seconds on CPU for CIFAR models.
+- ``sensitivity``: measured; see :mod:`itcp_deploy.pruning.sensitivity`. Loss units. Cost: one BN
+  recalibration and one evaluation per (group, width < full): 250 evaluations for ResNet-56.
+- ``l1-fraction``: share of the group's L1 weight norm kept (1 at full width). Free; not comparable across
+  groups in loss units, a baseline only.
+- ``width``: ``-(fraction of the group's channels removed)``: every channel of every group worth the same.
+  Free; the uniform baseline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.pruning.apply import channel_importance, conv_multiple, keep_indices
+from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.registry import Registry
+from itcp_deploy.space import PruningSpace
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Knobs of the data-driven scores.
+
+    ``gradient_batches``: batches of ``loader`` the taylor gradients average over. ``bn_images``: training
+    images used to re-estimate BN statistics per sensitivity evaluation. ``calib_images``: held-out images
+    whose loss is measured. ``importance``: which channels a sensitivity evaluation keeps.
+    ``max_widths_per_group``: evaluate at most this many widths per group (evenly spread, the rest linearly
+    interpolated) to bound sensitivity's cost; ``None`` evaluates all.
+    """
+
+    gradient_batches: int = 4
+    bn_images: int = 256
+    calib_images: int = 512
+    importance: str = "l1"
+    max_widths_per_group: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a score may use besides the model and its space."""
+
+    loader: Iterable[Batch] | None = None
+    calib_loader: Iterable[Batch] | None = None
+    cache_path: str | os.PathLike[str] | None = None
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
+
+
+ScoreFn = Callable[[nn.Module, PruningSpace, ScoreInputs], dict[str, np.ndarray]]
+SCORES: Registry[ScoreFn] = Registry("group score")
+
+
+def monotone(values: Iterable[float]) -> np.ndarray:
+    """Running max from the smallest to the largest width."""
+    return np.maximum.accumulate(np.asarray(list(values), dtype=np.float64))
+
+
+def _from_importance(model: nn.Module, space: PruningSpace, imp: dict[str, np.ndarray],
+                     value: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, np.ndarray]:
+    """Score each candidate from the importance of the channels it keeps: ``value(imp, kept_indices)``."""
+    out = {}
+    for g in space.prunable:
+        multiple = conv_multiple(model, g)
+        v = imp[g.name]
+        out[g.name] = monotone(value(v, keep_indices(v, w, multiple)) for w in g.candidates)
+    return out
+
+
+@SCORES.register("taylor")
+def taylor_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    if inputs.loader is None:
+        raise UsageError("the taylor score needs training data for gradients", "pass a loader (--data)")
+    imp = channel_importance(model, space, "taylor", loader=inputs.loader,
+                             num_batches=inputs.settings.gradient_batches)
+    return _from_importance(model, space, imp, lambda v, keep: -(float(v.sum()) - float(v[keep].sum())))
+
+
+@SCORES.register("l1-fraction")
+def l1_fraction_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    imp = channel_importance(model, space, "l1")
+    return _from_importance(model, space, imp,
+                            lambda v, keep: float(v[keep].sum()) / max(float(v.sum()), 1e-30))
+
+
+@SCORES.register("width")
+def width_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    return {g.name: monotone(-(g.full_width - w) / g.full_width for w in g.candidates)
+            for g in space.prunable}
+
+
+@SCORES.register("sensitivity")
+def _sensitivity(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    from itcp_deploy.pruning.sensitivity import sensitivity_scores
+
+    return sensitivity_scores(model, space, inputs)
+
+
+def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *,
+                 loader: Iterable[Batch] | None = None, calib_loader: Iterable[Batch] | None = None,
+                 cache_path: str | os.PathLike[str] | None = None,
+                 settings: ScoreSettings | None = None) -> dict[str, np.ndarray]:
+    """One score per candidate width of every prunable group (see the module docstring for each score).
+
+    Args:
+        model: The trained, unpruned network (left untouched).
+        space: Its pruning space.
+        score: A name in ``SCORES``. Defaults to ``taylor``.
+        loader: Training ``(images, labels)`` batches (taylor gradients, sensitivity BN recalibration).
+        calib_loader: Held-out batches whose loss ``sensitivity`` measures.
+        cache_path: JSON file caching ``sensitivity`` results (resumable per group).
+        settings: Batch/image counts and channel choice. Defaults to ``ScoreSettings()``.
+
+    Returns:
+        Group name -> float64 array aligned with ``space.group(name).candidates``, non-decreasing.
+    """
+    fn = SCORES.get(score)
+    return fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader, cache_path=cache_path,
+                                        settings=settings or ScoreSettings()))
