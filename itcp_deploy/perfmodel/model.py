@@ -1,0 +1,145 @@
+"""The fitted performance model: additive over layers, so the DP can search it exactly.
+
+``predicted_ms(widths) = constant_ms + sum over layers of tables[layer][i_in, i_out]`` where ``i_in`` and
+``i_out`` index the candidates of the layer's input and output groups. The whole-network calibration
+(scale and offset) is already folded into the tables and the constant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from itcp_deploy.atomic_io import read_json, write_json
+from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.space import PruningSpace
+
+PERF_MODEL_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How well the model predicts engines it was not fitted on, next to the noise floor and a FLOPs model.
+
+    ``validation``: ``holdout`` (the profile's holdout engines) or ``cross-validation`` (k-fold over the
+    design engines, when the profile has no holdout engines). Percentages are of measured latency.
+    """
+
+    mape_pct: float
+    max_pct: float
+    flops_mape_pct: float
+    flops_max_pct: float
+    noise_pct: float
+    threshold_pct: float
+    n_design: int
+    n_validation: int
+    validation: str = "holdout"
+    rejected: bool = False
+
+    def rows(self) -> list[tuple[str, float, float]]:
+        """(model, mean abs % error, max abs % error) for a report table."""
+        return [
+            ("perf model (tables)", self.mape_pct, self.max_pct),
+            ("linear FLOPs model", self.flops_mape_pct, self.flops_max_pct),
+            ("noise floor (repeat runs)", self.noise_pct, float("nan")),
+        ]
+
+
+@dataclass
+class PerfModel:
+    """Predicted latency of any width plan of ``space``; see the module docstring."""
+
+    space: PruningSpace
+    tables: dict[str, np.ndarray]
+    constant_ms: float
+    method: str = "table"
+    report: FitReport | None = None
+    meta: dict[str, str] = field(default_factory=dict)  # backend, version, device, precision of the profile
+    calibration: tuple[float, float] = (1.0, 0.0)  # (scale, offset ms) of sum(layer times) -> network latency
+    schema: int = PERF_MODEL_SCHEMA
+
+    def layer_table(self, layer_name: str) -> np.ndarray:
+        """Latency (ms) of one layer, shape (len C_in, len C_out) over its groups' candidates."""
+        try:
+            return self.tables[layer_name]
+        except KeyError:
+            raise UsageError(
+                f"layer {layer_name!r} is not in the perf model of {self.space.model}",
+                "fit the perf model on a profile of this model",
+            ) from None
+
+    def predict_ms(self, widths: Mapping[str, int]) -> float:
+        w = self.space.complete(widths)
+        total = self.constant_ms
+        for layer in self.space.layers:
+            i = self.space.group(layer.in_group).index(w[layer.in_group])
+            j = self.space.group(layer.out_group).index(w[layer.out_group])
+            total += float(self.tables[layer.name][i, j])
+        return float(total)
+
+    def dense_ms(self) -> float:
+        return self.predict_ms({})
+
+    def min_latency_ms(self) -> float:
+        """The minimum predicted latency over all plans (exact, by min-sum elimination over the groups)."""
+        from itcp_deploy.search.dp import min_cost
+        from itcp_deploy.search.problem import problem_from
+
+        zeros = {g.name: np.zeros(len(g.candidates)) for g in self.space.prunable}
+        return min_cost(problem_from(self.space, self, zeros))[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema,
+            "kind": "itcp-perf-model",
+            "method": self.method,
+            "constant_ms": self.constant_ms,
+            "calibration": list(self.calibration),
+            "meta": dict(self.meta),
+            "space": self.space.to_dict(),
+            "tables": {k: np.asarray(v).tolist() for k, v in self.tables.items()},
+            "report": asdict(self.report) if self.report else None,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PerfModel:
+        d = read_json(path, "perf model")
+        if (
+            not isinstance(d, dict)
+            or d.get("kind") != "itcp-perf-model"
+            or d.get("schema") != PERF_MODEL_SCHEMA
+        ):
+            raise InputFileError(
+                f"{path} is not a perf model of schema {PERF_MODEL_SCHEMA}",
+                "regenerate it with `itcp-deploy fit PROFILE -o perf_model.json`",
+            )
+        try:
+            space = PruningSpace.from_dict(d["space"])
+            tables = {k: np.asarray(v, dtype=float) for k, v in d["tables"].items()}
+            model = cls(
+                space,
+                tables,
+                float(d["constant_ms"]),
+                d.get("method", "table"),
+                FitReport(**d["report"]) if d.get("report") else None,
+                dict(d.get("meta", {})),
+                tuple(d.get("calibration", (1.0, 0.0))),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputFileError(
+                f"perf model {path} has malformed fields ({err})", "regenerate it with `itcp-deploy fit`"
+            ) from err
+        for layer in space.layers:
+            want = (len(space.group(layer.in_group).candidates), len(space.group(layer.out_group).candidates))
+            if tables.get(layer.name, np.empty(0)).shape != want:
+                raise InputFileError(
+                    f"perf model {path}: table of {layer.name} is not {want}",
+                    "regenerate it with `itcp-deploy fit`",
+                )
+        return model

@@ -1,0 +1,94 @@
+"""From a trained model and a perf model to a width plan: model -> group scores -> search -> PruningPlan.
+
+This is the torch-needing glue around the pure :mod:`itcp_deploy.search` (which never imports torch): it
+loads the model and data, computes group scores (and per-channel importance for ``global-magnitude``),
+then runs one search method. ``itcp-deploy search`` and ``itcp-deploy pareto`` call it; so can the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.perfmodel.model import PerfModel
+from itcp_deploy.plan import PruningPlan
+from itcp_deploy.search.baselines import SEARCH_METHODS, SearchInputs, run_method
+from itcp_deploy.search.front import Front, method_fronts
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What ``itcp-deploy search`` needs. Give exactly one of ``sla_ms`` and ``speedup`` (budget = dense
+    predicted latency / speedup). ``data``: a ``--data`` spec for data-driven criteria (taylor,
+    sensitivity)."""
+
+    model: str
+    perf_model: str
+    sla_ms: float | None = None
+    speedup: float | None = None
+    criterion: str = "taylor"
+    method: str = "itcp"
+    data: str | None = None
+    weights: str | None = None
+    bins: int = 1000
+    batch_size: int = 64
+    max_samples: int | None = 1024
+    trust_code: bool = False
+
+
+def budget_ms(perf_model: PerfModel, *, sla_ms: float | None, speedup: float | None) -> float:
+    """The latency budget: the SLA itself, or the dense predicted latency divided by ``speedup``."""
+    if (sla_ms is None) == (speedup is None):
+        raise UsageError("give exactly one of --sla-ms and --speedup", "e.g. --sla-ms 0.5 or --speedup 2")
+    return float(sla_ms) if sla_ms is not None else perf_model.dense_ms() / float(speedup)
+
+
+def search_inputs(config: SearchConfig, *, with_channel_importance: bool = False) -> SearchInputs:
+    """Load the perf model, the model and the data, and score every group of the perf model's space."""
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pruning import channel_importance, group_scores
+
+    perf_model = PerfModel.load(config.perf_model)
+    space = perf_model.space
+    model = create_model(config.model, weights=config.weights, trust_code=config.trust_code)
+    loader = None
+    if config.data is not None:
+        from itcp_deploy.data import load_dataset, make_loader
+
+        info = load_dataset(config.data, "train", augment=False)
+        loader = make_loader(info, config.batch_size, shuffle=True, max_samples=config.max_samples)
+    scores = group_scores(model, space, config.criterion, loader=loader)
+    importance = channel_importance(model, space, "l1") if with_channel_importance else None
+    return SearchInputs(space, perf_model, scores, importance)
+
+
+def plan_widths(config: SearchConfig) -> PruningPlan:
+    """The width plan of ``config.method`` under the budget (see :class:`SearchConfig`)."""
+    SEARCH_METHODS.get(config.method)  # fail on a typo before loading anything
+    perf_model = PerfModel.load(config.perf_model)
+    budget = budget_ms(perf_model, sla_ms=config.sla_ms, speedup=config.speedup)
+    inputs = search_inputs(config, with_channel_importance=config.method == "global-magnitude")
+    solution = run_method(config.method, inputs, budget, bins=config.bins)
+    widths = {g.name: solution.widths[g.name] for g in inputs.space.prunable}
+    return PruningPlan(
+        model=config.model,
+        input_shape=inputs.space.input_shape,
+        widths=widths,
+        method=config.method,
+        criterion=config.criterion,
+        budget_ms=budget,
+        predicted_ms=solution.cost,
+        score=solution.score,
+        weights=config.weights,
+        pareto=[(float(c), float(s)) for c, s in solution.front],
+    )
+
+
+def pareto_fronts(
+    config: SearchConfig, methods: list[str], *, points: int = 12
+) -> tuple[dict[str, Front], float]:
+    """Predicted fronts of each method (ITCP's from one solve) and the dense predicted latency."""
+    for name in methods:
+        SEARCH_METHODS.get(name)
+    inputs = search_inputs(config, with_channel_importance="global-magnitude" in methods)
+    return method_fronts(inputs, methods, points=points, bins=config.bins), inputs.perf_model.dense_ms()

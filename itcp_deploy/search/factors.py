@@ -1,0 +1,176 @@
+"""Budget-valued factors for the DP and their max-plus algebra.
+
+A factor over a scope of groups holds, for every assignment of candidate indices, the best score for each
+*exact* number of budget bins spent (``-inf``: infeasible). Two storage forms:
+
+* :class:`Sparse`: ``m`` (bin, value) pairs per assignment. A layer term has one pair per assignment (its
+  cost is fixed once both widths are), so most factors stay tiny.
+* :class:`Dense`: a full array over bins ``0..B`` per assignment.
+
+Combining factors is max-plus convolution over bins; it is done as "dense shifted by each sparse entry",
+``O(m * cells * B)``, so a term over one assignment costs one shifted copy, not a ``B x B`` product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEG = -np.inf
+SPARSE_MAX = 64  # densify a sparse product with more entries per assignment than this
+
+
+@dataclass
+class Sparse:
+    scope: tuple[str, ...]
+    bins: np.ndarray  # int, shape sizes(scope) + (m,); B + 1 marks "over budget"
+    vals: np.ndarray  # float, same shape; -inf where infeasible
+    origin: str | None = None  # the variable whose elimination produced this message
+
+    @property
+    def m(self) -> int:
+        return self.bins.shape[-1]
+
+
+@dataclass
+class Dense:
+    scope: tuple[str, ...]
+    table: np.ndarray  # shape sizes(scope) + (B + 1,)
+    origin: str | None = None
+
+
+Factor = Sparse | Dense
+
+
+def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return a + tuple(v for v in b if v not in a)
+
+
+def align(arr: np.ndarray, scope: tuple[str, ...], target: tuple[str, ...]) -> np.ndarray:
+    """View ``arr`` (scope axes, then trailing axes) with axes in ``target`` order, size 1 where absent."""
+    k = len(scope)
+    perm = sorted(range(k), key=lambda i: target.index(scope[i]))
+    arr = np.transpose(arr, perm + list(range(k, arr.ndim)))
+    sizes = iter(arr.shape[:k])
+    shape = [next(sizes) if v in scope else 1 for v in target]
+    return arr.reshape(shape + list(arr.shape[k:]))
+
+
+def restrict(f: Factor, var: str, index: int) -> Factor:
+    """The factor with ``var`` fixed to candidate ``index`` (used when conditioning on a variable)."""
+    if var not in f.scope:
+        return f
+    axis = f.scope.index(var)
+    scope = f.scope[:axis] + f.scope[axis + 1 :]
+    if isinstance(f, Dense):
+        return Dense(scope, np.take(f.table, index, axis=axis), f.origin)
+    return Sparse(scope, np.take(f.bins, index, axis=axis), np.take(f.vals, index, axis=axis), f.origin)
+
+
+def sparse_product(a: Sparse, b: Sparse, n_bins: int) -> Sparse:
+    scope = union(a.scope, b.scope)
+    ab, av = align(a.bins, a.scope, scope), align(a.vals, a.scope, scope)
+    bb, bv = align(b.bins, b.scope, scope), align(b.vals, b.scope, scope)
+    bins = ab[..., :, None] + bb[..., None, :]
+    vals = av[..., :, None] + bv[..., None, :]
+    shape = np.broadcast_shapes(bins.shape, vals.shape)
+    bins = np.broadcast_to(bins, shape).reshape(shape[:-2] + (-1,))
+    vals = np.broadcast_to(vals, shape).reshape(shape[:-2] + (-1,))
+    over = bins >= n_bins
+    return Sparse(scope, np.where(over, n_bins, bins), np.where(over, NEG, vals))
+
+
+def densify(f: Sparse, n_bins: int) -> Dense:
+    out = np.full(f.bins.shape[:-1] + (n_bins + 1,), NEG)
+    for j in range(f.m):
+        idx = f.bins[..., j : j + 1]
+        cur = np.take_along_axis(out, idx, axis=-1)
+        np.put_along_axis(out, idx, np.maximum(cur, f.vals[..., j : j + 1]), axis=-1)
+    return Dense(f.scope, out[..., :n_bins])
+
+
+def to_sparse(f: Dense) -> Sparse:
+    """The finite entries of a dense factor, padded to the same count per assignment."""
+    finite = np.isfinite(f.table)
+    m = max(int(finite.sum(axis=-1).max(initial=0)), 1)
+    idx = np.argsort(~finite, axis=-1, kind="stable")[..., :m]
+    return Sparse(f.scope, idx, np.take_along_axis(f.table, idx, axis=-1))
+
+
+def conv(d: Dense, s: Sparse, n_bins: int) -> Dense:
+    """Max-plus convolution over bins of a dense and a sparse factor, over the union of their scopes."""
+    scope = union(d.scope, s.scope)
+    table = align(d.table, d.scope, scope)
+    pad = np.concatenate([np.full(table.shape[:-1] + (n_bins,), NEG), table], axis=-1)
+    bins, vals = align(s.bins, s.scope, scope), align(s.vals, s.scope, scope)
+    t = np.arange(n_bins)
+    out = None
+    for j in range(s.m):
+        if not np.isfinite(vals[..., j]).any():
+            continue
+        shifted = np.take_along_axis(pad, t - bins[..., j : j + 1] + n_bins, axis=-1) + vals[..., j : j + 1]
+        out = shifted if out is None else np.maximum(out, shifted)
+    if out is None:
+        shape = np.broadcast_shapes(table.shape[:-1], bins.shape[:-1]) + (n_bins,)
+        out = np.full(shape, NEG)
+    return Dense(scope, out)
+
+
+def product(a: Factor, b: Factor, n_bins: int) -> Factor:
+    if isinstance(a, Sparse) and isinstance(b, Sparse):
+        if a.m * b.m <= SPARSE_MAX:
+            return sparse_product(a, b, n_bins)
+        a = densify(a, n_bins) if a.m >= b.m else a
+        b = b if isinstance(a, Dense) else densify(b, n_bins)
+    if isinstance(a, Sparse):
+        a, b = b, a
+    if isinstance(b, Dense):  # dense x dense: iterate over the entries of the smaller one
+        if b.table.size > a.table.size:
+            a, b = b, a
+        b = to_sparse(b)
+    return conv(a, b, n_bins)
+
+
+def combine(factors: list[Factor], n_bins: int) -> Factor:
+    """The product of a bucket, small scopes first, so wide arrays are shifted as few times as possible."""
+    order = sorted(
+        factors, key=lambda f: (len(f.scope), isinstance(f, Dense), f.m if isinstance(f, Sparse) else n_bins)
+    )
+    acc = order[0]
+    for f in order[1:]:
+        acc = product(acc, f, n_bins)
+    return acc
+
+
+def max_out(f: Factor, var: str) -> Factor:
+    """Maximise ``var`` out of a factor; the result remembers ``var`` as its origin for backtracking."""
+    axis = f.scope.index(var)
+    scope = f.scope[:axis] + f.scope[axis + 1 :]
+    if isinstance(f, Dense):
+        return Dense(scope, f.table.max(axis=axis), var)
+    bins, vals = np.moveaxis(f.bins, axis, -2), np.moveaxis(f.vals, axis, -2)
+    shape = bins.shape[:-2] + (-1,)
+    return Sparse(scope, bins.reshape(shape), vals.reshape(shape), var)
+
+
+def row(f: Factor, assignment: dict[str, int], n_bins: int) -> np.ndarray:
+    """The factor's bin array (length ``n_bins``) at a full assignment of its scope."""
+    key = tuple(assignment[v] for v in f.scope)
+    if isinstance(f, Dense):
+        return f.table[key]
+    out = np.full(n_bins + 1, NEG)
+    np.maximum.at(out, f.bins[key], f.vals[key])
+    return out[:n_bins]
+
+
+def conv1d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Max-plus convolution of two bin arrays, truncated to their length."""
+    ia, ib = np.flatnonzero(np.isfinite(a)), np.flatnonzero(np.isfinite(b))
+    if len(ia) > len(ib):
+        a, b, ia = b, a, ib
+    n = len(a)
+    out = np.full(n, NEG)
+    for k in ia:
+        np.maximum(out[k:], a[k] + b[: n - k], out=out[k:])
+    return out
