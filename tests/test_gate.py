@@ -1,0 +1,73 @@
+"""`check-latency`: exit 0 on a met limit, 1 on a miss, 2 on bad input; the ratio form measures interleaved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from itcp_deploy.engine_build import EngineSpec, build_engine
+from tests.conftest import run_cli
+
+FAST = ["--json"]
+
+
+def _net(width: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gate")
+    small = build_engine(_net(8), (1, 3, 32, 32), tmp, "small", EngineSpec())
+    big = build_engine(_net(96), (1, 3, 32, 32), tmp, "big", EngineSpec())
+    return small.main_file, big.main_file
+
+
+def test_absolute_sla_met_and_missed(engines):
+    small, _ = engines
+    code, out, _ = run_cli("check-latency", str(small), "--sla-ms", "1000", *FAST)
+    assert code == 0 and json.loads(out)["passed"] is True
+    code, out, _ = run_cli("check-latency", str(small), "--sla-ms", "0.000001", *FAST)
+    assert code == 1 and json.loads(out)["passed"] is False
+
+
+def test_ratio_gate_orders_small_and_big(engines):
+    small, big = engines
+    code, out, _ = run_cli("check-latency", str(small), "--reference", str(big), "--max-ratio", "1.0", *FAST)
+    result = json.loads(out)
+    assert code == 0, result
+    assert result["form"] == "ratio" and result["measured"] < 1.0
+    code, out, _ = run_cli("check-latency", str(big), "--reference", str(small), "--max-ratio", "1.0", *FAST)
+    assert code == 1 and json.loads(out)["measured"] > 1.0
+
+
+@pytest.mark.parametrize("args", [
+    ["missing.onnx", "--sla-ms", "1"],
+    ["{small}"],
+    ["{small}", "--sla-ms", "1", "--reference", "{big}", "--max-ratio", "2"],
+    ["{small}", "--reference", "{big}"],
+    ["{small}", "--sla-ms", "0"],
+    ["{small}", "--sla-ms", "abc"],
+    ["{small}", "--sla-ms", "1", "--percentile", "75"],
+    ["{small}", "--sla-ms", "1", "--backend", "tensorflow"],
+    ["{dir}", "--sla-ms", "1"],
+])
+def test_bad_input_exits_2_with_one_line(engines, tmp_path, args):
+    small, big = engines
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    args = [a.format(small=small, big=big, dir=tmp_path) for a in args]
+    code, _, err = run_cli("check-latency", *args)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_corrupt_engine_exits_2(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    code, _, err = run_cli("check-latency", str(garbage), "--sla-ms", "1")
+    assert code == 2 and "Traceback" not in err, err

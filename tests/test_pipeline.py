@@ -1,0 +1,102 @@
+"""The pipeline (`run`): end to end on a small model, resume after an interruption, infeasible SLA."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from itcp_deploy.errors import InfeasibleError
+from itcp_deploy.pipeline import RunConfig, run
+from itcp_deploy.profiling.timing import TimingConfig
+from tests.conftest import run_cli
+
+DATA = "synthetic:train=256,test=128"
+QUICK = TimingConfig(warmup=5, rounds=4, runs_per_round=25)
+
+
+def _config(tmp_path, **kw) -> RunConfig:
+    base = RunConfig(model="cifar_resnet20", data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "out"),
+                     speedup=1.5, epochs=1, cache_dir=str(tmp_path / "engines"), budget_builds=10, holdout=3,
+                     profile_timing=QUICK, loop_timing=QUICK, final_timing=QUICK, max_rounds=2, score_samples=64,
+                     batch_size=32, quiet=True)
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    config = _config(tmp)
+    logs: list[str] = []
+    report = run(config, log=logs.append)
+    return tmp, config, report, logs
+
+
+def test_run_writes_every_promised_output(finished):
+    tmp, config, report, _ = finished
+    out = tmp / "out"
+    for name in ("model.onnx", "model.ort.onnx", "pruned.pt", "widths.json", "report.json", "report.md",
+                 "latency_pred_vs_measured.png", "pareto.png", "widths.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "report.json").read_text())
+    for key in ("sla_ms", "dense_latency_ms", "predicted_latency_ms", "final_latency_ms", "met_sla",
+                "accuracy_dense", "accuracy_final", "macs_dense", "macs_final", "rounds", "backend",
+                "precision", "device"):
+        assert key in data, key
+    assert set(data["final_latency_ms"]) == {"median_ms", "p90_ms", "p99_ms"}
+    assert isinstance(data["met_sla"], bool)
+    assert data["met_sla"] == (data["final_latency_ms"]["median_ms"] <= data["sla_ms"])
+    assert data["macs_final"] < data["macs_dense"]
+    assert 1 <= len(data["rounds"]) <= config.max_rounds
+    # the SLA is dense/1.5 measured: the plan the loop chose must be predicted under the dense prediction
+    assert report.predicted_latency_ms < json.loads((out / "perf_model.json").read_text())["constant_ms"] + 1e9
+
+
+def test_rerun_skips_finished_stages(finished):
+    tmp, config, report, _ = finished
+    logs: list[str] = []
+    again = run(config, log=logs.append)
+    assert all("skipped" in line for line in logs if line.startswith("stage")), logs
+    assert again.widths == report.widths
+
+
+def test_interrupted_run_resumes_after_last_finished_stage(finished):
+    tmp, config, report, _ = finished
+    state_path = tmp / "out" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["stages"]["final"]  # as if the process died while building the final engine
+    state_path.write_text(json.dumps(state))
+    logs: list[str] = []
+    run(config, log=logs.append)
+    ran = [line for line in logs if line.startswith("stage") and "skipped" not in line]
+    assert ran == ["stage final ..."], logs
+
+
+def test_other_settings_in_same_out_dir_are_refused(finished):
+    tmp, config, _, _ = finished
+    code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
+                           "-o", str(tmp / "out"), "--speedup", "3", "--quiet", "--cache", str(tmp / "engines"))
+    assert code == 2
+    assert "other settings" in err and "Traceback" not in err
+
+
+def test_sla_below_fastest_plan_names_the_minimum(finished):
+    tmp, config, _, _ = finished
+    with pytest.raises(InfeasibleError, match="fastest reachable plan"):
+        run(_config(tmp, out_dir=str(tmp / "infeasible"), speedup=None, sla_ms=1e-4))
+    code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
+                           "-o", str(tmp / "infeasible-cli"), "--sla-ms", "0.0001", "--quiet",
+                           "--cache", str(tmp / "engines"), "--epochs", "0")
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ms" in lines[0] and "at least" in lines[0], err
+
+
+@pytest.mark.parametrize("args", [["--sla-ms", "0"], ["--sla-ms", "-1"], ["--sla-ms", "nan"], ["--sla-ms", "fast"],
+                                  ["--speedup", "2", "--sla-ms", "1"], []])
+def test_bad_sla_is_one_line_exit_2(tmp_path, args):
+    code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
+                           "-o", str(tmp_path / "o"), *args)
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
