@@ -1,0 +1,1 @@
+"""The tensorrt backend: build.py builds artifacts, runner.py loads and runs them."""

@@ -1,0 +1,1 @@
+"""The torch backend: build.py builds artifacts, runner.py loads and runs them."""

@@ -1,0 +1,136 @@
+"""Precision as an ONNX graph transform: fp32 (as exported), fp16 (float graph), int8 (Q/DQ).
+
+TensorRT 11 is strongly typed (no precision flags), so precision must live in the graph for every backend:
+an fp16 engine is built from an fp16 graph and an int8 engine from a Q/DQ graph, on TensorRT and onnxruntime
+alike.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.errors import UsageError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}", f"use one of: {', '.join(PRECISIONS)}")
+    return precision
+
+
+def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Convert float32 weights and ops to float16, keeping float32 inputs and outputs (``keep_io_types``).
+
+    Uses ``onnxruntime.transformers.float16`` (ships with onnxruntime; onnxconverter-common is unmaintained),
+    which leaves ops without fp16 kernels in float32 behind Cast nodes. onnxruntime's CPU provider has few
+    fp16 kernels: fp16 is meant for GPU backends.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(os.fspath(src)), keep_io_types=True)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, os.fspath(tmp))
+    return Path(dst)
+
+
+class ArrayCalibrationReader:
+    """``CalibrationDataReader`` over an (N, C, H, W) float32 array, one sample per batch of ``batch``."""
+
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int = 1) -> None:
+        self.input_name = input_name
+        self.samples = np.asarray(samples, dtype=np.float32)
+        self.batch = batch
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= len(self.samples):
+            return None
+        chunk = self.samples[self._pos : self._pos + self.batch]
+        self._pos += self.batch
+        return {self.input_name: chunk}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def to_int8(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    calib: np.ndarray,
+    symmetric_activations: bool = False,
+) -> Path:
+    """Static INT8 quantization to a Q/DQ graph with per-channel weights, calibrated on ``calib``.
+
+    ``quant_pre_process`` (shape inference + basic graph optimisation) runs first, as onnxruntime recommends,
+    so Conv+BN are folded before scales are computed. Activations are uint8 (asymmetric, the fast x86 u8s8
+    path of onnxruntime's CPU kernels) unless ``symmetric_activations`` (int8 symmetric, what TensorRT needs).
+
+    Args:
+        src: float32 ONNX model with one input.
+        dst: where the Q/DQ model is written (atomically).
+        calib: calibration inputs, (N, C, H, W) float32, preprocessed exactly as at inference.
+        symmetric_activations: int8 symmetric activations for TensorRT.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    model = onnx.load(os.fspath(src), load_external_data=False)
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise UsageError(
+            f"INT8 calibration needs a model with one input, {src} has {len(inputs)}",
+            "export the model with a single image input",
+        )
+    if calib.ndim != 4 or len(calib) == 0:
+        raise UsageError(
+            f"calibration data must be a non-empty (N, C, H, W) array, got shape {calib.shape}",
+            "create it with `itcp-deploy calibrate`",
+        )
+    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    with tempfile.TemporaryDirectory(prefix="itcp-int8-") as tmp, atomic_path(dst) as out:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+        quantize_static(
+            os.fspath(pre),
+            os.fspath(out),
+            ArrayCalibrationReader(inputs[0], calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=act,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+        )
+    return Path(dst)
+
+
+def convert_precision(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    precision: str,
+    calib: np.ndarray | None = None,
+    symmetric_activations: bool = False,
+) -> Path:
+    """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 needs ``calib``."""
+    import shutil
+
+    check_precision(precision)
+    if precision == "fp16":
+        return to_fp16(src, dst)
+    if precision == "int8":
+        if calib is None:
+            raise UsageError(
+                "int8 needs a calibration set",
+                "create one with `itcp-deploy calibrate` and pass --calib NAME",
+            )
+        return to_int8(src, dst, calib, symmetric_activations)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)

@@ -1,0 +1,132 @@
+"""Which whole-network width plans to build and measure, so a per-layer model can predict any plan.
+
+Plans, in this order (deterministic for a seed):
+
+* ``dense``: every group at full width;
+* ``design``: the all-minimum plan (an extreme), then Latin-hypercube plans: for each group, the ``n`` design
+  builds visit its candidates in ``n`` equal strata (each candidate equally often when ``n`` is a multiple of
+  the candidate count), independently shuffled per group; of ``tries`` such draws the one that covers the most
+  distinct (layer, input width, output width) cells is kept, since a layer's latency depends on both widths;
+  a design that repeats an earlier plan is replaced by a random unseen one;
+* ``holdout``: uniformly random plans, never fitted, only used to validate the performance model.
+
+Example (ResNet-20, ``budget_builds=32, holdout=10``): 1 dense + 1 all-minimum + 20 Latin-hypercube designs +
+10 holdouts = 32 builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.space import PruningSpace
+
+
+@dataclass(frozen=True)
+class DesignConfig:
+    """How many engines to build. Defaults to 32 builds of which 10 are holdouts."""
+
+    budget_builds: int = 32
+    holdout: int = 10
+    seed: int = 0
+    tries: int = 64
+
+
+@dataclass(frozen=True)
+class PlannedEngine:
+    """One plan to build: ``engine_id`` is a short hash of the widths, stable across runs."""
+
+    engine_id: str
+    role: str
+    widths: dict[str, int]
+
+
+def engine_id(widths: dict[str, int]) -> str:
+    return hashlib.sha1(json.dumps(sorted(widths.items())).encode()).hexdigest()[:12]
+
+
+def _lhs(space: PruningSpace, n: int, rng: random.Random) -> list[dict[str, int]]:
+    plans: list[dict[str, int]] = [{} for _ in range(n)]
+    for g in space.groups:
+        k = len(g.candidates)
+        picks = [g.candidates[min(k - 1, int((i + rng.random()) * k / n))] for i in range(n)]
+        rng.shuffle(picks)
+        for plan, w in zip(plans, picks, strict=True):
+            plan[g.name] = w
+    return plans
+
+
+def _coverage(space: PruningSpace, plans: list[dict[str, int]]) -> int:
+    return len({(layer.name, p[layer.in_group], p[layer.out_group]) for p in plans for layer in space.layers})
+
+
+def design_plans(space: PruningSpace, config: DesignConfig | None = None) -> list[PlannedEngine]:
+    """The plans to build (see the module docstring), at most ``config.budget_builds`` of them.
+
+    Raises:
+        UsageError: the budget cannot hold the dense plan, the minimum plan and the holdouts.
+    """
+    config = config or DesignConfig()
+    n_design = config.budget_builds - config.holdout - 2
+    if config.holdout < 0 or n_design < 0:
+        raise UsageError(
+            f"--budget-builds {config.budget_builds} cannot hold the dense plan, the minimum plan "
+            f"and {config.holdout} holdouts",
+            f"use --budget-builds >= {config.holdout + 2}",
+        )
+    rng = random.Random(config.seed)
+    dense = space.full_widths()
+    minimum = {g.name: g.candidates[0] for g in space.groups}
+    best = (
+        max(
+            (_lhs(space, n_design, rng) for _ in range(max(1, config.tries))),
+            key=lambda plans: _coverage(space, [dense, minimum, *plans]),
+        )
+        if n_design
+        else []
+    )
+    out = [PlannedEngine(engine_id(dense), "dense", dense)]
+    seen = {out[0].engine_id}
+    for plan in [minimum, *best]:
+        if engine_id(plan) not in seen:
+            seen.add(engine_id(plan))
+            out.append(PlannedEngine(engine_id(plan), "design", plan))
+    _add_random(out, seen, space, rng, "design", n_design + 2 - len(out))  # replace duplicate designs
+    _add_random(out, seen, space, rng, "holdout", config.holdout)
+    return out
+
+
+def _add_random(
+    out: list[PlannedEngine], seen: set[str], space: PruningSpace, rng: random.Random, role: str, count: int
+) -> None:
+    """Append up to ``count`` uniformly random plans not seen yet (fewer if the space runs out)."""
+    added = 0
+    for _ in range(100 * max(1, count)):
+        if added >= count:
+            return
+        plan = {g.name: rng.choice(g.candidates) for g in space.groups}
+        if engine_id(plan) not in seen:
+            seen.add(engine_id(plan))
+            out.append(PlannedEngine(engine_id(plan), role, plan))
+            added += 1
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"1/4"`` -> (1, 4): shard index (0-based) and count; ``None`` -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise UsageError(f"malformed --shard {text!r}", "write it as i/n, e.g. --shard 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {text!r} is out of range", "use i/n with 0 <= i < n") from None
+    return index, count
+
+
+def shard(plans: list[PlannedEngine], index: int, count: int) -> list[PlannedEngine]:
+    """Every ``count``-th plan starting at ``index``: shards are disjoint and together cover all plans."""
+    return plans[index::count]

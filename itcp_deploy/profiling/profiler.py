@@ -1,0 +1,375 @@
+"""``profile_engines``: build and measure whole-network engines at designed width plans.
+
+Each plan goes ``pruning.apply_widths`` -> ``export.export_onnx`` -> precision conversion -> backend build
+(the torch backend builds from the pruned module directly). Builds are cached on disk and in the SQLite cache,
+committed one by one; latency is measured in interleaved rounds over every engine still unmeasured (see
+:mod:`~itcp_deploy.profiling.timing`); per-layer times come from the backend's in-context profile (onnxruntime
+session profiling, TensorRT ``IProfiler``; the profiler's per-node cost removed, see :func:`split_layers`),
+or, for backends without one (torch), from isolated single-layer modules timed once per layer signature
+(``layer_source="isolated"``). A rerun measures only what is missing; raw samples and raw per-node times
+stay in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from itcp_deploy.engines import Backend, EngineOptions, get_backend
+from itcp_deploy.engines.precision import check_precision, convert_precision
+from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.profiling.cache import CacheKey, ProfileCache
+from itcp_deploy.profiling.design import DesignConfig, PlannedEngine, design_plans, parse_shard, shard
+from itcp_deploy.profiling.records import EngineMeasurement, Profile
+from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, summarize
+from itcp_deploy.space import PruningSpace
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Everything ``profile-engines`` needs besides the model and its space.
+
+    ``calib``: name of a set in ``calib/`` or a path to its ``.npz`` (int8 only).
+    ``layer_runs``: profiled runs per engine for per-layer times (onnxruntime reports whole microseconds,
+    so many runs are averaged).
+    ``shard``: ``"i/n"`` builds and measures only every n-th plan.
+    """
+
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    cache_dir: str = "engines"
+    design: DesignConfig = field(default_factory=DesignConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    layer_runs: int = 300
+    calib: str | None = None
+    shard: str | None = None
+
+
+@dataclass
+class ProfileSummary:
+    """What one run did: new work versus reuse from the cache."""
+
+    planned: int = 0
+    builds_new: int = 0
+    builds_cached: int = 0
+    measurements_new: int = 0
+    measurements_cached: int = 0
+    noise_pct: float = float("nan")
+    wall_s: float = 0.0
+    build_s: list[float] = field(default_factory=list)
+
+
+def model_hash(model) -> str:
+    """The architecture (``repr`` and every parameter/buffer name, shape and dtype), hashed: the cache's model
+    identity. Weight values are left out on purpose: they do not change dense-kernel latency, so a finetuned
+    or retrained model of the same architecture reuses its profile."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    return h.hexdigest()[:20]
+
+
+class _Run:
+    """One profiling run's state: backend, cache, keys and counters."""
+
+    def __init__(
+        self, model, space: PruningSpace, config: ProfileConfig, cache: ProfileCache, progress: Progress
+    ) -> None:
+        self.model, self.space, self.config, self.cache, self.progress = model, space, config, cache, progress
+        self.backend: Backend = get_backend(config.backend)
+        self.summary = ProfileSummary()
+        self.base = CacheKey(
+            kind="build",
+            device=self.backend.device_name(config.engine),
+            backend=self.backend.name,
+            backend_version=self.backend.version(),
+            precision=config.precision,
+            input_shape=tuple(space.input_shape),
+            model_hash=model_hash(model),
+            settings=json.dumps(
+                {
+                    "provider": config.engine.provider,
+                    "device": config.engine.device,
+                    "opt_level": config.engine.opt_level,
+                }
+            ),
+        )
+        self.calib = None
+        if self.backend.source == "torch" and config.precision != "fp32":
+            raise UsageError(
+                f"the torch backend profiles fp32 only, not {config.precision}",
+                "use --backend onnxruntime or tensorrt for fp16/int8",
+            )
+
+    def key(self, plan: PlannedEngine, kind: str, settings: dict | None = None) -> CacheKey:
+        widths = tuple(sorted(plan.widths.items()))
+        extra = {**json.loads(self.base.settings), **(settings or {})}
+        return CacheKey(
+            **{
+                **asdict(self.base),
+                "kind": kind,
+                "widths": widths,
+                "input_shape": self.base.input_shape,
+                "settings": json.dumps(extra, sort_keys=True),
+            }
+        )
+
+    def build(self, plan: PlannedEngine) -> dict:
+        key = self.key(plan, "build")
+        entry = self.cache.get(key)
+        if entry is not None and (self.cache.dir / entry["artifact"]).exists():
+            self.summary.builds_cached += 1
+            return entry
+        from itcp_deploy.pruning import apply_widths
+
+        t0 = time.perf_counter()
+        final = self.cache.artifact_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
+            pruned = apply_widths(self.model, self.space, plan.widths)
+            staging = Path(tmp) / "artifact"
+            node_to_module: dict[str, str] = {}
+            if self.backend.source == "onnx":
+                from itcp_deploy.export import export_onnx, onnx_node_to_module
+
+                fp32 = export_onnx(pruned, self.space.input_shape, staging / "export.onnx")
+                node_to_module = onnx_node_to_module(fp32)
+                source = convert_precision(
+                    fp32,
+                    Path(tmp) / "model.onnx",
+                    self.config.precision,
+                    self._calib(),
+                    symmetric_activations=self.backend.name == "tensorrt",
+                )
+            else:
+                source = pruned
+            options = self._options()
+            self.backend.builder(source, staging, options, tuple(self.space.input_shape))()
+            with contextlib.suppress(OSError):  # an identical artifact from another process may already be there
+                staging.rename(final)
+            if not final.exists():
+                raise InputFileError(f"could not move the built engine to {final}", "check that --cache is writable")
+        entry = {
+            "artifact": str(final.relative_to(self.cache.dir)),
+            "build_s": time.perf_counter() - t0,
+            "node_to_module": node_to_module,
+        }
+        self.cache.put(key, entry)
+        self.summary.builds_new += 1
+        self.summary.build_s.append(entry["build_s"])
+        return entry
+
+    def _options(self) -> EngineOptions:
+        opts = asdict(self.config.engine)
+        opts["timing_cache"] = opts["timing_cache"] or str(self.cache.dir / "tensorrt.timing-cache")
+        return EngineOptions(**opts)
+
+    def _calib(self):
+        if self.config.precision != "int8" or self.calib is not None:
+            return self.calib
+        from itcp_deploy.data.calibration import load_calibration
+
+        self.calib = load_calibration(self.config.calib, self.space.input_shape)
+        return self.calib
+
+    def latency_key(self, plan: PlannedEngine) -> CacheKey:
+        t = self.config.timing
+        return self.key(
+            plan,
+            "latency",
+            {
+                "threads": self.config.engine.threads,
+                "warmup": t.warmup,
+                "rounds": t.rounds,
+                "runs_per_round": t.runs_per_round,
+            },
+        )
+
+    def layers_key(self, plan: PlannedEngine) -> CacheKey:
+        return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs})
+
+    def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict]) -> None:
+        todo = [p for p in plans if self.cache.get(self.latency_key(p)) is None]
+        self.summary.measurements_cached += len(plans) - len(todo)
+        if not todo:
+            return
+        self.progress("measure", 0, len(todo))
+        with contextlib.ExitStack() as stack:
+            runners = [
+                stack.enter_context(
+                    self.backend.runner(self.cache.dir / builds[p.engine_id]["artifact"], self._options())
+                )
+                for p in todo
+            ]
+            result = measure_interleaved(runners, None, self.config.timing)
+        for plan, samples in zip(todo, result.samples_ms, strict=True):
+            self.cache.put(self.latency_key(plan), {"samples_ms": samples})
+        self.summary.measurements_new += len(todo)
+        self.progress("measure", len(todo), len(todo))
+
+    def measure_layers(self, plan: PlannedEngine, build: dict) -> dict:
+        key = self.layers_key(plan)
+        entry = self.cache.get(key)
+        if entry is not None:
+            self.summary.measurements_cached += 1
+            return entry
+        artifact = self.cache.dir / build["artifact"]
+        with self.backend.runner(artifact, self._options()) as runner:
+            raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
+        nodes = self.backend.layer_nodes(list(raw or {}), artifact, artifact / "export.onnx")
+        node_module = {name: build["node_to_module"].get(nodes.get(name) or "") for name in raw or {}}
+        entry = {"raw_ms": raw or {}, "node_module": node_module}
+        self.cache.put(key, entry)
+        self.summary.measurements_new += 1
+        return entry
+
+
+def split_layers(raw_ms: dict[str, float], node_module: dict[str, str | None], latency_ms: float) -> dict:
+    """Sum backend nodes into layers, after removing the profiler's own per-node cost.
+
+    A profiled run costs more than an unprofiled one by a roughly fixed amount per node (timestamps and
+    bookkeeping inside each node event: ~4 us per node with onnxruntime 1.32 on one core, which doubled the
+    node sum of a ResNet-20 at width 4). When the node times add up to more than the measured latency, one
+    per-node cost ``c`` is removed from every node, ``max(0, t - c)``, with ``c`` chosen (by bisection) so
+    that ``sum(layer_ms) + other_ms`` equals the engine's measured median latency; differences between layers
+    and widths are kept. Otherwise the times are used as they are.
+
+    Returns:
+        ``{"layer_ms": {module: ms}, "other_ms": ms}``; nodes mapped to no module count as "other".
+    """
+    times = list(raw_ms.values())
+    lo, hi = 0.0, max(times, default=0.0)
+    if sum(times) > latency_ms > 0:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if sum(max(0.0, t - mid) for t in times) > latency_ms else (lo, mid)
+    overhead = lo if sum(times) > latency_ms > 0 else 0.0
+    layer_ms: dict[str, float] = {}
+    other_ms = 0.0
+    for name, ms in raw_ms.items():
+        ms = max(0.0, ms - overhead)
+        module = node_module.get(name)
+        if module is None:
+            other_ms += ms
+        else:
+            layer_ms[module] = layer_ms.get(module, 0.0) + ms
+    return {"layer_ms": layer_ms, "other_ms": other_ms}
+
+
+def run_profiling(
+    model, space: PruningSpace, config: ProfileConfig | None = None, progress: Progress | None = None
+) -> tuple[Profile, ProfileSummary]:
+    """:func:`profile_engines`, also returning what this run built and measured anew."""
+    config = config or ProfileConfig()
+    check_precision(config.precision)
+    progress = progress or (lambda stage, done, total: None)
+    t0 = time.perf_counter()
+    plans = shard(design_plans(space, config.design), *parse_shard(config.shard))
+    with ProfileCache(config.cache_dir) as cache:
+        run = _Run(model, space, config, cache, progress)
+        run._calib()  # a missing or mismatched int8 calibration set fails before any build
+        run.summary.planned = len(plans)
+        builds = {}
+        for i, plan in enumerate(plans):
+            progress("build", i, len(plans))
+            builds[plan.engine_id] = run.build(plan)
+        progress("build", len(plans), len(plans))
+        run.measure_latency(plans, builds)
+        if run.backend.in_context_layers:
+            layers = {}
+            for i, plan in enumerate(plans):
+                progress("layers", i, len(plans))
+                layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
+            progress("layers", len(plans), len(plans))
+        else:
+            from itcp_deploy.profiling.isolated import isolated_layer_ms
+
+            layers = isolated_layer_ms(run, plans)
+        engines = []
+        for plan in plans:
+            stats = summarize([cache.get(run.latency_key(plan))["samples_ms"]])
+            entry = layers[plan.engine_id]
+            if "raw_ms" in entry:
+                entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms)
+            engines.append(
+                EngineMeasurement(
+                    engine_id=plan.engine_id,
+                    widths=plan.widths,
+                    role=plan.role,
+                    latency=stats.stats[0],
+                    layer_ms=entry["layer_ms"],
+                    other_ms=entry["other_ms"],
+                    round_medians_ms=stats.round_medians_ms[0],
+                )
+            )
+    summary = run.summary
+    summary.noise_pct = noise_pct([e.round_medians_ms for e in engines])
+    summary.wall_s = time.perf_counter() - t0
+    profile = Profile(
+        model=space.model,
+        input_shape=tuple(space.input_shape),
+        backend=run.backend.name,
+        backend_version=run.base.backend_version,
+        precision=config.precision,
+        device=run.base.device,
+        space=space,
+        engines=engines,
+        layer_source="in-context" if run.backend.in_context_layers else "isolated",
+        builds=len(engines),
+        wall_s=summary.wall_s,
+        noise_pct=summary.noise_pct,
+    )
+    return profile, summary
+
+
+def profile_engines(
+    model, space: PruningSpace, config: ProfileConfig | None = None, progress: Progress | None = None
+) -> Profile:
+    """Build and measure engines at the designed width plans of ``space`` (see the module docstring).
+
+    Args:
+        model: the trained dense ``nn.Module``.
+        space: its pruning space (``itcp_deploy.pruning.build_space``).
+        config: backend, precision, cache, design and timing. Defaults to :class:`ProfileConfig`.
+        progress: called as ``progress(stage, done, total)`` (stages: build, measure, layers, isolated).
+
+    Returns:
+        The :class:`Profile`; ``noise_pct`` is the mean over engines of (p90 - p10) / median of the engine's
+        per-round medians, in percent.
+
+    Raises:
+        CacheError: the cache file is corrupt or of another schema (left untouched).
+        MissingDependencyError: the backend is not installed or needs a GPU.
+    """
+    return run_profiling(model, space, config, progress)[0]
+
+
+def profile_model(
+    spec: str,
+    input_shape: tuple[int, int, int, int],
+    config: ProfileConfig | None = None,
+    *,
+    weights: str | None = None,
+    trust_code: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Profile, ProfileSummary]:
+    """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space, profile it
+    (what ``itcp-deploy profile-engines`` runs)."""
+    import torch
+
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pruning import build_space
+
+    torch.set_num_threads((config or ProfileConfig()).engine.threads)
+    model = create_model(spec, weights=weights, trust_code=trust_code).eval()
+    space = build_space(model, input_shape, model_spec=spec)
+    return run_profiling(model, space, config, progress)

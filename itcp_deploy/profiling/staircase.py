@@ -1,0 +1,142 @@
+"""The latency staircase of one conv signature: measured latency versus output width, next to MACs.
+
+MACs grow linearly with the output width; measured latency grows in steps, because kernels process channels
+in blocks (onnxruntime's NCHWc layout pads to 8 or 16 channels on x86). This plot is why the performance model
+is staircase-aware and why candidate widths are multiples of 4 or 8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from itcp_deploy.engines import EngineOptions, get_backend
+from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
+
+
+@dataclass(frozen=True)
+class StaircaseConfig:
+    """One 3x3 conv (stride 1, padding 1) on a ``hw`` x ``hw`` input of ``in_channels``, measured at
+    output widths 1..``max_width``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100 runs."""
+
+    in_channels: int = 32
+    hw: int = 32
+    kernel: int = 3
+    max_width: int = 64
+    threads: int = 1
+    timing: TimingConfig = field(
+        default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
+    )
+
+
+@dataclass(frozen=True)
+class StaircasePoint:
+    width: int
+    median_ms: float
+    p90_ms: float
+    macs: int
+
+
+def _export_conv(path: Path, config: StaircaseConfig, width: int) -> Path:
+    import torch
+
+    conv = torch.nn.Conv2d(config.in_channels, width, config.kernel, padding=config.kernel // 2).eval()
+    with warnings_off():
+        torch.onnx.export(
+            conv,
+            (torch.zeros(1, config.in_channels, config.hw, config.hw),),
+            os.fspath(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=False,
+        )
+    return path
+
+
+@contextlib.contextmanager
+def warnings_off():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def measure_staircase(config: StaircaseConfig | None = None) -> list[StaircasePoint]:
+    """Build one onnxruntime CPU engine per output width and measure them all interleaved."""
+    config = config or StaircaseConfig()
+    backend = get_backend("onnxruntime")
+    options = EngineOptions(threads=config.threads)
+    widths = list(range(1, config.max_width + 1))
+    with tempfile.TemporaryDirectory(prefix="itcp-staircase-") as tmp, contextlib.ExitStack() as stack:
+        runners = []
+        for w in widths:
+            onnx_path = _export_conv(Path(tmp) / f"w{w}.onnx", config, w)
+            artifact = backend.builder(onnx_path, Path(tmp) / f"w{w}", options)()
+            runners.append(stack.enter_context(backend.runner(artifact, options)))
+        result = measure_interleaved(runners, None, config.timing)
+    per_out = config.kernel * config.kernel * config.in_channels * config.hw * config.hw
+    return [
+        StaircasePoint(w, s.median_ms, s.p90_ms, per_out * w)
+        for w, s in zip(widths, result.stats, strict=True)
+    ]
+
+
+def plot_staircase(points: list[StaircasePoint], path: str | os.PathLike[str], title: str) -> Path:
+    """Latency (median with p90 whiskers) and MACs against output width, on two y axes; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from itcp_deploy.atomic_io import atomic_path
+
+    widths = [p.width for p in points]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.errorbar(
+        widths,
+        [p.median_ms * 1000 for p in points],
+        yerr=[[0] * len(points), [(p.p90_ms - p.median_ms) * 1000 for p in points]],
+        fmt="o-",
+        ms=3,
+        color="tab:blue",
+        label="measured latency (median, p90)",
+    )
+    ax.set_xlabel("output channels")
+    ax.set_ylabel("latency (µs)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(widths, [p.macs / 1e6 for p in points], "--", color="tab:gray", label="MACs")
+    ax2.set_ylabel("MMACs", color="tab:gray")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.9))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def staircase(
+    config: StaircaseConfig | None = None,
+    out: str | os.PathLike[str] = "docs/staircase_ort_cpu.png",
+) -> tuple[list[StaircasePoint], Path]:
+    """Measure and plot (what ``itcp-deploy staircase`` runs); the data goes beside the plot as JSON."""
+    from itcp_deploy.atomic_io import write_json
+    from itcp_deploy.profiling.device import device_name
+
+    config = config or StaircaseConfig()
+    points = measure_staircase(config)
+    title = (
+        f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "
+        f"onnxruntime CPU, {config.threads} thread(s)\n{device_name()}"
+    )
+    path = plot_staircase(points, out, title)
+    write_json(
+        Path(out).with_suffix(".json"),
+        {"config": asdict(config), "device": device_name(), "points": [asdict(p) for p in points]},
+    )
+    return points, path

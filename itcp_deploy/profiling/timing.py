@@ -1,0 +1,136 @@
+"""Latency, defined once: warm-up, then timed runs in rounds, summarised as :class:`LatencyStats`.
+
+CPU engines are timed with ``time.perf_counter`` around each call; GPU engines with CUDA events recorded
+around each call on the current stream (the runner's ``run_once`` only enqueues work, e.g. a CUDA-graph
+replay), read after a synchronisation at the end of each round. Thread counts are fixed by the runners
+(onnxruntime ``intra_op_num_threads``, ``torch.set_num_threads``), never left to the library default.
+
+Interleaving: :func:`measure_interleaved` visits every engine once per round, in a fresh shuffled order each
+round, so slow drift on a shared machine (another process starting, thermal throttling) spreads over all
+engines instead of biasing whichever was measured last. The median of each round is kept: their spread is
+the noise floor (:func:`noise_pct`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from itcp_deploy.engines.base import Runner
+from itcp_deploy.profiling.records import LatencyStats
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How many runs make one measurement. Defaults to 10 rounds x 60 runs after 20 warm-up runs (600 timed
+    runs per engine: about a second for a CIFAR ResNet-20 on one core)."""
+
+    warmup: int = 20
+    rounds: int = 10
+    runs_per_round: int = 60
+    seed: int = 0
+
+    @property
+    def runs(self) -> int:
+        return self.rounds * self.runs_per_round
+
+
+@dataclass
+class Interleaved:
+    """What :func:`measure_interleaved` returns: per engine, its stats, per-round medians and raw samples."""
+
+    stats: list[LatencyStats]
+    round_medians_ms: list[list[float]]
+    samples_ms: list[list[list[float]]] = field(default_factory=list)  # engine -> round -> samples
+
+
+def time_calls(
+    run_once: Callable[[], object], runs: int, clock: str = "cpu", sync: Callable[[], None] | None = None
+) -> list[float]:
+    """Time ``runs`` consecutive calls; returns one latency in ms per call."""
+    if clock == "cuda":
+        import torch
+
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)
+        ]
+        for start, end in events:
+            start.record()
+            run_once()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in events]
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run_once()
+        if sync is not None:
+            sync()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return samples
+
+
+def measure(
+    runner: Runner, feeds: Mapping[str, np.ndarray] | None = None, config: TimingConfig | None = None
+) -> LatencyStats:
+    """Latency of one active runner: warm-up, then ``config.runs`` timed runs."""
+    return measure_interleaved([runner], [feeds] if feeds is not None else None, config).stats[0]
+
+
+def measure_interleaved(
+    runners: Sequence[Runner],
+    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+    config: TimingConfig | None = None,
+) -> Interleaved:
+    """Measure several active runners in interleaved rounds (see the module docstring).
+
+    Args:
+        runners: active runners (inside their ``with``).
+        feeds: one input dict per runner; defaults to each runner's seeded random inputs.
+        config: warm-up, rounds, runs per round, shuffle seed. Defaults to :class:`TimingConfig`.
+
+    Returns:
+        :class:`Interleaved`, in the order of ``runners``.
+    """
+    config = config or TimingConfig()
+    feeds = list(feeds) if feeds is not None else [r.random_feeds() for r in runners]
+    calls = [r.prepare(f) for r, f in zip(runners, feeds, strict=True)]
+    for runner, call in zip(runners, calls, strict=True):
+        time_calls(call, config.warmup, runner.clock, runner.synchronize)
+    rng = random.Random(config.seed)
+    samples: list[list[list[float]]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    for _ in range(config.rounds):
+        rng.shuffle(order)
+        for i in order:
+            samples[i].append(
+                time_calls(calls[i], config.runs_per_round, runners[i].clock, runners[i].synchronize)
+            )
+    return summarize(samples)
+
+
+def summarize(samples_ms: Sequence[Sequence[Sequence[float]]]) -> Interleaved:
+    """Stats and round medians from raw samples (engine -> round -> samples), e.g. as stored in the cache."""
+    stats = [LatencyStats.from_samples([s for rnd in eng for s in rnd]) for eng in samples_ms]
+    medians = [[float(np.median(rnd)) for rnd in eng] for eng in samples_ms]
+    return Interleaved(
+        stats=stats, round_medians_ms=medians, samples_ms=[[list(r) for r in e] for e in samples_ms]
+    )
+
+
+def noise_pct(round_medians_ms: Sequence[Sequence[float]]) -> float:
+    """Noise floor in percent: the mean over engines of (p90 - p10) / median of that engine's round medians.
+
+    A percentile range rather than a standard deviation, so one disturbed round does not dominate it. NaN when
+    no engine has at least two rounds.
+    """
+    spreads = [
+        (np.percentile(m, 90) - np.percentile(m, 10)) / np.median(m) * 100.0
+        for m in round_medians_ms
+        if len(m) >= 2 and np.median(m) > 0
+    ]
+    return float(np.mean(spreads)) if spreads else float("nan")

@@ -1,0 +1,87 @@
+"""Latency defined once: warm-up + interleaved rounds, stats and the noise floor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from itcp_deploy.engines.base import Runner
+from itcp_deploy.profiling.timing import (
+    TimingConfig,
+    measure,
+    measure_interleaved,
+    noise_pct,
+    summarize,
+    time_calls,
+)
+
+
+class CountingRunner(Runner):
+    """A runner whose run_once only records that it ran (and in which global order)."""
+
+    log: list[str] = []
+
+    def __init__(self, name: str) -> None:
+        super().__init__("unused")
+        self.name = name
+        self.calls = 0
+
+    def _resolve(self):
+        return None
+
+    def _activate(self, path) -> None:
+        pass
+
+    def _deactivate(self) -> None:
+        pass
+
+    def input_specs(self):
+        return {"x": ((1, 2), np.dtype(np.float32))}
+
+    def _infer(self, feeds):
+        return {"y": feeds["x"] * 2}
+
+    def _prepare(self, feeds):
+        def run_once() -> None:
+            self.calls += 1
+            CountingRunner.log.append(self.name)
+
+        return run_once
+
+
+def test_each_runner_gets_warmup_plus_all_rounds_in_shuffled_order():
+    CountingRunner.log = []
+    runners = [CountingRunner(n) for n in "abcd"]
+    for r in runners:
+        r.__enter__()
+    config = TimingConfig(warmup=3, rounds=6, runs_per_round=4, seed=1)
+    result = measure_interleaved(runners, None, config)
+    assert [r.calls for r in runners] == [3 + 24] * 4
+    assert [s.n for s in result.stats] == [24] * 4
+    assert [len(m) for m in result.round_medians_ms] == [6] * 4
+    timed = CountingRunner.log[4 * 3 :]
+    orders = {"".join(timed[i : i + 16 : 4]) for i in range(0, len(timed), 16)}
+    assert all(sorted(o) == list("abcd") for o in orders)
+    assert len(orders) > 1  # the visiting order changes between rounds
+
+
+def test_measure_needs_an_active_runner():
+    with pytest.raises(RuntimeError, match="not active"):
+        measure(CountingRunner("x"), None, TimingConfig(warmup=0, rounds=1, runs_per_round=1))
+
+
+def test_time_calls_returns_one_positive_sample_per_call():
+    samples = time_calls(lambda: sum(range(1000)), 7)
+    assert len(samples) == 7 and all(s > 0 for s in samples)
+
+
+def test_summarize_and_noise_floor():
+    samples = [[[1.0, 1.0, 3.0], [2.0, 2.0, 2.0]], [[4.0] * 3, [4.0] * 3]]
+    result = summarize(samples)
+    assert result.round_medians_ms == [[1.0, 2.0], [4.0, 4.0]]
+    assert result.stats[0].median_ms == 2.0 and result.stats[0].min_ms == 1.0 and result.stats[0].n == 6
+    # engine 0: (p90 - p10) / median of [1, 2] = 0.8 / 1.5; engine 1: 0
+    assert noise_pct(result.round_medians_ms) == pytest.approx((0.8 / 1.5 * 100 + 0) / 2)
+    assert math.isnan(noise_pct([[1.0]]))
