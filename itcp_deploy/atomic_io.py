@@ -20,8 +20,12 @@ from itcp_deploy.errors import InputFileError
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on failure it is removed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:  # the parent is a file, read-only, or the disk is full
+        raise InputFileError(f"cannot write into {target.parent}: {err.strerror or err}",
+                             "choose an output path inside a writable directory") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -47,10 +47,12 @@ def search_inputs(config: SearchConfig, *, with_channel_importance: bool = False
     """Load the perf model, the model and the data, and score every group of the perf model's space."""
     from itcp_deploy.models import create_model
     from itcp_deploy.pruning import channel_importance, group_scores
+    from itcp_deploy.pruning.apply import check_space_fits
 
     perf_model = PerfModel.load(config.perf_model)
     space = perf_model.space
     model = create_model(config.model, weights=config.weights, trust_code=config.trust_code)
+    check_space_fits(model, space)
     loader = None
     if config.data is not None:
         from itcp_deploy.data import load_dataset, make_loader

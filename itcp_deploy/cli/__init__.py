@@ -11,8 +11,19 @@ from __future__ import annotations
 import os
 import sys
 
-from itcp_deploy.cli.app import app
 from itcp_deploy.cli import models, pipeline, profiling, pruning, search, train  # noqa: F401  (registers commands)
+from itcp_deploy.cli.app import app
+
+
+def _click_types() -> tuple[type[BaseException], type[BaseException]]:
+    """(ClickException, Abort): typer >= 0.29 bundles its own click, older typer uses the click package."""
+    import typer
+
+    try:
+        from typer._click import ClickException
+    except ImportError:
+        from click import ClickException
+    return ClickException, typer.Abort
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,31 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ITCP_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    click_error, abort = _click_types()
     try:
-        app(args=args, prog_name="itcp-deploy", standalone_mode=False)
+        code = app(args=args, prog_name="itcp-deploy", standalone_mode=False)
     except ItcpError as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, abort):
+        code = 130
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            print("error: aborted", file=sys.stderr)
-            return 130
-        if isinstance(exc, click.ClickException):
-            if debug:
-                raise
-            print(f"error: {exc.format_message()}. Fix: see `itcp-deploy COMMAND --help`", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    except click_error as exc:  # usage errors (bad option values, unknown commands)
+        if debug:
+            raise
+        message = exc.format_message().rstrip(".")
+        print(f"error: {message}. Fix: see `itcp-deploy COMMAND --help`", file=sys.stderr)
+        return 2
+    if code == 130:  # typer returns Ctrl-C as 130 in non-standalone mode
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

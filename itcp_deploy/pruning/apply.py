@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch_pruning as tp
 from torch import nn
 
-from itcp_deploy.errors import UsageError
+from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.pruning.importance import IMPORTANCE, Batch, accumulate_gradients, group_importance
 from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
 from itcp_deploy.space import ChannelGroup, PruningSpace
@@ -135,3 +135,58 @@ def pruned_layer_widths(model: nn.Module, space: PruningSpace) -> dict[str, tupl
         out[layer.name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
                            else (m.in_channels, m.out_channels))
     return out
+
+
+def check_space_fits(model: nn.Module, space: PruningSpace) -> None:
+    """Raise unless ``space`` was built from this architecture: the same conv/linear layers and channels.
+
+    A space (or a perf model holding one) of another model would otherwise score and prune, by name,
+    whichever layers happen to match, silently.
+
+    Raises:
+        InputFileError: a layer missing on either side, or one with other channel counts.
+    """
+    modules = _called_layers(model, space.input_shape)
+    problems = [f"the model has layer {n}, the space does not"
+                for n in sorted(set(modules) - {layer.name for layer in space.layers})]
+    for layer in space.layers:
+        m = modules.get(layer.name)
+        if m is None:
+            problems.append(f"the model has no layer {layer.name}")
+            continue
+        channels = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels,
+                                                                                      m.out_channels)
+        if channels != (layer.in_channels, layer.out_channels):
+            expected = (layer.in_channels, layer.out_channels)
+            problems.append(f"layer {layer.name} has (in, out) channels {channels}, the space {expected}")
+    if problems:
+        raise InputFileError(f"the pruning space of {space.model} does not fit this model ({problems[0]})",
+                             "use the perf model (or profile) made for this model")
+
+
+def _called_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, nn.Module]:
+    """The conv and linear modules one eval-mode forward pass calls (unused ones, e.g. aux heads, left out)."""
+    import torch
+
+    called: dict[str, nn.Module] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, _inputs: object, _output: object) -> None:
+            called[name] = module
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape)))
+    except (RuntimeError, ValueError) as err:  # e.g. channels or spatial size that the model cannot take
+        raise InputFileError(f"the model does not run on the space's input shape {tuple(input_shape)} "
+                             f"({str(err).splitlines()[0]})", "use the perf model made for this model") from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return called
