@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -42,9 +44,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise it.
+
+    Writers such as ``torch.save`` turn a KeyboardInterrupt raised mid-write into an unrelated RuntimeError
+    while cleaning up; a write is short, so the interrupt simply waits for it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[object] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write through ``write(f)`` into a binary temp file, then rename it onto ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    """Write through ``write(f)`` into a binary temp file, then rename it onto ``path`` (Ctrl-C waits)."""
+    with deferred_interrupt(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
     return Path(path)
 
