@@ -8,8 +8,7 @@ Light on import (``perfmodel/`` imports ``profiling.records``); these load on fi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from itcp_deploy.lazy import lazy_exports
 
 _EXPORTS = {
     "profile_engines": "profiler",
@@ -22,8 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

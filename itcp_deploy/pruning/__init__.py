@@ -12,8 +12,7 @@ Attributes load lazily so importing :mod:`itcp_deploy.pruning` does not import t
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from itcp_deploy.lazy import lazy_exports
 
 _EXPORTS = {
     "build_space": "space_builder",
@@ -31,8 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
