@@ -103,3 +103,14 @@ def test_bad_sla_is_one_line_exit_2(tmp_path, args):
                            "-o", str(tmp_path / "o"), *args)
     assert code == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_run_on_torch_backend(tmp_path):
+    """The torch backend goes through the same pipeline: isolated-layer profile, torch.export artifacts."""
+    from itcp_deploy.engine_build import EngineSpec
+
+    report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, budget_builds=8, holdout=2))
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["backend"] == "torch" and report.macs_final < report.macs_dense
+    assert json.loads((tmp_path / "out" / "profile.json").read_text())["layer_source"] == "isolated"
+    assert (tmp_path / "out" / "engines" / "model").is_dir()
