@@ -82,6 +82,9 @@ def test_summarize_and_noise_floor():
     result = summarize(samples)
     assert result.round_medians_ms == [[1.0, 2.0], [4.0, 4.0]]
     assert result.stats[0].median_ms == 2.0 and result.stats[0].min_ms == 1.0 and result.stats[0].n == 6
-    # engine 0: (p90 - p10) / median of [1, 2] = 0.8 / 1.5; engine 1: 0
-    assert noise_pct(result.round_medians_ms) == pytest.approx((0.8 / 1.5 * 100 + 0) / 2)
+    # engine 0: halves [1] and [2] differ by 1 / median 1.5; engine 1: identical halves
+    assert noise_pct(result.round_medians_ms) == pytest.approx((1 / 1.5 * 100 + 0) / 2 / 2**0.5)
+    # a slow drift cancels between interleaved halves; alternating rounds do not
+    assert noise_pct([[1.0, 1.1, 1.2, 1.3]]) == pytest.approx(abs(1.1 - 1.2) / 1.15 * 100 / 2**0.5)
+    assert noise_pct([[1.0, 2.0, 1.0, 2.0]]) == pytest.approx(1 / 1.5 * 100 / 2**0.5)
     assert math.isnan(noise_pct([[1.0]]))

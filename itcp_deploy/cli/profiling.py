@@ -182,7 +182,7 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
         "engines": summary.planned,
         "builds (new / cached)": f"{summary.builds_new} / {summary.builds_cached}",
         "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
-        "noise floor (p90-p10 of round medians)": "n/a"
+        "noise floor (re-measurement, split-half)": "n/a"
         if math.isnan(summary.noise_pct)
         else f"{summary.noise_pct:.1f}%",
         "wall time": f"{summary.wall_s:.1f} s ({per_engine:.2f} s per engine)",

@@ -343,8 +343,8 @@ def profile_engines(
         progress: called as ``progress(stage, done, total)`` (stages: build, measure, layers, isolated).
 
     Returns:
-        The :class:`Profile`; ``noise_pct`` is the mean over engines of (p90 - p10) / median of the engine's
-        per-round medians, in percent.
+        The :class:`Profile`; ``noise_pct`` is the reproducibility of an engine's median latency in percent
+        (split-half, see :func:`itcp_deploy.profiling.timing.noise_pct`).
 
     Raises:
         CacheError: the cache file is corrupt or of another schema (left untouched).

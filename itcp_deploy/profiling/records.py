@@ -78,7 +78,7 @@ class Profile:
     layer_source: str = "in-context"  # or "isolated"
     builds: int = 0
     wall_s: float = 0.0
-    noise_pct: float = float("nan")  # mean relative spread of repeated rounds of one engine
+    noise_pct: float = float("nan")  # how much re-measuring an engine moves its median, percent
     schema: int = PROFILE_SCHEMA
 
     def by_role(self, role: str) -> list[EngineMeasurement]:

@@ -123,14 +123,18 @@ def summarize(samples_ms: Sequence[Sequence[Sequence[float]]]) -> Interleaved:
 
 
 def noise_pct(round_medians_ms: Sequence[Sequence[float]]) -> float:
-    """Noise floor in percent: the mean over engines of (p90 - p10) / median of that engine's round medians.
+    """Noise floor in percent: how much re-measuring an engine changes its median latency.
 
-    A percentile range rather than a standard deviation, so one disturbed round does not dominate it. NaN when
-    no engine has at least two rounds.
+    Each engine's rounds are split in two interleaved halves (odd and even rounds); the noise floor is the mean
+    over engines of |median(half A) - median(half B)| / median(all) / sqrt(2): two half-length measurements
+    differ by sqrt(2) times more than two full-length ones would. It is the difference to expect between two
+    independent measurements of the same engine, the yardstick a latency model's error is judged against.
+    (The spread of the per-round medians says how noisy one short round is, not how reproducible the median
+    is.) NaN when no engine has at least two rounds.
     """
-    spreads = [
-        (np.percentile(m, 90) - np.percentile(m, 10)) / np.median(m) * 100.0
+    diffs = [
+        abs(np.median(m[0::2]) - np.median(m[1::2])) / np.median(m) * 100.0 / np.sqrt(2.0)
         for m in round_medians_ms
         if len(m) >= 2 and np.median(m) > 0
     ]
-    return float(np.mean(spreads)) if spreads else float("nan")
+    return float(np.mean(diffs)) if diffs else float("nan")
