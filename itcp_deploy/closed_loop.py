@@ -100,10 +100,11 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
     budget = target_ms * scale
     rounds: list[dict] = []
     notes: list[str] = []
-    best: tuple[float, Any, float] | None = None  # (score, solution, budget)
+    best: tuple[float, Any, float] | None = None  # (score, solution, the budget it was solved for)
     accepted = None
     for r in range(c.max_rounds):
         solution = run_method(c.method, search_inputs, budget, bins=c.bins)
+        solved_budget = budget
         pruned = apply_widths(inputs.model, inputs.space, solution.widths, importance="l1")
         built = build_engine(pruned, c.input_shape, inputs.out / "rounds", f"round{r}", c.engine)
         stats, ratio = measure_pair(c, built.artifact, inputs.dense_artifact, c.loop_timing)
@@ -113,7 +114,7 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
         log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
             f"({ratio:.3f} x dense), target {target_ms:.4f} ms")
         if measured <= target_ms and (best is None or solution.score > best[0]):
-            best = (solution.score, solution, budget)
+            best = (solution.score, solution, solved_budget)
         if c.accept_low * target_ms <= measured <= target_ms:
             accepted = solution
             break
@@ -128,7 +129,7 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
         notes.append(f"no round landed in [{c.accept_low:.0%}, 100%] of the target after {len(rounds)} "
                      "round(s); kept the best-scoring plan that met it")
     if accepted is None:
-        accepted = solution
+        accepted, budget = solution, solved_budget
         notes.append(f"gave up after {len(rounds)} round(s): every plan measured above the target "
                      f"{target_ms:.4g} ms (last {rounds[-1]['measured_ms']:.4g} ms, predicted "
                      f"{rounds[-1]['predicted_ms']:.4g} ms); the perf model underestimates this backend here, "

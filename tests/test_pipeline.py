@@ -114,3 +114,32 @@ def test_run_on_torch_backend(tmp_path):
     assert data["backend"] == "torch" and report.macs_final < report.macs_dense
     assert json.loads((tmp_path / "out" / "profile.json").read_text())["layer_source"] == "isolated"
     assert (tmp_path / "out" / "engines" / "model").is_dir()
+
+
+def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finished, monkeypatch, tmp_path):
+    """Every plan 'measures' 0.99 x dense (a fake measurement): the loop must say it gave up, and the saved plan
+    must carry the budget it was solved for (it used to carry the next round's)."""
+    import shutil
+    from types import SimpleNamespace
+
+    import itcp_deploy.closed_loop as cl
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pipeline import _read_scores
+    from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.profiling.records import LatencyStats
+    from itcp_deploy.pruning import build_space
+
+    tmp, config, _, _ = finished
+    out = tmp_path / "loop"
+    shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
+    stats = LatencyStats.from_samples([1.0])
+    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
+    monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: ([stats, stats], 0.99))
+    monkeypatch.setattr("itcp_deploy.engine_build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
+    result = cl.closed_loop(cl.LoopInputs(model, space, out, config, tmp_path, _read_scores(out)), lambda m: None)
+    plan = PruningPlan.load(out / "widths.json")
+    assert "gave up" in result["notes"][-1]
+    assert plan.predicted_ms <= plan.budget_ms * (1 + 1e-9)
+    assert plan.budget_ms == pytest.approx(result["rounds"][-1]["budget_ms"])
