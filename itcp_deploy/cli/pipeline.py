@@ -94,9 +94,12 @@ def demo_command(
     quiet: Quiet = False,
 ) -> None:
     """Offline demo: train a CIFAR ResNet-20 on digits, prune it to 60% of its measured latency."""
+    import time
+
     from itcp_deploy.cli.profiling import progress_bar
     from itcp_deploy.demo import DemoConfig, demo
 
+    started = time.perf_counter()
     config = DemoConfig(out_dir=str(out), train_seconds=train_seconds, quiet=quiet or json)
     if quiet or json:
         report = demo(config)
@@ -105,7 +108,8 @@ def demo_command(
             report = demo(config, log=_log(False), progress=progress)
     _print_report(report, json)
     if not json:
-        console.print(f"engine: {out / 'run'} (model.ort.onnx); report: {out / 'run' / 'report.md'}")
+        console.print(f"engine: {out / 'run'} (model.ort.onnx); report: {out / 'run' / 'report.md'}; "
+                      f"demo wall time {time.perf_counter() - started:.0f} s")
 
 
 @app.command("check-latency")
