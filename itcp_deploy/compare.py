@@ -431,34 +431,6 @@ def _one_shot_rows(b: _Bench) -> list[dict]:
 # ---------------------------------------------------------------- progressive (HALP-like)
 
 
-def restricted(space, perf, model, current: dict[str, int], input_shape: tuple[int, ...]):
-    """The space of the pruned ``model`` (same group names) with each group's candidates cut to the dense
-    candidates <= its current width, and the perf model's tables sliced to match: the DP can then only
-    narrow groups further, and predicts exactly what the dense perf model predicts for such plans."""
-    from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.pruning import build_space
-
-    pruned_space = build_space(model, input_shape, model_spec=space.model, grid=space.grid)
-    keep = {g.name: [i for i, w in enumerate(g.candidates) if w <= current[g.name]] for g in space.groups}
-    groups = []
-    for g in pruned_space.groups:
-        dense_group = space.group(g.name)
-        if g.full_width != current[g.name]:
-            raise UsageError(
-                f"group {g.name} is {g.full_width} wide, the plan says {current[g.name]}",
-                "the progressive schedule needs the space of the model it pruned",
-            )
-        groups.append(replace(g, candidates=tuple(dense_group.candidates[i] for i in keep[g.name])))
-    new_space = replace(pruned_space, groups=tuple(groups))
-    tables = {
-        layer.name: perf.tables[layer.name][np.ix_(keep[layer.in_group], keep[layer.out_group])]
-        for layer in space.layers
-    }
-    return new_space, PerfModel(
-        new_space, tables, perf.constant_ms, perf.method, perf.report, dict(perf.meta), perf.calibration
-    )
-
-
 def _progressive_rows(b: _Bench) -> list[dict]:
     rows = []
     if b.config.progressive_steps < 1:
@@ -479,6 +451,7 @@ def _progressive_rows(b: _Bench) -> list[dict]:
 
 def _progressive(b: _Bench, speedup: float, seed: int) -> dict:
     """K steps at budget ``dense * speedup ** (-k/K)``: rescore, re-solve narrower, prune, BN, finetune."""
+    from itcp_deploy.planning import restricted
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
@@ -581,4 +554,4 @@ def _assemble(b: _Bench, rows: list[dict], measured: dict) -> dict:
     }
 
 
-__all__ = ["CompareConfig", "FinetuneRecipe", "ProfileSettings", "compare", "restricted"]
+__all__ = ["CompareConfig", "FinetuneRecipe", "ProfileSettings", "compare"]

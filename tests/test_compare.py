@@ -162,7 +162,7 @@ def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):
 
 def test_restricted_space_predicts_like_the_dense_perf_model(finished):
     tmp, _, results = finished
-    from itcp_deploy.compare import restricted
+    from itcp_deploy.planning import restricted
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pruning import apply_widths
