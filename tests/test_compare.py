@@ -162,9 +162,9 @@ def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):
 
 def test_restricted_space_predicts_like_the_dense_perf_model(finished):
     tmp, _, results = finished
-    from itcp_deploy.planning import restricted
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.planning import restricted
     from itcp_deploy.pruning import apply_widths
 
     perf = PerfModel.load(tmp / "out" / "perf_model.json")
