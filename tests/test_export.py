@@ -18,7 +18,10 @@ from tests.conftest import run_cli
 
 CASES = [
     ("cifar_resnet20", (1, 3, 32, 32)),
+    ("cifar_resnet32", (1, 3, 32, 32)),
+    ("cifar_resnet44", (1, 3, 32, 32)),
     ("cifar_resnet56", (1, 3, 32, 32)),
+    ("cifar_resnet110", (1, 3, 32, 32)),
     ("cifar_vgg16_bn", (1, 3, 32, 32)),
     ("torchvision:resnet18", (1, 3, 64, 64)),
     ("torchvision:resnet50", (1, 3, 64, 64)),
