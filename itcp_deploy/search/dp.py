@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -340,4 +340,31 @@ def solve(
             f"predicted latency is {low:.4g} ms",
             f"raise the budget to at least {low:.4g} ms (or use more --bins)",
         )
-    return solver.solution()
+    solution = solver.solution()
+    widths = fill_budget(problem, solution.widths, budget)
+    if widths != solution.widths:
+        solution = replace(solution, widths=widths, cost=problem.cost(widths), score=problem.score(widths))
+    return solution
+
+
+def fill_budget(problem: SearchProblem, widths: dict[str, int], budget: float) -> dict[str, int]:
+    """Spend what bin rounding left: widen one group at a time to the next candidate, taking the largest score
+    gain whose exact cost still fits, until none fits.
+
+    The DP rounds every cost up to a whole bin, so its plan can sit a few percent under the budget; this step
+    uses exact costs, keeps the plan feasible and never lowers its score.
+    """
+    current = dict(widths)
+    while True:
+        best = None
+        for group, cands in problem.candidates.items():
+            i = cands.index(current[group])
+            if i + 1 == len(cands):
+                continue
+            trial = {**current, group: cands[i + 1]}
+            gain = problem.scores[group][i + 1] - problem.scores[group][i]
+            if problem.cost(trial) <= budget and gain > 0 and (best is None or gain > best[0]):
+                best = (gain, trial)
+        if best is None:
+            return current
+        current = best[1]
