@@ -8,13 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.search.dp import solve  # noqa: E402
 from itcp_deploy.search.problem import problem_from_tables  # noqa: E402
-from tests.synthetic_spaces import random_scores, resnet_space, staircase_ms  # noqa: E402
+from tests.synthetic_spaces import random_scores, resnet_space, staircase_tables  # noqa: E402
 
 
 def main() -> None:
@@ -23,11 +21,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     space = resnet_space(9)
-    tables = {}
-    for layer in space.layers:
-        cin, cout = space.group(layer.in_group).candidates, space.group(layer.out_group).candidates
-        tables[layer.name] = np.array([[staircase_ms(layer, a, b) for b in cout] for a in cin])
-    problem = problem_from_tables(space, tables, 0.05, random_scores(space))
+    problem = problem_from_tables(space, staircase_tables(space), 0.05, random_scores(space))
     dense_ms = problem.cost(problem.widest())
     sizes = [len(c) for c in problem.candidates.values() if len(c) > 1]
     print(

@@ -55,17 +55,13 @@ def measure_pair(c: Any, artifact: Path, dense_artifact: Path, timing: Any):
     """Measure a candidate and the dense engine interleaved (``c``: a ``RunConfig``, ``timing``: a
     ``TimingConfig``); returns their stats and the median per-round
     latency ratio (candidate / dense) at the configured percentile."""
-    import numpy as np
-
     from itcp_deploy.engines import get_backend
-    from itcp_deploy.profiling.timing import measure_interleaved
+    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
 
     backend = get_backend(c.engine.backend)
     with backend.runner(artifact, c.engine.options) as a, backend.runner(dense_artifact, c.engine.options) as d:
         result = measure_interleaved([a, d], None, timing)
-    q = c.percentile
-    ratios = [np.percentile(x, q) / np.percentile(y, q)
-              for x, y in zip(result.samples_ms[0], result.samples_ms[1], strict=True)]
+    ratios = round_ratios(result.samples_ms[0], result.samples_ms[1], c.percentile)
     return result.stats, float(np.median(ratios))
 
 

@@ -508,7 +508,7 @@ def _measure(b: _Bench, rows: list[dict]) -> dict:
     import contextlib
 
     from itcp_deploy.engines import get_backend
-    from itcp_deploy.profiling.timing import measure_interleaved
+    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
 
     ids = sorted({r["engine"] for r in rows} | {DENSE})
     path = b.out / "measured.json"
@@ -527,8 +527,7 @@ def _measure(b: _Bench, rows: list[dict]) -> dict:
     dense = ids.index(DENSE)
     stats = {}
     for i, engine_id in enumerate(ids):
-        pairs = zip(result.samples_ms[i], result.samples_ms[dense], strict=True)
-        ratios = [np.median(x) / np.median(y) for x, y in pairs]
+        ratios = round_ratios(result.samples_ms[i], result.samples_ms[dense])
         stats[engine_id] = {**asdict(result.stats[i]), "ratio_to_dense": float(np.median(ratios))}
     saved = {"engines": ids, "timing": timing, "stats": stats}
     write_json(path, saved)

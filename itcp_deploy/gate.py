@@ -8,6 +8,7 @@ engines alike, so the ratio is the robust gate there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def check_latency(config: GateConfig) -> GateResult:
         ``GateResult.passed`` is False and the CLI exits 1.
     """
     from itcp_deploy.engines import EngineOptions, get_backend
-    from itcp_deploy.profiling.timing import measure_interleaved
+    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
 
     _check_config(config)
     paths = [_check_engine_path(config.engine, "engine")]
@@ -109,23 +110,16 @@ def check_latency(config: GateConfig) -> GateResult:
         paths.append(_check_engine_path(config.reference, "reference engine"))
     backend = get_backend(config.backend)
     options = EngineOptions(threads=config.threads)
-    runners = [backend.runner(p, options) for p in paths]
-    entered = []
-    try:
-        for r in runners:
-            entered.append(r.__enter__())
-        result = measure_interleaved(entered, None, config.timing)
-    finally:
-        for r in entered:
-            r.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(backend.runner(p, options)) for p in paths]
+        result = measure_interleaved(runners, None, config.timing)
     engine = result.stats[0]
     if config.reference is None:
         measured = engine.percentile_ms(config.percentile)
         return GateResult(measured <= config.sla_ms, measured, config.sla_ms, "sla", config.percentile,
                           engine)
     q = config.percentile
-    ratios = np.array([np.percentile(a, q) / np.percentile(b, q)
-                       for a, b in zip(result.samples_ms[0], result.samples_ms[1], strict=True)])
+    ratios = round_ratios(result.samples_ms[0], result.samples_ms[1], q)
     measured = float(np.median(ratios))
     spread = (float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90)))
     return GateResult(measured <= config.max_ratio, measured, float(config.max_ratio), "ratio", q, engine,

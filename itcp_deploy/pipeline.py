@@ -129,6 +129,7 @@ class _Context:
     model: Any = None
     space: Any = None
     train_info: Any = None
+    plain_info: Any = None  # the train split without augmentation: scores, BN statistics
     test_info: Any = None
     progress: Callable[[str, int, int], None] | None = None
     wall_s: dict[str, float] = field(default_factory=dict)
@@ -170,6 +171,7 @@ def _load_inputs(ctx: _Context) -> None:
     c = ctx.config
     torch.manual_seed(c.seed)
     ctx.train_info = load_dataset(c.data, "train")
+    ctx.plain_info = load_dataset(c.data, "train", augment=False)
     ctx.test_info = load_dataset(c.data, "test")
     num_classes = c.num_classes or ctx.train_info.num_classes
     ctx.model = create_model(c.model, num_classes=num_classes, weights=c.weights, trust_code=c.trust_code).eval()
@@ -177,9 +179,9 @@ def _load_inputs(ctx: _Context) -> None:
 
 
 def _loader(ctx: _Context, train: bool, max_samples: int | None = None):
-    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.data import make_loader
 
-    info = load_dataset(ctx.config.data, "train", augment=False) if train else ctx.test_info
+    info = ctx.plain_info if train else ctx.test_info
     return make_loader(info, ctx.config.batch_size, shuffle=train, seed=ctx.config.seed, max_samples=max_samples)
 
 
@@ -192,15 +194,11 @@ def _stage_dense(ctx: _Context) -> dict:
     from itcp_deploy.train import evaluate
 
     c = ctx.config
-    built = build_engine(ctx.model, c.input_shape, ctx.out, "dense", _engine_spec(c))
+    built = build_engine(ctx.model, c.input_shape, ctx.out, "dense", c.engine)
     macs, params = count_macs_params(ctx.model, c.input_shape)
     accuracy = evaluate(ctx.model, _loader(ctx, train=False))["accuracy"]
     write_json(ctx.out / "space.json", ctx.space.to_dict())
     return {"artifact": str(built.artifact), "macs": macs, "params": params, "accuracy": accuracy}
-
-
-def _engine_spec(c: RunConfig) -> EngineSpec:
-    return c.engine
 
 
 def _stage_profile(ctx: _Context) -> dict:
@@ -284,7 +282,7 @@ def _stage_final(ctx: _Context) -> dict:
 
     c = ctx.config
     pruned = load_pruned(ctx.out / "pruned.pt", ctx.out / "widths.json", trust_code=c.trust_code).eval()
-    built = build_engine(pruned, c.input_shape, ctx.out, "model", _engine_spec(c))
+    built = build_engine(pruned, c.input_shape, ctx.out, "model", c.engine)
     macs, params = count_macs_params(pruned, c.input_shape)
     dense = ctx.state.done("dense")
     stats, ratio = measure_pair(c, built.artifact, Path(dense["artifact"]), c.final_timing)

@@ -106,6 +106,15 @@ def staircase_ms(layer: LayerSpec, w_in: int, w_out: int, tile: int = 8) -> floa
     return 0.004 + 2.0e-8 * work + 1.5e-6 * cout * layer.out_hw[0] * layer.out_hw[1]
 
 
+def staircase_tables(space: PruningSpace) -> dict[str, np.ndarray]:
+    """:func:`staircase_ms` of every layer over its groups' candidate widths (what a fitted perf model holds)."""
+    tables = {}
+    for layer in space.layers:
+        cin, cout = space.group(layer.in_group).candidates, space.group(layer.out_group).candidates
+        tables[layer.name] = np.array([[staircase_ms(layer, a, b) for b in cout] for a in cin])
+    return tables
+
+
 def random_scores(space: PruningSpace, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {g.name: np.cumsum(rng.random(len(g.candidates))) * rng.uniform(0.2, 2.0) for g in space.prunable}

@@ -10,7 +10,7 @@ import pytest
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.search.dp import SolverLimits, discretise, min_cost, solve
 from itcp_deploy.search.problem import SearchProblem, Term
-from tests.synthetic_spaces import random_scores, resnet_space, staircase_ms
+from tests.synthetic_spaces import random_scores, resnet_space, staircase_tables
 
 STRUCTURES = ("chain", "star", "residual", "inverted-residual", "cyclic")
 
@@ -162,11 +162,7 @@ def test_resnet56_structure_is_solved_exactly():
     space = resnet_space(9)
     from itcp_deploy.search.problem import problem_from_tables
 
-    tables = {}
-    for layer in space.layers:
-        cin, cout = space.group(layer.in_group).candidates, space.group(layer.out_group).candidates
-        tables[layer.name] = np.array([[staircase_ms(layer, a, b) for b in cout] for a in cin])
-    problem = problem_from_tables(space, tables, 0.05, random_scores(space))
+    problem = problem_from_tables(space, staircase_tables(space), 0.05, random_scores(space))
     budget = problem.cost(problem.widest()) / 2
     sol = solve(problem, budget, bins=300)
     assert sol.exact

@@ -88,3 +88,12 @@ def test_summarize_and_noise_floor():
     assert noise_pct([[1.0, 1.1, 1.2, 1.3]]) == pytest.approx(abs(1.1 - 1.2) / 1.15 * 100 / 2**0.5)
     assert noise_pct([[1.0, 2.0, 1.0, 2.0]]) == pytest.approx(1 / 1.5 * 100 / 2**0.5)
     assert math.isnan(noise_pct([[1.0]]))
+
+
+def test_round_ratios_compare_engines_round_by_round():
+    from itcp_deploy.profiling.timing import round_ratios
+
+    slow_round, fast_round = [[2.0, 2.0, 4.0], [1.0, 1.0, 1.0]], [[4.0, 4.0, 4.0], [2.0, 2.0, 2.0]]
+    # drift doubles both engines in round 0: the ratio stays 0.5
+    assert list(round_ratios(slow_round, fast_round)) == [0.5, 0.5]
+    assert round_ratios([[1.0, 3.0]], [[1.0, 1.0]], 90)[0] == pytest.approx(2.8)

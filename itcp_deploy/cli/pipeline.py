@@ -35,8 +35,14 @@ def _print_report(report, json_out: bool) -> None:
         console.print(f"note: {note}")
 
 
-def _log(quiet: bool):
-    return (lambda msg: None) if quiet else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
+def _with_progress(job, config, quiet: bool):
+    """``job(config)`` silently, or with a log line per stage and rich progress bars."""
+    from itcp_deploy.cli.profiling import progress_bar
+
+    if quiet:
+        return job(config)
+    with progress_bar() as progress:
+        return job(config, log=lambda msg: console.print(f"[dim]{msg}[/dim]"), progress=progress)
 
 
 @app.command("run")
@@ -63,7 +69,6 @@ def run_command(
     quiet: Quiet = False,
 ) -> None:
     """Prune MODEL to the most accurate plan that meets the SLA, and build its engine into OUT/."""
-    from itcp_deploy.cli.profiling import progress_bar
     from itcp_deploy.engine_build import EngineSpec
     from itcp_deploy.engines import EngineOptions
     from itcp_deploy.pipeline import RunConfig, run
@@ -78,12 +83,7 @@ def run_command(
         percentile=percentile, criterion=criterion, method=method, epochs=epochs, distill=distill,
         cache_dir=cache, quiet=quiet or json)
     config.validate()
-    if quiet or json:
-        report = run(config)
-    else:
-        with progress_bar() as progress:
-            report = run(config, log=_log(False), progress=progress)
-    _print_report(report, json)
+    _print_report(_with_progress(run, config, quiet or json), json)
 
 
 @app.command("demo")
@@ -96,17 +96,11 @@ def demo_command(
     """Offline demo: train a CIFAR ResNet-20 on digits, prune it to 60% of its measured latency."""
     import time
 
-    from itcp_deploy.cli.profiling import progress_bar
     from itcp_deploy.demo import DemoConfig, demo
 
     started = time.perf_counter()
     config = DemoConfig(out_dir=str(out), train_seconds=train_seconds, quiet=quiet or json)
-    if quiet or json:
-        report = demo(config)
-    else:
-        with progress_bar() as progress:
-            report = demo(config, log=_log(False), progress=progress)
-    _print_report(report, json)
+    _print_report(_with_progress(demo, config, quiet or json), json)
     if not json:
         console.print(f"engine: {out / 'run'} (model.ort.onnx); report: {out / 'run' / 'report.md'}; "
                       f"demo wall time {time.perf_counter() - started:.0f} s")

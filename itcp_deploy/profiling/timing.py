@@ -138,3 +138,16 @@ def noise_pct(round_medians_ms: Sequence[Sequence[float]]) -> float:
         if len(m) >= 2 and np.median(m) > 0
     ]
     return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def round_ratios(
+    rounds_a_ms: Sequence[Sequence[float]], rounds_b_ms: Sequence[Sequence[float]], percentile: int = 50
+) -> np.ndarray:
+    """Per-round latency ratio a / b at ``percentile`` of two engines measured interleaved.
+
+    Both engines saw the same machine state in each round, so drift cancels in the ratio; gates and comparisons
+    take the median of these.
+    """
+    return np.array([np.percentile(a, percentile) / np.percentile(b, percentile)
+                     for a, b in zip(rounds_a_ms, rounds_b_ms, strict=True)])
+
