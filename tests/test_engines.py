@@ -140,7 +140,7 @@ def test_ort_profile_attributes_every_layer(tiny_onnx, tmp_path):
 
 
 def test_device_name_is_specific():
-    from itcp_deploy.profiling.device import device_name
+    from itcp_deploy.engines.device import device_name
 
     name = device_name("cpu")
     assert name and "[" in name  # model string + architecture

@@ -40,7 +40,7 @@ class Backend(ABC):
 
     def device_name(self, options: EngineOptions) -> str:
         """The device the engines run on, for cache keys."""
-        from itcp_deploy.profiling.device import device_name
+        from itcp_deploy.engines.device import device_name
 
         return device_name(options.device)
 

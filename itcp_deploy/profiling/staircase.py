@@ -126,7 +126,7 @@ def staircase(
 ) -> tuple[list[StaircasePoint], Path]:
     """Measure and plot (what ``itcp-deploy staircase`` runs); the data goes beside the plot as JSON."""
     from itcp_deploy.atomic_io import write_json
-    from itcp_deploy.profiling.device import device_name
+    from itcp_deploy.engines.device import device_name
 
     config = config or StaircaseConfig()
     points = measure_staircase(config)

@@ -69,7 +69,7 @@ class OrtRunner(Runner):
 
     def layer_times_ms(self, feeds, runs: int, warmup: int) -> dict[str, float] | None:
         """Profile a second session of the same model: profiling slows runs; never the timed one."""
-        from itcp_deploy.profiling.ort_profile import read_node_times_ms
+        from itcp_deploy.engines.onnxruntime.node_profile import read_node_times_ms
 
         feeds = self._check(feeds)
         with tempfile.TemporaryDirectory(prefix="itcp-ortprof-") as tmp:
@@ -102,12 +102,12 @@ class OrtBackend(Backend):
         return OrtRunner(artifact, options)
 
     def device_name(self, options: EngineOptions) -> str:
-        from itcp_deploy.profiling.device import device_name
+        from itcp_deploy.engines.device import device_name
 
         return device_name("cpu" if options.provider == "cpu" else "cuda")
 
     def layer_nodes(self, layer_names: list[str], artifact: Path, onnx_path: Path) -> dict[str, str | None]:
-        from itcp_deploy.profiling.ort_profile import attribute_nodes
+        from itcp_deploy.engines.onnxruntime.node_profile import attribute_nodes
 
         mapping = attribute_nodes(model_file(artifact), artifact / ORIGINAL if artifact.is_dir() else onnx_path)
         return {name: mapping.get(name) for name in layer_names}

@@ -170,7 +170,7 @@ class TrtBackend(Backend):
         return TrtRunner(artifact, options)
 
     def device_name(self, options: EngineOptions) -> str:
-        from itcp_deploy.profiling.device import device_name
+        from itcp_deploy.engines.device import device_name
 
         return device_name("cuda")
 

@@ -127,6 +127,6 @@ class TorchBackend(Backend):
         return TorchRunner(artifact, options)
 
     def device_name(self, options: EngineOptions) -> str:
-        from itcp_deploy.profiling.device import device_name
+        from itcp_deploy.engines.device import device_name
 
         return device_name(options.device)
