@@ -37,6 +37,7 @@ class GateConfig:
     max_ratio: float | None = None
     percentile: int = 50
     threads: int = 1
+    input_shape: tuple[int, ...] | None = None  # for engines with dynamic input dimensions
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
 
@@ -69,10 +70,10 @@ class GateResult:
                 f"(median {e.median_ms:.4f}, p90 {e.p90_ms:.4f}, p99 {e.p99_ms:.4f})")
 
 
-def _check_engine_path(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"{what} {p} does not exist", "build it first (itcp-deploy run) or fix the path")
+def _check_engine_path(path: str, what: str, backend: str) -> Path:
+    from itcp_deploy.engines.files import resolve_engine
+
+    p = resolve_engine(path, backend, what)
     if not os.access(p, os.R_OK):
         raise InputFileError(f"{what} {p} is not readable", "fix its permissions")
     return p
@@ -102,17 +103,21 @@ def check_latency(config: GateConfig) -> GateResult:
         ``GateResult.passed`` is False and the CLI exits 1.
     """
     from itcp_deploy.engines import EngineOptions, get_backend
+    from itcp_deploy.engines.files import check_same_workload, engine_feeds
     from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
 
     _check_config(config)
-    paths = [_check_engine_path(config.engine, "engine")]
-    if config.reference is not None:
-        paths.append(_check_engine_path(config.reference, "reference engine"))
     backend = get_backend(config.backend)
+    paths = [_check_engine_path(config.engine, "engine", backend.name)]
+    if config.reference is not None:
+        paths.append(_check_engine_path(config.reference, "reference engine", backend.name))
     options = EngineOptions(threads=config.threads)
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(backend.runner(p, options)) for p in paths]
-        result = measure_interleaved(runners, None, config.timing)
+        feeds = [engine_feeds(r.input_specs(), config.input_shape, str(p)) for r, p in zip(runners, paths, strict=True)]
+        if len(feeds) == 2:
+            check_same_workload(feeds[0], feeds[1], (str(paths[0]), str(paths[1])))
+        result = measure_interleaved(runners, feeds, config.timing)
     engine = result.stats[0]
     if config.reference is None:
         measured = engine.percentile_ms(config.percentile)

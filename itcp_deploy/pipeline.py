@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from itcp_deploy.atomic_io import read_json, write_json
+from itcp_deploy.digest import changed_inputs, input_digests
 from itcp_deploy.engine_build import EngineSpec
-from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.errors import UsageError
+from itcp_deploy.paths import check_output_dir
 from itcp_deploy.profiling.timing import TimingConfig
 
 STATE_FILE = "state.json"
@@ -97,11 +99,17 @@ class _State:
         self.path = out_dir / STATE_FILE
         self.fingerprint = {k: v for k, v in _config_dict(config).items()
                             if k not in ("quiet", "out_dir", "time_budget_s")}
+        # the same path may hold other bytes on resume: fingerprint the contents of every input file too
+        calib = config.engine.calib
+        self.fingerprint["contents"] = input_digests({
+            "model": config.model, "weights": config.weights, "data": config.data.partition(":")[2] or config.data,
+            "calibration set": calib if not calib or calib.endswith(".npz") else f"calib/{calib}.npz"})
         self.data: dict[str, Any] = {"config": self.fingerprint, "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, "run state")
-            if saved.get("config") != self.fingerprint:
-                raise UsageError(f"{out_dir} holds a run with other settings",
+            if not isinstance(saved, dict) or saved.get("config") != self.fingerprint:
+                raise UsageError(f"{out_dir} holds a run with other settings"
+                                 f"{changed_inputs(saved, self.fingerprint['contents'])}",
                                  "use another -o directory, or delete it to start over")
             self.data = saved
 
@@ -144,8 +152,7 @@ def run(config: RunConfig, log: Log | None = None, progress: Callable[[str, int,
     """
     config.validate()
     out = Path(config.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputFileError(f"output {out} is a file", "give a directory with -o")
+    check_output_dir("-o", out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = _Context(config, out, _State(out, config), log or (lambda msg: None), progress=progress)
     _load_inputs(ctx)

@@ -69,12 +69,15 @@ def profile_engines_cmd(
 
     from itcp_deploy.atomic_io import write_json
     from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.paths import check_outputs
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
     from itcp_deploy.profiling.timing import TimingConfig
     from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape)
+    check_outputs({"-o": out, "-o (its .config.json)": out and out.with_suffix(".config.json")},
+                  {"weights": weights, "model file": model, "calibration set": calib})
     config = ProfileConfig(
         backend=backend,
         precision=precision,
@@ -177,10 +180,14 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
     """The end-of-run table (builds, measurements, noise floor, wall time), or JSON with ``--json``."""
     from rich.table import Table
 
+    if summary.builds_damaged:
+        console.print(f"warning: {summary.builds_damaged} cached engine(s) were damaged (their files no longer "
+                      "match the checksums recorded at build time) and were rebuilt")
     per_engine = summary.wall_s / max(1, summary.planned)
     rows = {
         "engines": summary.planned,
-        "builds (new / cached)": f"{summary.builds_new} / {summary.builds_cached}",
+        "builds (new / cached / damaged, rebuilt)": f"{summary.builds_new} / {summary.builds_cached} / "
+        f"{summary.builds_damaged}",
         "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
         "noise floor (re-measurement, split-half)": "n/a"
         if math.isnan(summary.noise_pct)
@@ -195,6 +202,7 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
                 "engines": summary.planned,
                 "builds_new": summary.builds_new,
                 "builds_cached": summary.builds_cached,
+                "builds_damaged": summary.builds_damaged,
                 "measurements_new": summary.measurements_new,
                 "measurements_cached": summary.measurements_cached,
                 "noise_pct": summary.noise_pct,

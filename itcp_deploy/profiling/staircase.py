@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.engines import EngineOptions, get_backend
+from itcp_deploy.errors import UsageError
+from itcp_deploy.paths import check_outputs
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
 
 
@@ -30,6 +32,13 @@ class StaircaseConfig:
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
     )
+
+    def validate(self) -> None:
+        """Every size >= 1: a 0x0 input or zero output widths would fail deep in torch or plot nothing."""
+        for option, value in (("--in-channels", self.in_channels), ("--hw", self.hw),
+                              ("--max-width", self.max_width), ("--kernel", self.kernel)):
+            if value < 1:
+                raise UsageError(f"{option} must be >= 1, got {value}", f"pass e.g. {option} 32")
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ def staircase(
     from itcp_deploy.engines.device import device_name
 
     config = config or StaircaseConfig()
+    config.validate()
+    check_outputs({"-o": out, "-o (its .json)": Path(out).with_suffix(".json")}, {})
     points = measure_staircase(config)
     title = (
         f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "

@@ -1,0 +1,35 @@
+"""Numbers read from model files must be finite and in range: NaN, inf or a negative latency would pass every
+later check silently (a NaN compares False with everything) or crash the solver far from the file."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from itcp_deploy.errors import InputFileError
+
+
+def check_numbers(values: float | Iterable[float] | np.ndarray, where: str, field: str, fix: str, *,
+                  minimum: float | None = 0.0, allow_nan: bool = False) -> None:
+    """Raise one line naming ``where`` (the file) and ``field`` unless every value is finite and >= ``minimum``.
+
+    Args:
+        values: one number, a sequence or an array.
+        where: the file, e.g. ``perf model pm.json``.
+        field: the field inside it, e.g. ``tables.layer1.0.conv1``.
+        fix: how to get a good file.
+        minimum: the smallest allowed value; ``None`` for no lower bound.
+        allow_nan: NaN means "not measured" for this field.
+    """
+    try:
+        array = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise InputFileError(f"{where}: {field} is not a number", fix) from None
+    for value in array:
+        if math.isnan(value) and allow_nan:
+            continue
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            bound = "finite" if minimum is None else f"finite and >= {minimum:g}"
+            raise InputFileError(f"{where}: {field} is {value!r}, it must be {bound}", fix)
