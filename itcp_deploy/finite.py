@@ -4,14 +4,13 @@ later check silently (a NaN compares False with everything) or crash the solver 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 
 from itcp_deploy.errors import InputFileError
 
 
-def check_numbers(values: float | Iterable[float] | np.ndarray, where: str, field: str, fix: str, *,
+def check_numbers(values: object, where: str, field: str, fix: str, *,
                   minimum: float | None = 0.0, allow_nan: bool = False) -> None:
     """Raise one line naming ``where`` (the file) and ``field`` unless every value is finite and >= ``minimum``.
 
@@ -23,10 +22,13 @@ def check_numbers(values: float | Iterable[float] | np.ndarray, where: str, fiel
         minimum: the smallest allowed value; ``None`` for no lower bound.
         allow_nan: NaN means "not measured" for this field.
     """
-    try:
-        array = np.asarray(values, dtype=float).ravel()
-    except (TypeError, ValueError):
-        raise InputFileError(f"{where}: {field} is not a number", fix) from None
+    if isinstance(values, np.ndarray):
+        array = values.astype(float).ravel()
+    else:
+        items = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise InputFileError(f"{where}: {field} holds something that is not a number", fix)
+        array = np.asarray(items, dtype=float)
     for value in array:
         if math.isnan(value) and allow_nan:
             continue

@@ -69,18 +69,15 @@ def profile_engines_cmd(
 
     from itcp_deploy.atomic_io import write_json
     from itcp_deploy.engines import EngineOptions
-    from itcp_deploy.paths import check_outputs
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
     from itcp_deploy.profiling.timing import TimingConfig
     from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape)
-    check_outputs({"-o": out, "-o (its .config.json)": out and out.with_suffix(".config.json")},
-                  {"weights": weights, "model file": model, "calibration set": calib})
+    _check_paths(out, model, weights, calib)
     config = ProfileConfig(
-        backend=backend,
-        precision=precision,
+        backend=backend, precision=precision,
         cache_dir=str(cache),
         calib=calib,
         shard=shard,
@@ -101,6 +98,14 @@ def profile_engines_cmd(
         {"model": model, "input_shape": list(shape), "weights": weights, "config": asdict(config)},
     )  # replays from Python
     print_summary(profile, summary, out, json_out)
+
+
+def _check_paths(out: Path | None, model: str, weights: str | None, calib: str | None) -> None:
+    """``-o`` and the ``.config.json`` beside it never overwrite an input; checked before any build."""
+    from itcp_deploy.paths import check_outputs
+
+    check_outputs({"-o": out, "-o (its .config.json)": out and out.with_suffix(".config.json")},
+                  {"weights": weights, "model file": model, "calibration set": calib})
 
 
 @app.command("staircase")

@@ -67,7 +67,7 @@ def resolve_engine(path: str | Path, backend: str, what: str = "engine") -> Path
         return p / layout.deployable
     if fits is not None and fits != backend:
         kind = "file" if p.is_file() else "folder"
-        raise UsageError(f"{what} {p} is a {fits} engine {kind}, which the {backend} backend does not run",
+        raise UsageError(f"{what} {p} is an engine {kind} for {fits}, which the {backend} backend does not run",
                          f"pass --backend {fits}")
     if p.is_dir():
         expected = " or ".join(f for f in (layout.deployable, layout.marker) if f)

@@ -143,7 +143,8 @@ class PerfModel:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputFileError(
-                f"perf model {path} has malformed fields ({err.__class__.__name__}: {err})", "regenerate it with `itcp-deploy fit`"
+                f"perf model {path} has malformed fields ({err.__class__.__name__}: {err})",
+                "regenerate it with `itcp-deploy fit`",
             ) from err
         for layer in space.layers:
             want = (len(space.group(layer.in_group).candidates), len(space.group(layer.out_group).candidates))
