@@ -35,3 +35,11 @@ def check_numbers(values: object, where: str, field: str, fix: str, *,
         if not math.isfinite(value) or (minimum is not None and value < minimum):
             bound = "finite" if minimum is None else f"finite and >= {minimum:g}"
             raise InputFileError(f"{where}: {field} is {value!r}, it must be {bound}", fix)
+
+
+def check_number(value: object, where: str, field: str, fix: str, *, minimum: float | None = 0.0,
+                 allow_nan: bool = False) -> None:
+    """:func:`check_numbers` for a field that holds one number (a list there is as wrong as text)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InputFileError(f"{where}: {field} is not a number", fix)
+    check_numbers(value, where, field, fix, minimum=minimum, allow_nan=allow_nan)

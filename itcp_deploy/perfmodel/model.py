@@ -15,7 +15,7 @@ import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
-from itcp_deploy.finite import check_numbers
+from itcp_deploy.finite import check_number, check_numbers
 from itcp_deploy.space import PruningSpace
 
 PERF_MODEL_SCHEMA = 1
@@ -26,7 +26,7 @@ def _check_numbers(model: PerfModel, path: str | os.PathLike[str]) -> None:
     fix = "regenerate it with `itcp-deploy fit`"
     for name, table in model.tables.items():
         check_numbers(table, f"perf model {path}", f"tables.{name}", fix)
-    check_numbers(model.constant_ms, f"perf model {path}", "constant_ms", fix, minimum=None)
+    check_number(model.constant_ms, f"perf model {path}", "constant_ms", fix, minimum=None)
     check_numbers(model.calibration, f"perf model {path}", "calibration", fix, minimum=None)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
-from itcp_deploy.finite import check_numbers
+from itcp_deploy.finite import check_number, check_numbers
 from itcp_deploy.space import PruningSpace
 
 PROFILE_SCHEMA = 1
@@ -100,7 +100,10 @@ class Profile:
             raise InputFileError(f"{path} is not a profile of schema {PROFILE_SCHEMA}",
                                  "regenerate it with `itcp-deploy profile-engines`")
         try:
-            engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"])}) for e in d["engines"]]
+            engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"]),
+                                            "layer_ms": _floats(e.get("layer_ms", {})),
+                                            "round_medians_ms": [float(x) for x in e.get("round_medians_ms", [])]})
+                       for e in d["engines"]]
             profile = cls(**{**d, "input_shape": tuple(d["input_shape"]), "engines": engines,
                              "space": PruningSpace.from_dict(d["space"])})
             _check_numbers(profile, path)
@@ -110,11 +113,16 @@ class Profile:
         return profile
 
 
+def _floats(layer_ms: dict) -> dict[str, float]:
+    """Layer times as floats (a JSON integer beyond 2**63 would break numpy later); non-numbers fail here."""
+    return {k: float(v) for k, v in layer_ms.items()}
+
+
 def _check_numbers(profile: Profile, path: str | os.PathLike[str]) -> None:
     """Every latency finite and > 0 (layer times >= 0): a NaN would pass the fit's quality gate unseen; every
     width plan one of the space's."""
     where, fix = f"profile {path}", "re-measure it with `itcp-deploy profile-engines`"
-    check_numbers(profile.noise_pct, where, "noise_pct", fix, allow_nan=True)
+    check_number(profile.noise_pct, where, "noise_pct", fix, allow_nan=True)
     for i, e in enumerate(profile.engines):
         field = f"engines[{i}]"
         if not (isinstance(e.widths, dict) and isinstance(e.layer_ms, dict) and isinstance(e.role, str)
@@ -126,10 +134,10 @@ def _check_numbers(profile: Profile, path: str | os.PathLike[str]) -> None:
             profile.space.complete(e.widths)
         except UsageError as err:
             raise InputFileError(f"{where}: {field}.widths: {err.problem}", fix) from None
-        check_numbers(e.latency.median_ms, where, f"{field}.latency.median_ms", fix, minimum=1e-12)
+        check_number(e.latency.median_ms, where, f"{field}.latency.median_ms", fix, minimum=1e-12)
         stats = {k: v for k, v in asdict(e.latency).items() if k != "median_ms"}
         for name, value in stats.items():
-            check_numbers(value, where, f"{field}.latency.{name}", fix)
+            check_number(value, where, f"{field}.latency.{name}", fix)
         check_numbers(list(e.layer_ms.values()), where, f"{field}.layer_ms", fix)
-        check_numbers(e.other_ms, where, f"{field}.other_ms", fix, minimum=None)
+        check_number(e.other_ms, where, f"{field}.other_ms", fix, minimum=None)
         check_numbers(e.round_medians_ms, where, f"{field}.round_medians_ms", fix)
