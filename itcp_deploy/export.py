@@ -185,6 +185,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
 
 
 def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write, before any model is built (it failed late and obscurely)."""
     if opset not in SUPPORTED_OPSETS:
         raise ItcpError(f"--opset {opset} is not supported (supported: {SUPPORTED_OPSETS.start} to "
                         f"{SUPPORTED_OPSETS.stop - 1})", f"pass e.g. --opset {DEFAULT_OPSET}, the default")
