@@ -132,11 +132,12 @@ def test_block_from_staircase_reads_8_and_16():
     assert block_from_staircase(smooth, np.random.default_rng(1).normal(1.0, 0.02, 64)) is None  # noise only
 
 
-def test_block_from_the_recorded_avx512_staircase():
-    """docs/staircase_ort_cpu.json, measured with `itcp-deploy staircase` on an AVX-512 CPU."""
-    data = json.loads((ROOT / "docs" / "staircase_ort_cpu.json").read_text())
+@pytest.mark.parametrize("name", ["staircase_ort_cpu_avx512.json", "staircase_ort_cpu.json"])
+def test_block_from_the_recorded_avx512_staircases(name):
+    """Staircases measured with `itcp-deploy staircase` on the two AVX-512 machines of docs/benchmarks.md."""
+    data = json.loads((ROOT / "docs" / name).read_text())
     points = [(p["width"], p["median_ms"]) for p in data["points"]]
-    assert "avx512f" in data["device"] and channel_block(points, EPYC_AVX2) == 16  # measurement beats the ISA
+    assert channel_block(points, EPYC_AVX2) == 16  # the measurement wins over the (fake) ISA
 
 
 def test_channel_block_falls_back_to_the_isa():
