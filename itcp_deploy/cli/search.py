@@ -133,6 +133,7 @@ def pareto_cmd(
     """Plot the predicted Pareto fronts (latency vs score) of ITCP and the baselines."""
     from itcp_deploy.cli.common import console, emit_json
     from itcp_deploy.paths import check_outputs
+    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.planning import SearchConfig, pareto_fronts
     from itcp_deploy.search.plot import plot_fronts
 
@@ -152,7 +153,9 @@ def pareto_cmd(
         trust_code=trust_code,
     )
     fronts, dense_ms = pareto_fronts(config, method_names, points=points)
-    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})", dense_ms=dense_ms)
+    device = PerfModel.load(perf_model).meta.get("device", "device unknown")
+    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})\n{device}",
+                dense_ms=dense_ms)
     console.print(f"wrote {output}")
     if json_out:
         emit_json({"output": str(output), "dense_ms": dense_ms, "fronts": fronts})
