@@ -106,9 +106,14 @@ class CompareConfig:
 
     def fingerprint(self) -> dict:
         """The settings every row of one output directory must share (speed-ups, methods, seeds may grow)."""
+        from itcp_deploy.digest import input_digests
+
         keep = ("model", "data", "weights", "criterion", "importance", "recipe", "score_samples", "bins",
                 "engine")
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
+        kept = json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
+        return {**kept, "contents": input_digests({  # a path may hold other bytes on resume
+            "weights": self.weights, "profile": self.profile.profile_path, "perf model": self.profile.perf_model_path,
+            "data": self.data.partition(":")[2] or self.data})}
 
 
 @dataclass

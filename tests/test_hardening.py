@@ -139,6 +139,18 @@ def test_resume_refuses_changed_data_file(tmp_path, weights_file):
         _State(out, config)
 
 
+def test_comparison_fingerprint_holds_input_contents(tmp_path, weights_file, profile_file):
+    from itcp_deploy.compare import CompareConfig, ProfileSettings
+
+    config = CompareConfig(model="cifar_resnet20", data="digits", out_dir=str(tmp_path / "cmp"),
+                           weights=str(weights_file), profile=ProfileSettings(profile_path=str(profile_file)))
+    before = config.fingerprint()
+    assert config.fingerprint() == before
+    profile_file.write_text(profile_file.read_text().replace('"noise_pct": 1.0', '"noise_pct": 2.0'))
+    assert config.fingerprint() != before and config.fingerprint()["contents"]["profile"] != before["contents"][
+        "profile"]
+
+
 # ------------------------------------------------------------ 3. NaN, inf, negative numbers in model files
 BAD_NUMBERS = [float("nan"), float("inf"), -1.0]
 
