@@ -24,6 +24,7 @@ from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.digest import changed_inputs, input_digests
 from itcp_deploy.engine_build import EngineSpec
 from itcp_deploy.errors import UsageError
+from itcp_deploy.names import check_engine, check_search
 from itcp_deploy.paths import check_output_dir
 from itcp_deploy.profiling.timing import TimingConfig
 
@@ -90,6 +91,8 @@ class RunConfig:
             raise UsageError(f"--percentile must be 50, 90 or 99, got {self.percentile}", "pass 50, 90 or 99")
         if not 0 <= self.margin < 0.5:
             raise UsageError(f"--margin must be in [0, 0.5), got {self.margin}", "pass e.g. --margin 0.03")
+        check_engine(self.engine.backend, self.engine.precision)  # names, before minutes of work
+        check_search(self.method, self.criterion, self.importance)
 
 
 class _State:

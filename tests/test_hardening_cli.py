@@ -164,6 +164,25 @@ def test_outputs_are_checked_before_any_work(case, tmp_path, monkeypatch):
     assert_user_error(run_cli(*args))
 
 
+RUN = ("run", "cifar_resnet20", "--data", "digits", "--input-shape", SHAPE, "--sla-ms", "1")
+PROFILE = ("profile-engines", "cifar_resnet20", "--input-shape", SHAPE)
+
+
+@pytest.mark.parametrize("args", [(*RUN, "--method", "bogus"), (*RUN, "--criterion", "bogus"),
+                                  (*RUN, "--backend", "bogus"), (*RUN, "--precision", "int9"),
+                                  (*PROFILE, "--backend", "bogus"), (*PROFILE, "--precision", "int9"),
+                                  (*PROFILE, "--shard", "5/2")], ids=lambda a: " ".join(a[-2:]) + f" ({a[0]})")
+def test_names_are_checked_before_any_work(args, tmp_path, monkeypatch):
+    import itcp_deploy.data
+    import itcp_deploy.models
+
+    monkeypatch.setattr(itcp_deploy.models, "create_model", _no_work)
+    monkeypatch.setattr(itcp_deploy.data, "load_dataset", _no_work)
+    extra = ("-o", str(tmp_path / "run")) if args[0] == "run" else ("--cache", str(tmp_path / "c"))
+    assert_user_error(run_cli(*args, *extra), args[-1])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
 # ------------------------------------------------------------ 18. names that escape their folder
 @pytest.mark.parametrize("name", ["../../x", "../x", "/tmp/x", "a/b", ".", "..", ""])
 def test_calibration_name_cannot_escape_calib(name, tmp_path):

@@ -75,7 +75,7 @@ def profile_engines_cmd(
     from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape)
-    _check_paths(out, model, weights, calib)
+    _check_args(out, (model, weights, calib), backend, precision, shard)
     config = ProfileConfig(
         backend=backend, precision=precision,
         cache_dir=str(cache),
@@ -100,10 +100,16 @@ def profile_engines_cmd(
     print_summary(profile, summary, out, json_out)
 
 
-def _check_paths(out: Path | None, model: str, weights: str | None, calib: str | None) -> None:
-    """``-o`` and the ``.config.json`` beside it never overwrite an input; checked before any build."""
+def _check_args(out: Path | None, inputs: tuple[str, str | None, str | None], backend: str, precision: str,
+                shard: str | None) -> None:
+    """Names, the shard and ``-o`` (with the ``.config.json`` beside it, never an input) before the model is built."""
+    from itcp_deploy.names import check_engine
     from itcp_deploy.paths import check_outputs
+    from itcp_deploy.profiling.design import parse_shard
 
+    check_engine(backend, precision)
+    parse_shard(shard)
+    model, weights, calib = inputs
     check_outputs({"-o": out, "-o (its .config.json)": out and out.with_suffix(".config.json")},
                   {"weights": weights, "model file": model, "calibration set": calib})
 
