@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.atomic_io import write_text  # noqa: E402
-from itcp_deploy.compare import CompareConfig, FinetuneRecipe, ProfileSettings, compare  # noqa: E402
-from itcp_deploy.engine_build import EngineSpec  # noqa: E402
+from itcp_deploy.engines.build import EngineSpec  # noqa: E402
 from itcp_deploy.errors import ItcpError  # noqa: E402
+from itcp_deploy.pipeline.compare import CompareConfig, FinetuneRecipe, ProfileSettings, compare  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
 
 METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear"]

@@ -70,7 +70,7 @@ def test_calibrate_cli_writes_seeded_set_and_manifest(tmp_path):
 def test_int8_agrees_with_fp32(trained):
     from itcp_deploy.data import load_dataset
     from itcp_deploy.data.calibration import calibrate, load_calibration
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     model, tmp = trained
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp / "fp32.onnx")
@@ -95,7 +95,7 @@ def test_int8_agrees_with_fp32(trained):
 
 
 def test_int8_without_calibration_is_a_usage_error(trained):
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     model, tmp = trained
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp / "fp32b.onnx")

@@ -107,7 +107,7 @@ def test_bad_sla_is_one_line_exit_2(tmp_path, args):
 
 def test_run_on_torch_backend(tmp_path):
     """The torch backend goes through the same pipeline: isolated-layer profile, torch.export artifacts."""
-    from itcp_deploy.engine_build import EngineSpec
+    from itcp_deploy.engines.build import EngineSpec
 
     report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, budget_builds=8, holdout=2))
     data = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -122,9 +122,9 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     import shutil
     from types import SimpleNamespace
 
-    import itcp_deploy.closed_loop as cl
+    import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
-    from itcp_deploy.pipeline import _read_scores
+    from itcp_deploy.pipeline.stages import _read_scores
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.records import LatencyStats
     from itcp_deploy.pruning import build_space
@@ -137,7 +137,7 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     stats = LatencyStats.from_samples([1.0])
     monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
     monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: ([stats, stats], 0.99))
-    monkeypatch.setattr("itcp_deploy.engine_build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
+    monkeypatch.setattr("itcp_deploy.engines.build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
     result = cl.closed_loop(cl.LoopInputs(model, space, out, config, tmp_path, _read_scores(out)), lambda m: None)
     plan = PruningPlan.load(out / "widths.json")
     assert "gave up" in result["notes"][-1]

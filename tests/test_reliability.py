@@ -203,7 +203,7 @@ def test_bad_sla_ms_run(sla, tmp_path):
 @needs_command("check-latency")
 @pytest.mark.parametrize("sla", ["0", "-1", "nan", "abc"])
 def test_bad_sla_ms_check_latency(sla, tmp_path):
-    from itcp_deploy.export import export_model
+    from itcp_deploy.engines.export import export_model
 
     onnx = export_model("cifar_resnet20", (1, 3, 32, 32), tmp_path / "m.onnx").path
     assert_user_error(run_cli("check-latency", str(onnx), "--backend", "onnxruntime", "--sla-ms", sla), "--sla-ms")
@@ -236,7 +236,7 @@ def test_sla_below_fastest_plan_run(tmp_path):
 
 @needs_command("check-latency")
 def test_check_latency_missed_sla_exits_1(tmp_path):
-    from itcp_deploy.export import export_model
+    from itcp_deploy.engines.export import export_model
 
     onnx = export_model("cifar_resnet20", (1, 3, 32, 32), tmp_path / "m.onnx").path
     code, out, err = run_cli("check-latency", str(onnx), "--backend", "onnxruntime", "--sla-ms", "1e-9")

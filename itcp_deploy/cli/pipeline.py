@@ -69,10 +69,10 @@ def run_command(
     quiet: Quiet = False,
 ) -> None:
     """Prune MODEL to the most accurate plan that meets the SLA, and build its engine into OUT/."""
-    from itcp_deploy.engine_build import EngineSpec
+    from itcp_deploy.cli.shapes import parse_input_shape, positive_float
     from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.engines.build import EngineSpec
     from itcp_deploy.pipeline import RunConfig, run
-    from itcp_deploy.shapes import parse_input_shape, positive_float
 
     config = RunConfig(
         model=model, data=data, input_shape=parse_input_shape(input_shape), out_dir=str(out),
@@ -96,7 +96,7 @@ def demo_command(
     """Offline demo: train a CIFAR ResNet-20 on digits, prune it to 60% of its measured latency."""
     import time
 
-    from itcp_deploy.demo import DemoConfig, demo
+    from itcp_deploy.pipeline.demo import DemoConfig, demo
 
     started = time.perf_counter()
     config = DemoConfig(out_dir=str(out), train_seconds=train_seconds, quiet=quiet or json)
@@ -118,8 +118,8 @@ def check_latency_command(
     json: Json = False,
 ) -> None:
     """Measure ENGINE; exit 0 if it meets the limit, 1 if not, 2 on bad input (the CI gate)."""
-    from itcp_deploy.gate import GateConfig, check_latency
-    from itcp_deploy.shapes import positive_float
+    from itcp_deploy.cli.shapes import positive_float
+    from itcp_deploy.pipeline.gate import GateConfig, check_latency
 
     config = GateConfig(
         engine=engine, backend=backend, percentile=percentile, threads=threads, reference=reference,

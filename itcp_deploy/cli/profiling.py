@@ -26,8 +26,8 @@ def calibrate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Draw a seeded INT8 calibration set (no augmentation) into calib/<name>.npz + .json."""
+    from itcp_deploy.cli.shapes import parse_input_shape
     from itcp_deploy.data.calibration import calibrate, read_manifest
-    from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     npz = calibrate(data, num=num, seed=seed, name=name, out_dir=out_dir, input_shape=shape)
@@ -68,11 +68,11 @@ def profile_engines_cmd(
     from dataclasses import asdict
 
     from itcp_deploy.atomic_io import write_json
+    from itcp_deploy.cli.shapes import parse_input_shape
     from itcp_deploy.engines import EngineOptions
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
     from itcp_deploy.profiling.timing import TimingConfig
-    from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape)
     config = ProfileConfig(

@@ -79,8 +79,8 @@ def search_cmd(
     from dataclasses import asdict
 
     from itcp_deploy.cli.common import console, emit_json
-    from itcp_deploy.planning import SearchConfig, plan_widths
-    from itcp_deploy.shapes import positive_float
+    from itcp_deploy.cli.shapes import positive_float
+    from itcp_deploy.pipeline.planning import SearchConfig, plan_widths
 
     config = SearchConfig(
         model,
@@ -122,7 +122,7 @@ def pareto_cmd(
 ) -> None:
     """Plot the predicted Pareto fronts (latency vs score) of ITCP and the baselines."""
     from itcp_deploy.cli.common import console, emit_json
-    from itcp_deploy.planning import SearchConfig, pareto_fronts
+    from itcp_deploy.pipeline.planning import SearchConfig, pareto_fronts
     from itcp_deploy.search.plot import plot_fronts
 
     config = SearchConfig(

@@ -139,7 +139,7 @@ class _Run:
             staging = Path(tmp) / "artifact"
             node_to_module: dict[str, str] = {}
             if self.backend.source == "onnx":
-                from itcp_deploy.export import export_onnx, onnx_node_to_module
+                from itcp_deploy.engines.export import export_onnx, onnx_node_to_module
 
                 fp32 = export_onnx(pruned, self.space.input_shape, staging / "export.onnx")
                 node_to_module = onnx_node_to_module(fp32)

@@ -48,7 +48,7 @@ def build_engine(model, input_shape: tuple[int, int, int, int], out_dir: Path, n
     artifact_dir = out_dir / "engines" / name
     onnx_path: Path | None = None
     if backend.source == "onnx":
-        from itcp_deploy.export import export_onnx
+        from itcp_deploy.engines.export import export_onnx
 
         onnx_path = export_onnx(model, input_shape, out_dir / f"{name}.onnx")
         source = onnx_path

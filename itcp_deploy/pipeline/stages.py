@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.engine_build import EngineSpec
+from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.timing import TimingConfig
 
@@ -136,7 +136,7 @@ class _Context:
 
 
 def run(config: RunConfig, log: Log | None = None, progress: Callable[[str, int, int], None] | None = None):
-    """Run the pipeline; returns the :class:`~itcp_deploy.report.RunReport` (also in ``OUT/report.json``).
+    """Run the pipeline; returns the :class:`~itcp_deploy.pipeline.report.RunReport` (also in ``OUT/report.json``).
 
     Raises:
         UsageError, InputFileError: bad options or files.
@@ -189,7 +189,7 @@ def _loader(ctx: _Context, train: bool, max_samples: int | None = None):
 
 
 def _stage_dense(ctx: _Context) -> dict:
-    from itcp_deploy.engine_build import build_engine
+    from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import count_macs_params
     from itcp_deploy.train import evaluate
 
@@ -237,7 +237,7 @@ def _stage_scores(ctx: _Context) -> dict:
 
 
 def _stage_loop(ctx: _Context) -> dict:
-    from itcp_deploy.closed_loop import LoopInputs, closed_loop
+    from itcp_deploy.pipeline.closed_loop import LoopInputs, closed_loop
 
     c = ctx.config
     dense = ctx.state.done("dense")
@@ -276,8 +276,8 @@ def _stage_finetune(ctx: _Context) -> dict:
 
 
 def _stage_final(ctx: _Context) -> dict:
-    from itcp_deploy.closed_loop import measure_pair
-    from itcp_deploy.engine_build import build_engine
+    from itcp_deploy.engines.build import build_engine
+    from itcp_deploy.pipeline.closed_loop import measure_pair
     from itcp_deploy.pruning import count_macs_params, load_pruned
 
     c = ctx.config
@@ -304,9 +304,9 @@ _STAGES: list[tuple[str, Callable[[_Context], dict]]] = [
 
 def _report(ctx: _Context):
     from itcp_deploy.perfmodel.model import PerfModel
+    from itcp_deploy.pipeline.report import RunReport, plot_front, plot_pred_vs_measured, plot_widths
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.records import Profile
-    from itcp_deploy.report import RunReport, plot_front, plot_pred_vs_measured, plot_widths
 
     c, s = ctx.config, ctx.state
     dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from itcp_deploy.pipeline import Log, RunConfig, run
+from itcp_deploy.pipeline.stages import Log, RunConfig, run
 
 MODEL = "cifar_resnet20"
 DATA = "digits"

@@ -72,7 +72,7 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
     Raises:
         InfeasibleError: the SLA is below the fastest plan the perf model can reach (names that latency).
     """
-    from itcp_deploy.engine_build import build_engine
+    from itcp_deploy.engines.build import build_engine
     from itcp_deploy.perfmodel.model import PerfModel
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import apply_widths

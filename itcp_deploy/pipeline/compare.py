@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.engine_build import EngineSpec
+from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InputFileError, ItcpError, UsageError
 from itcp_deploy.profiling.timing import TimingConfig
 
@@ -327,7 +327,7 @@ def _finetune(b: _Bench, model, seed: int, info, evaluate: bool = True) -> dict:
 
 def _engine(b: _Bench, model, widths: dict[str, int]) -> str:
     """Build the engine of a plan once (latency depends on the structure, not the weights); returns its id."""
-    from itcp_deploy.engine_build import build_engine
+    from itcp_deploy.engines.build import build_engine
 
     engine_id = (
         DENSE
@@ -451,7 +451,7 @@ def _progressive_rows(b: _Bench) -> list[dict]:
 
 def _progressive(b: _Bench, speedup: float, seed: int) -> dict:
     """K steps at budget ``dense * speedup ** (-k/K)``: rescore, re-solve narrower, prune, BN, finetune."""
-    from itcp_deploy.planning import restricted
+    from itcp_deploy.pipeline.planning import restricted
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
