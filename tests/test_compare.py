@@ -59,7 +59,7 @@ def _argv(tmp: Path, *extra: str) -> list[str]:
         "32",
         "--score-samples",
         "64",
-        "--budget-builds",
+        "--max-builds",
         "8",
         "--holdout",
         "2",

@@ -62,7 +62,7 @@ def test_tensorrt_not_installed_is_one_line(monkeypatch):
         "1x3x32x32",
         "--backend",
         "tensorrt",
-        "--budget-builds",
+        "--max-builds",
         "3",
         "--holdout",
         "1",

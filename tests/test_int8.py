@@ -114,7 +114,7 @@ def test_int8_profile_attributes_layers(trained, tmp_path):
     space = build_space(model, (1, 3, 32, 32), model_spec="digit_net")
     npz = calibrate("digits", num=32, seed=0, name="d32", out_dir=tmp_path)
     config = fast_config(
-        tmp_path / "eng", precision="int8", calib=str(npz), design=DesignConfig(budget_builds=3, holdout=1, tries=2)
+        tmp_path / "eng", precision="int8", calib=str(npz), design=DesignConfig(max_builds=3, holdout=1, tries=2)
     )
     profile, summary = run_profiling(model, space, config)
     assert profile.precision == "int8" and summary.builds_new == 3

@@ -18,7 +18,7 @@ QUICK = TimingConfig(warmup=5, rounds=4, runs_per_round=25)
 
 def _config(tmp_path, **kw) -> RunConfig:
     base = RunConfig(model="cifar_resnet20", data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "out"),
-                     speedup=1.5, epochs=1, cache_dir=str(tmp_path / "engines"), budget_builds=10, holdout=3,
+                     speedup=1.5, epochs=1, cache_dir=str(tmp_path / "engines"), max_builds=10, holdout=3,
                      profile_timing=QUICK, loop_timing=QUICK, final_timing=QUICK, max_rounds=2, score_samples=64,
                      batch_size=32, quiet=True)
     return replace(base, **kw)
@@ -109,7 +109,7 @@ def test_run_on_torch_backend(tmp_path):
     """The torch backend goes through the same pipeline: isolated-layer profile, torch.export artifacts."""
     from itcp_deploy.engines.build import EngineSpec
 
-    report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, budget_builds=8, holdout=2))
+    report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, max_builds=8, holdout=2))
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["backend"] == "torch" and report.macs_final < report.macs_dense
     assert json.loads((tmp_path / "out" / "profile.json").read_text())["layer_source"] == "isolated"

@@ -397,7 +397,7 @@ def test_corrupt_profile_cache_is_reported_and_untouched(tmp_path, damage):
         ProfileCache(cache_dir)
     assert path.read_bytes() == before
     assert_user_error(run_cli("profile-engines", "cifar_resnet20", "--input-shape", SHAPE, "--cache",
-                              str(cache_dir), "--budget-builds", "3", "--holdout", "1"), "cache")
+                              str(cache_dir), "--max-builds", "3", "--holdout", "1"), "cache")
     assert path.read_bytes() == before
 
 
@@ -421,7 +421,7 @@ def test_engine_of_another_backend_version_is_rebuilt(tmp_path, monkeypatch):
     from tests.test_profiler import fast_config, tiny_setup
 
     model, space = tiny_setup()
-    config = fast_config(tmp_path, design=DesignConfig(budget_builds=3, holdout=1, tries=2))
+    config = fast_config(tmp_path, design=DesignConfig(max_builds=3, holdout=1, tries=2))
     _, first = run_profiling(model, space, config)
     backend_type = type(get_backend("onnxruntime"))
     monkeypatch.setattr(backend_type, "version", lambda self: "0.0.0-other")

@@ -45,7 +45,7 @@ def profile_engines_cmd(
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
     weights: Annotated[str | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
-    budget_builds: Annotated[int, typer.Option("--budget-builds", help="Engines to build, holdouts included.")] = 32,
+    max_builds: Annotated[int, typer.Option("--max-builds", help="Engines to build, holdouts included.")] = 32,
     holdout: Annotated[
         int, typer.Option("--holdout", min=0, help="Random plans kept to validate the perf model.")
     ] = 10,
@@ -81,7 +81,7 @@ def profile_engines_cmd(
         cache_dir=str(cache),
         calib=calib,
         shard=shard,
-        design=DesignConfig(budget_builds=budget_builds, holdout=holdout),
+        design=DesignConfig(max_builds=max_builds, holdout=holdout),
         timing=TimingConfig(rounds=rounds, runs_per_round=runs),
         engine=EngineOptions(threads=threads, provider=provider, device=device),
         layer_runs=layer_runs,

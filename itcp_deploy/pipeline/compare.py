@@ -59,7 +59,7 @@ class ProfileSettings:
     cache_dir: str = "engines"
     profile_path: str | None = None
     perf_model_path: str | None = None
-    budget_builds: int = 32
+    max_builds: int = 32
     holdout: int = 10
     timing: TimingConfig = field(default_factory=TimingConfig)
     force_fit: bool = False
@@ -235,13 +235,13 @@ def _profile(b: _Bench, space):
     if path.exists():
         b.log(f"profile: reusing {path}")
         return Profile.load(path)
-    b.log(f"profile: building {p.budget_builds} engines (cache {p.cache_dir}) ...")
+    b.log(f"profile: building {p.max_builds} engines (cache {p.cache_dir}) ...")
     pc = ProfileConfig(
         backend=e.backend,
         precision=e.precision,
         cache_dir=p.cache_dir,
         engine=e.options,
-        design=DesignConfig(budget_builds=p.budget_builds, holdout=p.holdout),
+        design=DesignConfig(max_builds=p.max_builds, holdout=p.holdout),
         timing=p.timing,
         calib=e.calib,
     )

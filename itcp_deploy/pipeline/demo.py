@@ -39,7 +39,7 @@ def train_dense(config: DemoConfig) -> Path:
         return weights
     model = create_model(MODEL, num_classes=10)
     tc = TrainConfig(epochs=30, lr=0.1, batch_size=64, seed=config.seed, checkpoint_dir=out, resume=True,
-                     time_budget_s=config.train_seconds, quiet=config.quiet, device="cpu")
+                     train_time_s=config.train_seconds, quiet=config.quiet, device="cpu")
     train(model, load_dataset(DATA, "train"), load_dataset(DATA, "test"), tc)
     return weights
 
@@ -50,6 +50,6 @@ def demo(config: DemoConfig | None = None, log: Log | None = None, progress=None
     weights = train_dense(config)
     rc = RunConfig(model=MODEL, data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(Path(config.out_dir) / "run"),
                    speedup=1.0 / config.sla_fraction, weights=str(weights), num_classes=10,
-                   epochs=config.finetune_epochs, lr=0.02, cache_dir=config.cache_dir, budget_builds=28,
+                   epochs=config.finetune_epochs, lr=0.02, cache_dir=config.cache_dir, max_builds=28,
                    holdout=10, seed=config.seed, quiet=config.quiet)
     return run(rc, log=log, progress=progress)

@@ -58,9 +58,9 @@ class RunConfig:
     lr: float = 0.01
     batch_size: int = 64
     distill: bool = False
-    time_budget_s: float | None = None
+    train_time_s: float | None = None
     cache_dir: str = "engines"
-    budget_builds: int = 32
+    max_builds: int = 32
     holdout: int = 10
     profile_timing: TimingConfig = field(default_factory=TimingConfig)
     loop_timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50))
@@ -96,7 +96,7 @@ class _State:
     def __init__(self, out_dir: Path, config: RunConfig) -> None:
         self.path = out_dir / STATE_FILE
         self.fingerprint = {k: v for k, v in _config_dict(config).items()
-                            if k not in ("quiet", "out_dir", "time_budget_s")}
+                            if k not in ("quiet", "out_dir", "train_time_s")}
         self.data: dict[str, Any] = {"config": self.fingerprint, "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, "run state")
@@ -207,7 +207,7 @@ def _stage_profile(ctx: _Context) -> dict:
 
     c = ctx.config
     pc = ProfileConfig(backend=c.engine.backend, precision=c.engine.precision, cache_dir=c.cache_dir,
-                       design=DesignConfig(budget_builds=c.budget_builds, holdout=c.holdout, seed=c.seed),
+                       design=DesignConfig(max_builds=c.max_builds, holdout=c.holdout, seed=c.seed),
                        timing=c.profile_timing, engine=c.engine.options, calib=c.engine.calib)
     profile, summary = run_profiling(ctx.model, ctx.space, pc, ctx.progress)
     profile.save(ctx.out / "profile.json")
@@ -266,7 +266,7 @@ def _stage_finetune(ctx: _Context) -> dict:
     if c.epochs > 0:
         tc = TrainConfig(epochs=c.epochs, lr=c.lr, batch_size=c.batch_size, seed=c.seed,
                          teacher=ctx.model if c.distill else None, checkpoint_dir=ctx.out / "finetune",
-                         resume=True, time_budget_s=c.time_budget_s, quiet=c.quiet, device="cpu")
+                         resume=True, train_time_s=c.train_time_s, quiet=c.quiet, device="cpu")
         metrics = train(pruned, ctx.train_info, None, tc)
     pruned = pruned.cpu().eval()
     acc = evaluate(pruned, _loader(ctx, train=False))["accuracy"] if c.epochs > 0 else acc_bn
