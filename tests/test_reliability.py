@@ -217,7 +217,9 @@ def test_both_or_neither_budget_is_usage_error(tmp_path, perf_model_file):
 
 
 def test_sla_below_fastest_plan_names_the_minimum(tmp_path, perf_model_file, resnet20_space):
-    minimum = macs_perf_model(resnet20_space[1]).min_latency_ms()
+    from itcp_deploy.search.dp import min_latency_ms
+
+    minimum = min_latency_ms(macs_perf_model(resnet20_space[1]))
     last = assert_user_error(run_cli("search", "cifar_resnet20", "--perf-model", str(perf_model_file), "-o",
                                      str(tmp_path / "w.json"), "--sla-ms", "1e-6", "--criterion", "l1-fraction"),
                              "minimum")

@@ -77,6 +77,7 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import run_method
+    from itcp_deploy.search.dp import min_latency_ms
 
     c = inputs.config
     perf = PerfModel.load(inputs.out / "perf_model.json")
@@ -84,11 +85,11 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
     sla_ms = c.sla_ms if c.sla_ms is not None else dense_ms / c.speedup
     target_ms = sla_ms * (1.0 - c.margin)
     scale = perf.dense_ms() / dense_ms  # predicted ms per measured ms on this machine now
-    min_ms = perf.min_latency_ms() / scale
+    min_ms = min_latency_ms(perf) / scale
     if target_ms < min_ms:
         raise InfeasibleError(
             f"SLA {sla_ms:.4g} ms (target {target_ms:.4g} ms with the {c.margin:.0%} margin) is below the "
-            f"fastest reachable plan, about {min_ms:.4g} ms measured ({perf.min_latency_ms():.4g} ms predicted)",
+            f"fastest reachable plan, about {min_ms:.4g} ms measured ({min_latency_ms(perf):.4g} ms predicted)",
             f"ask for at least {min_ms / (1 - c.margin):.4g} ms, or a model with a smaller minimum width")
     log(f"dense {dense_ms:.4f} ms measured, {perf.dense_ms():.4f} ms predicted; SLA {sla_ms:.4f} ms, "
         f"target {target_ms:.4f} ms")
@@ -115,9 +116,9 @@ def closed_loop(inputs: LoopInputs, log) -> dict:
             accepted = solution
             break
         new_budget = budget * target_ms / measured
-        if new_budget * 1.0 < perf.min_latency_ms():
+        if new_budget * 1.0 < min_latency_ms(perf):
             notes.append(f"round {r}: the corrected budget {new_budget:.4g} ms is below the perf model's "
-                         f"minimum {perf.min_latency_ms():.4g} ms; stopped")
+                         f"minimum {min_latency_ms(perf):.4g} ms; stopped")
             break
         budget = new_budget
     if accepted is None and best is not None:

@@ -210,6 +210,7 @@ def _profile_and_fit(b: _Bench) -> None:
     from itcp_deploy.perfmodel import PerfModel, fit
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.apply import check_space_fits
+    from itcp_deploy.search.dp import min_latency_ms
 
     p = b.config.profile
     perf_path = Path(p.perf_model_path) if p.perf_model_path else b.out / "perf_model.json"
@@ -222,7 +223,7 @@ def _profile_and_fit(b: _Bench) -> None:
         b.perf.save(perf_path)
     check_space_fits(b.model, b.perf.space)
     b.space = b.perf.space
-    b.log(f"perf model: dense {b.perf.dense_ms():.4f} ms predicted, minimum {b.perf.min_latency_ms():.4f} ms")
+    b.log(f"perf model: dense {b.perf.dense_ms():.4f} ms predicted, minimum {min_latency_ms(b.perf):.4f} ms")
 
 
 def _profile(b: _Bench, space):
