@@ -1,152 +1,44 @@
 """ITCP against the baselines at equal latency: one model, one dataset, several speed-ups and seeds.
 
-Every method goes through the same pieces: one profile and perf model, one set of group scores and channel
-importance (the same criterion for all), ``run_method`` at the same predicted budget (dense predicted latency
-/ speed-up; each baseline reaches it by its own bisection), the same channel choice, BatchNorm re-estimation,
-the same finetuning recipe and seed. Each row records the predicted latency, MACs, params, one-shot accuracy
-(after BN re-estimation, no finetuning) and finetuned accuracy; at the end every engine of the table and the
-dense engine are measured interleaved in ONE run, so their latencies and ratios to dense are comparable.
+Every method goes through the same pieces, the pipeline's own stages (:mod:`itcp_deploy.pipeline.stages`):
+one profile and perf model, one set of group scores and channel importance (the same criterion for all),
+``run_method`` at the same predicted budget (the perf model's predicted dense latency / speed-up; each
+baseline reaches it by its own bisection), the same channel choice, BatchNorm re-estimation, the same
+finetuning recipe and seed. Each row records the predicted latency, MACs, params, one-shot accuracy (after BN
+re-estimation, no finetuning) and finetuned accuracy; at the end every engine of the table and the dense
+engine are measured interleaved in ONE run, so their latencies and ratios to dense are comparable.
 
 Long runs die with the session: each (method, speed-up, seed) row is written to ``OUT/rows/`` as soon as it
-is done and skipped on rerun. ``itcp-progressive`` (HALP-like) prunes in ``K`` steps toward the final budget,
-re-scoring the current model and re-solving over widths <= the current ones at each step, with ``1/K`` of the
-finetuning images after each step: the same total finetuning budget as a one-shot row.
+is done and skipped on rerun. ``itcp-progressive``: see :mod:`itcp_deploy.pipeline.progressive`.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.engines.build import EngineSpec
-from itcp_deploy.errors import InputFileError, ItcpError, UsageError
-from itcp_deploy.profiling.timing import TimingConfig
-
-Log = Callable[[str], None]
-PROGRESSIVE = "itcp-progressive"
-DENSE = "dense"
-
-
-@dataclass(frozen=True)
-class FinetuneRecipe:
-    """The same for every row. ``train_subset``: images (a seeded subset per seed) per epoch, all if None;
-    ``test_samples``: evaluate on a fixed seeded subset of the test split, all if None; ``bn_batches``:
-    training batches that re-estimate BatchNorm statistics after pruning and after finetuning."""
-
-    epochs: int = 1
-    lr: float = 0.01
-    batch_size: int = 64
-    train_subset: int | None = 10000
-    test_samples: int | None = None
-    bn_batches: int = 20
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    """Profile once per model: reuse ``profile_path`` / ``perf_model_path`` when given, else ``OUT/``'s, else
-    profile (engines cached in ``cache_dir``) and fit."""
-
-    cache_dir: str = "engines"
-    profile_path: str | None = None
-    perf_model_path: str | None = None
-    max_builds: int = 32
-    holdout: int = 10
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    force_fit: bool = False
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """What one comparison table needs (see the module docstring)."""
-
-    model: str
-    data: str
-    out_dir: str
-    weights: str | None = None
-    speedups: tuple[float, ...] = (1.5, 2.0, 3.0)
-    methods: tuple[str, ...] = ("itcp", "uniform", "flops", "global-magnitude", "knapsack-linear")
-    seeds: tuple[int, ...] = (0,)
-    criterion: str = "taylor"
-    importance: str = "taylor"
-    progressive_steps: int = 0
-    recipe: FinetuneRecipe = field(default_factory=FinetuneRecipe)
-    profile: ProfileSettings = field(default_factory=ProfileSettings)
-    measure_timing: TimingConfig = field(
-        default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50)
-    )
-    engine: EngineSpec = field(default_factory=EngineSpec)
-    score_samples: int = 512
-    bins: int = 1000
-    threads: int = 1
-
-    def validate(self) -> None:
-        from itcp_deploy.search.baselines import SEARCH_METHODS
-
-        for m in self.methods:
-            SEARCH_METHODS.get(m)
-        bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
-        if bad or not self.speedups or not self.seeds:
-            raise UsageError(
-                f"need speed-ups >= 1 and at least one seed, got {self.speedups} / {self.seeds}",
-                "pass e.g. --speedups 1.5 2 3 --seeds 0 1",
-            )
-        if self.recipe.epochs < 0 or self.progressive_steps < 0:
-            raise UsageError("--epochs and --progressive must be >= 0",
-                             "pass e.g. --epochs 1 --progressive 4")
-
-    def fingerprint(self) -> dict:
-        """The settings every row of one output directory must share (speed-ups, methods, seeds may grow)."""
-        keep = ("model", "data", "weights", "criterion", "importance", "recipe", "score_samples", "bins",
-                "engine")
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
-
-
-@dataclass
-class _Bench:
-    """What every row shares, loaded once."""
-
-    config: CompareConfig
-    out: Path
-    log: Log
-    model: Any = None
-    space: Any = None
-    perf: Any = None
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    importance: dict[str, np.ndarray] = field(default_factory=dict)
-    train_info: Any = None
-    plain_info: Any = None  # the train split without augmentation: BN statistics, scores
-    test_info: Any = None
-    input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)
-    notes: list[str] = field(default_factory=list)
-
-    def score_loader(self, seed: int = 0):
-        from itcp_deploy.data import make_loader
-
-        c = self.config
-        return make_loader(
-            self.plain_info, c.recipe.batch_size, shuffle=True, seed=seed, max_samples=c.score_samples
-        )
-
-    def bn_loader(self):
-        from itcp_deploy.data import make_loader
-
-        return make_loader(self.plain_info, self.config.recipe.batch_size, shuffle=True, seed=0)
-
-    def test_loader(self):
-        from itcp_deploy.data import make_loader
-
-        r = self.config.recipe
-        return make_loader(self.test_info, r.batch_size, shuffle=False, max_samples=r.test_samples)
+from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.pipeline.compare_rows import (
+    DENSE,
+    Bench,
+    cached_arrays,
+    channel_importance_of,
+    evaluate,
+    finetune,
+    group_scores_of,
+    row_path,
+    structure,
+    train_images,
+    tuned_fields,
+    write_row,
+)
+from itcp_deploy.pipeline.config import CompareConfig
+from itcp_deploy.pipeline.progressive import progressive_rows
+from itcp_deploy.pipeline.stages import Log, ModelSource, fit_perf_model, load_inputs, obtain_profile
+from itcp_deploy.target import LatencyTarget
 
 
 def compare(config: CompareConfig, log: Log | None = None) -> dict:
@@ -163,9 +55,8 @@ def compare(config: CompareConfig, log: Log | None = None) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(out, config)
-    bench = _Bench(config, out, log or (lambda msg: None))
-    _prepare(bench)
-    rows = [*_dense_rows(bench), *_one_shot_rows(bench), *_progressive_rows(bench)]
+    bench = _prepare(config, out, log or (lambda msg: None))
+    rows = [*_dense_rows(bench), *_one_shot_rows(bench), *progressive_rows(bench)]
     measured = _measure(bench, rows)
     results = _assemble(bench, rows, measured)
     write_json(out / "results.json", results)
@@ -185,331 +76,84 @@ def _check_fingerprint(out: Path, config: CompareConfig) -> None:
     )
 
 
-# ---------------------------------------------------------------- shared inputs
-
-
-def _prepare(b: _Bench) -> None:
-    import torch
-
-    from itcp_deploy.data import load_dataset
-    from itcp_deploy.models import create_model
-
-    c = b.config
-    torch.manual_seed(0)
-    b.train_info = load_dataset(c.data, "train")
-    b.plain_info = load_dataset(c.data, "train", augment=False)
-    b.test_info = load_dataset(c.data, "test")
-    b.input_shape = (1, *b.train_info.input_size)
-    b.model = create_model(c.model, num_classes=b.train_info.num_classes, weights=c.weights).eval()
-    _profile_and_fit(b)
-    b.scores = _cached_arrays(b.out / "scores.json", lambda: _group_scores(b, b.model, b.space))
-    b.importance = _cached_arrays(b.out / "importance.json", lambda: _channel_importance(b, b.model, b.space))
-
-
-def _profile_and_fit(b: _Bench) -> None:
-    from itcp_deploy.perfmodel import PerfModel, fit
+def _prepare(c: CompareConfig, out: Path, log: Log) -> Bench:
+    """Load the model and data, profile + fit (or reuse), score the groups: the pipeline's stages."""
+    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.apply import check_space_fits
     from itcp_deploy.search.dp import min_latency_ms
 
-    p = b.config.profile
-    perf_path = Path(p.perf_model_path) if p.perf_model_path else b.out / "perf_model.json"
+    inputs = load_inputs(ModelSource(c.model, c.data, c.weights), seed=0)
+    p = c.profile
+    perf_path = Path(p.perf_model_path) if p.perf_model_path else out / "perf_model.json"
     if perf_path.exists():
-        b.log(f"perf model: reusing {perf_path}")
-        b.perf = PerfModel.load(perf_path)
+        log(f"perf model: reusing {perf_path}")
+        perf = PerfModel.load(perf_path)
     else:
-        space = build_space(b.model, b.input_shape, model_spec=b.config.model)
-        b.perf = fit(_profile(b, space), force=p.force_fit)
-        b.perf.save(perf_path)
-    check_space_fits(b.model, b.perf.space)
-    b.space = b.perf.space
-    b.log(f"perf model: dense {b.perf.dense_ms():.4f} ms predicted, minimum {min_latency_ms(b.perf):.4f} ms")
+        space = build_space(inputs.model, inputs.input_shape, model_spec=c.model)
+        perf = fit_perf_model(obtain_profile(inputs.model, space, c.engine, p, out / "profile.json", log), p,
+                              perf_path)
+    check_space_fits(inputs.model, perf.space)
+    log(f"perf model: dense {perf.dense_ms():.4f} ms predicted, minimum {min_latency_ms(perf):.4f} ms")
+    b = Bench(c, out, log, inputs, perf.space, perf)
+    b.scores = cached_arrays(out / "scores.json", lambda: group_scores_of(b, b.model, b.space))
+    b.importance = cached_arrays(out / "importance.json", lambda: channel_importance_of(b, b.model, b.space))
+    return b
 
 
-def _profile(b: _Bench, space):
-    from itcp_deploy.profiling.design import DesignConfig
-    from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling
-    from itcp_deploy.profiling.records import Profile
-
-    p, e = b.config.profile, b.config.engine
-    path = Path(p.profile_path) if p.profile_path else b.out / "profile.json"
-    if path.exists():
-        b.log(f"profile: reusing {path}")
-        return Profile.load(path)
-    b.log(f"profile: building {p.max_builds} engines (cache {p.cache_dir}) ...")
-    pc = ProfileConfig(
-        backend=e.backend,
-        precision=e.precision,
-        cache_dir=p.cache_dir,
-        engine=e.options,
-        design=DesignConfig(max_builds=p.max_builds, holdout=p.holdout),
-        timing=p.timing,
-        calib=e.calib,
-    )
-    profile, summary = run_profiling(b.model, space, pc)
-    profile.save(path)
-    b.log(f"profile: {summary.builds_new} new builds, noise {summary.noise_pct:.1f}%")
-    return profile
-
-
-def _cached_arrays(path: Path, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
-    if not path.exists():
-        write_json(path, {k: [float(x) for x in v] for k, v in compute().items()})
-    return {k: np.asarray(v, dtype=float) for k, v in read_json(path, path.stem).items()}
-
-
-def _group_scores(b: _Bench, model, space, seed: int = 0) -> dict[str, np.ndarray]:
-    from itcp_deploy.data import make_loader
-    from itcp_deploy.pruning import group_scores
-
-    c = b.config
-    calib = make_loader(b.test_info, c.recipe.batch_size, shuffle=False, max_samples=c.score_samples)
-    cache = b.out / "sensitivity_cache.json" if model is b.model else None
-    return group_scores(
-        model, space, b.config.criterion, loader=b.score_loader(seed), calib_loader=calib, cache_path=cache
-    )
-
-
-def _channel_importance(b: _Bench, model, space, seed: int = 0) -> dict[str, np.ndarray]:
-    from itcp_deploy.pruning import channel_importance
-
-    return channel_importance(model, space, b.config.importance, loader=b.score_loader(seed))
-
-
-# ---------------------------------------------------------------- rows
-
-
-def _row_path(b: _Bench, method: str, speedup: float, seed: int) -> Path:
-    steps = f"-k{b.config.progressive_steps}" if method == PROGRESSIVE else ""
-    return b.out / "rows" / f"{method}{steps}_x{speedup:g}_seed{seed}.json"
-
-
-def _evaluate(b: _Bench, model) -> float:
-    from itcp_deploy.train import evaluate
-
-    return float(evaluate(model, b.test_loader())["accuracy"])
-
-
-def _train_images(b: _Bench, seed: int, parts: int = 1) -> list:
-    """The seed's finetuning subset (``train_subset`` seeded images, all if None), split into ``parts``
-    disjoint chunks (the progressive schedule finetunes on one chunk per step)."""
-    from torch.utils.data import Subset
-
-    from itcp_deploy.data import seeded_indices
-
-    n = len(b.train_info.dataset)
-    indices = seeded_indices(n, b.config.recipe.train_subset or n, seed)
-    return [
-        replace(b.train_info, dataset=Subset(b.train_info.dataset, chunk.tolist()))
-        for chunk in np.array_split(np.asarray(indices), parts)
-    ]
-
-
-def _finetune(b: _Bench, model, seed: int, info, evaluate: bool = True) -> dict:
-    """Finetune a copy of ``model`` with the recipe on ``info`` (a subset from :func:`_train_images`)."""
-    from itcp_deploy.train import TrainConfig, train
-
-    r = b.config.recipe
-    tuned = copy.deepcopy(model)
-    if r.epochs == 0:
-        return {"model": tuned, "accuracy": None, "images_per_epoch": 0, "wall_s": 0.0}
-    t0 = time.perf_counter()
-    config = TrainConfig(epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=seed, device="cpu",
-                         quiet=True, precise_bn_batches=r.bn_batches)
-    train(tuned, info, None, config)
-    tuned = tuned.cpu().eval()
-    return {
-        "model": tuned,
-        "accuracy": _evaluate(b, tuned) if evaluate else None,
-        "images_per_epoch": len(info.dataset),
-        "wall_s": time.perf_counter() - t0,
-    }
-
-
-def _engine(b: _Bench, model, widths: dict[str, int]) -> str:
-    """Build the engine of a plan once (latency depends on the structure, not the weights); returns its id."""
-    from itcp_deploy.engines.build import build_engine
-
-    engine_id = (
-        DENSE
-        if widths == b.space.full_widths()
-        else "plan-" + hashlib.sha1(json.dumps(sorted(widths.items())).encode()).hexdigest()[:10]
-    )
-    if not (b.out / "engines" / "engines" / engine_id).exists():
-        build_engine(model, b.input_shape, b.out / "engines", engine_id, b.config.engine)
-    return engine_id
-
-
-def _structure(b: _Bench, model, widths: dict[str, int]) -> dict:
-    from itcp_deploy.pruning import count_macs_params
-
-    macs, params = count_macs_params(model, b.input_shape)
-    widths = {g.name: int(widths[g.name]) for g in b.space.prunable}
-    return {
-        "widths": widths,
-        "macs": int(macs),
-        "params": int(params),
-        "predicted_ms": b.perf.predict_ms(widths),
-        "engine": _engine(b, model, b.space.complete(widths)),
-    }
-
-
-def _dense_rows(b: _Bench) -> list[dict]:
+def _dense_rows(b: Bench) -> list[dict]:
     rows = []
     dense = None
     for seed in b.config.seeds:
-        path = _row_path(b, DENSE, 1.0, seed)
+        path = row_path(b, DENSE, 1.0, seed)
         if not path.exists():
             if dense is None:
-                dense = {
-                    **_structure(b, b.model, b.space.full_widths()),
-                    "accuracy_oneshot": _evaluate(b, b.model),
-                }
+                dense = {**structure(b, b.model, b.space.full_widths()), "accuracy_oneshot": evaluate(b, b.model)}
             b.log(f"dense seed {seed}: finetuning the reference ...")
-            tuned = _finetune(b, b.model, seed, _train_images(b, seed)[0])
+            tuned = finetune(b, b.model, seed, train_images(b, seed)[0])
             row = {"method": DENSE, "speedup": 1.0, "seed": seed, "budget_ms": b.perf.dense_ms(), **dense}
-            _write_row(b, path, {**row, **_tuned_fields(tuned)})
+            write_row(b, path, {**row, **tuned_fields(tuned)})
         rows.append(read_json(path, "row"))
     return rows
 
 
-def _tuned_fields(tuned: dict) -> dict:
-    return {
-        "accuracy_finetuned": tuned["accuracy"],
-        "finetune_images_per_epoch": tuned["images_per_epoch"],
-        "finetune_wall_s": tuned["wall_s"],
-    }
-
-
-def _write_row(b: _Bench, path: Path, row: dict) -> None:
-    write_json(path, row)
-    b.log(
-        f"{row['method']:>17} x{row['speedup']:<5g} seed {row['seed']}: "
-        f"predicted {row['predicted_ms']:.4f} ms (budget {row['budget_ms']:.4f}), "
-        f"one-shot {_pct(row['accuracy_oneshot'])}, finetuned "
-        f"{_pct(row['accuracy_finetuned'])}"
-    )
-
-
-def _pct(accuracy: float | None) -> str:
-    return "n/a" if accuracy is None else f"{accuracy:.2f}%"
-
-
-def _one_shot_rows(b: _Bench) -> list[dict]:
+def _one_shot_row(b: Bench, method: str, speedup: float, budget: float) -> dict:
+    """Solve, prune, re-estimate BN: the fields every seed of (method, speed-up) shares."""
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
 
-    c = b.config
+    t0 = time.perf_counter()
     inputs = SearchInputs(b.space, b.perf, b.scores, b.importance)
+    solution = run_method(method, inputs, budget, bins=b.config.bins)
+    pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+    recalibrate_bn(pruned, b.bn_loader(), num_batches=b.config.recipe.bn_batches)
+    return {"method": method, "speedup": speedup, "budget_ms": budget, "score": solution.score,
+            **structure(b, pruned, solution.widths), "accuracy_oneshot": evaluate(b, pruned),
+            "search_and_prune_s": time.perf_counter() - t0, "model": pruned}
+
+
+def _one_shot_rows(b: Bench) -> list[dict]:
+    c = b.config
     rows = []
     for speedup in c.speedups:
-        budget = b.perf.dense_ms() / speedup
+        budget = LatencyTarget(speedup=speedup).resolve_ms(b.perf.dense_ms())  # predicted dense / speed-up
         for method in c.methods:
-            paths = {seed: _row_path(b, method, speedup, seed) for seed in c.seeds}
+            paths = {seed: row_path(b, method, speedup, seed) for seed in c.seeds}
             if not all(p.exists() for p in paths.values()):
-                t0 = time.perf_counter()
-                solution = run_method(method, inputs, budget, bins=c.bins)
-                pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
-                recalibrate_bn(pruned, b.bn_loader(), num_batches=c.recipe.bn_batches)
-                shared = {
-                    "method": method,
-                    "speedup": speedup,
-                    "budget_ms": budget,
-                    "score": solution.score,
-                    **_structure(b, pruned, solution.widths),
-                    "accuracy_oneshot": _evaluate(b, pruned),
-                    "search_and_prune_s": time.perf_counter() - t0,
-                }
+                shared = _one_shot_row(b, method, speedup, budget)
+                pruned = shared.pop("model")
                 for seed, path in paths.items():
                     if not path.exists():
-                        tuned = _finetune(b, pruned, seed, _train_images(b, seed)[0])
-                        _write_row(b, path, {**shared, "seed": seed, **_tuned_fields(tuned)})
+                        tuned = finetune(b, pruned, seed, train_images(b, seed)[0])
+                        write_row(b, path, {**shared, "seed": seed, **tuned_fields(tuned)})
             rows += [read_json(p, "row") for p in paths.values()]
     return rows
 
 
-# ---------------------------------------------------------------- progressive (HALP-like)
-
-
-def _progressive_rows(b: _Bench) -> list[dict]:
-    rows = []
-    if b.config.progressive_steps < 1:
-        return rows
-    for speedup in b.config.speedups:
-        for seed in b.config.seeds:
-            path = _row_path(b, PROGRESSIVE, speedup, seed)
-            if not path.exists():
-                try:
-                    _write_row(b, path, _progressive(b, speedup, seed))
-                except ItcpError as err:
-                    b.notes.append(f"{PROGRESSIVE} x{speedup:g} seed {seed}: {err}")
-                    b.log(f"{PROGRESSIVE} x{speedup:g} seed {seed} failed: {err}")
-                    continue
-            rows.append(read_json(path, "row"))
-    return rows
-
-
-def _progressive(b: _Bench, speedup: float, seed: int) -> dict:
-    """K steps at budget ``dense * speedup ** (-k/K)``: rescore, re-solve narrower, prune, BN, finetune."""
-    from itcp_deploy.pipeline.planning import restricted
-    from itcp_deploy.pruning import apply_widths
-    from itcp_deploy.search.baselines import SearchInputs, run_method
-    from itcp_deploy.train import recalibrate_bn
-
-    c, k_steps = b.config, b.config.progressive_steps
-    dense_ms = b.perf.dense_ms()
-    chunks = _train_images(b, seed, k_steps)
-    model, current, steps = b.model, b.space.full_widths(), []
-    t0 = time.perf_counter()
-    for k in range(1, k_steps + 1):
-        budget = dense_ms * speedup ** (-k / k_steps)
-        first = model is b.model
-        space, perf = (b.space, b.perf) if first else restricted(b.space, b.perf, model, current,
-                                                                  b.input_shape)
-        scores = b.scores if first else _group_scores(b, model, space, seed)
-        importance = b.importance if first else _channel_importance(b, model, space, seed)
-        solution = run_method("itcp", SearchInputs(space, perf, scores, importance), budget, bins=c.bins)
-        model = apply_widths(model, space, solution.widths, importance=importance)
-        current = {**current, **solution.widths}
-        recalibrate_bn(model, b.bn_loader(), num_batches=c.recipe.bn_batches)
-        oneshot = _evaluate(b, model) if k == k_steps else None
-        tuned = _finetune(b, model, seed, chunks[k - 1], evaluate=k == k_steps)
-        model = tuned["model"]
-        steps.append({"step": k, "budget_ms": budget, "predicted_ms": solution.cost,
-                      "images": tuned["images_per_epoch"]})
-        b.log(
-            f"{PROGRESSIVE} x{speedup:g} seed {seed}: step {k}/{k_steps}, budget {budget:.4f} ms, predicted "
-            f"{solution.cost:.4f} ms"
-        )
-    return {
-        "method": PROGRESSIVE,
-        "speedup": speedup,
-        "seed": seed,
-        "budget_ms": dense_ms / speedup,
-        "score": None,
-        **_structure(b, model, current),
-        "accuracy_oneshot": oneshot,
-        "accuracy_finetuned": tuned["accuracy"],
-        "finetune_images_per_epoch": sum(len(chunk.dataset) for chunk in chunks),
-        "finetune_wall_s": time.perf_counter() - t0,
-        "progressive_steps": k_steps,
-        "steps": steps,
-        "note": f"{k_steps} steps, each finetuned on its own 1/{k_steps} of the seed's images for "
-        f"{c.recipe.epochs} epoch(s); one-shot = after the last prune + BN re-estimation, before "
-        "the last short finetune",
-    }
-
-
-# ---------------------------------------------------------------- measurement and results
-
-
-def _measure(b: _Bench, rows: list[dict]) -> dict:
-    """Every engine of the table and the dense engine, interleaved in one run (reused if nothing changed)."""
-    import contextlib
-
-    from itcp_deploy.engines import get_backend
-    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
+def _measure(b: Bench, rows: list[dict]) -> dict:
+    """Every engine of the table against the dense engine, interleaved in one run (reused if unchanged)."""
+    from itcp_deploy.profiling.engine_timing import measure_engines
 
     ids = sorted({r["engine"] for r in rows} | {DENSE})
     path = b.out / "measured.json"
@@ -520,22 +164,20 @@ def _measure(b: _Bench, rows: list[dict]) -> dict:
             b.log(f"measurement: reusing {path}")
             return saved
     b.log(f"measurement: {len(ids)} engines interleaved in one run ...")
-    backend = get_backend(b.config.engine.backend)
-    with contextlib.ExitStack() as stack:
-        engines = b.out / "engines" / "engines"
-        runners = [stack.enter_context(backend.runner(engines / i, b.config.engine.options)) for i in ids]
-        result = measure_interleaved(runners, None, b.config.measure_timing)
-    dense = ids.index(DENSE)
-    stats = {}
-    for i, engine_id in enumerate(ids):
-        ratios = round_ratios(result.samples_ms[i], result.samples_ms[dense])
-        stats[engine_id] = {**asdict(result.stats[i]), "ratio_to_dense": float(np.median(ratios))}
+    engines = b.out / "engines" / "engines"
+    others = [i for i in ids if i != DENSE]
+    e = b.config.engine
+    measured = measure_engines(e.backend, [engines / i for i in others], e.options, b.config.measure_timing,
+                               reference=engines / DENSE)
+    stats = {DENSE: {**asdict(measured.reference), "ratio_to_dense": 1.0}}
+    for engine_id, latency in zip(others, measured.engines, strict=True):
+        stats[engine_id] = {**asdict(latency.stats), "ratio_to_dense": latency.ratio}
     saved = {"engines": ids, "timing": timing, "stats": stats}
     write_json(path, saved)
     return saved
 
 
-def _assemble(b: _Bench, rows: list[dict], measured: dict) -> dict:
+def _assemble(b: Bench, rows: list[dict], measured: dict) -> dict:
     c = b.config
     for row in rows:
         s = measured["stats"].get(row["engine"])
@@ -545,13 +187,13 @@ def _assemble(b: _Bench, rows: list[dict], measured: dict) -> dict:
         row["measured"] = {k: s[k] for k in ("median_ms", "p90_ms", "p99_ms", "ratio_to_dense")}
     error = {k: v for k, v in asdict(b.perf.report).items() if isinstance(v, float)} if b.perf.report else {}
     return {
-        "model": c.model, "weights": c.weights, "data": c.data, "dataset": b.test_info.name,
+        "model": c.model, "weights": c.weights, "data": c.data, "dataset": b.inputs.test.name,
         "jpeg_copy": "cifar10-jpeg" in c.data, "backend": c.engine.backend, "precision": c.engine.precision,
         "device": b.perf.meta.get("device", ""), "criterion": c.criterion, "importance": c.importance,
         "recipe": asdict(c.recipe), "progressive_steps": c.progressive_steps,
-        "dense_predicted_ms": b.perf.dense_ms(), "measure_timing": asdict(c.measure_timing),
-        "perf_model_error": error, "notes": b.notes, "rows": rows,
+        "dense_predicted_ms": b.perf.dense_ms(), "speedup_divides": "the perf model's predicted dense latency",
+        "measure_timing": asdict(c.measure_timing), "perf_model_error": error, "notes": b.notes, "rows": rows,
     }
 
 
-__all__ = ["CompareConfig", "FinetuneRecipe", "ProfileSettings", "compare"]
+__all__ = ["CompareConfig", "compare"]
