@@ -77,7 +77,7 @@ class LatencyTarget:
             raise UsageError(f"--percentile must be one of {PERCENTILES}, got {self.percentile}",
                              "pass 50, 90 or 99")
         if not (math.isfinite(self.margin) and 0 <= self.margin < 0.5):
-            raise UsageError(f"--margin must be in [0, 0.5), got {self.margin}", "pass e.g. --margin 0.03")
+            raise UsageError(f"the safety margin must be in [0, 0.5), got {self.margin}", "use e.g. margin=0.03")
 
     @classmethod
     def from_ratio(cls, max_ratio: float, percentile: int = 50) -> LatencyTarget:

@@ -13,7 +13,8 @@ import itcp_deploy
 
 ROOT = Path(itcp_deploy.__file__).resolve().parent
 PURE = ("perfmodel", "search")
-PURE_DATA = ("space", "plan", "profiling.records", "errors", "atomic_io", "registry", "perfmodel", "search")
+PURE_DATA = ("space", "plan", "target", "profiling.records", "errors", "atomic_io", "registry", "perfmodel",
+             "search")
 ALLOWED_PROJECT = tuple(f"itcp_deploy.{m}" for m in PURE_DATA)
 ALLOWED_THIRD_PARTY = ("numpy", "matplotlib")  # matplotlib: search/plot.py only, inside the function
 
@@ -34,7 +35,7 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_pure_packages_import_without_torch_or_backends():
-    modules = [m for p in PURE for m in _modules(p)]
+    modules = [m for p in PURE for m in _modules(p)] + ["itcp_deploy.target"]
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             "heavy = ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'matplotlib')\n"
             "bad = [n for n in heavy if n in sys.modules]\n"
@@ -52,6 +53,12 @@ def test_pure_packages_import_only_allowed_modules():
                 ok = (top in stdlib or top == "__future__" or top in ALLOWED_THIRD_PARTY
                       or any(name == a or name.startswith(a + ".") for a in ALLOWED_PROJECT))
                 assert ok, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_latency_target_is_stdlib_only():
+    names = _imports(ROOT / "target.py")
+    assert all(n.split(".")[0] in sys.stdlib_module_names or n in ("__future__", "itcp_deploy.errors")
+               for n in names), names
 
 
 def test_engines_never_import_search():

@@ -150,3 +150,52 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     assert "gave up" in result["notes"][-1]
     assert plan.predicted_ms <= plan.budget_ms * (1 + 1e-9)
     assert plan.budget_ms == pytest.approx(result["rounds"][-1]["budget_ms"])
+
+
+def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):
+    """`profile-engines --speedup` goes on through the very function `run` calls, with the same config apart
+    from the profiling options it has and `run` lacks."""
+    import itcp_deploy.pipeline.driver as driver
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(config, log=None, progress=None):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(driver, "run", fake_run)
+    common = ("--input-shape", "1x3x32x32", "--data", DATA, "-o", str(tmp_path / "o"), "--speedup", "2",
+              "--epochs", "0", "--json")
+    with pytest.raises(Stop):
+        run_cli("run", "cifar_resnet20", *common)
+    with pytest.raises(Stop):
+        run_cli("profile-engines", "cifar_resnet20", *common, "--max-builds", "12", "--rounds", "3")
+    from_run, from_profile = seen
+    assert from_profile.profile.max_builds == 12 and from_profile.profile.timing.rounds == 3
+    assert replace(from_profile, profile=from_run.profile) == from_run
+    assert from_run.target == LatencyTarget(speedup=2.0)
+
+
+@pytest.mark.parametrize("args", [["--speedup", "2"], ["--speedup", "2", "--data", DATA],
+                                  ["--sla-ms", "1", "-o", "x"], ["--speedup", "0", "--data", DATA, "-o", "x"],
+                                  ["--speedup", "2", "--data", DATA, "-o", "x", "--shard", "0/2"]])
+def test_profile_engines_sla_without_what_the_engine_needs_is_one_line_exit_2(args):
+    code, _, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", *args)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_profile_engines_with_an_sla_delivers_the_engine(finished):
+    """The user's command: profile-engines, producing a ready engine under a latency SLA (cached profile)."""
+    tmp, _, _, _ = finished
+    out = tmp / "from-profile-engines"
+    code, stdout, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", DATA,
+                                "--speedup", "1.5", "--epochs", "0", "--cache", str(tmp / "engines"),
+                                "--max-builds", "10", "--holdout", "3", "--rounds", "4", "--runs-per-round", "25",
+                                "-o", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert (out / "model.ort.onnx").is_file() and (out / "report.json").is_file()
+    assert report["macs_final"] < report["macs_dense"] and isinstance(report["met_sla"], bool)

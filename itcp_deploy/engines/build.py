@@ -1,7 +1,6 @@
-"""From a (pruned) torch model to a built engine on disk: export ONNX -> precision -> backend build.
-
-The profiler builds dozens of candidate engines through its cache; the pipeline and the demo build the dense
-and final engines here, into the run's output directory.
+"""From a (pruned) torch model to a built engine on disk: export ONNX -> precision -> backend build, written
+once (:func:`build_chain`). The profiler builds dozens of candidate engines through it into its cache; the
+pipeline builds the dense, round and final engines with :func:`build_engine`, into the run's folder.
 """
 
 from __future__ import annotations
@@ -36,33 +35,51 @@ class BuiltEngine:
     main_file: Path | None
 
 
-def build_engine(model, input_shape: tuple[int, int, int, int], out_dir: Path, name: str,
-                 spec: EngineSpec) -> BuiltEngine:
-    """Export ``model`` to ``out_dir/<name>.onnx`` (verified), convert precision, build into
-    ``out_dir/engines/<name>/`` and copy the deployable file to ``out_dir/<name><suffix>``."""
+@dataclass(frozen=True)
+class ChainPaths:
+    """Where the chain writes: the exported fp32 ONNX, its precision-converted copy, the artifact directory."""
+
+    onnx: Path
+    converted: Path
+    artifact: Path
+
+
+def build_chain(model, input_shape: tuple[int, ...], spec: EngineSpec, paths: ChainPaths,
+                calib=None) -> tuple[Path | None, Path]:
+    """The one export -> precision -> build chain (the profiler's candidates, the run's dense, round and
+    final engines): export ``model`` to ONNX (verified), convert it to ``spec.precision`` (int8: with
+    ``calib``, else the set ``spec.calib``), build the backend's artifact. The torch backend builds from the
+    module itself. Returns the fp32 ONNX path (None for torch) and the artifact directory."""
     from itcp_deploy.engines import get_backend
     from itcp_deploy.engines.precision import convert_precision
 
     backend = get_backend(spec.backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    artifact_dir = out_dir / "engines" / name
     onnx_path: Path | None = None
     if backend.source == "onnx":
         from itcp_deploy.engines.export import export_onnx
 
-        onnx_path = export_onnx(model, input_shape, out_dir / f"{name}.onnx")
+        onnx_path = export_onnx(model, input_shape, paths.onnx)
         source = onnx_path
         if spec.precision != "fp32":
-            calib = None
-            if spec.precision == "int8":
+            if calib is None and spec.precision == "int8":
                 from itcp_deploy.data.calibration import load_calibration
 
                 calib = load_calibration(spec.calib, input_shape)
-            source = convert_precision(onnx_path, out_dir / f"{name}.{spec.precision}.onnx", spec.precision,
-                                       calib, symmetric_activations=spec.backend == "tensorrt")
+            source = convert_precision(onnx_path, paths.converted, spec.precision, calib,
+                                       symmetric_activations=spec.backend == "tensorrt")
     else:
         source = model
-    artifact = Path(backend.builder(source, artifact_dir, spec.options, tuple(input_shape))())
+    artifact = Path(backend.builder(source, paths.artifact, spec.options, tuple(input_shape))())
+    return onnx_path, artifact
+
+
+def build_engine(model, input_shape: tuple[int, int, int, int], out_dir: Path, name: str,
+                 spec: EngineSpec) -> BuiltEngine:
+    """Export ``model`` to ``out_dir/<name>.onnx`` (verified), convert precision, build into
+    ``out_dir/engines/<name>/`` and copy the deployable file to ``out_dir/<name><suffix>``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = ChainPaths(out_dir / f"{name}.onnx", out_dir / f"{name}.{spec.precision}.onnx", out_dir / "engines" / name)
+    onnx_path, artifact = build_chain(model, input_shape, spec, paths)
     main_file = None
     if spec.backend in MAIN_FILE:
         inner, suffix = MAIN_FILE[spec.backend]
