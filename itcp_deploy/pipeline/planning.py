@@ -76,9 +76,9 @@ def plan_widths(config: SearchConfig, log: Callable[[str], None] | None = None) 
     SEARCH_METHODS.get(config.method)  # fail on a typo before loading anything
     perf_model = PerfModel.load(config.perf_model)
     budget, note = budget_ms(perf_model, config.target)
-    (log or (lambda msg: None))(f"budget: {note}")
     inputs = search_inputs(config, with_channel_importance=config.method == "global-magnitude")
     solution = run_method(config.method, inputs, budget, bins=config.bins)
+    (log or (lambda msg: None))(f"budget: {note}")  # after solving: a failure stays one line
     widths = {g.name: solution.widths[g.name] for g in inputs.space.prunable}
     return PruningPlan(
         model=config.model,
