@@ -100,47 +100,50 @@ def test_output_checks_unit(tmp_path):
 
 # ------------------------------------------------------------ 2. resume with changed input contents
 def _run_config(tmp_path: Path, weights: Path, data: str = "digits"):
-    from itcp_deploy.pipeline import RunConfig
+    from itcp_deploy.pipeline.config import RunConfig
+    from itcp_deploy.target import LatencyTarget
 
     return RunConfig(model="cifar_resnet20", data=data, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "run"),
-                     sla_ms=1.0, weights=str(weights))
+                     target=LatencyTarget(sla_ms=1.0), weights=str(weights))
+
+
+def _state(config):
+    from itcp_deploy.pipeline.run_dir import RunFolder, RunState
+
+    return RunState(RunFolder(config.out_dir), config)
 
 
 def test_resume_refuses_changed_weights_contents(tmp_path, weights_file):
     import torch
 
     from itcp_deploy.errors import UsageError
-    from itcp_deploy.pipeline import _State
 
     config = _run_config(tmp_path, weights_file)
-    out = Path(config.out_dir)
-    out.mkdir()
-    _State(out, config).finish("dense", {"accuracy": 1.0})
-    _State(out, config)  # unchanged contents: resumes
+    Path(config.out_dir).mkdir()
+    _state(config).finish("dense", {"accuracy": 1.0})
+    _state(config)  # unchanged contents: resumes
     state = torch.load(weights_file, weights_only=True)
     state["linear.bias"] = state["linear.bias"] + 1.0
     torch.save(state, weights_file)
     with pytest.raises(UsageError, match="weights"):
-        _State(out, config)
+        _state(config)
 
 
 def test_resume_refuses_changed_data_file(tmp_path, weights_file):
     from itcp_deploy.errors import UsageError
-    from itcp_deploy.pipeline import _State
 
     batch = tmp_path / "test_batch"
     _write_cifar_batch(batch, np.zeros((4, 3072), np.uint8), [0, 1, 0, 1])
     config = _run_config(tmp_path, weights_file, data=f"cifar10:{batch}")
-    out = Path(config.out_dir)
-    out.mkdir()
-    _State(out, config).finish("dense", {"accuracy": 1.0})
+    Path(config.out_dir).mkdir()
+    _state(config).finish("dense", {"accuracy": 1.0})
     _write_cifar_batch(batch, np.ones((4, 3072), np.uint8), [0, 1, 0, 1])
     with pytest.raises(UsageError, match="data"):
-        _State(out, config)
+        _state(config)
 
 
 def test_comparison_fingerprint_holds_input_contents(tmp_path, weights_file, profile_file):
-    from itcp_deploy.compare import CompareConfig, ProfileSettings
+    from itcp_deploy.pipeline.config import CompareConfig, ProfileSettings
 
     config = CompareConfig(model="cifar_resnet20", data="digits", out_dir=str(tmp_path / "cmp"),
                            weights=str(weights_file), profile=ProfileSettings(profile_path=str(profile_file)))
@@ -204,7 +207,7 @@ FAST_PROFILE = ("--holdout", "1", "--rounds", "2", "--runs-per-round", "3", "--l
 
 def test_truncated_engine_in_the_cache_is_rebuilt(tmp_path):
     cache = tmp_path / "cache"
-    args = ("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "4", *FAST_PROFILE, "--json")
+    args = ("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "4", *FAST_PROFILE, "--json")
     code, out, err = run_cli(*args, "-o", str(tmp_path / "p1.json"))
     assert code == 0, err
     engines = sorted((cache / "artifacts").rglob("model.opt.onnx"))

@@ -45,8 +45,8 @@ def test_huge_input_shape_is_bounded(command, tmp_path):
 
 
 def test_input_shape_bound_unit():
+    from itcp_deploy.cli.shapes import max_input_values, parse_input_shape
     from itcp_deploy.errors import UsageError
-    from itcp_deploy.shapes import max_input_values, parse_input_shape
 
     assert parse_input_shape("64x3x224x224") == (64, 3, 224, 224)
     limit = max_input_values()
@@ -219,7 +219,7 @@ def test_pareto_with_no_methods(methods, tmp_path, monkeypatch):
 
 def test_sigterm_during_profile_engines_is_handled_like_ctrl_c(tmp_path):
     cache = tmp_path / "cache"
-    args = ("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "12", *FAST_PROFILE,
+    args = ("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "12", *FAST_PROFILE,
             "-o", str(tmp_path / "p.json"))
     proc = _start(*args)
     _wait_for(lambda: _builds(cache) >= 2 and any((cache / "artifacts").rglob(".build-*")), proc)
