@@ -28,7 +28,7 @@ from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSet
 from itcp_deploy.pipeline.driver import report_of, run_stages
 from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.sources import Finetune, ModelInputs, builtin_finetune, check_model_input
-from itcp_deploy.pipeline.stages import restore_pruned
+from itcp_deploy.pipeline.stages import restore_pruned, score_batches
 from itcp_deploy.plan import PruningPlan
 from itcp_deploy.space import PruningSpace
 from itcp_deploy.target import LatencyTarget
@@ -133,6 +133,13 @@ def _config(model: nn.Module, shape: tuple[int, int, int, int], target: LatencyT
                      score_samples=o.score_samples, seed=o.seed, quiet=o.quiet)
 
 
+def _read_batches(inputs: ModelInputs, config: RunConfig) -> ModelInputs:
+    """Read (and check) every batch the stages will use now, before any engine is built: a bad loader fails
+    in a second, and a one-pass generator is read once."""
+    inputs.batches(max(score_batches(config), config.recipe.bn_batches))
+    return inputs
+
+
 def _target(sla_ms: float | None, speedup: float | None, o: PruneOptions) -> LatencyTarget:
     return LatencyTarget(sla_ms=sla_ms, speedup=speedup, percentile=o.percentile, margin=o.margin)
 
@@ -149,7 +156,9 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None
         example_input: One input batch; its shape is the engine's input shape.
         sla_ms, speedup: The SLA in ms, or as dense latency / speedup (exactly one).
         backend, precision: The engine (``onnxruntime``/``tensorrt``/``torch``; ``fp32``/``fp16``/``int8``).
-        score_loader: Any iterable of ``(inputs, targets)`` batches: group scores, kept channels, BatchNorm.
+        score_loader: Any iterable of ``(inputs, targets)`` batches: group scores, kept channels, BatchNorm
+            re-estimation. Read once, up front; the first ``max(score_samples / batch, recipe.bn_batches)``
+            batches are kept in memory (the built-in recipe iterates it again).
         loss_fn: ``loss_fn(model(inputs), targets)``; defaults to cross-entropy.
         finetune: ``finetune(pruned) -> pruned``: your own training loop; it must keep the widths.
         epochs: Without ``finetune``: epochs of the built-in SGD recipe over ``score_loader`` (default none).
@@ -165,7 +174,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None
         raise UsageError("give finetune= or epochs=, not both", "drop epochs= to use your own training loop")
     config = _config(model, shape, _target(sla_ms, speedup, o), EngineSpec(backend, precision, o.engine, o.calib),
                      out_dir, epochs, o)
-    inputs = ModelInputs(model, score_loader, loss_fn, finetune, o.eval_loader)
+    inputs = _read_batches(ModelInputs(model, score_loader, loss_fn, finetune, o.eval_loader), config)
     if finetune is None and config.recipe.epochs > 0:
         inputs.finetune = builtin_finetune(inputs, config.recipe.epochs, config.recipe.lr)
     ctx = run_stages(config, inputs, o.log, o.progress)
@@ -206,8 +215,8 @@ def plan(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget, *
     o = options or PruneOptions()
     shape = check_model_input(model, example_input)
     config = _config(model, shape, target, EngineSpec(backend, precision, o.engine, o.calib), out_dir, None, o)
-    ctx = run_stages(config, ModelInputs(model, score_loader, loss_fn, None, o.eval_loader), o.log, o.progress,
-                     until="loop")
+    inputs = _read_batches(ModelInputs(model, score_loader, loss_fn, None, o.eval_loader), config)
+    ctx = run_stages(config, inputs, o.log, o.progress, until="loop")
     chosen = PruningPlan.load(ctx.folder.plan)
     loop = ctx.state.done("loop") or {}
     return Plan(widths=dict(chosen.widths), predicted_ms=float(chosen.predicted_ms or 0.0),

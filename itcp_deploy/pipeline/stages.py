@@ -185,7 +185,7 @@ def stage_fit(ctx: RunContext) -> dict:
     return {"report": asdict(model.report) if model.report else None}
 
 
-def _score_batches(config: RunConfig) -> int:
+def score_batches(config: RunConfig) -> int:
     """Batches of the score loader the scores and the kept channels read: ``score_samples`` images' worth."""
     return max(1, -(-config.score_samples // config.recipe.batch_size))
 
@@ -194,7 +194,7 @@ def stage_scores(ctx: RunContext) -> dict:
     from itcp_deploy.pruning import group_scores
 
     c, inputs = ctx.config, ctx.inputs
-    batches = inputs.batches(_score_batches(c))
+    batches = inputs.batches(score_batches(c))
     scores = group_scores(inputs.model, ctx.space, c.criterion, loader=batches,
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
                           loss_fn=inputs.loss_fn)
@@ -219,7 +219,7 @@ def stage_finetune(ctx: RunContext) -> dict:
 
     c, inputs, folder = ctx.config, ctx.inputs, ctx.folder
     plan = PruningPlan.load(folder.plan)
-    loader = inputs.batches(_score_batches(c)) if c.importance == "taylor" else None
+    loader = inputs.batches(score_batches(c)) if c.importance == "taylor" else None
     pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=c.importance, loader=loader,
                           loss_fn=inputs.loss_fn)
     recalibrate_bn(pruned, inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches)
