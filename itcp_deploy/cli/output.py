@@ -80,13 +80,14 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
                 "wall_s": summary.wall_s,
                 "backend": profile.backend,
                 "precision": profile.precision,
+                "quantization": profile.quantization,
                 "device": profile.device,
             }
         )
         return
     table = Table(
         title=f"profile-engines: {profile.model} on {profile.backend} {profile.backend_version} "
-        f"{profile.precision}, {profile.device}"
+        f"{profile.precision}{f' ({profile.quantization})' if profile.quantization else ''}, {profile.device}"
     )
     table.add_column("")
     table.add_column("value")

@@ -179,4 +179,7 @@ def staircase_cmd(
     if json_out:
         emit_json([asdict(p) for p in points])
     else:
-        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths)")
+        from itcp_deploy.engines.device import block_from_staircase
+
+        block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
+        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths, steps of {block})")

@@ -51,6 +51,7 @@ def build_chain(model, input_shape: tuple[int, ...], spec: EngineSpec, paths: Ch
     ``calib``, else the set ``spec.calib``), build the backend's artifact. The torch backend builds from the
     module itself. Returns the fp32 ONNX path (None for torch) and the artifact directory."""
     from itcp_deploy.engines import get_backend
+    from itcp_deploy.engines.int8 import engine_int8_settings
     from itcp_deploy.engines.precision import convert_precision
 
     backend = get_backend(spec.backend)
@@ -65,8 +66,8 @@ def build_chain(model, input_shape: tuple[int, ...], spec: EngineSpec, paths: Ch
                 from itcp_deploy.data.calibration import load_calibration
 
                 calib = load_calibration(spec.calib, input_shape)
-            source = convert_precision(onnx_path, paths.converted, spec.precision, calib,
-                                       symmetric_activations=spec.backend == "tensorrt")
+            int8 = engine_int8_settings(spec.backend, spec.precision, spec.options.provider)
+            source = convert_precision(onnx_path, paths.converted, spec.precision, calib, int8=int8)
     else:
         source = model
     artifact = Path(backend.builder(source, paths.artifact, spec.options, tuple(input_shape))())

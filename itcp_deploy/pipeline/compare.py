@@ -37,7 +37,14 @@ from itcp_deploy.pipeline.compare_rows import (
 )
 from itcp_deploy.pipeline.config import CompareConfig
 from itcp_deploy.pipeline.progressive import progressive_rows
-from itcp_deploy.pipeline.stages import Log, ModelSource, fit_perf_model, load_inputs, obtain_profile
+from itcp_deploy.pipeline.stages import (
+    Log,
+    ModelSource,
+    fit_perf_model,
+    load_inputs,
+    obtain_profile,
+    reuse_perf_model,
+)
 from itcp_deploy.target import LatencyTarget
 
 
@@ -78,7 +85,6 @@ def _check_fingerprint(out: Path, config: CompareConfig) -> None:
 
 def _prepare(c: CompareConfig, out: Path, log: Log) -> Bench:
     """Load the model and data, profile + fit (or reuse), score the groups: the pipeline's stages."""
-    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.apply import check_space_fits
     from itcp_deploy.search.dp import min_latency_ms
@@ -88,7 +94,7 @@ def _prepare(c: CompareConfig, out: Path, log: Log) -> Bench:
     perf_path = Path(p.perf_model_path) if p.perf_model_path else out / "perf_model.json"
     if perf_path.exists():
         log(f"perf model: reusing {perf_path}")
-        perf = PerfModel.load(perf_path)
+        perf = reuse_perf_model(perf_path, c.engine, p)
     else:
         space = build_space(inputs.model, inputs.input_shape, model_spec=c.model)
         perf = fit_perf_model(obtain_profile(inputs.model, space, c.engine, p, out / "profile.json", log), p,

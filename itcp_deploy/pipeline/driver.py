@@ -111,9 +111,11 @@ def _plots(ctx: RunContext, report: RunReport, plan, perf) -> None:
     profile = Profile.load(ctx.folder.profile)
     holdout = profile.by_role("holdout") or profile.by_role("design")
     plot_pred_vs_measured([perf.predict_ms(e.widths) for e in holdout], [e.latency.median_ms for e in holdout],
-                          out / "latency_pred_vs_measured.png", f"{report.model}: perf model on held-out engines")
+                          out / "latency_pred_vs_measured.png",
+                          f"{report.model}: perf model on held-out engines\n{profile.device}")
     plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
-               float(plan.budget_ms or report.sla_ms), out / "pareto.png")
+               float(plan.budget_ms or report.sla_ms), out / "pareto.png",
+               title=f"{report.model} on {profile.device}")
     plot_widths(report.widths, report.full_widths, out / "widths.png")
 
 

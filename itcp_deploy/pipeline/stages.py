@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from itcp_deploy.data import DatasetInfo
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.profiling.profiler import ProfileSummary
+    from itcp_deploy.profiling.profiler import ProfileConfig, ProfileSummary
     from itcp_deploy.profiling.records import Profile
     from itcp_deploy.space import PruningSpace
 
@@ -82,33 +82,55 @@ def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
     return Inputs(model, train, plain, test)
 
 
+def profile_config(engine: EngineSpec, settings: ProfileSettings, seed: int = 0) -> ProfileConfig:
+    """The profiler's config for ``engine`` under ``settings``."""
+    from itcp_deploy.profiling.design import DesignConfig
+    from itcp_deploy.profiling.profiler import ProfileConfig
+
+    return ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
+                         design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout, seed=seed),
+                         timing=settings.timing, engine=engine.options, layer_runs=settings.layer_runs,
+                         calib=engine.calib)
+
+
 def profile_engines(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings, *,
                     seed: int = 0, progress: Progress | None = None) -> tuple[Profile, ProfileSummary]:
     """Build and measure the designed engines of ``space`` (cached in ``settings.cache_dir``)."""
-    from itcp_deploy.profiling.design import DesignConfig
-    from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling
+    from itcp_deploy.profiling.profiler import run_profiling
 
-    config = ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
-                           design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout, seed=seed),
-                           timing=settings.timing, engine=engine.options, layer_runs=settings.layer_runs,
-                           calib=engine.calib)
-    return run_profiling(model, space, config, progress)
+    return run_profiling(model, space, profile_config(engine, settings, seed), progress)
 
 
 def obtain_profile(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings,
                    path: Path, log: Log, *, seed: int = 0, progress: Progress | None = None) -> Profile:
-    """The profile at ``settings.profile_path`` (or ``path``) when it exists, else a new one saved there."""
+    """The profile at ``settings.profile_path`` (or ``path``) when it exists and was taken on this device with
+    these settings (else :class:`InputFileError`), or a new one saved there."""
+    from itcp_deploy.profiling.profiler import profile_identity
     from itcp_deploy.profiling.records import Profile
 
     given = Path(settings.profile_path) if settings.profile_path else path
     if given.exists():
         log(f"profile: reusing {given}")
-        return Profile.load(given)
+        profile = Profile.load(given)
+        profile.check_identity(profile_identity(profile_config(engine, settings, seed)), given)
+        return profile
     log(f"profile: building {settings.max_builds} engines (cache {settings.cache_dir}) ...")
     profile, summary = profile_engines(model, space, engine, settings, seed=seed, progress=progress)
     profile.save(given)
     log(f"profile: {summary.builds_new} new builds, noise {summary.noise_pct:.1f}%")
     return profile
+
+
+def reuse_perf_model(path: Path, engine: EngineSpec, settings: ProfileSettings) -> PerfModel:
+    """A perf model fitted earlier, refused (:class:`InputFileError`) if its profile was taken on another
+    device or with other settings."""
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.profiling.profiler import profile_identity
+    from itcp_deploy.profiling.records import check_identity
+
+    model = PerfModel.load(path)
+    check_identity(model.meta, profile_identity(profile_config(engine, settings)), f"perf model {path}")
+    return model
 
 
 def fit_perf_model(profile: Profile, settings: ProfileSettings, path: Path) -> PerfModel:
@@ -173,12 +195,11 @@ def stage_profile(ctx: RunContext) -> dict:
 
 
 def stage_fit(ctx: RunContext) -> dict:
-    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.profiling.records import Profile
 
     settings = ctx.config.profile
     if settings.perf_model_path:
-        model = PerfModel.load(settings.perf_model_path)
+        model = reuse_perf_model(Path(settings.perf_model_path), ctx.config.engine, settings)
         model.save(ctx.folder.perf_model)
     else:
         model = fit_perf_model(Profile.load(ctx.folder.profile), settings, ctx.folder.perf_model)
