@@ -176,3 +176,12 @@ def test_plan_apply_build_engine_staged(example1, tmp_path):
     engine = itcp_deploy.build_engine(copy.eval(), torch.randn(1, 3, 32, 32), out_dir=tmp_path, name="staged",
                                       reference=out / "engines" / "dense")
     assert engine.engine_path.is_file() and engine.median_ms > 0 and 0 < engine.ratio_to_reference
+
+
+def test_a_one_pass_generator_is_read_once_and_kept():
+    from itcp_deploy.pipeline.sources import ModelInputs
+
+    generator = ((torch.randn(2, 3, 8, 8), torch.tensor([0, 1])) for _ in range(3))
+    inputs = ModelInputs(_TwoConvs().eval(), generator)
+    first = inputs.batches(5)
+    assert len(first) == 3 and inputs.batches(2) == first[:2] and inputs.batches(8) == first
