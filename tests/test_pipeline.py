@@ -200,3 +200,26 @@ def test_profile_engines_with_an_sla_delivers_the_engine(finished):
     report = json.loads(stdout)
     assert (out / "model.ort.onnx").is_file() and (out / "report.json").is_file()
     assert report["macs_final"] < report["macs_dense"] and isinstance(report["met_sla"], bool)
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_run_exits_1_when_the_final_engine_misses_the_sla(monkeypatch, tmp_path, met):
+    """Issue 14: the loop met the SLA but the final engine then measured above it; the report said MISSED yet
+    `run` exited 0. A fake pipeline (returning a report whose final measurement is above or below the SLA)
+    stands in for a real run: `run` must exit 1 on the miss, 0 on the pass, and print the report either way."""
+    import itcp_deploy.api as api
+    from itcp_deploy.pipeline.report import RunReport
+
+    final = {"median_ms": 0.41, "p90_ms": 0.43, "p99_ms": 0.45}
+    faked = RunReport(
+        model="cifar_resnet20", backend="onnxruntime", precision="fp32", device="cpu", sla_ms=0.4, percentile=50,
+        dense_latency_ms=1.0, predicted_latency_ms=0.36, final_latency_ms=final, final_over_dense=0.41,
+        met_sla=met, measured_over_sla=0.95 if met else 1.04, accuracy_dense=None, accuracy_pruned_bn=None,
+        accuracy_final=None, macs_dense=2, macs_final=1, params_dense=2, params_final=1, rounds=[], widths={},
+        full_widths={}, criterion="taylor", method="itcp", epochs=0)
+    monkeypatch.setattr(api, "prune_spec", lambda config, log=None, progress=None: faked)
+    code, stdout, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
+                                "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "0", "--json")
+    assert code == (0 if met else 1), err
+    assert json.loads(stdout)["met_sla"] is met
+    assert ("SLA MISSED" in err) is (not met)

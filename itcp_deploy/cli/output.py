@@ -132,7 +132,15 @@ def with_progress(job, config, quiet: bool):
 
 def deliver(config, json_out: bool) -> None:
     """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) through
-    :func:`itcp_deploy.prune` (the specs made into objects first) and print its report."""
+    :func:`itcp_deploy.prune` (the specs made into objects first) and print its report; exit 1 (like
+    ``check-latency``) when the final engine missed the SLA, so a CI step running ``run`` fails on a miss."""
+    import sys
+
     from itcp_deploy.api import prune_spec
 
-    print_report(with_progress(prune_spec, config, config.quiet or json_out), json_out)
+    report = with_progress(prune_spec, config, config.quiet or json_out)
+    print_report(report, json_out)
+    if not report.met_sla:
+        print(f"SLA MISSED: the final engine measured {report.measured_over_sla:.3f} x the SLA "
+              f"{report.sla_ms:.4g} ms (report: {config.out_dir}/report.md)", file=sys.stderr)
+        sys.exit(1)

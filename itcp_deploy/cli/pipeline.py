@@ -47,7 +47,8 @@ def run_command(
     json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Prune MODEL to the most accurate plan that meets the SLA, and build its engine into OUT/."""
+    """Prune MODEL to the most accurate plan that meets the SLA, and build its engine into OUT/; exit 1 if the
+    final engine misses the SLA, 2 on bad input."""
     from itcp_deploy.cli.output import deliver
     from itcp_deploy.cli.shapes import parse_input_shape, parse_target
     from itcp_deploy.engines import EngineOptions
