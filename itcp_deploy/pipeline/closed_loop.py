@@ -3,10 +3,11 @@
 The perf model predicts; only a measured engine decides. Each round solves for a predicted budget, builds the
 plan's engine and measures it interleaved with the dense engine. A plan is accepted when its measured latency
 lies in ``[accept_low * target, target]`` (target = SLA minus a safety margin, see
-:class:`~itcp_deploy.target.LatencyTarget`). Otherwise the budget is scaled by target / measured (the model's
-measured/predicted error at this point, inverted) and the DP re-solves; a plan that undershoots a lot is
-relaxed the same way, because over-pruning wastes accuracy. After ``max_rounds`` the best plan that met the
-target is kept, or the loop gives up and says why.
+:class:`~itcp_deploy.target.LatencyTarget`). Otherwise the next budget comes from every round so far
+(:mod:`~itcp_deploy.pipeline.budget_search`: a bracket of met/missed budgets, secant or bisection inside it)
+and the DP re-solves; a plan that undershoots a lot is relaxed the same way, because over-pruning wastes
+accuracy. After ``max_rounds`` (or once the bracket has collapsed) the best plan that met the target is kept,
+or the loop gives up and says why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
+from itcp_deploy.pipeline.budget_search import Round, accepted, best_met, next_budget
 from itcp_deploy.pipeline.config import RunConfig
 from itcp_deploy.pipeline.run_dir import RunFolder
 from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
@@ -55,7 +57,8 @@ class _Rounds:
     target_ms: float
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    best: tuple[float, Solution, float] | None = None  # (score, solution, the budget it was solved for)
+    history: list[Round] = field(default_factory=list)
+    solutions: list[Solution] = field(default_factory=list)
 
 
 def measure_pair(config: RunConfig, artifact: Path, dense_artifact: Path,
@@ -128,11 +131,15 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
                               "widths": solution.widths})
         log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
             f"({ratio:.3f} x dense), target {state.target_ms:.4f} ms")
-        if measured <= state.target_ms and (state.best is None or solution.score > state.best[0]):
-            state.best = (solution.score, solution, budget)
-        if c.loop.accept_low * state.target_ms <= measured <= state.target_ms:
+        state.history.append(Round(budget, measured, solution.score))
+        state.solutions.append(solution)
+        if accepted(state.history[-1], state.target_ms, c.loop.accept_low):
             return solution, budget, state
-        new_budget = budget * state.target_ms / measured
+        new_budget = next_budget(state.history, state.target_ms, c.loop.accept_low)
+        if new_budget is None:
+            state.notes.append(f"round {r}: no budget left between the fastest plan that missed the target and "
+                               "the slowest that met it; stopped")
+            break
         if new_budget < min_latency_ms(perf):
             state.notes.append(f"round {r}: the corrected budget {new_budget:.4g} ms is below the perf model's "
                                f"minimum {min_latency_ms(perf):.4g} ms; stopped")
@@ -144,10 +151,11 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
 def _fallback(c: RunConfig, last: Solution, last_budget: float, state: _Rounds) -> tuple[Solution, float, _Rounds]:
     """No round landed in the acceptance band: the best plan that met the target, else the last one."""
     n = len(state.records)
-    if state.best is not None:
+    best = best_met(state.history, state.target_ms)
+    if best is not None:
         state.notes.append(f"no round landed in [{c.loop.accept_low:.0%}, 100%] of the target after {n} "
                            "round(s); kept the best-scoring plan that met it")
-        return state.best[1], state.best[2], state
+        return state.solutions[best], state.history[best].budget, state
     state.notes.append(f"gave up after {n} round(s): every plan measured above the target "
                        f"{state.target_ms:.4g} ms (last {state.records[-1]['measured_ms']:.4g} ms, predicted "
                        f"{state.records[-1]['predicted_ms']:.4g} ms); the perf model underestimates this backend "

@@ -51,8 +51,9 @@ class ProfileSettings:
 @dataclass(frozen=True)
 class LoopSettings:
     """The closed loop: accept a plan whose measured latency is within ``[accept_low * target, target]``,
-    else re-solve with the budget scaled by target/measured, at most ``max_rounds`` times; ``bins``: budget
-    resolution of the DP; ``timing`` measures each round, ``final_timing`` the final engine."""
+    else re-solve with a budget corrected from every round (``pipeline/budget_search.py``), at most
+    ``max_rounds`` times; ``bins``: budget resolution of the DP; ``timing`` measures each round,
+    ``final_timing`` the final engine."""
 
     accept_low: float = 0.9
     max_rounds: int = 4
