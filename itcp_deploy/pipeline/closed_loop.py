@@ -22,6 +22,7 @@ import numpy as np
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.pipeline.budget_search import Round, accepted, best_met, next_budget
 from itcp_deploy.pipeline.config import RunConfig
+from itcp_deploy.pipeline.round_timing import measure_precise
 from itcp_deploy.pipeline.run_dir import RunFolder
 from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
 from itcp_deploy.profiling.records import LatencyStats
@@ -101,17 +102,20 @@ def _check_reachable(inputs: LoopInputs, perf: PerfModel, dense_ms: float) -> No
             f"ask for at least {min_ms / (1 - t.margin):.4g} ms, or a model with a smaller minimum width")
 
 
-def _measure_round(inputs: LoopInputs, solution: Solution, r: int, dense_ms: float) -> tuple[float, float]:
-    """Prune to the plan, build its engine and measure it against dense: (judged latency ms, ratio)."""
+def _measure_round(inputs: LoopInputs, solution: Solution, r: int, dense_ms: float) -> tuple[float, float, int]:
+    """Prune to the plan, build its engine and measure it against dense, long enough for the margin to cover
+    the noise: (judged latency ms, ratio, timing rounds used)."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import apply_widths
 
     c = inputs.config
     pruned = apply_widths(inputs.model, inputs.space, solution.widths, importance="l1")
     built = build_engine(pruned, c.input_shape, inputs.folder.rounds, f"round{r}", c.engine)
-    latency, _ = measure_pair(c, built.artifact, inputs.dense_artifact, c.loop.timing)
+    latency, timing_rounds = measure_precise(
+        lambda t: measure_pair(c, built.artifact, inputs.dense_artifact, t)[0], c.loop.timing, c.target.margin,
+        c.loop.max_timing_rounds)
     measurement = Measurement(latency.stats.percentile_ms(c.target.percentile), latency.ratio)
-    return c.target.measured_ms(measurement, dense_ms), float(latency.ratio)
+    return c.target.measured_ms(measurement, dense_ms), float(latency.ratio), timing_rounds
 
 
 def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) -> tuple[Solution, float, _Rounds]:
@@ -125,12 +129,12 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
     budget = c.target.predicted_budget_ms(dense_ms, perf.dense_ms())
     for r in range(c.loop.max_rounds):
         solution = run_method(c.method, search_inputs, budget, bins=c.loop.bins)
-        measured, ratio = _measure_round(inputs, solution, r, dense_ms)
+        measured, ratio, timing_rounds = _measure_round(inputs, solution, r, dense_ms)
         state.records.append({"round": r, "budget_ms": budget, "predicted_ms": solution.cost,
-                              "measured_ms": measured, "ratio_to_dense": ratio, "score": solution.score,
-                              "widths": solution.widths})
+                              "measured_ms": measured, "ratio_to_dense": ratio, "timing_rounds": timing_rounds,
+                              "score": solution.score, "widths": solution.widths})
         log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
-            f"({ratio:.3f} x dense), target {state.target_ms:.4f} ms")
+            f"({ratio:.3f} x dense, {timing_rounds} timing rounds), target {state.target_ms:.4f} ms")
         state.history.append(Round(budget, measured, solution.score))
         state.solutions.append(solution)
         if accepted(state.history[-1], state.target_ms, c.loop.accept_low):

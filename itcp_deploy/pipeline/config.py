@@ -58,6 +58,7 @@ class LoopSettings:
     accept_low: float = 0.9
     max_rounds: int = 4
     bins: int = 1000
+    max_timing_rounds: int = 100  # a noisy round is re-measured with up to this many timing rounds
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50))
     final_timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
