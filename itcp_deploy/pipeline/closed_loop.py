@@ -135,7 +135,8 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
                               "score": solution.score, "widths": solution.widths})
         log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
             f"({ratio:.3f} x dense, {timing_rounds} timing rounds), target {state.target_ms:.4f} ms")
-        state.history.append(Round(budget, measured, solution.score))
+        # the plan's predicted cost, not the budget, places it: a budget with slack above the plan says nothing
+        state.history.append(Round(solution.cost, measured, solution.score))
         state.solutions.append(solution)
         if accepted(state.history[-1], state.target_ms, c.loop.accept_low):
             return solution, budget, state
@@ -144,7 +145,9 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
             state.notes.append(f"round {r}: no budget left between the fastest plan that missed the target and "
                                "the slowest that met it; stopped")
             break
-        if new_budget < min_latency_ms(perf):
+        if new_budget < min_latency_ms(perf) and solution.cost > min_latency_ms(perf) * (1 + 1e-6):
+            new_budget = min_latency_ms(perf) * (1 + 1e-6)  # the fastest plan is not tried yet: try it
+        elif new_budget < min_latency_ms(perf):
             state.notes.append(f"round {r}: the corrected budget {new_budget:.4g} ms is below the perf model's "
                                f"minimum {min_latency_ms(perf):.4g} ms; stopped")
             break
@@ -159,7 +162,7 @@ def _fallback(c: RunConfig, last: Solution, last_budget: float, state: _Rounds) 
     if best is not None:
         state.notes.append(f"no round landed in [{c.loop.accept_low:.0%}, 100%] of the target after {n} "
                            "round(s); kept the best-scoring plan that met it")
-        return state.solutions[best], state.history[best].budget, state
+        return state.solutions[best], state.records[best]["budget_ms"], state
     state.notes.append(f"gave up after {n} round(s): every plan measured above the target "
                        f"{state.target_ms:.4g} ms (last {state.records[-1]['measured_ms']:.4g} ms, predicted "
                        f"{state.records[-1]['predicted_ms']:.4g} ms); the perf model underestimates this backend "
