@@ -145,9 +145,10 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
             state.notes.append(f"round {r}: no budget left between the fastest plan that missed the target and "
                                "the slowest that met it; stopped")
             break
-        if new_budget < min_latency_ms(perf) and solution.cost > min_latency_ms(perf) * (1 + 1e-6):
-            new_budget = min_latency_ms(perf) * (1 + 1e-6)  # the fastest plan is not tried yet: try it
-        elif new_budget < min_latency_ms(perf):
+        floor = min_latency_ms(perf) * 1.01  # the DP's bins need a little room above the fastest plan
+        if new_budget < floor < solution.cost:
+            new_budget = floor  # the fastest plans are not tried yet: try them
+        elif new_budget < floor:
             state.notes.append(f"round {r}: the corrected budget {new_budget:.4g} ms is below the perf model's "
                                f"minimum {min_latency_ms(perf):.4g} ms; stopped")
             break
