@@ -223,3 +223,39 @@ def test_run_exits_1_when_the_final_engine_misses_the_sla(monkeypatch, tmp_path,
     assert code == (0 if met else 1), err
     assert json.loads(stdout)["met_sla"] is met
     assert ("SLA MISSED" in err) is (not met)
+
+
+@pytest.mark.parametrize("bias", [0.75, 1.3])
+def test_loop_lands_in_the_band_when_the_perf_model_is_off(finished, monkeypatch, tmp_path, bias):
+    """Issue 14: the loop corrects its budget from every round. A fake measurement (the plan's predicted
+    latency x ``bias``, as a ratio to a dense engine of 1 ms) stands in for building and timing each plan; the
+    loop must land in [accept_low * target, target] within its rounds, and save the plan it accepted."""
+    import shutil
+
+    import itcp_deploy.pipeline.closed_loop as cl
+    from itcp_deploy.models import create_model
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.pruning import build_space
+
+    tmp, config, _, _ = finished
+    out = tmp_path / "loop"
+    shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
+    folder = RunFolder(out)
+    perf_dense = PerfModel.load(folder.perf_model).dense_ms()
+
+    def fake_measure_round(inputs, solution, r, dense_ms):
+        ratio = solution.cost / perf_dense * bias
+        return ratio * dense_ms, ratio, 4
+
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
+    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
+    monkeypatch.setattr(cl, "_measure_round", fake_measure_round)
+    config = replace(config, target=LatencyTarget(speedup=1.6), loop=replace(config.loop, max_rounds=4))
+    inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))
+    result = cl.closed_loop(inputs, lambda m: None)
+    last = result["rounds"][-1]
+    assert config.loop.accept_low * result["target_ms"] <= last["measured_ms"] <= result["target_ms"], result
+    assert PruningPlan.load(folder.plan).widths == {g.name: last["widths"][g.name] for g in space.prunable}
