@@ -54,7 +54,7 @@ def run_command(
     sla_ms: Annotated[str | None, typer.Option("--sla-ms", help="Latency SLA in ms.")] = None,
     speedup: Annotated[str | None, typer.Option("--speedup", help="SLA = dense latency / S.")] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Trained weights of MODEL.")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
+    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, openvino, tensorrt, torch.")] = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set (int8).")] = None,
     criterion: Annotated[str, typer.Option("--criterion", help="Group score: taylor, sensitivity, ...")] = "taylor",
@@ -109,7 +109,7 @@ def demo_command(
 @app.command("check-latency")
 def check_latency_command(
     engine: Annotated[str, typer.Argument(help="Engine file or artifact directory to measure.")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
+    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, openvino, tensorrt, torch.")] = "onnxruntime",
     sla_ms: Annotated[str | None, typer.Option("--sla-ms", help="Absolute limit in ms.")] = None,
     reference: Annotated[str | None, typer.Option("--reference", help="Dense engine to compare with.")] = None,
     max_ratio: Annotated[str | None, typer.Option("--max-ratio", help="Limit on engine/reference.")] = None,

@@ -42,7 +42,7 @@ def calibrate_cmd(
 def profile_engines_cmd(
     model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
+    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, openvino, tensorrt, torch.")] = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
     weights: Annotated[str | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
     budget_builds: Annotated[int, typer.Option("--budget-builds", help="Engines to build, holdouts included.")] = 32,
@@ -56,6 +56,7 @@ def profile_engines_cmd(
     shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
+    perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
     device: Annotated[str, typer.Option("--device", help="torch backend device: cpu or cuda.")] = "cpu",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 10,
     runs: Annotated[int, typer.Option("--runs-per-round", min=1, help="Timed runs per engine per round.")] = 60,
@@ -83,7 +84,7 @@ def profile_engines_cmd(
         shard=shard,
         design=DesignConfig(budget_builds=budget_builds, holdout=holdout),
         timing=TimingConfig(rounds=rounds, runs_per_round=runs),
-        engine=EngineOptions(threads=threads, provider=provider, device=device),
+        engine=EngineOptions(threads=threads, provider=provider, device=device, perf_hint=perf_hint),
         layer_runs=layer_runs,
     )
     with progress_bar() as progress:
@@ -107,10 +108,11 @@ def staircase_cmd(
     max_width: Annotated[int, typer.Option("--max-width", help="Largest output width.")] = 64,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 20,
+    backend: Annotated[str, typer.Option("--backend", help="A CPU backend: onnxruntime or openvino.")] = "onnxruntime",
     out: Annotated[Path, typer.Option("-o", "--out", help="PNG path.")] = Path("docs/staircase_ort_cpu.png"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the points as JSON on stdout.")] = False,
 ) -> None:
-    """Plot measured latency vs output width of one 3x3 conv on onnxruntime CPU, next to MACs."""
+    """Plot measured latency vs output width of one 3x3 conv on a CPU backend, next to MACs."""
     from dataclasses import asdict
 
     from itcp_deploy.profiling.staircase import StaircaseConfig, staircase
@@ -121,6 +123,7 @@ def staircase_cmd(
         hw=hw,
         max_width=max_width,
         threads=threads,
+        backend=backend,
         timing=TimingConfig(warmup=50, rounds=rounds, runs_per_round=100),
     )
     points, path = staircase(config, out)

@@ -38,6 +38,10 @@ class Backend(ABC):
     def runner(self, artifact: Artifact, options: EngineOptions) -> Runner:
         """A runner for an artifact this backend built."""
 
+    def settings(self, options: EngineOptions) -> dict:
+        """Backend-specific build settings that change the engine, for cache keys (none by default)."""
+        return {}
+
     def device_name(self, options: EngineOptions) -> str:
         """The device the engines run on, for cache keys."""
         from itcp_deploy.engines.device import device_name

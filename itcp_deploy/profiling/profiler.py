@@ -100,6 +100,7 @@ class _Run:
                     "provider": config.engine.provider,
                     "device": config.engine.device,
                     "opt_level": config.engine.opt_level,
+                    **self.backend.settings(config.engine),
                 }
             ),
         )

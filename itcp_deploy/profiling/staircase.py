@@ -1,8 +1,9 @@
 """The latency staircase of one conv signature: measured latency versus output width, next to MACs.
 
 MACs grow linearly with the output width; measured latency grows in steps, because kernels process channels
-in blocks (onnxruntime's NCHWc layout pads to 8 or 16 channels on x86). This plot is why the performance model
-is staircase-aware and why candidate widths are multiples of 4 or 8.
+in blocks (onnxruntime's NCHWc layout pads to 8 or 16 channels on x86; OpenVINO's CPU plugin has its own
+blocked layouts and kernels). This plot is why the performance model is staircase-aware and why candidate
+widths are multiples of 4 or 8; each engine (``backend``) has its own staircase.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.engines import EngineOptions, get_backend
+from itcp_deploy.engines.device import device_name
+from itcp_deploy.errors import UsageError
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
 
 
 @dataclass(frozen=True)
 class StaircaseConfig:
     """One 3x3 conv (stride 1, padding 1) on a ``hw`` x ``hw`` input of ``in_channels``, measured at
-    output widths 1..``max_width``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100 runs."""
+    output widths 1..``max_width`` on a CPU ``backend``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100
+    runs, onnxruntime."""
 
     in_channels: int = 32
     hw: int = 32
     kernel: int = 3
     max_width: int = 64
     threads: int = 1
+    backend: str = "onnxruntime"
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
     )
@@ -66,9 +71,12 @@ def warnings_off():
 
 
 def measure_staircase(config: StaircaseConfig | None = None) -> list[StaircasePoint]:
-    """Build one onnxruntime CPU engine per output width and measure them all interleaved."""
+    """Build one CPU engine per output width and measure them all interleaved."""
     config = config or StaircaseConfig()
-    backend = get_backend("onnxruntime")
+    backend = get_backend(config.backend)
+    if backend.source != "onnx" or backend.device_name(EngineOptions()) != device_name("cpu"):
+        raise UsageError(f"the staircase measures a CPU engine built from ONNX; {backend.name} is not one",
+                         "use --backend onnxruntime or --backend openvino")
     options = EngineOptions(threads=config.threads)
     widths = list(range(1, config.max_width + 1))
     with tempfile.TemporaryDirectory(prefix="itcp-staircase-") as tmp, contextlib.ExitStack() as stack:
@@ -126,13 +134,12 @@ def staircase(
 ) -> tuple[list[StaircasePoint], Path]:
     """Measure and plot (what ``itcp-deploy staircase`` runs); the data goes beside the plot as JSON."""
     from itcp_deploy.atomic_io import write_json
-    from itcp_deploy.engines.device import device_name
 
     config = config or StaircaseConfig()
     points = measure_staircase(config)
     title = (
         f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "
-        f"onnxruntime CPU, {config.threads} thread(s)\n{device_name()}"
+        f"{config.backend} {get_backend(config.backend).version()} CPU, {config.threads} thread(s)\n{device_name()}"
     )
     path = plot_staircase(points, out, title)
     write_json(
