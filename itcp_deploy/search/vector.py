@@ -1,0 +1,155 @@
+"""One plan under several latency budgets: maximise the score subject to every target's predicted cost.
+
+Each target has its own perf model, so its own :class:`SearchProblem` over the same groups and candidates
+(same terms, different tables). Two targets are solved exactly on a 2-D budget grid: the DP of
+:mod:`itcp_deploy.search.dp` runs unchanged on bins ``b1 * stride + b2`` (see :mod:`itcp_deploy.search.factors`),
+every term's cost rounded up to whole bins in both budgets, so the plan is feasible for both and optimal for
+the discretised budgets. Then the exact-cost fill step spends what rounding left in both budgets.
+
+Example::
+
+    sol = solve_vector([edge_problem, server_problem], [2.0, 10.0], bins=(64, 64))
+    sol.costs  # predicted ms on each target, each <= its budget
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from itcp_deploy.errors import InfeasibleError, UsageError
+from itcp_deploy.search import factors as fx
+from itcp_deploy.search.dp import Discretised, FrontSolver, SolverLimits, merge_terms, min_cost
+from itcp_deploy.search.problem import SearchProblem
+
+#: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates) takes 1.4 s on the loaded 2-core
+#: development machine, 5 s at 64 x 64 (bench/dp_speed.py --pair)
+PAIR_BINS = (48, 48)
+
+
+@dataclass
+class VectorSolution:
+    """A width plan, its score, its predicted cost on every target and which targets bind (cost within
+    ``binding_pct`` of the budget)."""
+
+    widths: dict[str, int]
+    score: float
+    costs: list[float]
+    budgets: list[float]
+    exact: bool = True
+    method: str = "itcp-2d"
+    binding: list[bool] = field(default_factory=list)
+
+
+def check_same_structure(problems: Sequence[SearchProblem]) -> None:
+    first = problems[0]
+    for p in problems[1:]:
+        same_terms = [(t.in_group, t.out_group) for t in p.terms] == [(t.in_group, t.out_group) for t in first.terms]
+        if p.candidates != first.candidates or not same_terms:
+            raise UsageError(
+                "the targets' perf models are not over the same pruning space",
+                "profile every target with the same model, input channels and --grid",
+            )
+
+
+def refuse_infeasible(problems: Sequence[SearchProblem], budgets: Sequence[float], names: Sequence[str]) -> None:
+    """Raise :class:`InfeasibleError` naming every target's minimum predicted latency when a budget is below it."""
+    lows = [min_cost(p)[0] for p in problems]
+    if all(low <= b for low, b in zip(lows, budgets, strict=True)):
+        return
+    parts = [f"{n}: minimum {low:.4g} ms, budget {b:.4g} ms" for n, low, b in zip(names, lows, budgets, strict=True)]
+    bad = [n for n, low, b in zip(names, lows, budgets, strict=True) if low > b]
+    raise InfeasibleError(
+        "no width plan meets every target (" + "; ".join(parts) + ")",
+        f"relax the SLA of {', '.join(bad)} to at least its minimum",
+    )
+
+
+def discretise_pair(problems: Sequence[SearchProblem], budgets: Sequence[float], bins: tuple[int, int]) -> Discretised:
+    """Both problems' merged terms as factors on one flattened ``(bins[0] + 1) x (bins[1] + 1)`` grid."""
+    merged = [merge_terms(p) for p in problems]
+    b1, b2 = bins
+    stride = 2 * b2 + 1  # two valid second coordinates never sum past the stride: no carry
+    n_bins = (b1 + 1) * stride
+    bases, bin_costs = [], []
+    for (unary, pair, const), budget, nb in zip(merged, budgets, bins, strict=True):
+        base = const + sum(float(u.min()) for u in unary.values()) + sum(float(p.min()) for p in pair.values())
+        bases.append(base)
+        bin_costs.append(max(budget - base, 1e-12) / nb)
+
+    def flat(costs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        k = [np.ceil((c - c.min()) / bc) for c, bc in zip(costs, bin_costs, strict=True)]
+        over = (k[0] > b1) | (k[1] > b2)
+        return np.where(over, n_bins, k[0] * stride + k[1]).astype(np.int64), over
+
+    factors: list[fx.Factor] = []
+    for g in merged[0][0]:
+        k, over = flat([m[0][g] for m in merged])
+        vals = np.where(over, fx.NEG, np.asarray(problems[0].scores[g], dtype=float))
+        factors.append(fx.Sparse((g,), k[:, None], vals[:, None]))
+    for key in merged[0][1]:
+        k, over = flat([m[1][key] for m in merged])
+        factors.append(fx.Sparse(key, k[..., None], np.where(over, fx.NEG, 0.0)[..., None]))
+    sizes = {g: len(u) for g, u in merged[0][0].items()}
+    p0 = problems[0]
+    score_base = sum(float(p0.scores[g][0]) for g, c in p0.candidates.items() if len(c) == 1)
+    valid = np.arange(n_bins) % stride <= b2
+    return Discretised(sizes, factors, bases[0], score_base, bin_costs[0], n_bins, valid)
+
+
+def fill_budgets(problems: Sequence[SearchProblem], widths: dict[str, int], budgets: Sequence[float]) -> dict[str, int]:
+    """Widen one group at a time (largest score gain first) while every target's exact cost still fits."""
+    first, current = problems[0], dict(widths)
+    while True:
+        best = None
+        for group, cands in first.candidates.items():
+            i = cands.index(current[group])
+            if i + 1 == len(cands):
+                continue
+            trial = {**current, group: cands[i + 1]}
+            gain = first.scores[group][i + 1] - first.scores[group][i]
+            fits = all(p.cost(trial) <= b for p, b in zip(problems, budgets, strict=True))
+            if fits and gain > 0 and (best is None or gain > best[0]):
+                best = (gain, trial)
+        if best is None:
+            return current
+        current = best[1]
+
+
+def solve_pair(
+    problems: Sequence[SearchProblem],
+    budgets: Sequence[float],
+    *,
+    bins: tuple[int, int] = PAIR_BINS,
+    limits: SolverLimits | None = None,
+    names: Sequence[str] = ("A", "B"),
+) -> VectorSolution:
+    """The best plan whose predicted cost meets both budgets (exact on the 2-D grid, see the module docstring).
+
+    Raises:
+        InfeasibleError: a budget is below its target's minimum, or no one plan meets both (names each
+            target's minimum predicted latency).
+        UsageError: the problems are not over the same groups and terms.
+    """
+    check_same_structure(problems)
+    refuse_infeasible(problems, budgets, names)
+    solver = FrontSolver(problems[0], budgets[0], limits=limits, disc=discretise_pair(problems, budgets, bins))
+    if not solver.feasible():
+        lows = ", ".join(f"{n} {min_cost(p)[0]:.4g} ms" for n, p in zip(names, problems, strict=True))
+        raise InfeasibleError(
+            f"no single width plan meets both budgets at once (each target's minimum alone: {lows})",
+            "relax one SLA, or use more bins",
+        )
+    widths = fill_budgets(problems, solver.plan_at(solver.disc.n_bins - 1), budgets)
+    return vector_solution(problems, budgets, widths, solver.exact)
+
+
+def vector_solution(
+    problems: Sequence[SearchProblem], budgets: Sequence[float], widths: dict[str, int], exact: bool,
+    method: str = "itcp-2d", binding_pct: float = 2.0,
+) -> VectorSolution:
+    costs = [p.cost(widths) for p in problems]
+    binding = [c >= b * (1 - binding_pct / 100) for c, b in zip(costs, budgets, strict=True)]
+    return VectorSolution(widths, problems[0].score(widths), costs, list(budgets), exact, method, binding)
