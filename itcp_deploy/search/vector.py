@@ -6,6 +6,13 @@ Each target has its own perf model, so its own :class:`SearchProblem` over the s
 every term's cost rounded up to whole bins in both budgets, so the plan is feasible for both and optimal for
 the discretised budgets. Then the exact-cost fill step spends what rounding left in both budgets.
 
+More targets: Lagrangian relaxation (:func:`solve_lagrangian`). For weights ``lam`` on the simplex, every plan
+that meets all budgets also meets ``sum_k lam_k * cost_k / budget_k <= 1``, one budget over one combined cost
+table, which the 1-D DP solves. So each relaxed optimum bounds the true optimum from above, and each relaxed
+plan that happens to meet every budget is a feasible plan. The weights are searched (exponentiated subgradient
+steps toward the violated targets); the best feasible plan and the smallest upper bound are reported, so the
+answer comes with its optimality gap.
+
 Example::
 
     sol = solve_vector([edge_problem, server_problem], [2.0, 10.0], bins=(64, 64))
@@ -21,8 +28,16 @@ import numpy as np
 
 from itcp_deploy.errors import InfeasibleError, UsageError
 from itcp_deploy.search import factors as fx
-from itcp_deploy.search.dp import Discretised, FrontSolver, SolverLimits, merge_terms, min_cost
-from itcp_deploy.search.problem import SearchProblem
+from itcp_deploy.search.dp import (
+    Discretised,
+    FrontSolver,
+    SolverLimits,
+    discretise,
+    merge_terms,
+    min_cost,
+    solve,
+)
+from itcp_deploy.search.problem import SearchProblem, Term
 
 #: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates) takes 1.4 s on the loaded 2-core
 #: development machine, 5 s at 64 x 64 (bench/dp_speed.py --pair)
@@ -41,6 +56,7 @@ class VectorSolution:
     exact: bool = True
     method: str = "itcp-2d"
     binding: list[bool] = field(default_factory=list)
+    bound: float = float("nan")  # Lagrangian: an upper bound on the best score; exact: the score itself
 
 
 def check_same_structure(problems: Sequence[SearchProblem]) -> None:
@@ -143,7 +159,10 @@ def solve_pair(
             "relax one SLA, or use more bins",
         )
     widths = fill_budgets(problems, solver.plan_at(solver.disc.n_bins - 1), budgets)
-    return vector_solution(problems, budgets, widths, solver.exact)
+    solution = vector_solution(problems, budgets, widths, solver.exact)
+    if not solver.exact:
+        solution.bound = np.nan
+    return solution
 
 
 def vector_solution(
@@ -152,4 +171,93 @@ def vector_solution(
 ) -> VectorSolution:
     costs = [p.cost(widths) for p in problems]
     binding = [c >= b * (1 - binding_pct / 100) for c, b in zip(costs, budgets, strict=True)]
-    return VectorSolution(widths, problems[0].score(widths), costs, list(budgets), exact, method, binding)
+    score = problems[0].score(widths)
+    return VectorSolution(widths, score, costs, list(budgets), exact, method, binding, score if exact else np.nan)
+
+
+def combined(problems: Sequence[SearchProblem], budgets: Sequence[float], lam: np.ndarray) -> SearchProblem:
+    """One problem whose cost is ``sum_k lam_k * cost_k / budget_k`` (budget 1)."""
+    w = [float(x) / b for x, b in zip(lam, budgets, strict=True)]
+    terms = [
+        Term(t.in_group, t.out_group, sum(wk * p.terms[i].table for wk, p in zip(w, problems, strict=True)))
+        for i, t in enumerate(problems[0].terms)
+    ]
+    constant = sum(wk * p.constant for wk, p in zip(w, problems, strict=True))
+    return SearchProblem(problems[0].candidates, problems[0].scores, terms, constant)
+
+
+def solve_lagrangian(
+    problems: Sequence[SearchProblem],
+    budgets: Sequence[float],
+    *,
+    bins: int = 1000,
+    steps: int = 20,
+    names: Sequence[str] | None = None,
+) -> VectorSolution:
+    """The best plan found over ``steps`` relaxed 1-D solves, with an upper bound (see the module docstring).
+
+    Each relaxed solve gives a whole front (best plan at every relaxed budget); up to ``probes`` of its plans,
+    from the top down, are checked against every budget, so a step whose full-budget plan overshoots one
+    target still contributes its best plan that does not.
+
+    Raises:
+        InfeasibleError: a budget is below its target's minimum, or no relaxed plan met every budget.
+    """
+    names = names or [f"target {i + 1}" for i in range(len(problems))]
+    check_same_structure(problems)
+    refuse_infeasible(problems, budgets, names)
+    lam = np.full(len(problems), 1.0 / len(problems))
+    best: dict[str, int] | None = None
+    bound = np.inf
+    for _ in range(steps):
+        relaxed = combined(problems, budgets, lam)
+        # every factor's cost is rounded up by < one bin: a plan of relaxed cost <= 1 still fits 1 + slack
+        slack = 2 * len(discretise(relaxed, 1.0, bins).factors) / bins
+        solver = FrontSolver(relaxed, 1.0 + slack, bins=bins)
+        if not solver.feasible():
+            break
+        bound = min(bound, solver.front()[-1][1])
+        ratios, found = _probe_front(problems, budgets, solver)
+        if found is not None and (best is None or problems[0].score(found) > problems[0].score(best)):
+            best = found
+        lam = lam * np.exp(4.0 * (ratios - 1.0))
+        lam /= lam.sum()
+    if best is None:
+        raise InfeasibleError(
+            f"no relaxed plan met every budget in {steps} steps ({', '.join(names)})",
+            "relax an SLA, or search longer (more steps)",
+        )
+    solution = vector_solution(problems, budgets, best, exact=False, method="itcp-lagrangian")
+    solution.bound = max(bound, solution.score)
+    return solution
+
+
+def _probe_front(
+    problems: Sequence[SearchProblem], budgets: Sequence[float], solver: FrontSolver, probes: int = 24
+) -> tuple[np.ndarray, dict[str, int] | None]:
+    """Cost/budget ratios of the relaxed solver's top plan, and the best front plan meeting every budget."""
+    root = solver.root
+    improving = [b for b in range(len(root)) if np.isfinite(root[b]) and root[b] > np.max(root[:b], initial=-np.inf)]
+    picks = improving[::-1][:: max(1, len(improving) // probes)]
+    ratios = None
+    for b in picks:
+        widths = solver.plan_at(b)
+        r = np.array([p.cost(widths) / budget for p, budget in zip(problems, budgets, strict=True)])
+        ratios = r if ratios is None else ratios
+        if (r <= 1 + 1e-12).all():
+            return ratios, fill_budgets(problems, widths, budgets)
+    return ratios, None
+
+
+def solve_targets(
+    problems: Sequence[SearchProblem], budgets: Sequence[float], names: Sequence[str], *, bins: int = 1000,
+    pair_bins: tuple[int, int] = PAIR_BINS,
+) -> VectorSolution:
+    """One target: the 1-D DP; two: the exact 2-D DP; more: Lagrangian relaxation with a reported bound."""
+    if len(problems) == 1:
+        refuse_infeasible(problems, budgets, names)
+        widths = solve(problems[0], budgets[0], bins=bins).widths
+        return vector_solution(problems, budgets, widths, exact=True, method="itcp")
+    if len(problems) == 2:
+        return solve_pair(problems, budgets, bins=pair_bins, names=names)
+    return solve_lagrangian(problems, budgets, bins=bins, names=names)
