@@ -39,8 +39,8 @@ from itcp_deploy.search.dp import (
 )
 from itcp_deploy.search.problem import SearchProblem, Term
 
-#: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates) takes 1.4 s on the loaded 2-core
-#: development machine, 5 s at 64 x 64 (bench/dp_speed.py --pair)
+#: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates) takes 0.5-0.6 s on the loaded 2-core
+#: development machine (bench/dp_speed.py --pair 48), about 5 s at 64 x 64
 PAIR_BINS = (48, 48)
 
 
