@@ -145,3 +145,25 @@ def test_lagrangian_three_targets_is_feasible_and_bounded_by_brute_force():
             gaps.append((best - sol.score) / max(abs(best), 1e-9))
     assert feasible >= 8 and found >= 0.75 * feasible
     assert np.median(gaps) < 0.05  # the plan found is usually (near) optimal
+
+
+def test_pair_is_never_worse_than_a_single_target_plan_that_meets_both():
+    """The issue's requirement, on the solver: any 1-D plan meeting both budgets scores <= the vector plan."""
+    from itcp_deploy.search.dp import solve
+
+    rng = np.random.default_rng(33)
+    compared = 0
+    for kind in ("residual", "inverted-residual", "chain"):
+        for _ in range(5):
+            a = random_problem(rng, kind)
+            problems = [a, twin(a, rng, integer=False)]
+            budgets = [min_cost(p)[0] + (p.cost(p.widest()) - min_cost(p)[0]) * rng.uniform(0.4, 0.9) for p in problems]
+            if brute_force(problems, budgets) == -np.inf:
+                continue
+            vector = solve_pair(problems, budgets, bins=(16, 16))  # a coarse grid: rounding waste is large
+            for p, b in zip(problems, budgets, strict=True):
+                single = solve(p, b).widths
+                if all(q.cost(single) <= c for q, c in zip(problems, budgets, strict=True)):
+                    assert vector.score >= a.score(single) - 1e-12
+                    compared += 1
+    assert compared >= 3

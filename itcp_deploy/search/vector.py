@@ -4,7 +4,9 @@ Each target has its own perf model, so its own :class:`SearchProblem` over the s
 (same terms, different tables). Two targets are solved exactly on a 2-D budget grid: the DP of
 :mod:`itcp_deploy.search.dp` runs unchanged on bins ``b1 * stride + b2`` (see :mod:`itcp_deploy.search.factors`),
 every term's cost rounded up to whole bins in both budgets, so the plan is feasible for both and optimal for
-the discretised budgets. Then the exact-cost fill step spends what rounding left in both budgets.
+the discretised budgets. Rounding up wastes up to a bin per term, so the grid is also solved with widened
+budgets and each target's own 1-D plan is a candidate; the best candidate whose exact predicted costs meet both
+budgets wins, and the exact-cost fill step spends what rounding left (:func:`solve_pair`).
 
 More targets: Lagrangian relaxation (:func:`solve_lagrangian`). For weights ``lam`` on the simplex, every plan
 that meets all budgets also meets ``sum_k lam_k * cost_k / budget_k <= 1``, one budget over one combined cost
@@ -21,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,9 +42,11 @@ from itcp_deploy.search.dp import (
 )
 from itcp_deploy.search.problem import SearchProblem, Term
 
-#: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates) takes 0.5-0.6 s on the loaded 2-core
-#: development machine (bench/dp_speed.py --pair 48), about 5 s at 64 x 64
-PAIR_BINS = (48, 48)
+#: default 2-D grid: a ResNet-56 solve (30 groups, up to 16 candidates; three grid solves and two 1-D ones)
+#: takes 1.8-2.0 s on the loaded 2-core development machine (bench/dp_speed.py --pair 32), about 3 s at 48 x 48
+PAIR_BINS = (32, 32)
+#: fractions of the grid's worst-case rounding waste by which the budgets are also widened (see solve_pair)
+RELAX = (1.0, 0.5)
 
 
 @dataclass
@@ -89,11 +94,8 @@ def discretise_pair(problems: Sequence[SearchProblem], budgets: Sequence[float],
     b1, b2 = bins
     stride = 2 * b2 + 1  # two valid second coordinates never sum past the stride: no carry
     n_bins = (b1 + 1) * stride
-    bases, bin_costs = [], []
-    for (unary, pair, const), budget, nb in zip(merged, budgets, bins, strict=True):
-        base = const + sum(float(u.min()) for u in unary.values()) + sum(float(p.min()) for p in pair.values())
-        bases.append(base)
-        bin_costs.append(max(budget - base, 1e-12) / nb)
+    bases = _bases(problems)
+    bin_costs = [max(budget - base, 1e-12) / nb for budget, base, nb in zip(budgets, bases, bins, strict=True)]
 
     def flat(costs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         k = [np.ceil((c - c.min()) / bc) for c, bc in zip(costs, bin_costs, strict=True)]
@@ -142,7 +144,14 @@ def solve_pair(
     limits: SolverLimits | None = None,
     names: Sequence[str] = ("A", "B"),
 ) -> VectorSolution:
-    """The best plan whose predicted cost meets both budgets (exact on the 2-D grid, see the module docstring).
+    """The best plan whose predicted cost meets both budgets (see the module docstring).
+
+    Rounding every term up to whole bins is safe but wastes up to one bin per term in each budget, a lot on a
+    coarse 2-D grid. So the grid is also solved with both budgets widened by ``RELAX`` of that worst-case
+    waste, and each target's own 1-D plan is a candidate too; every candidate's exact predicted costs are
+    checked against the true budgets, and the best one that meets both wins (the unwidened grid's plan always
+    does, so the answer is never worse than the plain rounded-up solve, nor than a single-target plan that
+    meets both).
 
     Raises:
         InfeasibleError: a budget is below its target's minimum, or no one plan meets both (names each
@@ -151,18 +160,38 @@ def solve_pair(
     """
     check_same_structure(problems)
     refuse_infeasible(problems, budgets, names)
-    solver = FrontSolver(problems[0], budgets[0], limits=limits, disc=discretise_pair(problems, budgets, bins))
-    if not solver.feasible():
+    grid = discretise_pair(problems, budgets, bins)
+    waste = [len(grid.factors) * (b - base) / n for b, base, n in zip(budgets, _bases(problems), bins, strict=True)]
+    candidates, exact = [], True
+    for relax in (0.0, *RELAX):
+        widened = [b + relax * w for b, w in zip(budgets, waste, strict=True)]
+        solver = FrontSolver(problems[0], widened[0], limits=limits, disc=discretise_pair(problems, widened, bins))
+        if solver.feasible():
+            candidates.append(solver.plan_at(solver.disc.n_bins - 1))
+            exact &= solver.exact
+    for problem, budget in zip(problems, budgets, strict=True):
+        with contextlib.suppress(InfeasibleError):
+            candidates.append(solve(problem, budget).widths)
+    feasible = [fill_budgets(problems, w, budgets) for w in candidates
+                if all(p.cost(w) <= b for p, b in zip(problems, budgets, strict=True))]
+    if not feasible:
         lows = ", ".join(f"{n} {min_cost(p)[0]:.4g} ms" for n, p in zip(names, problems, strict=True))
         raise InfeasibleError(
             f"no single width plan meets both budgets at once (each target's minimum alone: {lows})",
             "relax one SLA, or use more bins",
         )
-    widths = fill_budgets(problems, solver.plan_at(solver.disc.n_bins - 1), budgets)
-    solution = vector_solution(problems, budgets, widths, solver.exact)
-    if not solver.exact:
+    solution = vector_solution(problems, budgets, max(feasible, key=problems[0].score), exact)
+    if not exact:
         solution.bound = np.nan
     return solution
+
+
+def _bases(problems: Sequence[SearchProblem]) -> list[float]:
+    """Each problem's cost floor: constant plus every merged term's minimum."""
+    out = []
+    for unary, pair, const in map(merge_terms, problems):
+        out.append(const + sum(float(u.min()) for u in unary.values()) + sum(float(p.min()) for p in pair.values()))
+    return out
 
 
 def vector_solution(
