@@ -177,7 +177,8 @@ def solve_pair(
     if not feasible:
         lows = ", ".join(f"{n} {min_cost(p)[0]:.4g} ms" for n, p in zip(names, problems, strict=True))
         raise InfeasibleError(
-            f"no single width plan meets both budgets at once (each target's minimum alone: {lows})",
+            f"found no width plan meeting both budgets at once on the {bins[0]}x{bins[1]} grid (each target's "
+            f"minimum alone: {lows})",
             "relax one SLA, or use more bins",
         )
     solution = vector_solution(problems, budgets, max(feasible, key=problems[0].score), exact)
