@@ -33,11 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.atomic_io import write_json, write_text  # noqa: E402
-from itcp_deploy.engine_build import EngineSpec, build_engine  # noqa: E402
 from itcp_deploy.engines import EngineOptions, get_backend  # noqa: E402
+from itcp_deploy.engines.build import EngineSpec, build_engine  # noqa: E402
 from itcp_deploy.errors import InfeasibleError  # noqa: E402
 from itcp_deploy.perfmodel.model import PerfModel  # noqa: E402
-from itcp_deploy.planning import SearchConfig, search_inputs  # noqa: E402
+from itcp_deploy.pipeline.planning import SearchConfig, search_inputs  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios  # noqa: E402
 from itcp_deploy.search.baselines import run_method  # noqa: E402
 

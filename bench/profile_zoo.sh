@@ -24,7 +24,7 @@ timed() {  # name, command...: log, wall time
 # ResNet-56, CIFAR input, FP32: 40 design + 30 held-out whole-network engines
 if step r56; then
 timed r56$TAG-profile itcp-deploy profile-engines cifar_resnet56 --weights $W/resnet56-4bfd9763.th \
-  --input-shape 1x3x32x32 --backend $BACKEND --budget-builds 72 --holdout 30 --cache $CACHE \
+  --input-shape 1x3x32x32 --backend $BACKEND --max-builds 72 --holdout 30 --cache $CACHE \
   -o "$OUT/r56$TAG.profile.json" --json
 timed r56$TAG-fit itcp-deploy fit "$OUT/r56$TAG.profile.json" -o "$OUT/r56$TAG.perf_model.json" --force --json
 fi
@@ -32,7 +32,7 @@ fi
 # MobileNetV2 (torchvision, random init: latency does not depend on the weights), 96x96
 if step mbv2; then
 timed mbv2$TAG-profile itcp-deploy profile-engines torchvision:mobilenet_v2 --input-shape 1x3x96x96 \
-  --backend $BACKEND --budget-builds 72 --holdout 30 --cache $CACHE -o "$OUT/mbv2$TAG.profile.json" --json
+  --backend $BACKEND --max-builds 72 --holdout 30 --cache $CACHE -o "$OUT/mbv2$TAG.profile.json" --json
 timed mbv2$TAG-fit itcp-deploy fit "$OUT/mbv2$TAG.profile.json" -o "$OUT/mbv2$TAG.perf_model.json" --force --json
 fi
 
@@ -41,7 +41,7 @@ if step r20-int8; then
 timed r20-calib itcp-deploy calibrate --data cifar10:$SHARED/data/cifar10-jpeg --num 512 --name cifar10-jpeg \
   --input-shape 1x3x32x32 --json
 timed r20-int8-profile itcp-deploy profile-engines cifar_resnet20 --weights $W/resnet20-12fca82f.th \
-  --input-shape 1x3x32x32 --precision int8 --calib cifar10-jpeg --budget-builds 32 --holdout 10 --cache $CACHE \
+  --input-shape 1x3x32x32 --precision int8 --calib cifar10-jpeg --max-builds 32 --holdout 10 --cache $CACHE \
   -o "$OUT/r20-int8.profile.json" --json
 timed r20-int8-fit itcp-deploy fit "$OUT/r20-int8.profile.json" -o "$OUT/r20-int8.perf_model.json" --force --json
 fi

@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.atomic_io import write_json, write_text  # noqa: E402
-from itcp_deploy.engine_build import EngineSpec, build_engine  # noqa: E402
 from itcp_deploy.engines import EngineOptions, get_backend  # noqa: E402
+from itcp_deploy.engines.build import EngineSpec, build_engine  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def profile_and_fit(args, target: Target, out: Path):
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
 
     config = ProfileConfig(backend=target.backend, cache_dir=args.cache,
-                           design=DesignConfig(budget_builds=args.budget_builds, holdout=args.holdout),
+                           design=DesignConfig(max_builds=args.budget_builds, holdout=args.holdout),
                            engine=EngineOptions(threads=target.threads))
     profile, _ = profile_model(args.model, (target.batch, 3, 32, 32), config, weights=args.weights)
     profile.save(out / f"{target.name}.profile.json")

@@ -12,10 +12,10 @@ import torch
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'itcp-deploy[openvino]')")
 
-from itcp_deploy.engine_build import EngineSpec, build_engine  # noqa: E402
 from itcp_deploy.engines import EngineOptions, get_backend  # noqa: E402
+from itcp_deploy.engines.build import EngineSpec, build_engine  # noqa: E402
+from itcp_deploy.engines.export import export_onnx, onnx_node_to_module  # noqa: E402
 from itcp_deploy.errors import MissingDependencyError, UsageError  # noqa: E402
-from itcp_deploy.export import export_onnx, onnx_node_to_module  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.test_gate import _net  # noqa: E402
 from tests.test_profiler import INPUT_SHAPE, Tiny, fast_config, tiny_setup  # noqa: E402
@@ -160,7 +160,8 @@ def test_run_on_openvino_backend(tmp_path):
     from tests.test_pipeline import _config
 
     # force_fit: a 10-engine test profile is too small to judge the fit (benchmarked in docs/benchmarks.md)
-    report = run(_config(tmp_path, engine=EngineSpec(backend="openvino"), epochs=0, force_fit=True))
+    config = _config(tmp_path, engine=EngineSpec(backend="openvino"), epochs=0)
+    report = run(replace(config, profile=replace(config.profile, force_fit=True)))
     out = tmp_path / "out"
     data = json.loads((out / "report.json").read_text())
     assert data["backend"] == "openvino" and report.macs_final < report.macs_dense
