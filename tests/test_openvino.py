@@ -109,7 +109,7 @@ def test_missing_openvino_is_one_line(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"pip install 'itcp-deploy\[openvino\]'"):
         get_backend("openvino").version()
     code, _, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--backend",
-                           "openvino", "--budget-builds", "3", "--holdout", "1")
+                           "openvino", "--max-builds", "3", "--holdout", "1")
     assert code == 2 and err.strip().count("\n") == 0
     assert "pip install 'itcp-deploy[openvino]'" in err
 
