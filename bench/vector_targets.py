@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True)
     p.add_argument("--target", action="append", required=True, help="NAME=BACKEND,threads=T,batch=N,ratio=R")
     p.add_argument("--cache", default="engines")
-    p.add_argument("--budget-builds", type=int, default=32)
+    p.add_argument("--max-builds", type=int, default=32)
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--score-samples", type=int, default=1024)
     p.add_argument("--train-subset", type=int, default=10000)
@@ -79,7 +79,7 @@ def profile_and_fit(args, target: Target, out: Path):
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
 
     config = ProfileConfig(backend=target.backend, cache_dir=args.cache,
-                           design=DesignConfig(max_builds=args.budget_builds, holdout=args.holdout),
+                           design=DesignConfig(max_builds=args.max_builds, holdout=args.holdout),
                            engine=EngineOptions(threads=target.threads))
     profile, _ = profile_model(args.model, (target.batch, 3, 32, 32), config, weights=args.weights)
     profile.save(out / f"{target.name}.profile.json")
