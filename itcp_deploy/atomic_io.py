@@ -1,6 +1,9 @@
 """Atomic writes: a temp file in the target's directory, fsync, then rename.
 
-A crash, Ctrl-C or full disk mid-write never leaves a partial file in place of a good one.
+A crash, Ctrl-C, SIGTERM or full disk mid-write never leaves a partial file in place of a good one. The new
+file gets the mode of the file it replaces, or the umask's default for a new file (``mkstemp`` alone would leave
+every output 0600). SIGTERM is handled exactly like Ctrl-C (SIGINT): both raise ``KeyboardInterrupt``
+(:func:`install_interrupt_handlers`), so every cleanup and resume path written for Ctrl-C serves both.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +20,55 @@ from pathlib import Path
 from typing import IO, Any
 
 from itcp_deploy.errors import InputFileError
+
+#: signals that mean "stop now, resumably": Ctrl-C and the polite kill (CI timeouts, ``docker stop``, ``kill``).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+_last_signal = [int(signal.SIGINT)]  # the signal behind the latest KeyboardInterrupt raised here
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    _last_signal[0] = int(signum)
+    return KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise _interrupt(signum)
+
+
+def interrupt_exit_code() -> int:
+    """128 + the number of the signal that interrupted (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + _last_signal[0]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` like SIGINT does (main thread only;
+    the CLI wraps every command in it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _last_signal[0] = int(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _new_file_mode(target: Path) -> int:
+    """The mode the file would have had if written in place: the replaced file's, else 0666 minus the umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -34,6 +87,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _new_file_mode(target))
         os.replace(tmp_path, target)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
@@ -46,7 +100,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C back until the block ends, then raise it.
+    """Hold Ctrl-C and SIGTERM back until the block ends, then raise ``KeyboardInterrupt``.
 
     Writers such as ``torch.save`` turn a KeyboardInterrupt raised mid-write into an unrelated RuntimeError
     while cleaning up; a write is short, so the interrupt simply waits for it.
@@ -55,13 +109,14 @@ def deferred_interrupt() -> Iterator[None]:
         yield
         return
     received: list[object] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in INTERRUPT_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
-        raise KeyboardInterrupt
+        raise _interrupt(int(received[0]))  # type: ignore[call-overload]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:

@@ -163,5 +163,36 @@ class PruningSpace:
         pairs = ("kernel", "stride", "padding", "in_hw", "out_hw")
         layers = tuple(LayerSpec(**{k: (tuple(v) if k in pairs else v) for k, v in layer.items()})
                        for layer in d["layers"])
-        return cls(model=d["model"], input_shape=tuple(d["input_shape"]), groups=groups, layers=layers,
-                   grid=CandidateGrid(**d.get("grid", {})))
+        space = cls(model=d["model"], input_shape=tuple(d["input_shape"]), groups=groups, layers=layers,
+                    grid=CandidateGrid(**d.get("grid", {})))
+        _check_space(space)
+        return space
+
+
+def _positive_ints(values: object, size: int | None = None) -> bool:
+    return (isinstance(values, tuple) and (size is None or len(values) == size)
+            and all(type(v) is int and v > 0 for v in values))
+
+
+def _check_space(space: PruningSpace) -> None:
+    """Types and references of a space read from a file; raises ``ValueError`` naming the first bad field
+    (the loaders turn it into one line: a hand-edited or damaged file must not fail deep inside the DP)."""
+    def need(ok: bool, field: str) -> None:
+        if not ok:
+            raise ValueError(f"space.{field} is malformed")
+
+    need(isinstance(space.model, str) and _positive_ints(space.input_shape, 4), "model/input_shape")
+    names = {g.name for g in space.groups}
+    need(len(names) == len(space.groups) and all(isinstance(n, str) for n in names), "groups (names)")
+    for g in space.groups:
+        need(type(g.full_width) is int and g.full_width > 0 and _positive_ints(g.candidates) and len(g.candidates) > 0
+             and list(g.candidates) == sorted(set(g.candidates)) and isinstance(g.fixed, bool)
+             and all(isinstance(n, str) for n in (*g.layers_in, *g.layers_out)), f"groups[{g.name}]")
+    for layer in space.layers:
+        ok = (isinstance(layer.name, str) and layer.op in ("conv", "linear") and isinstance(layer.in_group, str)
+              and layer.out_group in names and all(n in names for n in layer.in_group.split("+"))
+              and all(type(v) is int and v > 0 for v in (layer.in_channels, layer.out_channels, layer.groups))
+              and all(_positive_ints(p, 2) for p in (layer.kernel, layer.stride, layer.in_hw, layer.out_hw))
+              and isinstance(layer.padding, tuple) and len(layer.padding) == 2
+              and all(type(v) is int and v >= 0 for v in layer.padding))
+        need(ok, f"layers[{layer.name}]")

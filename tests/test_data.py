@@ -143,6 +143,7 @@ def test_image_folder_empty_class_is_one_line_error(tmp_path: Path) -> None:
 
 def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
     save_images(tmp_path / "cat", 2)
+    save_images(tmp_path / "dog", 2)  # two classes: a one-class folder is refused before any loading
     (tmp_path / "cat" / "9.png").write_bytes(b"not a png")
     info = load_dataset(f"imagefolder:{tmp_path}", augment=False)
     for workers in (0, 1):  # a worker process re-raises it from its text: still one line

@@ -13,8 +13,8 @@ import itcp_deploy
 
 ROOT = Path(itcp_deploy.__file__).resolve().parent
 PURE = ("perfmodel", "search")
-PURE_DATA = ("space", "plan", "target", "profiling.records", "errors", "atomic_io", "registry", "perfmodel",
-             "search")
+PURE_DATA = ("space", "plan", "target", "profiling.records", "errors", "atomic_io", "paths", "finite", "registry",
+             "perfmodel", "search")
 ALLOWED_PROJECT = tuple(f"itcp_deploy.{m}" for m in PURE_DATA)
 ALLOWED_THIRD_PARTY = ("numpy", "matplotlib")  # matplotlib: search/plot.py only, inside the function
 

@@ -27,7 +27,12 @@ def _click_types() -> tuple[type[BaseException], type[BaseException]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code instead of raising ``SystemExit``."""
+    """Console-script entry point; returns the exit code instead of raising ``SystemExit``.
+
+    SIGTERM is handled like Ctrl-C (both raise ``KeyboardInterrupt``): the same cleanup runs, the same
+    resumable state stays, and the exit code is 128 + the signal number.
+    """
+    from itcp_deploy.atomic_io import interrupt_exit_code, sigterm_as_interrupt
     from itcp_deploy.errors import ItcpError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     click_error, abort = _click_types()
     try:
-        code = app(args=args, prog_name="itcp-deploy", standalone_mode=False)
+        with sigterm_as_interrupt():
+            code = app(args=args, prog_name="itcp-deploy", standalone_mode=False)
     except ItcpError as err:
         if debug:
             raise
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.format_message().rstrip(".")
         print(f"error: {message}. Fix: see `itcp-deploy COMMAND --help`", file=sys.stderr)
         return 2
-    if code == 130:  # typer returns Ctrl-C as 130 in non-standalone mode
+    if code == 130:  # typer returns Ctrl-C as 130 in non-standalone mode; SIGTERM arrives the same way
+        code = interrupt_exit_code()
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)
     return code if isinstance(code, int) else 0
 

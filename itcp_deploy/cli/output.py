@@ -56,10 +56,14 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
     """The end-of-run table (builds, measurements, noise floor, wall time), or JSON with ``--json``."""
     from rich.table import Table
 
+    if summary.builds_damaged:
+        console.print(f"warning: {summary.builds_damaged} cached engine(s) were damaged (their files no longer "
+                      "match the checksums recorded at build time) and were rebuilt")
     per_engine = summary.wall_s / max(1, summary.planned)
     rows = {
         "engines": summary.planned,
-        "builds (new / cached)": f"{summary.builds_new} / {summary.builds_cached}",
+        "builds (new / cached / damaged, rebuilt)": f"{summary.builds_new} / {summary.builds_cached} / "
+        f"{summary.builds_damaged}",
         "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
         "noise floor (re-measurement, split-half)": "n/a"
         if math.isnan(summary.noise_pct)
@@ -74,6 +78,7 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
                 "engines": summary.planned,
                 "builds_new": summary.builds_new,
                 "builds_cached": summary.builds_cached,
+                "builds_damaged": summary.builds_damaged,
                 "measurements_new": summary.measurements_new,
                 "measurements_cached": summary.measurements_cached,
                 "noise_pct": summary.noise_pct,
@@ -126,7 +131,8 @@ def with_progress(job, config, quiet: bool):
 
 
 def deliver(config, json_out: bool) -> None:
-    """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) and print its report."""
-    from itcp_deploy.pipeline.driver import run
+    """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) through
+    :func:`itcp_deploy.prune` (the specs made into objects first) and print its report."""
+    from itcp_deploy.api import prune_spec
 
-    print_report(with_progress(run, config, config.quiet or json_out), json_out)
+    print_report(with_progress(prune_spec, config, config.quiet or json_out), json_out)

@@ -93,14 +93,18 @@ def check_latency_command(
     max_ratio: Annotated[str | None, typer.Option("--max-ratio", help="Limit on engine/reference.")] = None,
     percentile: Annotated[int, typer.Option("--percentile", help="50, 90 or 99.")] = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="NxCxHxW, for an engine with dynamic input dims.")
+    ] = None,
     json: Json = False,
 ) -> None:
     """Measure ENGINE; exit 0 if it meets the limit, 1 if not, 2 on bad input (the CI gate)."""
-    from itcp_deploy.cli.shapes import positive_float
+    from itcp_deploy.cli.shapes import parse_input_shape, positive_float
     from itcp_deploy.pipeline.gate import GateConfig, check_latency
 
     config = GateConfig(
         engine=engine, backend=backend, percentile=percentile, threads=threads, reference=reference,
+        input_shape=parse_input_shape(input_shape) if input_shape is not None else None,
         sla_ms=positive_float(sla_ms, "--sla-ms") if sla_ms is not None else None,
         max_ratio=positive_float(max_ratio, "--max-ratio") if max_ratio is not None else None)
     result = check_latency(config)

@@ -131,6 +131,7 @@ def _profile_only(ref: ModelRef, shapes: tuple[str, tuple[int, int, int, int]], 
     """The profiling step alone: the profile JSON (and its replayable config) for `fit`. ``shapes``: the
     input shape as typed (names the default output) and parsed."""
     shape_text, shape = shapes
+    _check_args(out, (ref.spec, ref.weights, engine.calib), engine.backend, engine.precision, shard)
     from dataclasses import asdict
 
     from itcp_deploy.atomic_io import write_json
@@ -152,6 +153,20 @@ def _profile_only(ref: ModelRef, shapes: tuple[str, tuple[int, int, int, int]], 
                {"model": ref.spec, "input_shape": list(shape), "weights": ref.weights,
                 "config": asdict(config)})  # replays from Python
     print_summary(profile, summary, out, json_out)
+
+
+def _check_args(out: Path | None, inputs: tuple[str, str | None, str | None], backend: str, precision: str,
+                shard: str | None) -> None:
+    """Names, the shard and ``-o`` (with the ``.config.json`` beside it, never an input) before the model is built."""
+    from itcp_deploy.names import check_engine
+    from itcp_deploy.paths import check_outputs
+    from itcp_deploy.profiling.design import parse_shard
+
+    check_engine(backend, precision)
+    parse_shard(shard)
+    model, weights, calib = inputs
+    check_outputs({"-o": out, "-o (its .config.json)": out and out.with_suffix(".config.json")},
+                  {"weights": weights, "model file": model, "calibration set": calib})
 
 
 @app.command("staircase")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from itcp_deploy.cli.app import app
+from itcp_deploy.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable output on stdout.")]
 PerfModelOpt = Annotated[
@@ -23,6 +24,12 @@ DataOpt = Annotated[
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Weights file for MODEL.")]
 BinsOpt = Annotated[int, typer.Option("--bins", min=10, help="Budget bins of the DP (resolution).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-code", help="Allow MODEL specs that execute code.")]
+
+
+def _inputs(model: str, perf_model: Path, weights: str | None, data: str | None) -> dict[str, str | Path | None]:
+    """The files ``search`` and ``pareto`` read, which their ``-o`` must never overwrite."""
+    return {"model file": model, "perf model": perf_model, "weights": weights,
+            "data": data.partition(":")[2] or data if data else None}
 
 
 @app.command("fit")
@@ -82,7 +89,10 @@ def search_cmd(
 
     from itcp_deploy.cli.common import console, emit_json
     from itcp_deploy.cli.shapes import parse_target
+    from itcp_deploy.paths import check_outputs
     from itcp_deploy.pipeline.planning import SearchConfig, plan_widths
+
+    check_outputs({"-o": output}, _inputs(model, perf_model, weights, data))
 
     config = SearchConfig(
         model,
@@ -123,9 +133,16 @@ def pareto_cmd(
 ) -> None:
     """Plot the predicted Pareto fronts (latency vs score) of ITCP and the baselines."""
     from itcp_deploy.cli.common import console, emit_json
+    from itcp_deploy.paths import check_outputs
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pipeline.planning import SearchConfig, pareto_fronts
     from itcp_deploy.search.plot import plot_fronts
+
+    check_outputs({"-o": output}, _inputs(model, perf_model, weights, data))
+    method_names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not method_names:
+        raise UsageError(f"--methods {methods!r} names no method",
+                         "pass comma-separated methods, e.g. --methods itcp,uniform,flops")
 
     config = SearchConfig(
         model,
@@ -136,11 +153,10 @@ def pareto_cmd(
         bins=bins,
         trust_code=trust_code,
     )
-    fronts, dense_ms = pareto_fronts(
-        config, [m.strip() for m in methods.split(",") if m.strip()], points=points
-    )
+    fronts, dense_ms = pareto_fronts(config, method_names, points=points)
     device = PerfModel.load(perf_model).meta.get("device", "device unknown")
-    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})\n{device}", dense_ms=dense_ms)
+    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})\n{device}",
+                dense_ms=dense_ms)
     console.print(f"wrote {output}")
     if json_out:
         emit_json({"output": str(output), "dense_ms": dense_ms, "fronts": fronts})

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.target import LatencyTarget
 
 _SHAPE = re.compile(r"^\d+(x\d+){3}$")
+_MEMORY_SHARE = 64  # a CNN's activations are tens of times its input
+
+
+def max_input_values() -> int:
+    """The most float32 input values one --input-shape may hold: 1/64 of physical memory (4 GiB if unknown)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = 256 * 2**30
+    return max(memory // _MEMORY_SHARE // 4, 1)
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int, int]:
@@ -19,6 +30,11 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     dims = tuple(int(d) for d in cleaned.split("x"))
     if any(d <= 0 for d in dims):
         raise UsageError(f"--input-shape {text!r} has a zero dimension", "every dimension must be >= 1")
+    values, limit = math.prod(dims), max_input_values()
+    if values > limit:
+        raise UsageError(f"--input-shape {text} is {values:,} values ({values * 4 / 2**30:.1f} GiB as float32); at "
+                         f"most {limit:,} fit here ({limit * 4 / 2**30:.1f} GiB, 1/{_MEMORY_SHARE} of this machine's "
+                         "memory, leaving room for the activations)", "use a smaller shape, e.g. 1x3x224x224")
     return dims  # type: ignore[return-value]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from itcp_deploy.atomic_io import atomic_write, read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.paths import safe_name
 
 CALIB_DIR = "calib"
 
@@ -52,14 +53,16 @@ def calibrate(
     """
     from itcp_deploy.data import load_dataset
 
-    info = load_dataset(spec, "train", augment=False)
+    if name is not None:
+        safe_name(name, "--name")
+    info = load_dataset(spec, "train", augment=False, labelled=False)
     inputs, indices = draw_calibration(info.dataset, num, seed)
     if input_shape is not None and tuple(inputs.shape[1:]) != tuple(input_shape[1:]):
         raise UsageError(
             f"{spec} samples are {list(inputs.shape[1:])}, --input-shape wants {list(input_shape[1:])}",
             "pass the --input-shape the model runs at",
         )
-    name = name or f"{info.name}-{len(indices)}-s{seed}"
+    name = name or f"{info.name}-{len(indices)}-s{seed}".replace("/", "_").replace("\\", "_")
     npz = Path(out_dir) / f"{name}.npz"
     atomic_write(npz, lambda f: np.savez(f, inputs=inputs, indices=indices))
     write_json(
@@ -94,8 +97,8 @@ def load_calibration(
             "int8 needs a calibration set", "create one with `itcp-deploy calibrate` and pass --calib NAME"
         )
     path = Path(name_or_path)
-    if path.suffix != ".npz":
-        path = Path(calib_dir) / f"{name_or_path}.npz"
+    if path.suffix != ".npz":  # a name: it must stay inside calib/
+        path = Path(calib_dir) / f"{safe_name(name_or_path, '--calib')}.npz"
     if not path.is_file():
         raise InputFileError(
             f"calibration set {path} does not exist", "create it with `itcp-deploy calibrate`"

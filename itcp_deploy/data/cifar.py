@@ -16,8 +16,13 @@ from itcp_deploy.errors import InputFileError, UsageError
 
 def batch_arrays(batch: dict, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 N x 3 x 32 x 32, labels int64 N)`` from a loaded batch."""
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch.get("fine_labels", batch.get("labels")), dtype=np.int64)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch.get("fine_labels", batch.get("labels")), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as err:  # a string, None, ragged lists, a dict ...
+        raise InputFileError(f"{path} holds 'data' or 'labels' that are not arrays of numbers "
+                             f"({type(batch['data']).__name__} data: {err.__class__.__name__})",
+                             "a CIFAR batch holds N x 3072 uint8 rows and N labels; re-extract the dataset") from err
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise InputFileError(f"{path} has data of shape {data.shape} and {len(labels)} labels",
                              "a CIFAR batch holds N x 3072 uint8 rows and N labels")

@@ -6,7 +6,7 @@ from itcp_deploy.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from itcp_deploy.data.memory import TensorImageDataset
 from itcp_deploy.data.specs import DataSpec, parse_data_spec
 from itcp_deploy.data.transforms import Augmentation, TensorTransform
-from itcp_deploy.errors import UsageError
+from itcp_deploy.errors import InputFileError, UsageError
 
 SPLITS = ("train", "test", "val")
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
@@ -19,6 +19,7 @@ def load_dataset(
     augment: bool | None = None,
     normalize: Normalization | None = None,
     download: bool = False,
+    labelled: bool = True,
 ) -> DatasetInfo:
     """Load one split of a dataset named by a ``--data`` spec.
 
@@ -32,6 +33,9 @@ def load_dataset(
             statistics for CIFAR and ImageFolder (the published CIFAR weights were trained with them),
             measured training-set statistics for digits, 0.5/0.25 for synthetic.
         download: fetch CIFAR with torchvision into the spec's directory. Never done otherwise.
+        labelled: the caller trains or evaluates, so the split needs samples of at least two classes (an
+            accuracy over no samples, or over one class, means nothing). ``False`` (calibration) only needs
+            samples.
 
     Raises:
         InputFileError: a missing path, a wrong directory layout, corrupt files.
@@ -44,8 +48,11 @@ def load_dataset(
         augment = split == "train" and parsed.kind != "synthetic"
     eval_split = "train" if split == "train" else "test"
     if parsed.kind == "imagefolder":
-        return _image_folder(parsed, split, augment, normalize)
+        info = _image_folder(parsed, split, augment, normalize)
+        _check_samples(info.name, len(info), len(info.dataset.classes), labelled)
+        return info
     images, labels, num_classes, stats, flip = _in_memory(parsed, eval_split, download)
+    _check_samples(f"{parsed}[{eval_split}]", len(labels), len(labels.unique()), labelled)
     mean, std = normalize if normalize is not None else stats
     _check_channels(mean, std, images.shape[1])
     augmentation = Augmentation(pad_px=4, flip=flip) if augment else None
@@ -94,6 +101,14 @@ def _image_folder(
     size = (3, size_px, size_px)
     return DatasetInfo(probe, len(probe.classes), size, tuple(mean), tuple(std), f"imagefolder:{root}",
                        split if root != parsed.path else None)
+
+
+def _check_samples(name: str, samples: int, classes: int, labelled: bool) -> None:
+    if samples == 0:
+        raise InputFileError(f"data {name} has no samples", "point --data at a dataset that holds images")
+    if labelled and classes < 2:
+        raise InputFileError(f"data {name} has {samples} samples of only {classes} class; training and "
+                             "evaluating need at least 2 classes", "point --data at the whole dataset")
 
 
 def _check_channels(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:

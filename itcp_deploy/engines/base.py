@@ -107,7 +107,9 @@ class Runner(ABC):
         out = {}
         for name, (shape, dtype) in specs.items():
             arr = np.ascontiguousarray(feeds[name])
-            if tuple(arr.shape) != tuple(shape) or arr.dtype != dtype:
+            clash = len(arr.shape) != len(shape) or any(  # a dynamic dimension ('batch', None) takes any size
+                isinstance(d, int) and d >= 0 and d != a for d, a in zip(shape, arr.shape, strict=True))
+            if clash or arr.dtype != dtype:
                 raise UsageError(
                     f"input {name!r} is {arr.dtype}{list(arr.shape)}, the engine wants {np.dtype(dtype)}{list(shape)}",
                     "check --input-shape and the precision",

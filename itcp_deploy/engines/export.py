@@ -21,6 +21,7 @@ from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.errors import ItcpError
 
 DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
 PARITY_RTOL = 1e-4
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -117,6 +118,9 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
             expected = _flat_outputs(reference(x))
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         for want, have in zip(expected, got, strict=True):
+            if not (np.isfinite(want).all() and np.isfinite(have).all()):  # NaN compares False: never "0 error"
+                raise ItcpError(f"the model's outputs hold NaN or inf, so parity cannot hold, for {path}",
+                                "check the weights for NaN or inf values")
             scale = max(float(np.abs(want).max()), 1e-12)
             worst = max(worst, float(np.abs(want - have).max()) / scale)
     if not worst <= PARITY_RTOL:
@@ -175,8 +179,16 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     Raises:
         ItcpError: export fails, or the checker or parity check rejects the result.
     """
+    check_opset(opset)
     _export_checked(model, input_shape, path, opset, verify)
     return Path(path)
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write, before any model is built (it failed late and obscurely)."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ItcpError(f"--opset {opset} is not supported (supported: {SUPPORTED_OPSETS.start} to "
+                        f"{SUPPORTED_OPSETS.stop - 1})", f"pass e.g. --opset {DEFAULT_OPSET}, the default")
 
 
 def export_model(spec: str, input_shape: tuple[int, ...], path: str | Path, *, num_classes: int | None = None,
@@ -184,7 +196,10 @@ def export_model(spec: str, input_shape: tuple[int, ...], path: str | Path, *, n
                  opset: int = DEFAULT_OPSET) -> ExportResult:
     """Build a model from a spec (:func:`itcp_deploy.models.create_model`) and export it, verified."""
     from itcp_deploy.models import create_model
+    from itcp_deploy.paths import check_outputs
 
+    check_outputs({"--out": path}, {"weights": weights, "model file": spec})
+    check_opset(opset)
     model = create_model(spec, num_classes=num_classes, weights=weights, trust_code=trust_code)
     max_rel_err = _export_checked(model, input_shape, path, opset, verify=True)
     return ExportResult(path=Path(path), input_shape=tuple(input_shape),

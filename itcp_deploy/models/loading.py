@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path) -> Any:
                                      "refuses", "re-save it as a plain state_dict: "
                                      "torch.save(model.state_dict(), path)") from None
             allowed.append((_import_global(name), name))
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
+        except Exception as err:  # text or random bytes fail in the unpickler many ways (KeyError, IndexError, ...)
             raise InputFileError(f"weights file {path} is unreadable or corrupt ({err.__class__.__name__})",
                                  "re-save it with torch.save(model.state_dict(), path)") from None
 

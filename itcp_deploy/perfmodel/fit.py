@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from itcp_deploy.errors import FitRejectedError, InputFileError
+from itcp_deploy.paths import check_outputs
 from itcp_deploy.perfmodel.flops_model import fit_flops, macs_tables
 from itcp_deploy.perfmodel.model import PerfModel
 from itcp_deploy.perfmodel.tables import layer_tables
@@ -96,6 +97,7 @@ def fit_file(
     force: bool = False,
 ) -> PerfModel:
     """``itcp-deploy fit``: load a profile, fit (see :func:`fit`), write the perf model JSON atomically."""
+    check_outputs({"-o": output}, {"profile": profile_path})
     model = fit(Profile.load(profile_path), method=method, force=force)
     model.save(output)
     return model

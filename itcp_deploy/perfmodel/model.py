@@ -15,9 +15,19 @@ import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.finite import check_number, check_numbers
 from itcp_deploy.space import PruningSpace
 
 PERF_MODEL_SCHEMA = 1
+
+
+def _check_numbers(model: PerfModel, path: str | os.PathLike[str]) -> None:
+    """Latencies are finite and >= 0 (the offset may be negative): NaN or inf would crash the DP's binning."""
+    fix = "regenerate it with `itcp-deploy fit`"
+    for name, table in model.tables.items():
+        check_numbers(table, f"perf model {path}", f"tables.{name}", fix)
+    check_number(model.constant_ms, f"perf model {path}", "constant_ms", fix, minimum=None)
+    check_numbers(model.calibration, f"perf model {path}", "calibration", fix, minimum=None)
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,10 @@ class PerfModel:
                 dict(d.get("meta", {})),
                 tuple(d.get("calibration", (1.0, 0.0))),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputFileError(
-                f"perf model {path} has malformed fields ({err})", "regenerate it with `itcp-deploy fit`"
+                f"perf model {path} has malformed fields ({err.__class__.__name__}: {err})",
+                "regenerate it with `itcp-deploy fit`",
             ) from err
         for layer in space.layers:
             want = (len(space.group(layer.in_group).candidates), len(space.group(layer.out_group).candidates))
@@ -134,4 +145,5 @@ class PerfModel:
                     f"perf model {path}: table of {layer.name} is not {want}",
                     "regenerate it with `itcp-deploy fit`",
                 )
+        _check_numbers(model, path)
         return model

@@ -8,8 +8,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from itcp_deploy.digest import input_digests
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
+from itcp_deploy.names import check_engine, check_search
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
 
@@ -92,6 +94,8 @@ class RunConfig:
         if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1:
             raise UsageError(f"accept_low must be in (0, 1] and max_rounds >= 1, got {self.loop.accept_low} and "
                              f"{self.loop.max_rounds}", "use the defaults (0.9, 4)")
+        check_engine(self.engine.backend, self.engine.precision)  # names, before minutes of work
+        check_search(self.method, self.criterion, self.importance)
 
 
 @dataclass(frozen=True)
@@ -139,4 +143,7 @@ class CompareConfig:
         """The settings every row of one output directory must share (speed-ups, methods, seeds may grow)."""
         keep = ("model", "data", "weights", "criterion", "importance", "recipe", "score_samples", "bins",
                 "engine")
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
+        kept = json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
+        return {**kept, "contents": input_digests({  # a path may hold other bytes on resume
+            "weights": self.weights, "profile": self.profile.profile_path, "perf model": self.profile.perf_model_path,
+            "data": self.data.partition(":")[2] or self.data})}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from itcp_deploy.paths import check_output_dir
 from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
 from itcp_deploy.pipeline.driver import run
 from itcp_deploy.pipeline.report import RunReport
@@ -51,6 +52,7 @@ def train_dense(config: DemoConfig) -> Path:
 def demo(config: DemoConfig | None = None, log: Log | None = None, progress: Progress | None = None) -> RunReport:
     """Train, then prune to ``sla_fraction`` of the dense latency; returns the run's report."""
     config = config or DemoConfig()
+    check_output_dir("--out", config.out_dir)  # before a minute of training, not after it
     weights = train_dense(config)
     rc = RunConfig(model=MODEL, data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(Path(config.out_dir) / "run"),
                    target=LatencyTarget(speedup=1.0 / config.sla_fraction), weights=str(weights), num_classes=10,

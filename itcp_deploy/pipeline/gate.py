@@ -33,6 +33,7 @@ class GateConfig:
     max_ratio: float | None = None
     percentile: int = 50
     threads: int = 1
+    input_shape: tuple[int, ...] | None = None  # for engines with dynamic input dimensions
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
 
@@ -65,10 +66,10 @@ class GateResult:
                 f"(median {e.median_ms:.4f}, p90 {e.p90_ms:.4f}, p99 {e.p99_ms:.4f})")
 
 
-def _check_engine_path(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputFileError(f"{what} {p} does not exist", "build it first (itcp-deploy run) or fix the path")
+def _check_engine_path(path: str, what: str, backend: str) -> Path:
+    from itcp_deploy.engines.files import resolve_engine
+
+    p = resolve_engine(path, backend, what)
     if not os.access(p, os.R_OK):
         raise InputFileError(f"{what} {p} is not readable", "fix its permissions")
     return p
@@ -96,11 +97,12 @@ def check_latency(config: GateConfig) -> GateResult:
     from itcp_deploy.profiling.engine_timing import measure_engines
 
     target = _target(config)
-    engine = _check_engine_path(config.engine, "engine")
-    reference = None if config.reference is None else _check_engine_path(config.reference, "reference engine")
+    engine = _check_engine_path(config.engine, "engine", config.backend)
+    reference = (None if config.reference is None
+                 else _check_engine_path(config.reference, "reference engine", config.backend))
     q = config.percentile
     measured = measure_engines(config.backend, [engine], EngineOptions(threads=config.threads), config.timing,
-                               reference=reference, percentile=q)
+                               reference=reference, percentile=q, input_shape=config.input_shape)
     one = measured.engines[0]
     if reference is None:
         verdict = target.judge(Measurement(one.stats.percentile_ms(q)))

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.digest import changed_inputs, input_digests
+from itcp_deploy.errors import UsageError
+from itcp_deploy.paths import check_output_dir
 
 
 class RunFolder:
@@ -35,8 +37,7 @@ class RunFolder:
         self.rounds = self.root / "rounds"
 
     def create(self) -> RunFolder:
-        if self.root.exists() and not self.root.is_dir():
-            raise InputFileError(f"output {self.root} is a file", "give a directory with -o")
+        check_output_dir("-o", self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -56,11 +57,17 @@ class RunState:
         settings = json.loads(json.dumps(asdict(config), default=str))
         settings.get("recipe", {}).pop("train_time_s", None)  # a time limit does not change the result's kind
         self.fingerprint = {k: v for k, v in settings.items() if k not in volatile}
+        # the same path may hold other bytes on resume: fingerprint the contents of every input file too
+        calib = config.engine.calib
+        self.fingerprint["contents"] = input_digests({
+            "model": config.model, "weights": config.weights, "data": config.data.partition(":")[2] or config.data,
+            "calibration set": calib if not calib or calib.endswith(".npz") else f"calib/{calib}.npz"})
         self.data: dict[str, Any] = {"config": self.fingerprint, "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, "run state")
-            if saved.get("config") != self.fingerprint:
-                raise UsageError(f"{folder.root} holds a run with other settings",
+            if not isinstance(saved, dict) or saved.get("config") != self.fingerprint:
+                raise UsageError(f"{folder.root} holds a run with other settings"
+                                 f"{changed_inputs(saved, self.fingerprint['contents'])}",
                                  "use another -o directory, or delete it to start over")
             self.data = saved
 

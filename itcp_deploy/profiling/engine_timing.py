@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from itcp_deploy.engines import EngineOptions, get_backend
+from itcp_deploy.engines.files import check_same_workload, engine_feeds
 from itcp_deploy.profiling.records import LatencyStats
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios
 
@@ -38,14 +39,19 @@ class EnginesLatency:
 
 
 def measure_engines(backend: str, engines: Sequence[Path], options: EngineOptions, timing: TimingConfig, *,
-                    reference: Path | None = None, percentile: int = 50) -> EnginesLatency:
+                    reference: Path | None = None, percentile: int = 50,
+                    input_shape: tuple[int, ...] | None = None) -> EnginesLatency:
     """Open every engine (and ``reference``) with ``backend``'s runner and measure them interleaved; ratios
-    are taken at ``percentile``."""
+    are taken at ``percentile``. ``input_shape`` fills dynamic input dimensions (refused without it); an engine
+    whose input shape differs from the reference's is refused (their ratio compares two workloads)."""
     paths = [*engines, *([reference] if reference is not None else [])]
     runner_backend = get_backend(backend)
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(runner_backend.runner(p, options)) for p in paths]
-        result = measure_interleaved(runners, None, timing)
+        feeds = [engine_feeds(r.input_specs(), input_shape, str(p)) for r, p in zip(runners, paths, strict=True)]
+        for i in range(len(engines) if reference is not None else 0):
+            check_same_workload(feeds[i], feeds[-1], (str(paths[i]), str(reference)))
+        result = measure_interleaved(runners, feeds, timing)
     if reference is None:
         return EnginesLatency([EngineLatency(s) for s in result.stats])
     ref = len(paths) - 1

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from itcp_deploy.digest import damaged_files, tree_checksums
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
 from itcp_deploy.engines.build import ChainPaths, EngineSpec, build_chain
 from itcp_deploy.engines.int8 import engine_int8_settings
@@ -65,6 +67,7 @@ class ProfileSummary:
     builds_cached: int = 0
     measurements_new: int = 0
     measurements_cached: int = 0
+    builds_damaged: int = 0  # cached engines whose files no longer match their checksums: rebuilt
     noise_pct: float = float("nan")
     wall_s: float = 0.0
     build_s: list[float] = field(default_factory=list)
@@ -135,7 +138,7 @@ class _Run:
     def build(self, plan: PlannedEngine) -> dict:
         key = self.key(plan, "build")
         entry = self.cache.get(key)
-        if entry is not None and (self.cache.dir / entry["artifact"]).exists():
+        if entry is not None and self._intact(entry):
             self.summary.builds_cached += 1
             return entry
         from itcp_deploy.engines.export import onnx_node_to_module
@@ -159,11 +162,20 @@ class _Run:
             "artifact": str(final.relative_to(self.cache.dir)),
             "build_s": time.perf_counter() - t0,
             "node_to_module": node_to_module,
+            "checksums": tree_checksums(final),
         }
         self.cache.put(key, entry)
         self.summary.builds_new += 1
         self.summary.build_s.append(entry["build_s"])
         return entry
+
+    def _intact(self, entry: dict) -> bool:
+        """The cached engine exists and matches its build-time checksums; a damaged one is removed (rebuilt)."""
+        artifact = self.cache.dir / entry["artifact"]
+        if artifact.exists() and damaged_files(artifact, entry.get("checksums", {})):
+            self.summary.builds_damaged += 1
+            shutil.rmtree(artifact, ignore_errors=True)
+        return artifact.exists()
 
     def _options(self) -> EngineOptions:
         opts = asdict(self.config.engine)

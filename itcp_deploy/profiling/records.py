@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.errors import InputFileError
+from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.finite import check_number, check_numbers
 from itcp_deploy.space import PruningSpace
 
 PROFILE_SCHEMA = 2
@@ -119,12 +120,47 @@ class Profile:
             raise InputFileError(f"{path} is not a profile of schema {PROFILE_SCHEMA}",
                                  "regenerate it with `itcp-deploy profile-engines`")
         try:
-            engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"])}) for e in d["engines"]]
-            return cls(**{**d, "input_shape": tuple(d["input_shape"]), "engines": engines,
-                          "space": PruningSpace.from_dict(d["space"])})
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputFileError(f"profile {path} has malformed fields ({err})",
+            engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"]),
+                                            "layer_ms": _floats(e.get("layer_ms", {})),
+                                            "round_medians_ms": [float(x) for x in e.get("round_medians_ms", [])]})
+                       for e in d["engines"]]
+            profile = cls(**{**d, "input_shape": tuple(d["input_shape"]), "engines": engines,
+                             "space": PruningSpace.from_dict(d["space"])})
+            _check_numbers(profile, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InputFileError(f"profile {path} has malformed fields ({err.__class__.__name__}: {err})",
                                  "regenerate it with `itcp-deploy profile-engines`") from err
+        return profile
+
+
+def _floats(layer_ms: dict) -> dict[str, float]:
+    """Layer times as floats (a JSON integer beyond 2**63 would break numpy later); non-numbers fail here."""
+    return {k: float(v) for k, v in layer_ms.items()}
+
+
+def _check_numbers(profile: Profile, path: str | os.PathLike[str]) -> None:
+    """Every latency finite and > 0 (layer times >= 0): a NaN would pass the fit's quality gate unseen; every
+    width plan one of the space's."""
+    where, fix = f"profile {path}", "re-measure it with `itcp-deploy profile-engines`"
+    check_number(profile.noise_pct, where, "noise_pct", fix, allow_nan=True)
+    for i, e in enumerate(profile.engines):
+        field = f"engines[{i}]"
+        if not (isinstance(e.widths, dict) and isinstance(e.layer_ms, dict) and isinstance(e.role, str)
+                and all(isinstance(k, str) for k in e.layer_ms) and type(e.latency.n) is int):
+            raise InputFileError(f"{where}: {field} has malformed fields", fix)
+        if not all(type(w) is int for w in e.widths.values()):
+            raise InputFileError(f"{where}: {field}.widths holds a width that is not an integer", fix)
+        try:
+            profile.space.complete(e.widths)
+        except UsageError as err:
+            raise InputFileError(f"{where}: {field}.widths: {err.problem}", fix) from None
+        check_number(e.latency.median_ms, where, f"{field}.latency.median_ms", fix, minimum=1e-12)
+        stats = {k: v for k, v in asdict(e.latency).items() if k != "median_ms"}
+        for name, value in stats.items():
+            check_number(value, where, f"{field}.latency.{name}", fix)
+        check_numbers(list(e.layer_ms.values()), where, f"{field}.layer_ms", fix)
+        check_number(e.other_ms, where, f"{field}.other_ms", fix, minimum=None)
+        check_numbers(e.round_medians_ms, where, f"{field}.round_medians_ms", fix)
 
 
 def check_identity(found: Mapping[str, str], expected: Mapping[str, str], what: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from itcp_deploy.engines import EngineOptions, get_backend
 from itcp_deploy.engines.device import device_name
 from itcp_deploy.errors import UsageError
+from itcp_deploy.paths import check_outputs
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
 
 
@@ -36,6 +37,13 @@ class StaircaseConfig:
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
     )
+
+    def validate(self) -> None:
+        """Every size >= 1: a 0x0 input or zero output widths would fail deep in torch or plot nothing."""
+        for option, value in (("--in-channels", self.in_channels), ("--hw", self.hw),
+                              ("--max-width", self.max_width), ("--kernel", self.kernel)):
+            if value < 1:
+                raise UsageError(f"{option} must be >= 1, got {value}", f"pass e.g. {option} 32")
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,8 @@ def staircase(
     from itcp_deploy.engines.device import block_from_staircase, detect_isa, isa_channel_block
 
     config = config or StaircaseConfig()
+    config.validate()
+    check_outputs({"-o": out, "-o (its .json)": Path(out).with_suffix(".json")}, {})
     points = measure_staircase(config)
     block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
     version = get_backend(config.backend).version().split("-")[0]

@@ -15,6 +15,7 @@ from typing import Any
 
 from itcp_deploy.atomic_io import write_json
 from itcp_deploy.errors import UsageError
+from itcp_deploy.paths import check_output_dir, check_outputs
 from itcp_deploy.train.config import TrainConfig
 
 JOB_NAME = "job.json"
@@ -69,6 +70,10 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
 
     if job.teacher_weights and not job.teacher:
         raise UsageError("--teacher-weights was given without --teacher", "add --teacher MODEL")
+    check_output_dir("--out", job.out_dir)
+    out = Path(job.out_dir)
+    check_outputs({f"--out's {name}": out / name for name in ("model.pt", "checkpoint.pt", "metrics.json")},
+                  {"weights": job.weights, "teacher weights": job.teacher_weights})
     train_info = load_dataset(job.data, "train", download=job.download)
     test_info = load_dataset(job.data, "test") if train_info.split is not None else None
     torch.manual_seed(job.config.seed)  # the same job initialises the same weights

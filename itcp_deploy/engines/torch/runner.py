@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,27 @@ from itcp_deploy.engines.backend import Backend
 from itcp_deploy.engines.base import Artifact, EngineOptions, Runner
 from itcp_deploy.engines.lazy_import import require_cuda
 from itcp_deploy.engines.torch.build import META, PROGRAM, ProgramFromTorch
+from itcp_deploy.errors import InputFileError
+
+
+def load_program(path: Path) -> tuple[Any, tuple[int, ...]]:
+    """The program's module and its input shape, which ``meta.json`` must repeat (a damaged or edited file is
+    refused: a wrong shape would feed the program inputs it cannot take)."""
+    import torch
+
+    try:
+        program = torch.export.load(str(path / PROGRAM))
+    except Exception as err:  # missing, truncated or foreign files fail in many ways
+        raise InputFileError(f"torch engine {path / PROGRAM} is unreadable or corrupt ({err.__class__.__name__})",
+                             "rebuild the engine") from err
+    names = set(program.graph_signature.user_inputs)
+    shapes = [tuple(n.meta["val"].shape) for n in program.graph.nodes if n.op == "placeholder" and n.name in names]
+    meta = read_json(path / META, "torch engine metadata")
+    recorded = meta.get("input_shape") if isinstance(meta, dict) else None
+    if len(shapes) != 1 or not isinstance(recorded, list) or tuple(recorded) != shapes[0]:
+        raise InputFileError(f"torch engine metadata {path / META} records input_shape {recorded!r}, the program "
+                             f"takes {[list(s) for s in shapes]}", "rebuild the engine")
+    return program.module(), shapes[0]
 
 
 class TorchRunner(Runner):
@@ -48,8 +70,7 @@ class TorchRunner(Runner):
         import torch
 
         if path is not None:  # exported in eval mode; the loaded GraphModule does not support .eval()
-            self._module = torch.export.load(str(path / PROGRAM)).module()
-            self.input_shape = tuple(read_json(path / META, "torch engine metadata")["input_shape"])
+            self._module, self.input_shape = load_program(path)
         else:
             self._module.eval()
         if self.input_shape is None:
