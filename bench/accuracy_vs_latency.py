@@ -32,7 +32,7 @@ from itcp_deploy.engine_build import EngineSpec  # noqa: E402
 from itcp_deploy.errors import ItcpError  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
 
-METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear"]
+METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear", "tp-taylor", "tp-taylor-round"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--score-samples", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch threads for finetuning and evaluation")
+    p.add_argument("--no-dense-finetune", action="store_true", help="skip finetuning the dense reference")
     return p.parse_args(argv)
 
 
@@ -105,6 +106,7 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
         measure_timing=TimingConfig(warmup=50, rounds=args.measure_rounds, runs_per_round=args.measure_runs),
         score_samples=args.score_samples,
         threads=args.threads,
+        dense_finetune=not args.no_dense_finetune,
     )
 
 
@@ -174,7 +176,7 @@ def markdown(results: dict) -> str:
             ft = "n/a" if x["accuracy_finetuned"] is None else f"{x['accuracy_finetuned']:.2f}"
             one = "n/a" if x["accuracy_oneshot"] is None else f"{x['accuracy_oneshot']:.2f}"
             lines.append(
-                f"| {x['method']} | {x['speedup']:g}x | {x['seed']} | {x['predicted_ms']:.4f} "
+                f"| {x['method']} | {x['speedup']:g}x | {x['seed']} | {_spread([x['predicted_ms']], 4)} "
                 f"| {x['measured']['median_ms']:.4f} | {one} | {ft} |"
             )
     if results["progressive_steps"]:

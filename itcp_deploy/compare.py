@@ -88,12 +88,15 @@ class CompareConfig:
     score_samples: int = 512
     bins: int = 1000
     threads: int = 1
+    dense_finetune: bool = True  # False: the dense row keeps no finetuned accuracy (saves one epoch)
 
     def validate(self) -> None:
+        from itcp_deploy.pruning.tp_peer import is_peer
         from itcp_deploy.search.baselines import SEARCH_METHODS
 
         for m in self.methods:
-            SEARCH_METHODS.get(m)
+            if not is_peer(m):
+                SEARCH_METHODS.get(m)
         bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
         if bad or not self.speedups or not self.seeds:
             raise UsageError(
@@ -348,9 +351,14 @@ def _structure(b: _Bench, model, widths: dict[str, int]) -> dict:
         "widths": widths,
         "macs": int(macs),
         "params": int(params),
-        "predicted_ms": b.perf.predict_ms(widths),
-        "engine": _engine(b, model, b.space.complete(widths)),
+        "predicted_ms": b.perf.predict_ms(widths) if _on_grid(b, widths) else None,
+        "engine": _engine(b, model, {**b.space.full_widths(), **widths}),
     }
+
+
+def _on_grid(b: _Bench, widths: dict[str, int]) -> bool:
+    """Whether the perf model can predict these widths (a peer's may fall between candidates)."""
+    return all(widths[g.name] in g.candidates for g in b.space.prunable)
 
 
 def _dense_rows(b: _Bench) -> list[dict]:
@@ -365,7 +373,8 @@ def _dense_rows(b: _Bench) -> list[dict]:
                     "accuracy_oneshot": _evaluate(b, b.model),
                 }
             b.log(f"dense seed {seed}: finetuning the reference ...")
-            tuned = _finetune(b, b.model, seed, _train_images(b, seed)[0])
+            tuned = (_finetune(b, b.model, seed, _train_images(b, seed)[0]) if b.config.dense_finetune
+                     else {"accuracy": None, "images_per_epoch": 0, "wall_s": 0.0})
             row = {"method": DENSE, "speedup": 1.0, "seed": seed, "budget_ms": b.perf.dense_ms(), **dense}
             _write_row(b, path, {**row, **_tuned_fields(tuned)})
         rows.append(read_json(path, "row"))
@@ -384,10 +393,14 @@ def _write_row(b: _Bench, path: Path, row: dict) -> None:
     write_json(path, row)
     b.log(
         f"{row['method']:>17} x{row['speedup']:<5g} seed {row['seed']}: "
-        f"predicted {row['predicted_ms']:.4f} ms (budget {row['budget_ms']:.4f}), "
+        f"predicted {_ms(row['predicted_ms'])} (budget {row['budget_ms']:.4f}), "
         f"one-shot {_pct(row['accuracy_oneshot'])}, finetuned "
         f"{_pct(row['accuracy_finetuned'])}"
     )
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f} ms"
 
 
 def _pct(accuracy: float | None) -> str:
@@ -396,6 +409,7 @@ def _pct(accuracy: float | None) -> str:
 
 def _one_shot_rows(b: _Bench) -> list[dict]:
     from itcp_deploy.pruning import apply_widths
+    from itcp_deploy.pruning.tp_peer import group_widths, is_peer
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
 
@@ -408,15 +422,19 @@ def _one_shot_rows(b: _Bench) -> list[dict]:
             paths = {seed: _row_path(b, method, speedup, seed) for seed in c.seeds}
             if not all(p.exists() for p in paths.values()):
                 t0 = time.perf_counter()
-                solution = run_method(method, inputs, budget, bins=c.bins)
-                pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+                if is_peer(method):
+                    pruned, plan = _peer_prune(b, method, speedup)
+                else:
+                    solution = run_method(method, inputs, budget, bins=c.bins)
+                    pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+                    plan = {"score": solution.score}
                 recalibrate_bn(pruned, b.bn_loader(), num_batches=c.recipe.bn_batches)
                 shared = {
                     "method": method,
                     "speedup": speedup,
                     "budget_ms": budget,
-                    "score": solution.score,
-                    **_structure(b, pruned, solution.widths),
+                    **plan,
+                    **_structure(b, pruned, group_widths(pruned, b.space)),
                     "accuracy_oneshot": _evaluate(b, pruned),
                     "search_and_prune_s": time.perf_counter() - t0,
                 }
@@ -426,6 +444,38 @@ def _one_shot_rows(b: _Bench) -> list[dict]:
                         _write_row(b, path, {**shared, "seed": seed, **_tuned_fields(tuned)})
             rows += [read_json(p, "row") for p in paths.values()]
     return rows
+
+
+def _peer_prune(b: _Bench, method: str, speedup: float) -> tuple[Any, dict]:
+    """Torch-Pruning's own pruner, bisected on its ratio to measured latency / dense <= 1 / speed-up."""
+    from itcp_deploy.pruning.tp_peer import group_widths, peer_search
+
+    dense = _engine(b, b.model, b.space.full_widths())
+
+    def measure(model) -> float:
+        engine = _engine(b, model, {**b.space.full_widths(), **group_widths(model, b.space)})
+        return _pair_ratio(b, engine, dense)
+
+    found = peer_search(b.model, b.space, method, b.score_loader(0), measure=measure, target=1 / speedup,
+                        backend=b.config.engine.backend)
+    b.log(f"{method} x{speedup:g}: pruning_ratio {found.pruning_ratio:.3f}, measured {found.measured_ratio:.3f} "
+          f"x dense ({len(found.steps)} engines tried)")
+    return found.model, {"score": None, "pruning_ratio": found.pruning_ratio, "met_target": found.met,
+                         "bisection": found.steps}
+
+
+def _pair_ratio(b: _Bench, engine: str, dense: str) -> float:
+    """Median per-round latency ratio of ``engine`` to ``dense``, measured interleaved."""
+    import contextlib
+
+    from itcp_deploy.engines import get_backend
+    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
+
+    backend, engines = get_backend(b.config.engine.backend), b.out / "engines" / "engines"
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(backend.runner(engines / i, b.config.engine.options)) for i in (engine, dense)]
+        result = measure_interleaved(runners, None, b.config.measure_timing)
+    return float(np.median(round_ratios(result.samples_ms[0], result.samples_ms[1])))
 
 
 # ---------------------------------------------------------------- progressive (HALP-like)
