@@ -238,9 +238,14 @@ def _stage_scores(ctx: _Context) -> dict:
 
 def _stage_loop(ctx: _Context) -> dict:
     from itcp_deploy.closed_loop import LoopInputs, closed_loop
+    from itcp_deploy.peer_loop import peer_loop
+    from itcp_deploy.pruning.tp_peer import is_peer
 
     c = ctx.config
     dense = ctx.state.done("dense")
+    if is_peer(c.method):
+        return peer_loop(LoopInputs(ctx.model, ctx.space, ctx.out, c, Path(dense["artifact"]), {}),
+                         _loader(ctx, train=True, max_samples=c.score_samples), ctx.log)
     return closed_loop(LoopInputs(ctx.model, ctx.space, ctx.out, c, Path(dense["artifact"]),
                                   _read_scores(ctx.out)), ctx.log)
 
@@ -252,14 +257,19 @@ def _read_scores(out: Path) -> dict:
 
 
 def _stage_finetune(ctx: _Context) -> dict:
+    from itcp_deploy.peer_loop import PEER_MODEL
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.pruning import apply_widths, save_pruned
+    from itcp_deploy.pruning import apply_widths, load_pruned, save_pruned
+    from itcp_deploy.pruning.tp_peer import is_peer
     from itcp_deploy.train import TrainConfig, evaluate, recalibrate_bn, train
 
     c = ctx.config
     plan = PruningPlan.load(ctx.out / "widths.json")
-    loader = _loader(ctx, train=True, max_samples=c.score_samples) if c.importance == "taylor" else None
-    pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=c.importance, loader=loader)
+    if is_peer(c.method):  # keep Torch-Pruning's own channel choice
+        pruned = load_pruned(ctx.out / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval()
+    else:
+        loader = _loader(ctx, train=True, max_samples=c.score_samples) if c.importance == "taylor" else None
+        pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=c.importance, loader=loader)
     recalibrate_bn(pruned, _loader(ctx, train=True), num_batches=20)
     acc_bn = evaluate(pruned, _loader(ctx, train=False))["accuracy"]
     metrics: dict = {}

@@ -111,3 +111,21 @@ def test_compare_runs_the_peers(tmp_path):
         assert row["macs"] < rows["dense"]["macs"] and row["accuracy_finetuned"] is not None
         assert row["engine"] in json.loads((tmp_path / "out" / "measured.json").read_text())["engines"]
     assert "| tp-taylor | 1.5x |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_run_with_the_peer_method(tmp_path):
+    from itcp_deploy.pipeline import run
+    from tests.test_pipeline import _config
+
+    config = _config(tmp_path, method="tp-taylor")
+    report = run(config)
+    out = tmp_path / "out"
+    plan = json.loads((out / "widths.json").read_text())
+    assert plan["method"] == "tp-taylor" and report.method == "tp-taylor"
+    assert report.macs_final < report.macs_dense and (out / "model.ort.onnx").is_file()
+    assert all(r["pruning_ratio"] > 0 and r["predicted_ms"] is None for r in report.rounds)
+    from itcp_deploy.pruning import count_macs_params, load_pruned
+
+    chosen = load_pruned(out / "peer_pruned.pt", out / "widths.json")  # the model the peer's search kept
+    assert count_macs_params(chosen, (1, 3, 32, 32))[0] == report.macs_final  # ... is what was finetuned
+    assert "| 0 |" in (out / "report.md").read_text()

@@ -58,7 +58,7 @@ def run_command(
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set (int8).")] = None,
     criterion: Annotated[str, typer.Option("--criterion", help="Group score: taylor, sensitivity, ...")] = "taylor",
-    method: Annotated[str, typer.Option("--method", help="itcp or a baseline.")] = "itcp",
+    method: Annotated[str, typer.Option("--method", help="itcp, a baseline, tp-taylor or tp-taylor-round.")] = "itcp",
     epochs: Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")] = 1,
     distill: Annotated[bool, typer.Option("--distill", help="Distil from the dense model.")] = False,
     percentile: Annotated[int, typer.Option("--percentile", help="50, 90 or 99.")] = 50,
