@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", help="checkpoint (random weights without it)")
     p.add_argument("--data", required=True, help="e.g. cifar10:DIR, synthetic:train=256,test=128")
     p.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0])
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS,
+                   help="search methods, tp-taylor, tp-taylor-round; suffix +comp (e.g. itcp+comp): least-squares "
+                   "compensation before BN re-estimation")
     p.add_argument("--criterion", default="taylor", help="group score, the same for every method")
     p.add_argument("--importance", default="taylor", help="channel importance: which channels are kept")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

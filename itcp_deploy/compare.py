@@ -35,6 +35,12 @@ from itcp_deploy.profiling.timing import TimingConfig
 Log = Callable[[str], None]
 PROGRESSIVE = "itcp-progressive"
 DENSE = "dense"
+COMPENSATED = "+comp"  # method suffix: least-squares compensation after pruning (pruning/compensate.py)
+
+
+def _levers(method: str) -> tuple[str, bool]:
+    """``"itcp+comp"`` -> ``("itcp", True)``: the search method and whether compensation is on."""
+    return method.removesuffix(COMPENSATED), method.endswith(COMPENSATED)
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,12 @@ class CompareConfig:
         from itcp_deploy.search.baselines import SEARCH_METHODS
 
         for m in self.methods:
-            if not is_peer(m):
-                SEARCH_METHODS.get(m)
+            base, compensated = _levers(m)
+            if is_peer(base) and compensated:
+                raise UsageError(f"{m}: compensation needs the kept channels, which Torch-Pruning does not report",
+                                 f"use {base} or a search method with {COMPENSATED}")
+            if not is_peer(base):
+                SEARCH_METHODS.get(base)
         bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
         if bad or not self.speedups or not self.seeds:
             raise UsageError(
@@ -409,6 +419,7 @@ def _pct(accuracy: float | None) -> str:
 
 def _one_shot_rows(b: _Bench) -> list[dict]:
     from itcp_deploy.pruning import apply_widths
+    from itcp_deploy.pruning.compensate import compensate, kept_channels
     from itcp_deploy.pruning.tp_peer import group_widths, is_peer
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
@@ -422,12 +433,16 @@ def _one_shot_rows(b: _Bench) -> list[dict]:
             paths = {seed: _row_path(b, method, speedup, seed) for seed in c.seeds}
             if not all(p.exists() for p in paths.values()):
                 t0 = time.perf_counter()
-                if is_peer(method):
-                    pruned, plan = _peer_prune(b, method, speedup)
+                base, compensated = _levers(method)
+                if is_peer(base):
+                    pruned, plan = _peer_prune(b, base, speedup)
                 else:
-                    solution = run_method(method, inputs, budget, bins=c.bins)
+                    solution = run_method(base, inputs, budget, bins=c.bins)
                     pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
                     plan = {"score": solution.score}
+                    if compensated:
+                        kept = kept_channels(b.model, b.space, solution.widths, b.importance)
+                        plan["compensated"] = compensate(pruned, b.model, b.space, kept, b.score_loader(0))
                 recalibrate_bn(pruned, b.bn_loader(), num_batches=c.recipe.bn_batches)
                 shared = {
                     "method": method,

@@ -92,17 +92,18 @@ def test_bisection_returns_the_fastest_when_the_target_is_out_of_reach():
     assert not found.met and found.measured_ratio == 0.7 and len(found.steps) == 5
 
 
-def test_compare_runs_the_peers(tmp_path):
+def test_compare_runs_the_peers_and_compensation(tmp_path):
     from tests.test_compare import _argv, _bench_module
 
     bench = _bench_module()
     argv = _argv(tmp_path, "--no-dense-finetune")
-    argv[argv.index("itcp"): argv.index("itcp") + 2] = ["tp-taylor", "tp-taylor-round"]
+    argv[argv.index("itcp"): argv.index("itcp") + 2] = ["tp-taylor", "tp-taylor-round", "uniform+comp"]
     argv[argv.index("--progressive") + 1] = "0"
     assert bench.main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
-    assert set(rows) == {"dense", "tp-taylor", "tp-taylor-round"}
+    assert set(rows) == {"dense", "tp-taylor", "tp-taylor-round", "uniform+comp"}
+    assert "linear" in rows["uniform+comp"]["compensated"]
     assert rows["dense"]["accuracy_finetuned"] is None
     for method in ("tp-taylor", "tp-taylor-round"):
         row = rows[method]
@@ -111,6 +112,7 @@ def test_compare_runs_the_peers(tmp_path):
         assert row["macs"] < rows["dense"]["macs"] and row["accuracy_finetuned"] is not None
         assert row["engine"] in json.loads((tmp_path / "out" / "measured.json").read_text())["engines"]
     assert "| tp-taylor | 1.5x |" in (tmp_path / "out" / "results.md").read_text()
+    assert bench.main([*argv[:argv.index("--methods") + 1], "tp-taylor+comp", *argv[argv.index("--seeds"):]]) == 2
 
 
 def test_run_with_the_peer_method(tmp_path):
