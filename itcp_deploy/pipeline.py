@@ -58,6 +58,7 @@ class RunConfig:
     lr: float = 0.01
     batch_size: int = 64
     distill: bool = False
+    compensate: bool = False
     time_budget_s: float | None = None
     cache_dir: str = "engines"
     budget_builds: int = 32
@@ -259,17 +260,23 @@ def _read_scores(out: Path) -> dict:
 def _stage_finetune(ctx: _Context) -> dict:
     from itcp_deploy.peer_loop import PEER_MODEL
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.pruning import apply_widths, load_pruned, save_pruned
+    from itcp_deploy.pruning import apply_widths, channel_importance, load_pruned, save_pruned
+    from itcp_deploy.pruning.compensate import compensate, kept_channels
     from itcp_deploy.pruning.tp_peer import is_peer
     from itcp_deploy.train import TrainConfig, evaluate, recalibrate_bn, train
 
     c = ctx.config
     plan = PruningPlan.load(ctx.out / "widths.json")
+    refit: list[str] = []
     if is_peer(c.method):  # keep Torch-Pruning's own channel choice
         pruned = load_pruned(ctx.out / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval()
     else:
         loader = _loader(ctx, train=True, max_samples=c.score_samples) if c.importance == "taylor" else None
-        pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=c.importance, loader=loader)
+        imp = channel_importance(ctx.model, ctx.space, c.importance, loader=loader) if c.compensate else c.importance
+        pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=imp, loader=loader)
+        if c.compensate:  # least-squares refit to the dense outputs, before BN re-estimation
+            refit = compensate(pruned, ctx.model, ctx.space, kept_channels(ctx.model, ctx.space, plan.widths, imp),
+                               _loader(ctx, train=True, max_samples=c.score_samples))
     recalibrate_bn(pruned, _loader(ctx, train=True), num_batches=20)
     acc_bn = evaluate(pruned, _loader(ctx, train=False))["accuracy"]
     metrics: dict = {}
@@ -281,7 +288,7 @@ def _stage_finetune(ctx: _Context) -> dict:
     pruned = pruned.cpu().eval()
     acc = evaluate(pruned, _loader(ctx, train=False))["accuracy"] if c.epochs > 0 else acc_bn
     save_pruned(ctx.out / "pruned.pt", pruned, plan, plan_path=ctx.out / "widths.json")
-    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc,
+    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc, "compensated_layers": refit,
             "epochs_completed": metrics.get("epochs_completed", 0)}
 
 

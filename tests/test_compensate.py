@@ -65,3 +65,14 @@ def test_kept_channels_are_the_ones_apply_widths_keeps(setting):
         w = dense.get_submodule(layer.name).weight.detach()
         expected = w[torch.as_tensor(kept[layer.out_group])][:, torch.as_tensor(kept[layer.in_group])]
         assert torch.equal(pruned.get_submodule(layer.name).weight.detach(), expected), layer.name
+
+
+def test_run_compensates_before_bn(tmp_path):
+    import json
+
+    from itcp_deploy.pipeline import run
+    from tests.test_pipeline import _config
+
+    run(_config(tmp_path, compensate=True, epochs=0))
+    stage = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["finetune"]
+    assert "linear" in stage["compensated_layers"]

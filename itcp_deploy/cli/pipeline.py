@@ -61,6 +61,8 @@ def run_command(
     method: Annotated[str, typer.Option("--method", help="itcp, a baseline, tp-taylor or tp-taylor-round.")] = "itcp",
     epochs: Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")] = 1,
     distill: Annotated[bool, typer.Option("--distill", help="Distil from the dense model.")] = False,
+    compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
+                                             help="Least-squares refit after pruning.")] = False,
     percentile: Annotated[int, typer.Option("--percentile", help="50, 90 or 99.")] = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
@@ -81,6 +83,7 @@ def run_command(
         weights=weights, trust_code=trust_code,
         engine=EngineSpec(backend, precision, EngineOptions(threads=threads), calib),
         percentile=percentile, criterion=criterion, method=method, epochs=epochs, distill=distill,
+        compensate=compensate,
         cache_dir=cache, quiet=quiet or json)
     config.validate()
     _print_report(_with_progress(run, config, quiet or json), json)
