@@ -54,17 +54,17 @@ class CompensationSettings:
 
 
 def _refittable(layer: nn.Module) -> bool:
-    trainable = layer.weight.requires_grad
     if isinstance(layer, nn.Linear):
-        return trainable
-    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and trainable
+        return layer.weight.requires_grad
+    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.weight.requires_grad
 
 
-def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as one row per output position (im2col for convs), float64."""
     if isinstance(layer, nn.Linear):
         return x.reshape(-1, x.shape[-1]).double()
-    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,  # type: ignore[arg-type]
+                    stride=layer.stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
 
 
@@ -92,25 +92,26 @@ def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) ->
 def _refit(pruned: nn.Module, dense: nn.Module, name: str, kept_out: np.ndarray, batches: list[Batch],
            ridge: float) -> None:
     layer = pruned.get_submodule(name)
-    bias = layer.bias is not None
+    assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
+    bias = layer.bias
     w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
-    if bias:
-        w0 = torch.cat([w0, layer.bias.detach().double()[:, None]], dim=1)
+    if bias is not None:
+        w0 = torch.cat([w0, bias.detach().double()[:, None]], dim=1)
     gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64)
     cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
     inputs = _capture(pruned, name, False, batches)
     outputs = _capture(dense, name, True, batches)
     for x, y in zip(inputs, outputs, strict=True):
         rows = _rows(layer, x)
-        if bias:
+        if bias is not None:
             rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
         gram += rows.T @ rows
         cross += rows.T @ _targets(y, kept_out)
     lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
     solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
     with torch.no_grad():
-        if bias:
-            layer.bias.copy_(solved[:, -1].to(layer.bias.dtype))
+        if bias is not None:
+            bias.copy_(solved[:, -1].to(bias.dtype))
             solved = solved[:, :-1]
         layer.weight.copy_(solved.reshape(layer.weight.shape).to(layer.weight.dtype))
 

@@ -93,7 +93,8 @@ def group_widths(model: nn.Module, space: PruningSpace) -> dict[str, int]:
     out = {}
     for g in space.prunable:
         m = model.get_submodule(g.name)
-        out[g.name] = int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))  # the space's layers are convs and linears
+        out[g.name] = m.out_features if isinstance(m, nn.Linear) else m.out_channels
     return out
 
 
