@@ -234,7 +234,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(
         f"{results['model']} on {dataset}: accuracy vs measured latency "
-        f"({results['backend']} {results['precision']}, batch 1)"
+        f"({results['backend']} {results['precision']}, batch 1)\n{results.get('device') or 'device not recorded'}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

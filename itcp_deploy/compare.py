@@ -221,6 +221,8 @@ def _prepare(b: _Bench) -> None:
 
 def _profile_and_fit(b: _Bench) -> None:
     from itcp_deploy.perfmodel import PerfModel, fit
+    from itcp_deploy.profiling.profiler import profile_identity
+    from itcp_deploy.profiling.records import check_identity
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.apply import check_space_fits
 
@@ -229,6 +231,7 @@ def _profile_and_fit(b: _Bench) -> None:
     if perf_path.exists():
         b.log(f"perf model: reusing {perf_path}")
         b.perf = PerfModel.load(perf_path)
+        check_identity(b.perf.meta, profile_identity(_profile_config(b)), f"perf model {perf_path}")
     else:
         space = build_space(b.model, b.input_shape, model_spec=b.config.model)
         b.perf = fit(_profile(b, space), force=p.force_fit)
@@ -238,18 +241,12 @@ def _profile_and_fit(b: _Bench) -> None:
     b.log(f"perf model: dense {b.perf.dense_ms():.4f} ms predicted, minimum {b.perf.min_latency_ms():.4f} ms")
 
 
-def _profile(b: _Bench, space):
+def _profile_config(b: _Bench):
     from itcp_deploy.profiling.design import DesignConfig
-    from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling
-    from itcp_deploy.profiling.records import Profile
+    from itcp_deploy.profiling.profiler import ProfileConfig
 
     p, e = b.config.profile, b.config.engine
-    path = Path(p.profile_path) if p.profile_path else b.out / "profile.json"
-    if path.exists():
-        b.log(f"profile: reusing {path}")
-        return Profile.load(path)
-    b.log(f"profile: building {p.budget_builds} engines (cache {p.cache_dir}) ...")
-    pc = ProfileConfig(
+    return ProfileConfig(
         backend=e.backend,
         precision=e.precision,
         cache_dir=p.cache_dir,
@@ -258,6 +255,20 @@ def _profile(b: _Bench, space):
         timing=p.timing,
         calib=e.calib,
     )
+
+
+def _profile(b: _Bench, space):
+    from itcp_deploy.profiling.profiler import profile_identity, run_profiling
+    from itcp_deploy.profiling.records import Profile
+
+    p, pc = b.config.profile, _profile_config(b)
+    path = Path(p.profile_path) if p.profile_path else b.out / "profile.json"
+    if path.exists():
+        b.log(f"profile: reusing {path}")
+        profile = Profile.load(path)
+        profile.check_identity(profile_identity(pc), path)
+        return profile
+    b.log(f"profile: building {p.budget_builds} engines (cache {p.cache_dir}) ...")
     profile, summary = run_profiling(b.model, space, pc)
     profile.save(path)
     b.log(f"profile: {summary.builds_new} new builds, noise {summary.noise_pct:.1f}%")

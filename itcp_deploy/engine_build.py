@@ -41,6 +41,7 @@ def build_engine(model, input_shape: tuple[int, int, int, int], out_dir: Path, n
     """Export ``model`` to ``out_dir/<name>.onnx`` (verified), convert precision, build into
     ``out_dir/engines/<name>/`` and copy the deployable file to ``out_dir/<name><suffix>``."""
     from itcp_deploy.engines import get_backend
+    from itcp_deploy.engines.int8 import engine_int8_settings
     from itcp_deploy.engines.precision import convert_precision
 
     backend = get_backend(spec.backend)
@@ -58,8 +59,9 @@ def build_engine(model, input_shape: tuple[int, int, int, int], out_dir: Path, n
                 from itcp_deploy.data.calibration import load_calibration
 
                 calib = load_calibration(spec.calib, input_shape)
+            int8 = engine_int8_settings(spec.backend, spec.precision, spec.options.provider)
             source = convert_precision(onnx_path, out_dir / f"{name}.{spec.precision}.onnx", spec.precision,
-                                       calib, symmetric_activations=spec.backend == "tensorrt")
+                                       calib, int8=int8)
     else:
         source = model
     artifact = Path(backend.builder(source, artifact_dir, spec.options, tuple(input_shape))())

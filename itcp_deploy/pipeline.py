@@ -355,9 +355,9 @@ def _report(ctx: _Context):
     holdout = profile.by_role("holdout") or profile.by_role("design")
     plot_pred_vs_measured([perf.predict_ms(e.widths) for e in holdout], [e.latency.median_ms for e in holdout],
                           ctx.out / "latency_pred_vs_measured.png",
-                          f"{c.model}: perf model on held-out engines")
+                          f"{c.model}: perf model on held-out engines\n{profile.device}")
     plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
-               float(plan.budget_ms or sla), ctx.out / "pareto.png")
+               float(plan.budget_ms or sla), ctx.out / "pareto.png", title=f"{c.model} on {profile.device}")
     plot_widths(report.widths, report.full_widths, ctx.out / "widths.png")
     return report
 

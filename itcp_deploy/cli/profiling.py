@@ -127,7 +127,10 @@ def staircase_cmd(
     if json_out:
         emit_json([asdict(p) for p in points])
     else:
-        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths)")
+        from itcp_deploy.engines.device import block_from_staircase
+
+        block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
+        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths, steps of {block})")
 
 
 STAGES = {
@@ -201,13 +204,14 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
                 "wall_s": summary.wall_s,
                 "backend": profile.backend,
                 "precision": profile.precision,
+                "quantization": profile.quantization,
                 "device": profile.device,
             }
         )
         return
     table = Table(
         title=f"profile-engines: {profile.model} on {profile.backend} {profile.backend_version} "
-        f"{profile.precision}, {profile.device}"
+        f"{profile.precision}{f' ({profile.quantization})' if profile.quantization else ''}, {profile.device}"
     )
     table.add_column("")
     table.add_column("value")

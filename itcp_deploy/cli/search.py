@@ -122,6 +122,7 @@ def pareto_cmd(
 ) -> None:
     """Plot the predicted Pareto fronts (latency vs score) of ITCP and the baselines."""
     from itcp_deploy.cli.common import console, emit_json
+    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.planning import SearchConfig, pareto_fronts
     from itcp_deploy.search.plot import plot_fronts
 
@@ -137,7 +138,8 @@ def pareto_cmd(
     fronts, dense_ms = pareto_fronts(
         config, [m.strip() for m in methods.split(",") if m.strip()], points=points
     )
-    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})", dense_ms=dense_ms)
+    device = PerfModel.load(perf_model).meta.get("device", "device unknown")
+    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})\n{device}", dense_ms=dense_ms)
     console.print(f"wrote {output}")
     if json_out:
         emit_json({"output": str(output), "dense_ms": dense_ms, "fronts": fronts})

@@ -57,7 +57,7 @@ class PerfModel:
     constant_ms: float
     method: str = "table"
     report: FitReport | None = None
-    meta: dict[str, str] = field(default_factory=dict)  # backend, version, device, precision of the profile
+    meta: dict[str, str] = field(default_factory=dict)  # the identity of its profile (Profile.identity)
     calibration: tuple[float, float] = (1.0, 0.0)  # (scale, offset ms) of sum(layer times) -> network latency
     schema: int = PERF_MODEL_SCHEMA
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
+from itcp_deploy.engines.int8 import engine_int8_settings
 from itcp_deploy.engines.precision import check_precision, convert_precision
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.cache import CacheKey, ProfileCache
@@ -78,6 +79,15 @@ def model_hash(model) -> str:
     return h.hexdigest()[:20]
 
 
+def profile_identity(config: ProfileConfig) -> dict[str, str]:
+    """What a profile taken with ``config`` on this machine records as :meth:`Profile.identity` (and what
+    every cache key of the run starts from): backend and version, device, precision, INT8 settings."""
+    backend = get_backend(config.backend)
+    int8 = engine_int8_settings(backend.name, config.precision, config.engine.provider)
+    return {"backend": backend.name, "backend_version": backend.version(), "device": backend.device_name(config.engine),
+            "precision": config.precision, "quantization": int8.label if int8 else ""}
+
+
 class _Run:
     """One profiling run's state: backend, cache, keys and counters."""
 
@@ -87,12 +97,10 @@ class _Run:
         self.model, self.space, self.config, self.cache, self.progress = model, space, config, cache, progress
         self.backend: Backend = get_backend(config.backend)
         self.summary = ProfileSummary()
+        self.int8 = engine_int8_settings(self.backend.name, config.precision, config.engine.provider)
         self.base = CacheKey(
             kind="build",
-            device=self.backend.device_name(config.engine),
-            backend=self.backend.name,
-            backend_version=self.backend.version(),
-            precision=config.precision,
+            **profile_identity(config),
             input_shape=tuple(space.input_shape),
             model_hash=model_hash(model),
             settings=json.dumps(
@@ -148,7 +156,7 @@ class _Run:
                     Path(tmp) / "model.onnx",
                     self.config.precision,
                     self._calib(),
-                    symmetric_activations=self.backend.name == "tensorrt",
+                    int8=self.int8,
                 )
             else:
                 source = pruned
@@ -320,6 +328,7 @@ def run_profiling(
         backend=run.backend.name,
         backend_version=run.base.backend_version,
         precision=config.precision,
+        quantization=run.base.quantization,
         device=run.base.device,
         space=space,
         engines=engines,

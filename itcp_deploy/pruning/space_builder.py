@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from itcp_deploy.engines.device import channel_block
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pruning.tracing import PRUNABLE_LAYERS, TracedGroup, trace, traced_groups
 from itcp_deploy.space import INPUT_GROUP, OUTPUT_GROUP, CandidateGrid, ChannelGroup, LayerSpec, PruningSpace
@@ -106,7 +107,9 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
         model: The network; left unchanged (TP's trace switches it to eval mode; the mode is restored).
         input_shape: ``(N, C, H, W)`` at which layers are traced and spatial sizes recorded.
         model_spec: What :func:`itcp_deploy.models.create_model` rebuilds it from; stored in the space.
-        grid: How candidate widths are drawn. Defaults to ``CandidateGrid()`` (every 4 up to 64, then 8).
+        grid: How candidate widths are drawn. Defaults to ``CandidateGrid()`` (every 4 up to 64, then 8)
+            aligned to this machine's channel block (``engines.device.channel_block``), so the top of every
+            latency step is a candidate (a no-op on x86: blocks of 16 with AVX-512, 8 with AVX2).
 
     Returns:
         The pruning space: groups (``input`` and ``output`` fixed), candidates, one LayerSpec per layer run.
@@ -114,7 +117,7 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
     Raises:
         UsageError: TP cannot trace the model, or it has no prunable Conv/Linear layer.
     """
-    grid = grid or CandidateGrid()
+    grid = grid or CandidateGrid().aligned_to(channel_block())
     shape = tuple(int(d) for d in input_shape)
     graph = trace(model, shape, model_spec)
     sizes = _record_sizes(model, shape)
