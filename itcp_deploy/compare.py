@@ -474,6 +474,7 @@ def _one_shot_rows(b: _Bench) -> list[dict]:
 
 def _peer_prune(b: _Bench, method: str, speedup: float) -> tuple[Any, dict]:
     """Torch-Pruning's own pruner, bisected on its ratio to measured latency / dense <= 1 / speed-up."""
+    from itcp_deploy.engines.device import channel_block
     from itcp_deploy.pruning.tp_peer import group_widths, peer_search
 
     dense = _engine(b, b.model, b.space.full_widths())
@@ -483,7 +484,7 @@ def _peer_prune(b: _Bench, method: str, speedup: float) -> tuple[Any, dict]:
         return _pair_ratio(b, engine, dense)
 
     found = peer_search(b.model, b.space, method, b.score_loader(0), measure=measure, target=1 / speedup,
-                        backend=b.config.engine.backend)
+                        block=channel_block())
     b.log(f"{method} x{speedup:g}: pruning_ratio {found.pruning_ratio:.3f}, measured {found.measured_ratio:.3f} "
           f"x dense ({len(found.steps)} engines tried)")
     return found.model, {"score": None, "pruning_ratio": found.pruning_ratio, "met_target": found.met,

@@ -22,6 +22,7 @@ def peer_loop(inputs, batches: Iterable, log: Callable[[str], None]) -> dict:
     from itcp_deploy.closed_loop import measure_pair
     from itcp_deploy.engine_build import build_engine
     from itcp_deploy.engines import get_backend
+    from itcp_deploy.engines.device import channel_block
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.timing import measure
     from itcp_deploy.pruning import save_pruned
@@ -45,7 +46,7 @@ def peer_loop(inputs, batches: Iterable, log: Callable[[str], None]) -> dict:
         return measured / dense_ms
 
     found = peer_search(inputs.model, inputs.space, c.method, batches, measure=measured_over_dense,
-                        target=target_ms / dense_ms, backend=c.engine.backend)
+                        target=target_ms / dense_ms, block=channel_block())
     for entry, step in zip(rounds, found.steps, strict=True):
         entry["pruning_ratio"] = step["pruning_ratio"]
     notes = [] if found.met else [

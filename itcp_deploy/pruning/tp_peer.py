@@ -25,25 +25,15 @@ from itcp_deploy.space import OUTPUT_GROUP, PruningSpace
 
 PEER_METHODS = ("tp-taylor", "tp-taylor-round")
 
-# The one place to swap in the engine's channel block derived from the ISA / staircase (issue 17, branch i17,
-# ``itcp_deploy/engines/device.py``). Until it lands: the block measured on this AVX-512 machine with ONNX
-# Runtime CPU FP32 (docs/benchmarks.md section 2: latency steps at 16, 32, 48 ... channels).
-MEASURED_ORT_CPU_CHANNEL_BLOCK = 16
-
-
-def engine_channel_block(backend: str) -> int:
-    """Channel multiple the engine's kernels compute in (what ``tp-taylor-round`` rounds to)."""
-    del backend  # every backend gets the measured ORT CPU block until issue 17 derives it per engine
-    return MEASURED_ORT_CPU_CHANNEL_BLOCK
-
 
 def is_peer(method: str) -> bool:
     return method in PEER_METHODS
 
 
-def peer_round_to(method: str, backend: str) -> int | None:
-    """``round_to`` of a peer method: none for ``tp-taylor``, the engine's channel block for the other."""
-    return engine_channel_block(backend) if method == "tp-taylor-round" else None
+def peer_round_to(method: str, block: int) -> int | None:
+    """``round_to`` of a peer method: none for ``tp-taylor``; for ``tp-taylor-round`` the engine's channel
+    block (the caller's: :func:`itcp_deploy.engines.device.channel_block` for ONNX Runtime CPU)."""
+    return block if method == "tp-taylor-round" else None
 
 
 @dataclass
@@ -151,15 +141,15 @@ def bisect_measured(prune: Callable[[float], nn.Module], measure: Callable[[nn.M
 
 
 def peer_search(model: nn.Module, space: PruningSpace, method: str, batches: Iterable[Batch], *,
-                measure: Callable[[nn.Module], float], target: float, backend: str) -> PeerResult:
+                measure: Callable[[nn.Module], float], target: float, block: int) -> PeerResult:
     """Prune ``model`` with peer ``method`` to measured latency / dense <= ``target`` (see the module doc).
 
     ``batches``: the calibration batches ITCP's scores use; ``measure(pruned)``: its latency / dense latency,
-    measured through the caller's engine.
+    measured through the caller's engine; ``block``: the engine's channel block (``tp-taylor-round``).
     """
-    peer = TaylorPeer.prepare(model, space, batches, round_to=peer_round_to(method, backend))
+    peer = TaylorPeer.prepare(model, space, batches, round_to=peer_round_to(method, block))
     return bisect_measured(peer.prune, measure, target)
 
 
-__all__ = ["PEER_METHODS", "PeerResult", "TaylorPeer", "bisect_measured", "engine_channel_block",
-           "group_widths", "is_peer", "peer_round_to", "peer_search"]
+__all__ = ["PEER_METHODS", "PeerResult", "TaylorPeer", "bisect_measured", "group_widths", "is_peer", "peer_round_to",
+           "peer_search"]
