@@ -73,6 +73,6 @@ def test_run_compensates_before_bn(tmp_path):
     from itcp_deploy.pipeline import run
     from tests.test_pipeline import _config
 
-    run(_config(tmp_path, compensate=True, epochs=0))
+    run(_config(tmp_path, epochs=0))  # on by default
     stage = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["finetune"]
     assert "linear" in stage["compensated_layers"]

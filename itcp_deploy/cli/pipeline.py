@@ -62,7 +62,7 @@ def run_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")] = 1,
     distill: Annotated[bool, typer.Option("--distill", help="Distil from the dense model.")] = False,
     compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
-                                             help="Least-squares refit after pruning.")] = False,
+                                             help="Least-squares refit after pruning.")] = True,
     percentile: Annotated[int, typer.Option("--percentile", help="50, 90 or 99.")] = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
