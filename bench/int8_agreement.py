@@ -20,9 +20,9 @@ from itcp_deploy.data import load_dataset  # noqa: E402
 from itcp_deploy.data.calibration import calibrate, load_calibration  # noqa: E402
 from itcp_deploy.engines import EngineOptions, get_backend  # noqa: E402
 from itcp_deploy.engines.device import device_name  # noqa: E402
+from itcp_deploy.engines.export import export_onnx  # noqa: E402
 from itcp_deploy.engines.int8 import ORT_FULL_RANGE, ORT_REDUCE_RANGE, Int8Settings, engine_int8_settings  # noqa: E402
 from itcp_deploy.engines.precision import convert_precision  # noqa: E402
-from itcp_deploy.export import export_onnx  # noqa: E402
 from tests.test_int8 import digit_net  # noqa: E402
 
 

@@ -81,8 +81,8 @@ def _meta(path) -> dict[str, str]:
 def test_int8_agrees_with_fp32(trained, which):
     from itcp_deploy.data import load_dataset
     from itcp_deploy.data.calibration import calibrate, load_calibration
+    from itcp_deploy.engines.export import export_onnx
     from itcp_deploy.engines.onnxruntime.build import OPTIMIZED
-    from itcp_deploy.export import export_onnx
 
     model, tmp = trained
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp / "fp32.onnx")
@@ -114,7 +114,7 @@ def test_reduce_range_weights_cannot_saturate_u8s8(trained):
     reach 127 (2 x 255 x 127 = 64,770 > 32,767: saturates); reduced ones stay within 64 (32,640: cannot)."""
     from onnx import numpy_helper
 
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     model, tmp = trained
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp / "fp32c.onnx")
@@ -129,7 +129,7 @@ def test_reduce_range_weights_cannot_saturate_u8s8(trained):
 
 
 def test_int8_without_calibration_is_a_usage_error(trained):
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     model, tmp = trained
     fp32 = export_onnx(model, (1, 3, 32, 32), tmp / "fp32b.onnx")
@@ -148,7 +148,7 @@ def test_int8_profile_attributes_layers(trained, tmp_path):
     space = build_space(model, (1, 3, 32, 32), model_spec="digit_net")
     npz = calibrate("digits", num=32, seed=0, name="d32", out_dir=tmp_path)
     config = fast_config(
-        tmp_path / "eng", precision="int8", calib=str(npz), design=DesignConfig(budget_builds=3, holdout=1, tries=2)
+        tmp_path / "eng", precision="int8", calib=str(npz), design=DesignConfig(max_builds=3, holdout=1, tries=2)
     )
     profile, summary = run_profiling(model, space, config)
     assert profile.precision == "int8" and summary.builds_new == 3

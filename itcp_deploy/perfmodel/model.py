@@ -83,14 +83,6 @@ class PerfModel:
     def dense_ms(self) -> float:
         return self.predict_ms({})
 
-    def min_latency_ms(self) -> float:
-        """The minimum predicted latency over all plans (exact, by min-sum elimination over the groups)."""
-        from itcp_deploy.search.dp import min_cost
-        from itcp_deploy.search.problem import problem_from
-
-        zeros = {g.name: np.zeros(len(g.candidates)) for g in self.space.prunable}
-        return min_cost(problem_from(self.space, self, zeros))[0]
-
     def to_dict(self) -> dict:
         return {
             "schema": self.schema,

@@ -11,35 +11,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from itcp_deploy.pipeline.closed_loop import LoopInputs
+
 PEER_MODEL = "peer_pruned.pt"
 
 
-def peer_loop(inputs, batches: Iterable, log: Callable[[str], None]) -> dict:
-    """Run the peer's search; returns the rounds like :func:`itcp_deploy.closed_loop.closed_loop`.
-
-    ``inputs``: a :class:`~itcp_deploy.closed_loop.LoopInputs`; ``batches``: the calibration batches.
-    """
-    from itcp_deploy.closed_loop import measure_pair
-    from itcp_deploy.engine_build import build_engine
-    from itcp_deploy.engines import get_backend
+def peer_loop(inputs: LoopInputs, batches: Iterable, log: Callable[[str], None]) -> dict:
+    """Run the peer's search; returns the rounds like :func:`itcp_deploy.pipeline.closed_loop.closed_loop`."""
+    from itcp_deploy.engines.build import build_engine
     from itcp_deploy.engines.device import channel_block
+    from itcp_deploy.pipeline.closed_loop import measure_pair
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.profiling.timing import measure
+    from itcp_deploy.profiling.engine_timing import measure_engines
     from itcp_deploy.pruning import save_pruned
     from itcp_deploy.pruning.tp_peer import group_widths, peer_search
 
-    c = inputs.config
-    with get_backend(c.engine.backend).runner(inputs.dense_artifact, c.engine.options) as runner:
-        dense_ms = measure(runner, None, c.loop_timing).percentile_ms(c.percentile)
-    sla_ms = c.sla_ms if c.sla_ms is not None else dense_ms / c.speedup
-    target_ms = sla_ms * (1.0 - c.margin)
+    c, t = inputs.config, inputs.config.target
+    dense = measure_engines(c.engine.backend, [inputs.dense_artifact], c.engine.options, c.loop.timing)
+    dense_ms = dense.engines[0].stats.percentile_ms(t.percentile)
+    sla_ms, target_ms = t.resolve_ms(dense_ms), t.target_ms(dense_ms)
     rounds: list[dict] = []
 
     def measured_over_dense(model) -> float:
         k = len(rounds)
-        built = build_engine(model, c.input_shape, inputs.out / "rounds", f"peer{k}", c.engine)
-        stats, ratio = measure_pair(c, built.artifact, inputs.dense_artifact, c.loop_timing)
-        measured = ratio * dense_ms if c.speedup is not None else stats[0].percentile_ms(c.percentile)
+        built = build_engine(model, c.input_shape, inputs.folder.rounds, f"peer{k}", c.engine)
+        latency, _ = measure_pair(c, built.artifact, inputs.dense_artifact, c.loop.timing)
+        ratio = float(latency.ratio)
+        measured = ratio * dense_ms if t.relative else latency.stats.percentile_ms(t.percentile)
         rounds.append({"round": k, "budget_ms": target_ms, "predicted_ms": None, "measured_ms": measured,
                        "ratio_to_dense": ratio, "widths": group_widths(model, inputs.space)})
         log(f"{c.method} try {k}: measured {measured:.4f} ms ({ratio:.3f} x dense), target {target_ms:.4f} ms")
@@ -55,6 +53,6 @@ def peer_loop(inputs, batches: Iterable, log: Callable[[str], None]) -> dict:
     plan = PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
                        widths=group_widths(found.model, inputs.space), method=c.method, criterion="taylor",
                        importance="taylor", budget_ms=target_ms, weights=c.weights)
-    save_pruned(inputs.out / PEER_MODEL, found.model, plan, plan_path=inputs.out / "widths.json")
+    save_pruned(inputs.folder.root / PEER_MODEL, found.model, plan, plan_path=inputs.folder.plan)
     return {"sla_ms": sla_ms, "target_ms": target_ms, "dense_measured_ms": dense_ms, "rounds": rounds,
             "notes": notes, "pruning_ratio": found.pruning_ratio}

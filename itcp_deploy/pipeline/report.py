@@ -1,6 +1,6 @@
 """The run report: ``report.json`` for machines, ``report.md`` for people, and its three plots.
 
-Plain data in, files out; ``pipeline.py`` fills :class:`RunReport`.
+Plain data in, files out; ``pipeline/stages.py`` fills :class:`RunReport`.
 """
 
 from __future__ import annotations
