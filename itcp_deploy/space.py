@@ -109,6 +109,7 @@ class PruningSpace:
     groups: tuple[ChannelGroup, ...]
     layers: tuple[LayerSpec, ...]
     grid: CandidateGrid = field(default_factory=CandidateGrid)
+    ignore_layers: tuple[str, ...] = ()  # --ignore-layers patterns whose groups were fixed
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -158,4 +159,4 @@ class PruningSpace:
         layers = tuple(LayerSpec(**{k: (tuple(v) if k in pairs else v) for k, v in layer.items()})
                        for layer in d["layers"])
         return cls(model=d["model"], input_shape=tuple(d["input_shape"]), groups=groups, layers=layers,
-                   grid=CandidateGrid(**d.get("grid", {})))
+                   grid=CandidateGrid(**d.get("grid", {})), ignore_layers=tuple(d.get("ignore_layers", ())))
