@@ -13,8 +13,8 @@ from pathlib import Path
 
 SIZES = (64, 75, 96, 128, 160, 224, 256, 299)
 SPEEDUP = 1.3
-PROFILE_BUILDS = 8
-PROFILE_HOLDOUT = 2
+PROFILE_BUILDS = 12
+PROFILE_HOLDOUT = 3
 
 
 def min_input_shape(model) -> tuple[int, int, int, int]:
@@ -55,7 +55,7 @@ def _profile(model, space, work: Path):
 
     config = ProfileConfig(cache_dir=str(work / "engines"),
                            design=DesignConfig(budget_builds=PROFILE_BUILDS, holdout=PROFILE_HOLDOUT, tries=8),
-                           timing=TimingConfig(warmup=5, rounds=4, runs_per_round=10), layer_runs=30)
+                           timing=TimingConfig(warmup=5, rounds=5, runs_per_round=20), layer_runs=100)
     profile, _ = run_profiling(model, space, config)
     return profile, fit
 
@@ -74,7 +74,7 @@ def _measure(dense, pruned, shape, work: Path) -> dict:
         onnx_path = export_onnx(model, shape, work / f"{name}.onnx", verify=False)
         artifacts.append(backend.builder(onnx_path, work / f"engine-{name}", options, shape)())
     with backend.runner(artifacts[0], options) as d, backend.runner(artifacts[1], options) as p:
-        result = measure_interleaved([d, p], None, TimingConfig(warmup=10, rounds=8, runs_per_round=20))
+        result = measure_interleaved([d, p], None, TimingConfig(warmup=10, rounds=6, runs_per_round=15))
     ratio = float(np.median(round_ratios(result.samples_ms[1], result.samples_ms[0])))
     return {"dense_ms": result.stats[0].median_ms, "pruned_ms": result.stats[1].median_ms,
             "pruned_over_dense": ratio}
@@ -124,9 +124,13 @@ def run_stages(spec: str, work: Path, stage: Callable[[str], None]) -> dict:
     """Run every stage on ``spec``; the record says pass, or the failing stage and one line of error."""
     record: dict = {"model": spec, "status": "fail", "stage": None, "error": None}
     current = ["start"]
+    stage_s: dict[str, float] = {}
+    clock = [time.perf_counter()]
 
     def announce(name: str) -> None:
-        current[0] = name
+        now = time.perf_counter()
+        stage_s[current[0]] = round(now - clock[0], 1)
+        current[0], clock[0] = name, now
         stage(name)
 
     started = time.perf_counter()
@@ -138,5 +142,7 @@ def run_stages(spec: str, work: Path, stage: Callable[[str], None]) -> dict:
         first = str(err).strip().splitlines()[0][:240] if str(err).strip() else ""
         where = traceback.extract_tb(err.__traceback__)[-1]
         record["error"] = f"{type(err).__name__}: {first} ({Path(where.filename).name}:{where.lineno})"
+    announce("end")
     record["time_s"] = round(time.perf_counter() - started, 1)
+    record["stage_s"] = {k: v for k, v in stage_s.items() if k != "start"}
     return record

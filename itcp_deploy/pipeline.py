@@ -49,6 +49,7 @@ class RunConfig:
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()  # globs of layers whose output width is kept (build_space)
     engine: EngineSpec = field(default_factory=EngineSpec)
     percentile: int = 50
     criterion: str = "taylor"
@@ -175,7 +176,7 @@ def _load_inputs(ctx: _Context) -> None:
     ctx.test_info = load_dataset(c.data, "test")
     num_classes = c.num_classes or ctx.train_info.num_classes
     ctx.model = create_model(c.model, num_classes=num_classes, weights=c.weights, trust_code=c.trust_code).eval()
-    ctx.space = build_space(ctx.model, c.input_shape, model_spec=c.model)
+    ctx.space = build_space(ctx.model, c.input_shape, model_spec=c.model, ignore_layers=c.ignore_layers)
 
 
 def _loader(ctx: _Context, train: bool, max_samples: int | None = None):

@@ -10,6 +10,7 @@ import typer
 
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import console, emit_json
+from itcp_deploy.cli.pruning import IgnoreLayersOpt
 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
@@ -65,6 +66,7 @@ def run_command(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow model specs that run code.")] = False,
+    ignore_layers: IgnoreLayersOpt = None,
     json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -78,7 +80,7 @@ def run_command(
         model=model, data=data, input_shape=parse_input_shape(input_shape), out_dir=str(out),
         sla_ms=positive_float(sla_ms, "--sla-ms") if sla_ms is not None else None,
         speedup=positive_float(speedup, "--speedup") if speedup is not None else None,
-        weights=weights, trust_code=trust_code,
+        weights=weights, trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()),
         engine=EngineSpec(backend, precision, EngineOptions(threads=threads), calib),
         percentile=percentile, criterion=criterion, method=method, epochs=epochs, distill=distill,
         cache_dir=cache, quiet=quiet or json)

@@ -13,6 +13,7 @@ import typer
 
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import console, emit_json
+from itcp_deploy.cli.pruning import IgnoreLayersOpt
 
 
 @app.command("calibrate")
@@ -40,7 +41,7 @@ def calibrate_cmd(
 
 @app.command("profile-engines")
 def profile_engines_cmd(
-    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, model file or module:factory.")],
+    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
@@ -61,6 +62,7 @@ def profile_engines_cmd(
     runs: Annotated[int, typer.Option("--runs-per-round", min=1, help="Timed runs per engine per round.")] = 60,
     layer_runs: Annotated[int, typer.Option("--layer-runs", min=1, help="Profiled runs for per-layer times.")] = 300,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,
+    ignore_layers: IgnoreLayersOpt = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -88,14 +90,16 @@ def profile_engines_cmd(
     )
     with progress_bar() as progress:
         profile, summary = profile_model(
-            model, shape, config, weights=weights, trust_code=trust_code, progress=progress
+            model, shape, config, weights=weights, trust_code=trust_code, progress=progress,
+            ignore_layers=tuple(ignore_layers or ()),
         )
     name = Path(model).stem if model.endswith((".pt", ".pth")) else model.replace(":", "_")
     out = out or cache / f"{name}-{profile.backend}-{precision}-{input_shape}.profile.json"
     profile.save(out)
     write_json(
         out.with_suffix(".config.json"),
-        {"model": model, "input_shape": list(shape), "weights": weights, "config": asdict(config)},
+        {"model": model, "input_shape": list(shape), "weights": weights, "config": asdict(config),
+         "ignore_layers": list(ignore_layers or ())},
     )  # replays from Python
     print_summary(profile, summary, out, json_out)
 

@@ -63,6 +63,7 @@ class ScoreInputs:
 
 ScoreFn = Callable[[nn.Module, PruningSpace, ScoreInputs], dict[str, np.ndarray]]
 SCORES: Registry[ScoreFn] = Registry("group score")
+TIE_BREAK = 1e-6
 
 
 def monotone(values: Iterable[float]) -> np.ndarray:
@@ -129,5 +130,23 @@ def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *
         Group name -> float64 array aligned with ``space.group(name).candidates``, non-decreasing.
     """
     fn = SCORES.get(score)
-    return fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader, cache_path=cache_path,
-                                        settings=settings or ScoreSettings()))
+    return break_ties(space, fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader,
+                                                         cache_path=cache_path, settings=settings or ScoreSettings())))
+
+
+def break_ties(space: PruningSpace, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Make every score strictly increasing in width by a tiny width term (``TIE_BREAK`` x the largest score
+    magnitude x the share of channels removed; 0 at full width).
+
+    Without it, equal scores leave the solver indifferent between widths: a randomly initialised network
+    whose residual branches end in a zero-initialised BatchNorm (timm's default) has zero gradients there, so
+    its taylor scores are all 0 and the DP may return the narrowest plan far under the budget. With it, ties
+    go to the plan that keeps more channels, and no real difference in scores is overturned.
+    """
+    scale = max((float(np.abs(v).max()) for v in scores.values() if len(v)), default=0.0) or 1.0
+    out = {}
+    for name, values in scores.items():
+        g = space.group(name)
+        share_removed = (g.full_width - np.asarray(g.candidates, dtype=np.float64)) / g.full_width
+        out[name] = np.asarray(values, dtype=np.float64) - TIE_BREAK * scale * share_removed
+    return out
