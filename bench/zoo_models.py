@@ -1,7 +1,8 @@
 """Which models the zoo sweep runs (``bench/zoo_sweep.py``).
 
 torchvision: every classification model ``torchvision.models.list_models(module=torchvision.models)`` lists,
-the largest (over ~80 M parameters at 1000 classes) last so that a time-boxed sweep covers the rest first.
+cheapest first (by the GFLOPs at 224x224 that torchvision's weight metadata records, read offline), so that a
+time-boxed sweep covers the most models.
 
 timm: one or two small members of each architecture family, chosen for the construct each brings that the
 torchvision list lacks or has once (the comment says which). Small members, so each fits the per-model cap on
@@ -9,13 +10,6 @@ a 2-core machine; the construct, not the size, is what the sweep tests.
 """
 
 from __future__ import annotations
-
-LARGE_LAST = (
-    "vit_h_14", "regnet_y_128gf", "vit_l_16", "vit_l_32", "regnet_y_32gf", "regnet_x_32gf", "efficientnet_v2_l",
-    "convnext_large", "swin_v2_b", "swin_b", "regnet_y_16gf", "vit_b_16", "vit_b_32", "wide_resnet101_2",
-    "resnext101_64x4d", "resnext101_32x8d", "vgg19_bn", "vgg19", "vgg16_bn", "vgg16", "vgg13_bn", "vgg13",
-    "vgg11_bn", "vgg11", "convnext_base", "regnet_x_16gf", "efficientnet_v2_m", "alexnet",
-)
 
 TIMM_MODELS = [
     "resnet10t",               # plain residual, deep stem
@@ -55,9 +49,9 @@ TIMM_MODELS = [
 
 
 def torchvision_classifiers() -> list[str]:
-    """Every torchvision classifier name, the large ones (``LARGE_LAST``, in that order reversed) last."""
+    """Every torchvision classifier name, by GFLOPs at 224x224 (torchvision's weight metadata), cheapest first."""
     import torchvision
+    from torchvision.models import get_model_weights
 
-    names = sorted(torchvision.models.list_models(module=torchvision.models))
-    small = [n for n in names if n not in LARGE_LAST]
-    return small + [n for n in reversed(LARGE_LAST) if n in names]
+    names = torchvision.models.list_models(module=torchvision.models)
+    return sorted(names, key=lambda n: (get_model_weights(n).DEFAULT.meta.get("_ops", 1e9), n))

@@ -132,6 +132,7 @@ class _Context:
     train_info: Any = None
     plain_info: Any = None  # the train split without augmentation: scores, BN statistics
     test_info: Any = None
+    criteria: Any = None  # pruning.output_kind.Criteria: the score and importance actually used
     progress: Callable[[str, int, int], None] | None = None
     wall_s: dict[str, float] = field(default_factory=dict)
 
@@ -168,6 +169,7 @@ def _load_inputs(ctx: _Context) -> None:
     from itcp_deploy.data import load_dataset
     from itcp_deploy.models import create_model
     from itcp_deploy.pruning import build_space
+    from itcp_deploy.pruning.output_kind import criteria_for
 
     c = ctx.config
     torch.manual_seed(c.seed)
@@ -177,6 +179,10 @@ def _load_inputs(ctx: _Context) -> None:
     num_classes = c.num_classes or ctx.train_info.num_classes
     ctx.model = create_model(c.model, num_classes=num_classes, weights=c.weights, trust_code=c.trust_code).eval()
     ctx.space = build_space(ctx.model, c.input_shape, model_spec=c.model, ignore_layers=c.ignore_layers)
+    ctx.criteria = criteria_for(ctx.model, c.input_shape, c.criterion, c.importance)
+    if ctx.criteria.note and c.epochs > 0:
+        raise UsageError(f"{c.model} has no classification output, so it cannot be finetuned here",
+                         "pass --epochs 0 (BatchNorm re-estimation only) and finetune it with your own loss")
 
 
 def _loader(ctx: _Context, train: bool, max_samples: int | None = None):
@@ -231,10 +237,12 @@ def _stage_scores(ctx: _Context) -> dict:
     c = ctx.config
     loader = _loader(ctx, train=True, max_samples=c.score_samples)
     calib = _loader(ctx, train=False, max_samples=c.score_samples)
-    scores = group_scores(ctx.model, ctx.space, c.criterion, loader=loader, calib_loader=calib,
+    if ctx.criteria.note:
+        ctx.log(f"note: {ctx.criteria.note}")
+    scores = group_scores(ctx.model, ctx.space, ctx.criteria.score, loader=loader, calib_loader=calib,
                           cache_path=ctx.out / "sensitivity_cache.json")
     write_json(ctx.out / "scores.json", {k: [float(x) for x in v] for k, v in scores.items()})
-    return {"criterion": c.criterion}
+    return {"criterion": ctx.criteria.score, "note": ctx.criteria.note}
 
 
 def _stage_loop(ctx: _Context) -> dict:
@@ -259,8 +267,9 @@ def _stage_finetune(ctx: _Context) -> dict:
 
     c = ctx.config
     plan = PruningPlan.load(ctx.out / "widths.json")
-    loader = _loader(ctx, train=True, max_samples=c.score_samples) if c.importance == "taylor" else None
-    pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=c.importance, loader=loader)
+    importance = ctx.criteria.importance
+    loader = _loader(ctx, train=True, max_samples=c.score_samples) if importance == "taylor" else None
+    pruned = apply_widths(ctx.model, ctx.space, plan.widths, importance=importance, loader=loader)
     recalibrate_bn(pruned, _loader(ctx, train=True), num_batches=20)
     acc_bn = evaluate(pruned, _loader(ctx, train=False))["accuracy"]
     metrics: dict = {}
@@ -331,7 +340,7 @@ def _report(ctx: _Context):
         widths=dict(plan.widths), full_widths={g: ctx.space.group(g).full_width for g in plan.widths},
         criterion=c.criterion, method=c.method, epochs=c.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)},
-        notes=list(loop.get("notes", [])),
+        notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
         wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
     )
     report.save(ctx.out)

@@ -38,8 +38,12 @@ class CandidateGrid:
     min_width: int = 4
 
     def candidates(self, full_width: int, multiple_of: int = 1) -> tuple[int, ...]:
+        """Candidate widths of a group ``full_width`` wide whose widths must be multiples of ``multiple_of``
+        (the ``groups`` of grouped convs it feeds): the multiple of ``multiple_of`` nearest the nominal step
+        (at least ``multiple_of``), so a ResNeXt group with 32 conv groups steps by 32, not by 8 x 32 = 256
+        (which left a 128- or 256-wide group unprunable and the rest with two or four widths)."""
         step = self.step_small if full_width <= self.small_max else self.step_large
-        step = max(step, multiple_of) if step % multiple_of == 0 else step * multiple_of
+        step = multiple_of * max(1, round(step / multiple_of))
         lo = max(self.min_width, multiple_of)
         widths = {w for w in range(step, full_width + 1, step) if w >= lo and w % multiple_of == 0}
         widths.add(full_width)

@@ -13,6 +13,9 @@ across groups (higher = better accuracy expected). Every score is 0 at full widt
   recalibration and one evaluation per (group, width < full): 250 evaluations for ResNet-56.
 - ``l1-fraction``: share of the group's L1 weight norm kept (1 at full width). Free; not comparable across
   groups in loss units, a baseline only.
+- ``magnitude``: ``-(L1 norm of the removed channels' coupled weights)``, as a share of all groups' L1 norm.
+  Data-free; what ``taylor`` falls back to where the model has no classification output
+  (:mod:`~itcp_deploy.pruning.output_kind`).
 - ``width``: ``-(fraction of the group's channels removed)``: every channel of every group worth the same.
   Free; the uniform baseline.
 """
@@ -96,6 +99,14 @@ def l1_fraction_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInput
     imp = channel_importance(model, space, "l1")
     return _from_importance(model, space, imp,
                             lambda v, keep: float(v[keep].sum()) / max(float(v.sum()), 1e-30))
+
+
+@SCORES.register("magnitude")
+def magnitude_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    """Data-free: ``-(L1 norm of the removed channels' coupled weights)`` / the L1 norm of every group."""
+    imp = channel_importance(model, space, "l1")
+    total = max(sum(float(v.sum()) for v in imp.values()), 1e-30)
+    return _from_importance(model, space, imp, lambda v, keep: -(float(v.sum()) - float(v[keep].sum())) / total)
 
 
 @SCORES.register("width")
