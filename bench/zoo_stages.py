@@ -144,5 +144,6 @@ def run_stages(spec: str, work: Path, stage: Callable[[str], None]) -> dict:
         record["error"] = f"{type(err).__name__}: {first} ({Path(where.filename).name}:{where.lineno})"
     announce("end")
     record["time_s"] = round(time.perf_counter() - started, 1)
+    record["cpu_s"] = round(time.process_time(), 1)
     record["stage_s"] = {k: v for k, v in stage_s.items() if k != "start"}
     return record
