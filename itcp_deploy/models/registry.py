@@ -22,7 +22,10 @@ from torch import nn
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
 from itcp_deploy.models.cifar_resnet import CIFAR_RESNET_DEPTHS, cifar_resnet
 from itcp_deploy.models.loading import load_factory, load_pickled_model, load_weights
-from itcp_deploy.models import timm_models, torchvision_models
+from itcp_deploy.models.timm_models import PREFIX as TIMM_PREFIX
+from itcp_deploy.models.timm_models import timm_model, timm_names
+from itcp_deploy.models.torchvision_models import PREFIX as TORCHVISION_PREFIX
+from itcp_deploy.models.torchvision_models import torchvision_model, torchvision_names
 from itcp_deploy.models.vgg import cifar_vgg16_bn
 from itcp_deploy.registry import Registry, drop_none
 
@@ -36,8 +39,8 @@ MODELS.add("cifar_vgg16_bn", cifar_vgg16_bn)
 
 # Prefixed sources of other libraries' models: prefix -> (build by name, list the names).
 SOURCES: dict[str, tuple[Callable[..., nn.Module], Callable[[], list[str]]]] = {
-    torchvision_models.PREFIX: (torchvision_models.torchvision_model, torchvision_models.torchvision_names),
-    timm_models.PREFIX: (timm_models.timm_model, timm_models.timm_names),
+    TORCHVISION_PREFIX: (torchvision_model, torchvision_names),
+    TIMM_PREFIX: (timm_model, timm_names),
 }
 
 
@@ -50,7 +53,7 @@ def list_models(*, include_torchvision: bool = False, include_timm: bool = False
     """Zoo names, sorted; with ``include_torchvision`` / ``include_timm`` also every ``torchvision:NAME`` /
     ``timm:NAME`` (the latter needs the ``[timm]`` extra)."""
     names = MODELS.names()
-    for prefix, wanted in ((torchvision_models.PREFIX, include_torchvision), (timm_models.PREFIX, include_timm)):
+    for prefix, wanted in ((TORCHVISION_PREFIX, include_torchvision), (TIMM_PREFIX, include_timm)):
         if wanted:
             names += [prefix + n for n in SOURCES[prefix][1]()]
     return names
