@@ -2,7 +2,7 @@
 
 For every torchvision classifier and a chosen list of timm models (``bench/zoo_models.py``), at 1x3x64x64 (or
 the smallest square input the model takes), on synthetic data, each model runs these stages in its own
-process, under a per-model cap on CPU time (not wall time: the machine is shared):
+process, under a per-model cap on CPU time (not wall time: the machine is shared) and on memory (6 GB):
 
 groups -> small profile (a few ONNX Runtime CPU engines) -> fit -> search at 1.3x (taylor scores on
 synthetic images) -> apply_widths -> export -> ONNX Runtime parity (pruned engine vs pruned PyTorch model) ->
@@ -41,6 +41,7 @@ from bench.zoo_table import print_table  # noqa: E402
 STAGE_PREFIX = "ZOO-STAGE "
 RESULT_PREFIX = "ZOO-RESULT "
 WALL_FACTOR = 6
+MEMORY_CAP = 6 << 30
 
 
 def _records(path: Path) -> dict[str, dict]:
@@ -63,9 +64,10 @@ def _error_line(stderr: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def _limit_cpu(cap_s: float) -> Callable[[], None]:
-    def limit() -> None:  # in the child, before exec: SIGXCPU at cap_s CPU-seconds, SIGKILL a second later
-        resource.setrlimit(resource.RLIMIT_CPU, (int(cap_s), int(cap_s) + 1))
+def _limits(cap_s: float) -> Callable[[], None]:
+    def limit() -> None:  # in the child, before exec: SIGXCPU at cap_s CPU-seconds, SIGKILL a second later;
+        resource.setrlimit(resource.RLIMIT_CPU, (int(cap_s), int(cap_s) + 1))  # allocations past MEMORY_CAP
+        resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))    # fail (shared 23 GB machine)
     return limit
 
 
@@ -76,7 +78,7 @@ def run_model(spec: str, cap_s: float, work: Path) -> dict:
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WALL_FACTOR * cap_s,
-                              preexec_fn=_limit_cpu(cap_s))
+                              preexec_fn=_limits(cap_s))
     except subprocess.TimeoutExpired as err:
         stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or "")
         stage = _last_stage(stderr)
@@ -94,10 +96,9 @@ def run_model(spec: str, cap_s: float, work: Path) -> dict:
 
 
 def sweep(models: list[str], out: Path, cap_s: float, rerun_failed: bool) -> None:
-    done = _records(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in models:
-        previous = done.get(spec)
+        previous = _records(out).get(spec)  # re-read: another sweep process may share the file
         if previous is not None and (previous["status"] == "pass" or not rerun_failed):
             continue
         with tempfile.TemporaryDirectory(prefix="zoo-") as work:
