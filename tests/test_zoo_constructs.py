@@ -159,3 +159,23 @@ def test_evaluate_gives_no_accuracy_for_dense_outputs():
 
     batches = [(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))]
     assert evaluate(SegNet(), batches)["accuracy"] is None
+
+
+class PoolTo3(nn.Module):
+    """VGG's head in small: adaptive pooling to 3x3 from a 2x2 map (3 is no factor of 2), then flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_cbr(3, 8, 3), nn.MaxPool2d(4))
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(8 * 9, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_adaptive_pooling_to_a_non_factor_size_exports_exactly(tmp_path):
+    net, shape = PoolTo3().eval(), (1, 3, 8, 8)
+    assert _parity(net, shape, tmp_path) < 1e-5  # the exporter refused it before ("not factor of input size")
+    space = build_space(net, shape)  # a 3x3 map flattened into a Linear: that conv group keeps its width
+    assert space.group("features.0.0").fixed and space.group("fc:in").full_width == 72
