@@ -27,9 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.atomic_io import write_text  # noqa: E402
-from itcp_deploy.compare import CompareConfig, FinetuneRecipe, ProfileSettings, compare  # noqa: E402
-from itcp_deploy.engine_build import EngineSpec  # noqa: E402
+from itcp_deploy.engines.build import EngineSpec  # noqa: E402
 from itcp_deploy.errors import ItcpError  # noqa: E402
+from itcp_deploy.pipeline.compare import compare  # noqa: E402
+from itcp_deploy.pipeline.config import CompareConfig, FinetuneRecipe, ProfileSettings  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
 
 METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear"]
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default="engines", help="profiling cache directory (shared between runs)")
     p.add_argument("--profile", help="reuse this profile.json")
     p.add_argument("--perf-model", help="reuse this perf_model.json")
-    p.add_argument("--budget-builds", type=int, default=32)
+    p.add_argument("--max-builds", type=int, default=32)
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--timing-warmup", type=int, default=20, help="profiling: warm-up runs")
     p.add_argument("--timing-rounds", type=int, default=10, help="profiling: rounds")
@@ -81,7 +82,7 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
         cache_dir=args.cache,
         profile_path=args.profile,
         perf_model_path=args.perf_model,
-        budget_builds=args.budget_builds,
+        max_builds=args.max_builds,
         holdout=args.holdout,
         force_fit=args.force_fit,
         timing=TimingConfig(
@@ -230,7 +231,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(
         f"{results['model']} on {dataset}: accuracy vs measured latency "
-        f"({results['backend']} {results['precision']}, batch 1)"
+        f"({results['backend']} {results['precision']}, batch 1)\n{results.get('device') or 'device not recorded'}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

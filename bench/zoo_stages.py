@@ -54,7 +54,7 @@ def _profile(model, space, work: Path):
     from itcp_deploy.profiling.timing import TimingConfig
 
     config = ProfileConfig(cache_dir=str(work / "engines"),
-                           design=DesignConfig(budget_builds=PROFILE_BUILDS, holdout=PROFILE_HOLDOUT, tries=8),
+                           design=DesignConfig(max_builds=PROFILE_BUILDS, holdout=PROFILE_HOLDOUT, tries=8),
                            timing=TimingConfig(warmup=5, rounds=5, runs_per_round=20), layer_runs=100)
     profile, _ = run_profiling(model, space, config)
     return profile, fit
@@ -65,7 +65,7 @@ def _measure(dense, pruned, shape, work: Path) -> dict:
     import numpy as np
 
     from itcp_deploy.engines import EngineOptions, get_backend
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
     from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios
 
     backend, options = get_backend("onnxruntime"), EngineOptions(threads=1)
@@ -83,7 +83,7 @@ def _measure(dense, pruned, shape, work: Path) -> dict:
 def _stages(spec: str, work: Path, stage: Callable[[str], None], record: dict) -> None:
     import onnx
 
-    from itcp_deploy.export import export_onnx, verify_onnx
+    from itcp_deploy.engines.export import export_onnx, verify_onnx
     from itcp_deploy.models import create_model
     from itcp_deploy.pruning import apply_widths, build_space, group_scores
     from itcp_deploy.pruning.scores import ScoreSettings

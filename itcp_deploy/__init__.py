@@ -1,7 +1,8 @@
 """itcp-deploy: inference-time-constrained pruning of CNNs to a measured latency SLA.
 
 The package reads as the pipeline: ``models`` -> ``data`` -> ``pruning`` -> ``engines`` -> ``profiling``
--> ``perfmodel`` -> ``search`` -> ``train`` -> ``pipeline``. Heavy modules load lazily so that
+-> ``perfmodel`` -> ``search`` -> ``train`` -> ``pipeline``; ``target`` (the latency SLA) is plain data any
+layer may use. Heavy modules load lazily so that
 ``import itcp_deploy`` and ``itcp-deploy --help`` stay fast and work without optional extras.
 """
 
@@ -16,8 +17,8 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 
 
 def run(*args, **kwargs):
-    """The whole ITCP pipeline; see :func:`itcp_deploy.pipeline.run`."""
-    from itcp_deploy.pipeline import run as _run
+    """The whole ITCP pipeline; see :func:`itcp_deploy.pipeline.driver.run`."""
+    from itcp_deploy.pipeline.driver import run as _run
 
     return _run(*args, **kwargs)
 

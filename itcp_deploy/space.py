@@ -19,7 +19,8 @@ Example (CIFAR ResNet-20, abridged)::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from math import gcd
 
 from itcp_deploy.errors import UsageError
 
@@ -36,6 +37,11 @@ class CandidateGrid:
     step_large: int = 8
     small_max: int = 64
     min_width: int = 4
+
+    def aligned_to(self, block: int) -> CandidateGrid:
+        """This grid with each step cut to a divisor of the channel ``block`` (their gcd), so every multiple of
+        the block, where a latency step tops out, stays a candidate."""
+        return replace(self, step_small=gcd(self.step_small, block), step_large=gcd(self.step_large, block))
 
     def candidates(self, full_width: int, multiple_of: int = 1) -> tuple[int, ...]:
         """Candidate widths of a group ``full_width`` wide whose widths must be multiples of ``multiple_of``

@@ -78,7 +78,7 @@ def test_random_plans_run_and_match_layer_shapes(spec, shape):
 
 @pytest.mark.parametrize(("spec", "shape"), ZOO)
 def test_pruned_model_exports_to_onnx_and_matches_onnxruntime(spec, shape, tmp_path):
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     model = _model(spec)
     space = build_space(model, shape, model_spec=spec)

@@ -29,7 +29,7 @@ def tiny_model():
 def _build(backend, model, tmp_path):
     options = EngineOptions()
     if backend.source == "onnx":
-        from itcp_deploy.export import export_onnx
+        from itcp_deploy.engines.export import export_onnx
 
         source = export_onnx(model, INPUT_SHAPE, tmp_path / "tiny.onnx")
     else:

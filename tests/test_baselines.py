@@ -122,6 +122,7 @@ def test_cli_search_writes_a_plan_within_budget(perf_model_file, tmp_path):
         "--json",
     )
     assert code == 0, err
+    assert "predicted dense latency" in err  # --speedup says which dense latency it divided
     plan = PruningPlan.load(out)
     assert json.loads(stdout)["widths"] == plan.widths
     assert plan.predicted_ms <= plan.budget_ms

@@ -80,7 +80,7 @@ def _command_strategy(command: str, files: dict[str, Path]) -> st.SearchStrategy
     common = {"--weights": _paths(files), "--num-classes": _numbers(), "--trust-code": st.just("--json")}
     shaped = {"--input-shape": _shapes(), **common}
     trainish = {"--data": bad_data, "--epochs": _numbers(), "--lr": _numbers(), "--batch-size": _numbers(),
-                "--seed": _numbers(), "--time-budget-s": _numbers(), "--max-steps-per-epoch": _numbers(),
+                "--seed": _numbers(), "--train-time-s": _numbers(), "--max-steps-per-epoch": _numbers(),
                 "--out": _paths(files), "--device": st.sampled_from(["cpu", "cuda:7", "tpu", ""])}
     table: dict[str, tuple[list[st.SearchStrategy[str]], dict[str, st.SearchStrategy[str]]]] = {
         "export": ([bad_model], {**shaped, "--out": _paths(files), "--opset": _numbers()}),
@@ -94,7 +94,7 @@ def _command_strategy(command: str, files: dict[str, Path]) -> st.SearchStrategy
                            "--input-shape": _shapes(), "--out-dir": _paths(files)}),
         "profile-engines": ([bad_model], {**shaped, "--backend": st.sampled_from(["onnxruntime", "torch", "x"]),
                                           "--precision": st.sampled_from(["fp32", "fp16", "int8", "fp8"]),
-                                          "--budget-builds": _numbers(), "--holdout": _numbers(),
+                                          "--max-builds": _numbers(), "--holdout": _numbers(),
                                           "--threads": _numbers(), "--rounds": _numbers(),
                                           "--runs-per-round": _numbers(), "--shard": st.text(max_size=5),
                                           "--cache": _paths(files), "--calib": _paths(files)}),

@@ -1,4 +1,4 @@
-"""The accuracy-vs-latency comparison (bench/accuracy_vs_latency.py, itcp_deploy.compare) on tiny settings:
+"""The accuracy-vs-latency comparison (bench/accuracy_vs_latency.py, itcp_deploy.pipeline.compare) on tiny settings:
 every row complete, budgets kept, one interleaved measurement, resume, the progressive schedule's space."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _argv(tmp: Path, *extra: str) -> list[str]:
         "32",
         "--score-samples",
         "64",
-        "--budget-builds",
+        "--max-builds",
         "8",
         "--holdout",
         "2",
@@ -154,7 +154,7 @@ def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):
     tmp, bench, _ = finished
     assert bench.main(_argv(tmp, "--lr", "0.5")) == 2
     assert "other settings" in capsys.readouterr().err
-    from itcp_deploy.compare import CompareConfig, compare
+    from itcp_deploy.pipeline.compare import CompareConfig, compare
 
     with pytest.raises(UsageError):
         compare(CompareConfig(model="cifar_resnet20", data=DATA, out_dir=str(tmp / "x"), speedups=(0.5,)))
@@ -164,7 +164,7 @@ def test_restricted_space_predicts_like_the_dense_perf_model(finished):
     tmp, _, results = finished
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.planning import restricted
+    from itcp_deploy.pipeline.planning import restricted
     from itcp_deploy.pruning import apply_widths
 
     perf = PerfModel.load(tmp / "out" / "perf_model.json")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    from itcp_deploy.export import export_onnx
+    from itcp_deploy.engines.export import export_onnx
 
     torch.manual_seed(0)
     return export_onnx(Tiny().eval(), INPUT_SHAPE, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
@@ -62,7 +62,7 @@ def test_tensorrt_not_installed_is_one_line(monkeypatch):
         "1x3x32x32",
         "--backend",
         "tensorrt",
-        "--budget-builds",
+        "--max-builds",
         "3",
         "--holdout",
         "1",
@@ -126,7 +126,7 @@ def test_fp16_graph_keeps_float32_io(tiny_onnx, tmp_path):
 
 
 def test_ort_profile_attributes_every_layer(tiny_onnx, tmp_path):
-    from itcp_deploy.export import onnx_node_to_module
+    from itcp_deploy.engines.export import onnx_node_to_module
 
     backend = get_backend("onnxruntime")
     artifact = backend.builder(tiny_onnx, tmp_path / "art", EngineOptions())()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from itcp_deploy import export as export_module
+from itcp_deploy.engines import export as export_module
+from itcp_deploy.engines.export import export_model, export_onnx, fold_batchnorm, onnx_node_to_module
 from itcp_deploy.errors import ItcpError
-from itcp_deploy.export import export_model, export_onnx, fold_batchnorm, onnx_node_to_module
 from itcp_deploy.models import create_model
 from tests.conftest import run_cli
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from itcp_deploy.engine_build import EngineSpec, build_engine
+from itcp_deploy.engines.build import EngineSpec, build_engine
 from tests.conftest import run_cli
 
 FAST = ["--json"]

@@ -55,14 +55,14 @@ def _builds(cache_dir: Path) -> int:
 
 def test_kill_9_during_profile_engines_then_rerun_reuses_the_cache(tmp_path):
     cache = tmp_path / "cache"
-    proc = _start("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "12", *FAST_PROFILE,
+    proc = _start("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "12", *FAST_PROFILE,
                   "-o", str(tmp_path / "p.json"))
     _wait_for(lambda: _builds(cache) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     done = _builds(cache)
     assert done >= 2 and not (tmp_path / "p.json").exists()
-    code, out, err = run_cli("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "12", *FAST_PROFILE,
+    code, out, err = run_cli("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "12", *FAST_PROFILE,
                              "-o", str(tmp_path / "p.json"), "--json")
     assert code == 0, err
     summary = json.loads(out)
@@ -72,7 +72,7 @@ def test_kill_9_during_profile_engines_then_rerun_reuses_the_cache(tmp_path):
 
 def test_two_profile_engines_at_once_on_one_cache(tmp_path):
     cache = tmp_path / "cache"
-    procs = [_start("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "6", *FAST_PROFILE,
+    procs = [_start("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "6", *FAST_PROFILE,
                     "-o", str(tmp_path / f"p{i}.json"), "--json") for i in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     for proc, (_out, err) in zip(procs, results, strict=True):
@@ -82,7 +82,7 @@ def test_two_profile_engines_at_once_on_one_cache(tmp_path):
     ids = [sorted(e["engine_id"] for e in p["engines"]) for p in profiles]
     assert ids[0] == ids[1] and len(ids[0]) == 6
     assert _builds(cache) == 6  # one cache entry per plan, whoever built it
-    code, out, _ = run_cli("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "6", *FAST_PROFILE,
+    code, out, _ = run_cli("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "6", *FAST_PROFILE,
                            "-o", str(tmp_path / "p2.json"), "--json")
     assert code == 0 and json.loads(out)["builds_new"] == 0
 
@@ -102,7 +102,7 @@ def test_ctrl_c_during_engine_building_then_rerun(tmp_path, monkeypatch):
 
     monkeypatch.setattr(backend_type, "builder", interrupting_builder)
     cache = tmp_path / "cache"
-    args = ("profile-engines", *TINY, "--cache", str(cache), "--budget-builds", "5", *FAST_PROFILE,
+    args = ("profile-engines", *TINY, "--cache", str(cache), "--max-builds", "5", *FAST_PROFILE,
             "-o", str(tmp_path / "p.json"), "--json")
     code, _, err = run_cli(*args)
     assert code == 130 and "interrupted" in err and "Traceback" not in err

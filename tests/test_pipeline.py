@@ -9,18 +9,22 @@ import pytest
 
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.pipeline import RunConfig, run
+from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSettings
 from itcp_deploy.profiling.timing import TimingConfig
+from itcp_deploy.target import LatencyTarget
 from tests.conftest import run_cli
 
 DATA = "synthetic:train=256,test=128"
 QUICK = TimingConfig(warmup=5, rounds=4, runs_per_round=25)
 
 
-def _config(tmp_path, **kw) -> RunConfig:
+def _config(tmp_path, max_builds: int = 10, holdout: int = 3, epochs: int = 1, **kw) -> RunConfig:
     base = RunConfig(model="cifar_resnet20", data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "out"),
-                     speedup=1.5, epochs=1, cache_dir=str(tmp_path / "engines"), budget_builds=10, holdout=3,
-                     profile_timing=QUICK, loop_timing=QUICK, final_timing=QUICK, max_rounds=2, score_samples=64,
-                     batch_size=32, quiet=True)
+                     target=LatencyTarget(speedup=1.5),
+                     recipe=FinetuneRecipe(epochs=epochs, batch_size=32, train_subset=None),
+                     profile=ProfileSettings(cache_dir=str(tmp_path / "engines"), max_builds=max_builds,
+                                             holdout=holdout, timing=QUICK),
+                     loop=LoopSettings(max_rounds=2, timing=QUICK, final_timing=QUICK), score_samples=64, quiet=True)
     return replace(base, **kw)
 
 
@@ -48,7 +52,7 @@ def test_run_writes_every_promised_output(finished):
     assert isinstance(data["met_sla"], bool)
     assert data["met_sla"] == (data["measured_over_sla"] <= 1.0)
     assert data["macs_final"] < data["macs_dense"]
-    assert 1 <= len(data["rounds"]) <= config.max_rounds
+    assert 1 <= len(data["rounds"]) <= config.loop.max_rounds
     plan = json.loads((out / "widths.json").read_text())
     assert plan["predicted_ms"] <= plan["budget_ms"] * (1 + 1e-9)
     assert report.predicted_latency_ms == pytest.approx(plan["predicted_ms"])
@@ -87,7 +91,7 @@ def test_other_settings_in_same_out_dir_are_refused(finished):
 def test_sla_below_fastest_plan_names_the_minimum(finished):
     tmp, config, _, _ = finished
     with pytest.raises(InfeasibleError, match="fastest reachable plan"):
-        run(_config(tmp, out_dir=str(tmp / "infeasible"), speedup=None, sla_ms=1e-4))
+        run(_config(tmp, out_dir=str(tmp / "infeasible"), target=LatencyTarget(sla_ms=1e-4)))
     code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
                            "-o", str(tmp / "infeasible-cli"), "--sla-ms", "0.0001", "--quiet",
                            "--cache", str(tmp / "engines"), "--epochs", "0")
@@ -107,9 +111,9 @@ def test_bad_sla_is_one_line_exit_2(tmp_path, args):
 
 def test_run_on_torch_backend(tmp_path):
     """The torch backend goes through the same pipeline: isolated-layer profile, torch.export artifacts."""
-    from itcp_deploy.engine_build import EngineSpec
+    from itcp_deploy.engines.build import EngineSpec
 
-    report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, budget_builds=8, holdout=2))
+    report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, max_builds=8, holdout=2))
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["backend"] == "torch" and report.macs_final < report.macs_dense
     assert json.loads((tmp_path / "out" / "profile.json").read_text())["layer_source"] == "isolated"
@@ -122,10 +126,11 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     import shutil
     from types import SimpleNamespace
 
-    import itcp_deploy.closed_loop as cl
+    import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
-    from itcp_deploy.pipeline import _read_scores
+    from itcp_deploy.pipeline.run_dir import RunFolder
     from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.profiling.engine_timing import EngineLatency
     from itcp_deploy.profiling.records import LatencyStats
     from itcp_deploy.pruning import build_space
 
@@ -136,10 +141,61 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
     stats = LatencyStats.from_samples([1.0])
     monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
-    monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: ([stats, stats], 0.99))
-    monkeypatch.setattr("itcp_deploy.engine_build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
-    result = cl.closed_loop(cl.LoopInputs(model, space, out, config, tmp_path, _read_scores(out)), lambda m: None)
-    plan = PruningPlan.load(out / "widths.json")
+    monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: (EngineLatency(stats, 0.99), stats))
+    monkeypatch.setattr("itcp_deploy.engines.build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
+    folder = RunFolder(out)
+    inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))
+    result = cl.closed_loop(inputs, lambda m: None)
+    plan = PruningPlan.load(folder.plan)
     assert "gave up" in result["notes"][-1]
     assert plan.predicted_ms <= plan.budget_ms * (1 + 1e-9)
     assert plan.budget_ms == pytest.approx(result["rounds"][-1]["budget_ms"])
+
+
+def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):
+    """`profile-engines --speedup` goes on through the very function `run` calls, with the same config apart
+    from the profiling options it has and `run` lacks."""
+    import itcp_deploy.pipeline.driver as driver
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(config, log=None, progress=None):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(driver, "run", fake_run)
+    common = ("--input-shape", "1x3x32x32", "--data", DATA, "-o", str(tmp_path / "o"), "--speedup", "2",
+              "--epochs", "0", "--json")
+    with pytest.raises(Stop):
+        run_cli("run", "cifar_resnet20", *common)
+    with pytest.raises(Stop):
+        run_cli("profile-engines", "cifar_resnet20", *common, "--max-builds", "12", "--rounds", "3")
+    from_run, from_profile = seen
+    assert from_profile.profile.max_builds == 12 and from_profile.profile.timing.rounds == 3
+    assert replace(from_profile, profile=from_run.profile) == from_run
+    assert from_run.target == LatencyTarget(speedup=2.0)
+
+
+@pytest.mark.parametrize("args", [["--speedup", "2"], ["--speedup", "2", "--data", DATA],
+                                  ["--sla-ms", "1", "-o", "x"], ["--speedup", "0", "--data", DATA, "-o", "x"],
+                                  ["--speedup", "2", "--data", DATA, "-o", "x", "--shard", "0/2"]])
+def test_profile_engines_sla_without_what_the_engine_needs_is_one_line_exit_2(args):
+    code, _, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", *args)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_profile_engines_with_an_sla_delivers_the_engine(finished):
+    """The user's command: profile-engines, producing a ready engine under a latency SLA (cached profile)."""
+    tmp, _, _, _ = finished
+    out = tmp / "from-profile-engines"
+    code, stdout, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", DATA,
+                                "--speedup", "1.5", "--epochs", "0", "--cache", str(tmp / "engines"),
+                                "--max-builds", "10", "--holdout", "3", "--rounds", "4", "--runs-per-round", "25",
+                                "-o", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert (out / "model.ort.onnx").is_file() and (out / "report.json").is_file()
+    assert report["macs_final"] < report["macs_dense"] and isinstance(report["met_sla"], bool)

@@ -99,7 +99,7 @@ def test_cli_corrupt_cache_exits_2_with_one_line(tmp_path):
         "1x3x32x32",
         "--cache",
         str(tmp_path),
-        "--budget-builds",
+        "--max-builds",
         "3",
         "--holdout",
         "1",
@@ -122,7 +122,7 @@ def build(self, plan):  # slow builds down so the parent can kill mid-run
     return entry
 profiler._Run.build = build
 model, space = tiny_setup()
-config = fast_config(sys.argv[1], design=DesignConfig(budget_builds=8, holdout=2, tries=4))
+config = fast_config(sys.argv[1], design=DesignConfig(max_builds=8, holdout=2, tries=4))
 profiler.run_profiling(model, space, config)
 """
 
@@ -157,7 +157,7 @@ def test_killed_run_resumes_and_reuses_builds(tmp_path):
     child.wait()
     assert 3 <= built < 8
     model, space = tiny_setup()
-    config = fast_config(tmp_path, design=DesignConfig(budget_builds=8, holdout=2, tries=4))
+    config = fast_config(tmp_path, design=DesignConfig(max_builds=8, holdout=2, tries=4))
     profile, summary = run_profiling(model, space, config)
     assert summary.builds_cached >= 3 and summary.builds_new == 8 - summary.builds_cached
     assert len(profile.engines) == 8
@@ -170,7 +170,7 @@ from tests.test_profiler import fast_config, tiny_setup
 from itcp_deploy.profiling.design import DesignConfig
 from itcp_deploy.profiling.profiler import run_profiling
 model, space = tiny_setup()
-config = fast_config(sys.argv[1], shard=sys.argv[2], design=DesignConfig(budget_builds=8, holdout=2, tries=4))
+config = fast_config(sys.argv[1], shard=sys.argv[2], design=DesignConfig(max_builds=8, holdout=2, tries=4))
 print(run_profiling(model, space, config)[1].builds_new)
 """
 
@@ -196,6 +196,6 @@ def test_two_processes_share_one_cache_then_merge_measures_nothing(tmp_path):
     assert all(c.returncode == 0 for c in children), [err[-1500:] for _, err in results]
     assert sum(int(out.split()[-1]) for out, _ in results) == 8
     model, space = tiny_setup()
-    config = fast_config(tmp_path, design=DesignConfig(budget_builds=8, holdout=2, tries=4))
+    config = fast_config(tmp_path, design=DesignConfig(max_builds=8, holdout=2, tries=4))
     _, merged = run_profiling(model, space, config)
     assert (merged.builds_new, merged.measurements_new, merged.builds_cached) == (0, 0, 8)

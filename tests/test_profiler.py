@@ -48,7 +48,7 @@ def fast_config(cache_dir, **overrides) -> ProfileConfig:
     """A profile small enough for a unit test: 6 engines, 2 rounds x 5 runs."""
     base = dict(
         cache_dir=str(cache_dir),
-        design=DesignConfig(budget_builds=6, holdout=2, tries=8),
+        design=DesignConfig(max_builds=6, holdout=2, tries=8),
         timing=TimingConfig(warmup=2, rounds=2, runs_per_round=5),
         layer_runs=10,
     )
@@ -57,7 +57,7 @@ def fast_config(cache_dir, **overrides) -> ProfileConfig:
 
 def test_design_covers_every_candidate_and_roles():
     _, space = tiny_setup()
-    plans = design_plans(space, DesignConfig(budget_builds=2 + 12 + 3, holdout=3))
+    plans = design_plans(space, DesignConfig(max_builds=2 + 12 + 3, holdout=3))
     roles = [p.role for p in plans]
     assert roles[0] == "dense" and roles.count("holdout") == 3 and len(plans) == 17  # exactly the budget
     assert plans[0].widths == space.full_widths()
@@ -66,14 +66,14 @@ def test_design_covers_every_candidate_and_roles():
         seen = [d[g.name] for d in designs[1:]]
         assert sorted(set(seen)) == list(g.candidates)
     assert len({p.engine_id for p in plans}) == len(plans)
-    assert [p.engine_id for p in design_plans(space, DesignConfig(budget_builds=17, holdout=3))] == [
+    assert [p.engine_id for p in design_plans(space, DesignConfig(max_builds=17, holdout=3))] == [
         p.engine_id for p in plans
     ]
 
 
 def test_shards_are_disjoint_and_cover_all():
     _, space = tiny_setup()
-    plans = design_plans(space, DesignConfig(budget_builds=10, holdout=3))
+    plans = design_plans(space, DesignConfig(max_builds=10, holdout=3))
     parts = [shard(plans, i, 3) for i in range(3)]
     ids = [p.engine_id for part in parts for p in part]
     assert sorted(ids) == sorted(p.engine_id for p in plans)
@@ -123,7 +123,7 @@ def test_shards_then_merge_measures_nothing_new(tmp_path):
 
 def test_torch_backend_uses_isolated_layers(tmp_path):
     model, space = tiny_setup()
-    config = fast_config(tmp_path, backend="torch", design=DesignConfig(budget_builds=3, holdout=1, tries=2))
+    config = fast_config(tmp_path, backend="torch", design=DesignConfig(max_builds=3, holdout=1, tries=2))
     profile, summary = run_profiling(model, space, config)
     assert profile.layer_source == "isolated" and profile.backend == "torch"
     signatures = {
@@ -160,7 +160,7 @@ def test_cli_profile_engines_json(tmp_path, monkeypatch):
         "1x3x32x32",
         "--cache",
         "eng",
-        "--budget-builds",
+        "--max-builds",
         "3",
         "--holdout",
         "1",

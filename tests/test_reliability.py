@@ -203,7 +203,7 @@ def test_bad_sla_ms_run(sla, tmp_path):
 @needs_command("check-latency")
 @pytest.mark.parametrize("sla", ["0", "-1", "nan", "abc"])
 def test_bad_sla_ms_check_latency(sla, tmp_path):
-    from itcp_deploy.export import export_model
+    from itcp_deploy.engines.export import export_model
 
     onnx = export_model("cifar_resnet20", (1, 3, 32, 32), tmp_path / "m.onnx").path
     assert_user_error(run_cli("check-latency", str(onnx), "--backend", "onnxruntime", "--sla-ms", sla), "--sla-ms")
@@ -217,7 +217,9 @@ def test_both_or_neither_budget_is_usage_error(tmp_path, perf_model_file):
 
 
 def test_sla_below_fastest_plan_names_the_minimum(tmp_path, perf_model_file, resnet20_space):
-    minimum = macs_perf_model(resnet20_space[1]).min_latency_ms()
+    from itcp_deploy.search.dp import min_latency_ms
+
+    minimum = min_latency_ms(macs_perf_model(resnet20_space[1]))
     last = assert_user_error(run_cli("search", "cifar_resnet20", "--perf-model", str(perf_model_file), "-o",
                                      str(tmp_path / "w.json"), "--sla-ms", "1e-6", "--criterion", "l1-fraction"),
                              "minimum")
@@ -236,7 +238,7 @@ def test_sla_below_fastest_plan_run(tmp_path):
 
 @needs_command("check-latency")
 def test_check_latency_missed_sla_exits_1(tmp_path):
-    from itcp_deploy.export import export_model
+    from itcp_deploy.engines.export import export_model
 
     onnx = export_model("cifar_resnet20", (1, 3, 32, 32), tmp_path / "m.onnx").path
     code, out, err = run_cli("check-latency", str(onnx), "--backend", "onnxruntime", "--sla-ms", "1e-9")
@@ -397,7 +399,7 @@ def test_corrupt_profile_cache_is_reported_and_untouched(tmp_path, damage):
         ProfileCache(cache_dir)
     assert path.read_bytes() == before
     assert_user_error(run_cli("profile-engines", "cifar_resnet20", "--input-shape", SHAPE, "--cache",
-                              str(cache_dir), "--budget-builds", "3", "--holdout", "1"), "cache")
+                              str(cache_dir), "--max-builds", "3", "--holdout", "1"), "cache")
     assert path.read_bytes() == before
 
 
@@ -421,7 +423,7 @@ def test_engine_of_another_backend_version_is_rebuilt(tmp_path, monkeypatch):
     from tests.test_profiler import fast_config, tiny_setup
 
     model, space = tiny_setup()
-    config = fast_config(tmp_path, design=DesignConfig(budget_builds=3, holdout=1, tries=2))
+    config = fast_config(tmp_path, design=DesignConfig(max_builds=3, holdout=1, tries=2))
     _, first = run_profiling(model, space, config)
     backend_type = type(get_backend("onnxruntime"))
     monkeypatch.setattr(backend_type, "version", lambda self: "0.0.0-other")

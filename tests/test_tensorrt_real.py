@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 
 def test_build_run_time_and_profile(tmp_path):
     from itcp_deploy.engines import EngineOptions, get_backend
-    from itcp_deploy.export import export_onnx, onnx_node_to_module
+    from itcp_deploy.engines.export import export_onnx, onnx_node_to_module
     from itcp_deploy.profiling.timing import TimingConfig, measure
     from tests.test_profiler import INPUT_SHAPE, Tiny
 

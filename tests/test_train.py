@@ -61,7 +61,7 @@ def test_resume_continues_exactly(synth, tmp_path: Path) -> None:
     straight = tiny_cnn()
     train(straight, synth[0], None, quick(tmp_path / "a", epochs=2))
     resumed = tiny_cnn()
-    first = train(resumed, synth[0], None, quick(tmp_path / "b", epochs=2, time_budget_s=1e-9))
+    first = train(resumed, synth[0], None, quick(tmp_path / "b", epochs=2, train_time_s=1e-9))
     assert first["stopped_early"] and first["epochs_completed"] == 1
     again = tiny_cnn()  # a fresh process would rebuild the model; resume restores everything else
     second = train(again, synth[0], None, quick(tmp_path / "b", epochs=2, resume=True))

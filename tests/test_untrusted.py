@@ -76,7 +76,7 @@ def _model_commands(model: str, tmp: Path, perf_model: Path | None) -> dict[str,
         "groups": ("groups", model, "--input-shape", SHAPE),
         "evaluate": ("evaluate", model, "--data", "digits", "--max-samples", "8"),
         "profile-engines": ("profile-engines", model, "--input-shape", SHAPE, "--cache", str(tmp / "c"),
-                            "--budget-builds", "3", "--holdout", "1"),
+                            "--max-builds", "3", "--holdout", "1"),
         "train": ("train", model, "--data", "digits", "--out", str(tmp / "t"), "--max-steps-per-epoch", "1",
                   "--quiet"),
         "finetune": ("finetune", model, "--weights", str(tmp / "unused.pt"), "--data", "digits", "--out",
@@ -122,7 +122,7 @@ WEIGHT_COMMANDS = {
                                              "cifar_resnet20", "--teacher-weights", str(w), "--out", str(t / "t"),
                                              "--quiet"),
     "profile-engines": lambda w, t: ("profile-engines", "cifar_resnet20", "--input-shape", SHAPE, "--weights",
-                                     str(w), "--cache", str(t / "c"), "--budget-builds", "3", "--holdout", "1"),
+                                     str(w), "--cache", str(t / "c"), "--max-builds", "3", "--holdout", "1"),
 }
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itcp_deploy.export import export_onnx, verify_onnx
+from itcp_deploy.engines.export import export_onnx, verify_onnx
 from itcp_deploy.perfmodel import fit
 from itcp_deploy.pruning import apply_widths, build_space, group_scores
 from itcp_deploy.pruning.output_kind import criteria_for
@@ -123,7 +123,7 @@ def test_dense_concatenation_profiles_fits_searches_and_prunes(tmp_path):
     space = build_space(net, shape)
     assert {"l1.0.0", "l2.0.0"} <= {g.name for g in space.prunable}  # the bottlenecks
     assert all("+" not in layer.in_group for layer in space.layers)
-    plans = design_plans(space, DesignConfig(budget_builds=8, holdout=2))  # KeyError here before
+    plans = design_plans(space, DesignConfig(max_builds=8, holdout=2))  # KeyError here before
     assert len(plans) == 8
     perf = fit(synthetic_profile(space, n_design=12, n_holdout=4))
     scores = {g.name: np.linspace(-1.0, 0.0, len(g.candidates)) for g in space.prunable}

@@ -13,7 +13,9 @@ import json
 import pytest
 
 from itcp_deploy.pipeline import RunConfig, run
+from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSettings
 from itcp_deploy.profiling.timing import TimingConfig
+from itcp_deploy.target import LatencyTarget
 
 CLASSIFIERS = [
     ("torchvision:regnet_x_400mf", 64, 20),         # grouped convs
@@ -30,11 +32,14 @@ CASES = CLASSIFIERS + DENSE
 def _config(spec: str, size: int, runs: int, tmp_path) -> RunConfig:
     timing = TimingConfig(warmup=3, rounds=5, runs_per_round=runs)
     return RunConfig(model=spec, data=f"synthetic:size={size},train=128,test=64", input_shape=(1, 3, size, size),
-                     out_dir=str(tmp_path / "out"), speedup=1.3, epochs=0, cache_dir=str(tmp_path / "engines"),
-                     budget_builds=16, holdout=4, profile_timing=timing, loop_timing=timing,
-                     final_timing=TimingConfig(warmup=5, rounds=10, runs_per_round=runs), score_samples=64,
-                     batch_size=32, force_fit=True, quiet=True)  # a 16-engine profile: keep the fit, the loop
-                                                                  # measures every plan anyway
+                     out_dir=str(tmp_path / "out"), target=LatencyTarget(speedup=1.3),
+                     recipe=FinetuneRecipe(epochs=0, batch_size=32, train_subset=None),
+                     # a 16-engine profile: keep the fit (force_fit); the loop measures every plan anyway
+                     profile=ProfileSettings(cache_dir=str(tmp_path / "engines"), max_builds=16, holdout=4,
+                                             timing=timing, force_fit=True),
+                     loop=LoopSettings(timing=timing, final_timing=TimingConfig(warmup=5, rounds=10,
+                                                                               runs_per_round=runs)),
+                     score_samples=64, quiet=True)
 
 
 @pytest.mark.slow

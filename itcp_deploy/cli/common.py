@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 console = Console(stderr=True)
@@ -14,3 +15,11 @@ console = Console(stderr=True)
 def emit_json(data: Any) -> None:
     """Machine-readable output on stdout (progress and tables go to stderr)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+BackendOpt = Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")]
+SlaOpt = Annotated[str | None, typer.Option("--sla-ms", help="Latency SLA in ms.")]
+SpeedupOpt = Annotated[str | None, typer.Option("--speedup", help="SLA = measured dense latency / S.")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")]
+PercentileOpt = Annotated[int, typer.Option("--percentile", help="The SLA's latency percentile: 50, 90 or 99.")]

@@ -23,8 +23,8 @@ def export(
 ) -> None:
     """Export a model to ONNX (BN folded), checked against PyTorch with ONNX Runtime."""
     from itcp_deploy.cli.common import console, emit_json
-    from itcp_deploy.export import export_model
-    from itcp_deploy.shapes import parse_input_shape
+    from itcp_deploy.cli.shapes import parse_input_shape
+    from itcp_deploy.engines.export import export_model
 
     shape = parse_input_shape(input_shape)
     result = export_model(model, shape, out, num_classes=num_classes, weights=weights, trust_code=trust_code,

@@ -1,19 +1,33 @@
-"""CLI commands of the profiling stage: ``calibrate``, ``profile-engines``, ``staircase``; progress bar with
-ETA and the summary table go to stderr."""
+"""CLI commands of the profiling stage: ``calibrate``, ``profile-engines`` (given an SLA, on to the ready
+engine through the same pipeline as ``run``), ``staircase``."""
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from itcp_deploy.cli.app import app
-from itcp_deploy.cli.common import console, emit_json
+from itcp_deploy.cli.common import (
+    BackendOpt,
+    EpochsOpt,
+    PercentileOpt,
+    PrecisionOpt,
+    SlaOpt,
+    SpeedupOpt,
+    console,
+    emit_json,
+)
 from itcp_deploy.cli.pruning import IgnoreLayersOpt
+from itcp_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.pipeline.config import ProfileSettings
+
+ENGINES = Path("engines")
 
 
 @app.command("calibrate")
@@ -27,8 +41,8 @@ def calibrate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Draw a seeded INT8 calibration set (no augmentation) into calib/<name>.npz + .json."""
+    from itcp_deploy.cli.shapes import parse_input_shape
     from itcp_deploy.data.calibration import calibrate, read_manifest
-    from itcp_deploy.shapes import parse_input_shape
 
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     npz = calibrate(data, num=num, seed=seed, name=name, out_dir=out_dir, input_shape=shape)
@@ -43,16 +57,12 @@ def calibrate_cmd(
 def profile_engines_cmd(
     model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")] = "fp32",
+    backend: BackendOpt = "onnxruntime",
+    precision: PrecisionOpt = "fp32",
     weights: Annotated[str | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
-    budget_builds: Annotated[int, typer.Option("--budget-builds", help="Engines to build, holdouts included.")] = 32,
-    holdout: Annotated[
-        int, typer.Option("--holdout", min=0, help="Random plans kept to validate the perf model.")
-    ] = 10,
-    cache: Annotated[Path, typer.Option("--cache", help="Cache directory (cache.sqlite + artifacts).")] = Path(
-        "engines"
-    ),
+    max_builds: Annotated[int, typer.Option("--max-builds", help="Engines to build, holdouts included.")] = 32,
+    holdout: Annotated[int, typer.Option("--holdout", min=0, help="Random plans kept to check the perf model.")] = 10,
+    cache: Annotated[Path, typer.Option("--cache", help="Cache directory (cache.sqlite + artifacts).")] = ENGINES,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set name or .npz (int8).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
@@ -61,46 +71,88 @@ def profile_engines_cmd(
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 10,
     runs: Annotated[int, typer.Option("--runs-per-round", min=1, help="Timed runs per engine per round.")] = 60,
     layer_runs: Annotated[int, typer.Option("--layer-runs", min=1, help="Profiled runs for per-layer times.")] = 300,
+    sla_ms: SlaOpt = None,
+    speedup: SpeedupOpt = None,
+    data: Annotated[str | None, typer.Option("--data", help="With an SLA: data for scores and finetuning.")] = None,
+    epochs: EpochsOpt = 1,
+    percentile: PercentileOpt = 50,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path; with an SLA, the output "
+                                             "directory of the engine (as in `run`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Build and measure engines at designed width plans (cached, resumable) into a profile for `fit`."""
+    """Build and measure engines at designed width plans (cached, resumable) into a profile for `fit`; with
+    --sla-ms or --speedup, go on to the ready engine (ONNX Runtime model or TensorRT plan) under that SLA."""
+    from itcp_deploy.cli.shapes import parse_input_shape, parse_target
+    from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.pipeline.config import ProfileSettings
+    from itcp_deploy.profiling.timing import TimingConfig
+
+    shape = parse_input_shape(input_shape)
+    engine = EngineSpec(backend, precision, EngineOptions(threads=threads, provider=provider, device=device), calib)
+    settings = ProfileSettings(cache_dir=str(cache), max_builds=max_builds, holdout=holdout, layer_runs=layer_runs,
+                               timing=TimingConfig(rounds=rounds, runs_per_round=runs))
+    if sla_ms is None and speedup is None:
+        ref = ModelRef(model, weights, trust_code, tuple(ignore_layers or ()))
+        _profile_only(ref, (input_shape, shape), engine, settings, shard, out, json_out)
+        return
+    from itcp_deploy.cli.output import deliver
+    from itcp_deploy.pipeline.config import FinetuneRecipe, RunConfig
+
+    target = parse_target(sla_ms, speedup, percentile)
+    _check_sla_options(data, out, shard)
+    deliver(RunConfig(model=model, data=str(data), input_shape=shape, out_dir=str(out), target=target,
+                      weights=weights, trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()),
+                      engine=engine, profile=settings,
+                      recipe=FinetuneRecipe(epochs=epochs, train_subset=None), quiet=json_out), json_out)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a command loads: spec, weights, whether its spec may run code, layers kept at full width."""
+
+    spec: str
+    weights: str | None = None
+    trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()
+
+
+def _check_sla_options(data: str | None, out: Path | None, shard: str | None) -> None:
+    if data is None or out is None:
+        raise UsageError("with --sla-ms or --speedup, profile-engines goes on to the engine and needs --data "
+                         "(scores, finetuning) and -o (the output directory)", "add e.g. --data digits -o out/")
+    if shard is not None:
+        raise UsageError("--shard profiles one shard only and cannot go on to an engine",
+                         "profile the shards first, then rerun without --shard with --sla-ms or --speedup")
+
+
+def _profile_only(ref: ModelRef, shapes: tuple[str, tuple[int, int, int, int]], engine: EngineSpec,
+                  settings: ProfileSettings, shard: str | None, out: Path | None, json_out: bool) -> None:
+    """The profiling step alone: the profile JSON (and its replayable config) for `fit`. ``shapes``: the
+    input shape as typed (names the default output) and parsed."""
+    shape_text, shape = shapes
     from dataclasses import asdict
 
     from itcp_deploy.atomic_io import write_json
-    from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.cli.output import print_summary, progress_bar
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
-    from itcp_deploy.profiling.timing import TimingConfig
-    from itcp_deploy.shapes import parse_input_shape
 
-    shape = parse_input_shape(input_shape)
-    config = ProfileConfig(
-        backend=backend,
-        precision=precision,
-        cache_dir=str(cache),
-        calib=calib,
-        shard=shard,
-        design=DesignConfig(budget_builds=budget_builds, holdout=holdout),
-        timing=TimingConfig(rounds=rounds, runs_per_round=runs),
-        engine=EngineOptions(threads=threads, provider=provider, device=device),
-        layer_runs=layer_runs,
-    )
+    config = ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
+                           calib=engine.calib, shard=shard, timing=settings.timing, engine=engine.options,
+                           design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout),
+                           layer_runs=settings.layer_runs)
     with progress_bar() as progress:
-        profile, summary = profile_model(
-            model, shape, config, weights=weights, trust_code=trust_code, progress=progress,
-            ignore_layers=tuple(ignore_layers or ()),
-        )
-    name = Path(model).stem if model.endswith((".pt", ".pth")) else model.replace(":", "_")
-    out = out or cache / f"{name}-{profile.backend}-{precision}-{input_shape}.profile.json"
+        profile, summary = profile_model(ref.spec, shape, config, weights=ref.weights, trust_code=ref.trust_code,
+                                         progress=progress, ignore_layers=ref.ignore_layers)
+    name = Path(ref.spec).stem if ref.spec.endswith((".pt", ".pth")) else ref.spec.replace(":", "_")
+    out = out or Path(settings.cache_dir) / f"{name}-{profile.backend}-{engine.precision}-{shape_text}.profile.json"
     profile.save(out)
-    write_json(
-        out.with_suffix(".config.json"),
-        {"model": model, "input_shape": list(shape), "weights": weights, "config": asdict(config),
-         "ignore_layers": list(ignore_layers or ())},
-    )  # replays from Python
+    write_json(out.with_suffix(".config.json"),
+               {"model": ref.spec, "input_shape": list(shape), "weights": ref.weights,
+                "config": asdict(config), "ignore_layers": list(ref.ignore_layers)})  # replays from Python
     print_summary(profile, summary, out, json_out)
 
 
@@ -131,90 +183,7 @@ def staircase_cmd(
     if json_out:
         emit_json([asdict(p) for p in points])
     else:
-        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths)")
+        from itcp_deploy.engines.device import block_from_staircase
 
-
-STAGES = {
-    "build": "building engines",
-    "measure": "measuring (interleaved)",
-    "layers": "per-layer profiles",
-    "isolated": "isolated layers",
-}
-
-
-@contextlib.contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
-    """Yield a ``progress(stage, done, total)`` callback drawing one bar per stage."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            if stage == "build":
-                console.print(f"{total} engines to build or reuse from the cache")
-            tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=max(total, 1))
-        bar.update(tasks[stage], completed=done, total=max(total, 1))
-
-    with bar:
-        yield update
-
-
-def print_summary(profile, summary, out: Path, json_out: bool) -> None:
-    """The end-of-run table (builds, measurements, noise floor, wall time), or JSON with ``--json``."""
-    from rich.table import Table
-
-    per_engine = summary.wall_s / max(1, summary.planned)
-    rows = {
-        "engines": summary.planned,
-        "builds (new / cached)": f"{summary.builds_new} / {summary.builds_cached}",
-        "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
-        "noise floor (re-measurement, split-half)": "n/a"
-        if math.isnan(summary.noise_pct)
-        else f"{summary.noise_pct:.1f}%",
-        "wall time": f"{summary.wall_s:.1f} s ({per_engine:.2f} s per engine)",
-        "profile": str(out),
-    }
-    if json_out:
-        emit_json(
-            {
-                "profile": str(out),
-                "engines": summary.planned,
-                "builds_new": summary.builds_new,
-                "builds_cached": summary.builds_cached,
-                "measurements_new": summary.measurements_new,
-                "measurements_cached": summary.measurements_cached,
-                "noise_pct": summary.noise_pct,
-                "wall_s": summary.wall_s,
-                "backend": profile.backend,
-                "precision": profile.precision,
-                "device": profile.device,
-            }
-        )
-        return
-    table = Table(
-        title=f"profile-engines: {profile.model} on {profile.backend} {profile.backend_version} "
-        f"{profile.precision}, {profile.device}"
-    )
-    table.add_column("")
-    table.add_column("value")
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    console.print(table)
+        block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
+        console.print(f"wrote {path} and {path.with_suffix('.json')} ({len(points)} widths, steps of {block})")

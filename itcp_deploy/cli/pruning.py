@@ -31,8 +31,8 @@ def groups(
     from rich.table import Table
 
     from itcp_deploy.cli.common import console, emit_json
+    from itcp_deploy.cli.shapes import parse_input_shape
     from itcp_deploy.pruning import build_space_from_spec
-    from itcp_deploy.shapes import parse_input_shape
     from itcp_deploy.space import CandidateGrid
 
     grid = CandidateGrid(step_small=grid_small, step_large=grid_large, min_width=min_width)

@@ -64,7 +64,9 @@ def search_cmd(
     perf_model: PerfModelOpt,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write widths.json.")],
     sla_ms: Annotated[float | None, typer.Option("--sla-ms", help="Latency budget in ms.")] = None,
-    speedup: Annotated[float | None, typer.Option("--speedup", help="Budget = dense latency / S.")] = None,
+    speedup: Annotated[
+        float | None, typer.Option("--speedup", help="Budget = the perf model's predicted dense latency / S.")
+    ] = None,
     criterion: CriterionOpt = "taylor",
     method: Annotated[
         str, typer.Option("--method", help="itcp, uniform, flops, global-magnitude, knapsack-linear.")
@@ -79,14 +81,13 @@ def search_cmd(
     from dataclasses import asdict
 
     from itcp_deploy.cli.common import console, emit_json
-    from itcp_deploy.planning import SearchConfig, plan_widths
-    from itcp_deploy.shapes import positive_float
+    from itcp_deploy.cli.shapes import parse_target
+    from itcp_deploy.pipeline.planning import SearchConfig, plan_widths
 
     config = SearchConfig(
         model,
         str(perf_model),
-        None if sla_ms is None else positive_float(sla_ms, "--sla-ms"),
-        None if speedup is None else positive_float(speedup, "--speedup"),
+        parse_target(sla_ms, speedup),
         criterion,
         method,
         data,
@@ -94,7 +95,7 @@ def search_cmd(
         bins,
         trust_code=trust_code,
     )
-    plan = plan_widths(config)
+    plan = plan_widths(config, log=console.print)
     plan.save(output)
     console.print(
         f"{method}: predicted {plan.predicted_ms:.4f} ms <= budget {plan.budget_ms:.4f} ms, "
@@ -122,7 +123,8 @@ def pareto_cmd(
 ) -> None:
     """Plot the predicted Pareto fronts (latency vs score) of ITCP and the baselines."""
     from itcp_deploy.cli.common import console, emit_json
-    from itcp_deploy.planning import SearchConfig, pareto_fronts
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.planning import SearchConfig, pareto_fronts
     from itcp_deploy.search.plot import plot_fronts
 
     config = SearchConfig(
@@ -137,7 +139,8 @@ def pareto_cmd(
     fronts, dense_ms = pareto_fronts(
         config, [m.strip() for m in methods.split(",") if m.strip()], points=points
     )
-    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})", dense_ms=dense_ms)
+    device = PerfModel.load(perf_model).meta.get("device", "device unknown")
+    plot_fronts(fronts, output, title=f"{model}: predicted Pareto fronts ({criterion})\n{device}", dense_ms=dense_ms)
     console.print(f"wrote {output}")
     if json_out:
         emit_json({"output": str(output), "dense_ms": dense_ms, "fronts": fronts})

@@ -15,7 +15,7 @@ from itcp_deploy.cli.app import app
 
 _DATA_HELP = ("digits, synthetic, cifar10:DIR, cifar100:DIR, imagefolder:DIR, a CIFAR batch file, "
               "or a path (layout detected).")
-_CONFIG_KEYS = ("epochs", "lr", "batch_size", "seed", "resume", "time_budget_s", "max_steps_per_epoch",
+_CONFIG_KEYS = ("epochs", "lr", "batch_size", "seed", "resume", "train_time_s", "max_steps_per_epoch",
                 "device", "quiet")
 Data = Annotated[str, typer.Option("--data", help=_DATA_HELP)]
 Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs. (default 1)")]
@@ -26,7 +26,7 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue after the last 
 Teacher = Annotated[str | None, typer.Option("--teacher", help="Distil from this model.")]
 TeacherWeights = Annotated[str | None, typer.Option("--teacher-weights", help="The teacher's weights.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Seeds data order and augmentation. (default 0)")]
-Budget = Annotated[float | None, typer.Option("--time-budget-s", help="Stop after the epoch that spends it.")]
+TrainTime = Annotated[float | None, typer.Option("--train-time-s", help="Stop after the epoch that spends it.")]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps-per-epoch", min=1, help="Cut epochs short.")]
 Workers = Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader processes. (default 0)")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N. (default CUDA if present)")]
@@ -41,7 +41,7 @@ def train_command(
     model: Annotated[str, typer.Argument(help="Model name or spec (see `itcp-deploy models`).")],
     data: Data, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
     out: Out = Path("runs/train"), resume: Resume = False, teacher: Teacher = None,
-    teacher_weights: TeacherWeights = None, seed: Seed = None, time_budget_s: Budget = None,
+    teacher_weights: TeacherWeights = None, seed: Seed = None, train_time_s: TrainTime = None,
     max_steps_per_epoch: MaxSteps = None, workers: Workers = None, device: Device = None,
     download: Download = False, trust_code: Trust = False, json: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -55,7 +55,7 @@ def finetune_command(
     weights: Annotated[str, typer.Option("--weights", help="Starting weights (state dict or checkpoint).")],
     data: Data, epochs: Epochs = None, lr: Lr = None, batch_size: BatchSize = None,
     out: Out = Path("runs/finetune"), resume: Resume = False, teacher: Teacher = None,
-    teacher_weights: TeacherWeights = None, seed: Seed = None, time_budget_s: Budget = None,
+    teacher_weights: TeacherWeights = None, seed: Seed = None, train_time_s: TrainTime = None,
     max_steps_per_epoch: MaxSteps = None, workers: Workers = None, device: Device = None,
     download: Download = False, trust_code: Trust = False, json: Json = False, quiet: Quiet = False,
 ) -> None:

@@ -1,51 +1,17 @@
 """CIFAR-10/100 in the "python version" layout, read from disk without checksums.
 
-A batch is a pickled dict with ``data`` (N x 3072 uint8, R, G then B planes of 32x32) and ``labels``
-(CIFAR-10) or ``fine_labels`` (CIFAR-100). Pickles are read with an allow-list unpickler: the files only
-need numpy arrays, so nothing else in a downloaded file can run code on load.
+The file format itself (names, the allow-list batch reader) is in :mod:`itcp_deploy.data.cifar_format`.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from itcp_deploy.data.specs import CIFAR10_FILES, LAYOUT_HELP
+from itcp_deploy.data.cifar_format import CIFAR10_FILES, read_batch
 from itcp_deploy.errors import InputFileError, UsageError
-
-_ALLOWED_NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar"}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] == "numpy" and name in _ALLOWED_NUMPY:
-            return super().find_class(module, name)
-        if (module, name) == ("_codecs", "encode"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def read_batch(path: Path) -> dict:
-    """Load one CIFAR batch file; every way it can fail becomes one-line :class:`InputFileError`."""
-    try:
-        with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="latin1").load()
-    except FileNotFoundError as err:
-        raise InputFileError(f"CIFAR batch file {path} does not exist",
-                             f"--data expects {LAYOUT_HELP}") from err
-    except Exception as err:  # corrupt, truncated or foreign pickles fail in many ways
-        raise InputFileError(f"{path} is not a readable CIFAR batch file ({err.__class__.__name__}: {err})",
-                             "re-extract the dataset archive") from err
-    if not isinstance(batch, dict) or "data" not in batch or not ({"labels", "fine_labels"} & set(batch)):
-        raise InputFileError(f"{path} is not a CIFAR batch (expected a dict with 'data' and 'labels')",
-                             f"--data expects {LAYOUT_HELP}")
-    return batch
 
 
 def batch_arrays(batch: dict, path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itcp_deploy.data.cifar_format import CIFAR10_FILES, CIFAR100_FILES, LAYOUT_HELP, read_batch
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
 from itcp_deploy.registry import Registry
 
@@ -18,12 +19,7 @@ _KIND_NAMES: Registry[str] = Registry("dataset kind")
 for _kind in KINDS:
     _KIND_NAMES.add(_kind, _kind)
 
-CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-CIFAR100_FILES = ("train", "test")
 _CIFAR_SUBDIRS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
-LAYOUT_HELP = ("a CIFAR-10 python-version directory (data_batch_1..5, test_batch), a CIFAR-100 one "
-               "(train, test), a single CIFAR batch file, or an ImageFolder directory (one sub-directory "
-               "of images per class)")
 
 
 @dataclass(frozen=True)
@@ -99,8 +95,6 @@ def detect_layout(path: Path) -> DataSpec:
 
 
 def _batch_file_kind(path: Path) -> str:
-    from itcp_deploy.data.cifar import read_batch  # cifar.py imports this module
-
     return "cifar100" if "fine_labels" in read_batch(path) else "cifar10"
 
 

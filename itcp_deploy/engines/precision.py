@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.engines import device
+from itcp_deploy.engines.int8 import META_ISA, META_SETTINGS, Int8Settings, int8_settings
 from itcp_deploy.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -65,23 +67,25 @@ def to_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     calib: np.ndarray,
-    symmetric_activations: bool = False,
+    settings: Int8Settings | None = None,
 ) -> Path:
     """Static INT8 quantization to a Q/DQ graph with per-channel weights, calibrated on ``calib``.
 
     ``quant_pre_process`` (shape inference + basic graph optimisation) runs first, as onnxruntime recommends,
-    so Conv+BN are folded before scales are computed. Activations are uint8 (asymmetric, the fast x86 u8s8
-    path of onnxruntime's CPU kernels) unless ``symmetric_activations`` (int8 symmetric, what TensorRT needs).
+    so Conv+BN are folded before scales are computed. The settings (activation and weight types, symmetry,
+    ``reduce_range``) depend on the backend and the CPU (:func:`itcp_deploy.engines.int8.int8_settings`) and
+    are written into the model's metadata (``itcp_deploy.int8``, ``itcp_deploy.int8_isa``).
 
     Args:
         src: float32 ONNX model with one input.
         dst: where the Q/DQ model is written (atomically).
         calib: calibration inputs, (N, C, H, W) float32, preprocessed exactly as at inference.
-        symmetric_activations: int8 symmetric activations for TensorRT.
+        settings: Defaults to the onnxruntime settings for this machine's CPU.
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import QuantFormat, quant_pre_process, quantize_static
 
+    settings = settings or int8_settings("onnxruntime", device.detect_isa())
     model = onnx.load(os.fspath(src), load_external_data=False)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
@@ -94,7 +98,6 @@ def to_int8(
             f"calibration data must be a non-empty (N, C, H, W) array, got shape {calib.shape}",
             "create it with `itcp-deploy calibrate`",
         )
-    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
     with tempfile.TemporaryDirectory(prefix="itcp-int8-") as tmp, atomic_path(dst) as out:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
@@ -104,11 +107,28 @@ def to_int8(
             ArrayCalibrationReader(inputs[0], calib),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=act,
-            weight_type=QuantType.QInt8,
-            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+            reduce_range=settings.reduce_range,
+            activation_type=_quant_type(settings.activations),
+            weight_type=_quant_type(settings.weights),
+            extra_options={
+                "ActivationSymmetric": settings.symmetric_activations,
+                "WeightSymmetric": settings.symmetric_weights,
+            },
         )
+        quantized = onnx.load(os.fspath(out))
+        onnx.helper.set_model_props(
+            quantized,
+            {**{p.key: p.value for p in quantized.metadata_props},
+             META_SETTINGS: settings.label, META_ISA: device.detect_isa().label()},
+        )
+        onnx.save(quantized, os.fspath(out))
     return Path(dst)
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
 def convert_precision(
@@ -116,9 +136,10 @@ def convert_precision(
     dst: str | os.PathLike[str],
     precision: str,
     calib: np.ndarray | None = None,
-    symmetric_activations: bool = False,
+    int8: Int8Settings | None = None,
 ) -> Path:
-    """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 needs ``calib``."""
+    """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 needs ``calib``; ``int8`` defaults to the
+    onnxruntime settings for this machine's CPU."""
     import shutil
 
     check_precision(precision)
@@ -130,7 +151,7 @@ def convert_precision(
                 "int8 needs a calibration set",
                 "create one with `itcp-deploy calibrate` and pass --calib NAME",
             )
-        return to_int8(src, dst, calib, symmetric_activations)
+        return to_int8(src, dst, calib, int8)
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)

@@ -78,12 +78,7 @@ def fit(profile: Profile, *, method: str = "table", force: bool = False) -> Perf
     model = fitter(profile.space, design)
     rejected = report.mape_pct > report.threshold_pct
     model.report = replace(report, rejected=rejected)
-    model.meta = {
-        "backend": profile.backend,
-        "backend_version": profile.backend_version,
-        "device": profile.device,
-        "precision": profile.precision,
-    }
+    model.meta = profile.identity()
     if rejected and not force:
         raise FitRejectedError(
             f"perf model held-out error {report.mape_pct:.1f}% (max {report.max_pct:.1f}%) is "

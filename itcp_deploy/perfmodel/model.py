@@ -57,7 +57,7 @@ class PerfModel:
     constant_ms: float
     method: str = "table"
     report: FitReport | None = None
-    meta: dict[str, str] = field(default_factory=dict)  # backend, version, device, precision of the profile
+    meta: dict[str, str] = field(default_factory=dict)  # the identity of its profile (Profile.identity)
     calibration: tuple[float, float] = (1.0, 0.0)  # (scale, offset ms) of sum(layer times) -> network latency
     schema: int = PERF_MODEL_SCHEMA
 
@@ -82,14 +82,6 @@ class PerfModel:
 
     def dense_ms(self) -> float:
         return self.predict_ms({})
-
-    def min_latency_ms(self) -> float:
-        """The minimum predicted latency over all plans (exact, by min-sum elimination over the groups)."""
-        from itcp_deploy.search.dp import min_cost
-        from itcp_deploy.search.problem import problem_from
-
-        zeros = {g.name: np.zeros(len(g.candidates)) for g in self.space.prunable}
-        return min_cost(problem_from(self.space, self, zeros))[0]
 
     def to_dict(self) -> dict:
         return {

@@ -1,15 +1,17 @@
 """The profiling cache: every build and raw measurement, in one SQLite file shared by concurrent runs.
 
-Keyed by :class:`CacheKey` (device, backend + version, precision, input shape, model hash, widths, what was
-measured and how), so a measurement from another device, backend version or precision is never reused: it
-simply has another key. WAL journaling and a busy timeout let two processes (``--shard 0/2`` and
+Keyed by :class:`CacheKey` (device with its ISA flags and logical CPU count, backend + version, precision and
+INT8 settings, input shape, model hash, widths, what was measured and how), so a measurement from another
+device, backend version or precision is never reused: it simply has another key. (Entries written before the
+device named its ISA have keys no run produces any more: they are never served; delete the cache to reclaim
+their space.) WAL journaling and a busy timeout let two processes (``--shard 0/2`` and
 ``--shard 1/2``) write into one cache; each entry is committed on its own, so a run killed at any point
 keeps everything finished before it. A file that is not a cache of this schema is reported
 (:class:`CacheError`) and never modified.
 
 Example::
 
-    key = CacheKey(kind="latency", device="Intel Xeon [x86_64]", backend="onnxruntime",
+    key = CacheKey(kind="latency", device="AMD EPYC [x86_64; avx2 fma; 2 logical CPUs]", backend="onnxruntime",
                    backend_version="1.32.0", precision="fp32", input_shape=(1, 3, 32, 32),
                    model_hash="3f2a...", widths=(("conv1", 16), ("layer1.0.conv1", 8)),
                    settings='{"threads": 1, "rounds": 10, ...}')
@@ -36,7 +38,9 @@ _HEADER = b"SQLite format 3\x00"
 @dataclass(frozen=True)
 class CacheKey:
     """What identifies one cache entry. ``kind``: ``build``, ``latency``, ``layers`` or ``isolated``;
-    ``settings``: canonical JSON of whatever else changes the result (threads, timing config)."""
+    ``device``: :func:`itcp_deploy.engines.device.device_name` (model, ISA flags, logical CPUs);
+    ``settings``: canonical JSON of whatever else changes the result (threads, timing config);
+    ``quantization``: the INT8 settings' label (``u8s8``, ``u8s8-reduce-range``, ...; empty unless int8)."""
 
     kind: str
     device: str
@@ -47,6 +51,7 @@ class CacheKey:
     model_hash: str
     widths: tuple[tuple[str, int], ...] = ()
     settings: str = "{}"
+    quantization: str = ""
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

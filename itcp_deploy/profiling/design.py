@@ -10,7 +10,7 @@ Plans, in this order (deterministic for a seed):
   a design that repeats an earlier plan is replaced by a random unseen one;
 * ``holdout``: uniformly random plans, never fitted, only used to validate the performance model.
 
-Example (ResNet-20, ``budget_builds=32, holdout=10``): 1 dense + 1 all-minimum + 20 Latin-hypercube designs +
+Example (ResNet-20, ``max_builds=32, holdout=10``): 1 dense + 1 all-minimum + 20 Latin-hypercube designs +
 10 holdouts = 32 builds.
 """
 
@@ -29,7 +29,7 @@ from itcp_deploy.space import PruningSpace
 class DesignConfig:
     """How many engines to build. Defaults to 32 builds of which 10 are holdouts."""
 
-    budget_builds: int = 32
+    max_builds: int = 32
     holdout: int = 10
     seed: int = 0
     tries: int = 64
@@ -64,18 +64,18 @@ def _coverage(space: PruningSpace, plans: list[dict[str, int]]) -> int:
 
 
 def design_plans(space: PruningSpace, config: DesignConfig | None = None) -> list[PlannedEngine]:
-    """The plans to build (see the module docstring), at most ``config.budget_builds`` of them.
+    """The plans to build (see the module docstring), at most ``config.max_builds`` of them.
 
     Raises:
-        UsageError: the budget cannot hold the dense plan, the minimum plan and the holdouts.
+        UsageError: ``max_builds`` cannot hold the dense plan, the minimum plan and the holdouts.
     """
     config = config or DesignConfig()
-    n_design = config.budget_builds - config.holdout - 2
+    n_design = config.max_builds - config.holdout - 2
     if config.holdout < 0 or n_design < 0:
         raise UsageError(
-            f"--budget-builds {config.budget_builds} cannot hold the dense plan, the minimum plan "
+            f"--max-builds {config.max_builds} cannot hold the dense plan, the minimum plan "
             f"and {config.holdout} holdouts",
-            f"use --budget-builds >= {config.holdout + 2}",
+            f"use --max-builds >= {config.holdout + 2}",
         )
     rng = random.Random(config.seed)
     dense = space.full_widths()

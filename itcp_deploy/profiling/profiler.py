@@ -1,13 +1,13 @@
 """``profile_engines``: build and measure whole-network engines at designed width plans.
 
-Each plan goes ``pruning.apply_widths`` -> ``export.export_onnx`` -> precision conversion -> backend build
-(the torch backend builds from the pruned module directly). Builds are cached on disk and in the SQLite cache,
-committed one by one; latency is measured in interleaved rounds over every engine still unmeasured (see
-:mod:`~itcp_deploy.profiling.timing`); per-layer times come from the backend's in-context profile (onnxruntime
-session profiling, TensorRT ``IProfiler``; the profiler's per-node cost removed, see :func:`split_layers`),
-or, for backends without one (torch), from isolated single-layer modules timed once per layer signature
-(``layer_source="isolated"``). A rerun measures only what is missing; raw samples and raw per-node times
-stay in the cache.
+Each plan goes ``pruning.apply_widths`` -> :func:`~itcp_deploy.engines.build.build_chain` (export ->
+precision -> backend build, the same chain as the pipeline's engines; torch builds from the module). Builds
+are cached on disk and in the SQLite cache, committed one by one; latency is measured in interleaved rounds
+over every engine still unmeasured (see :mod:`~itcp_deploy.profiling.timing`); per-layer times come from the
+backend's in-context profile (onnxruntime session profiling, TensorRT ``IProfiler``; the profiler's per-node
+cost removed, see :func:`split_layers`), or, for backends without one (torch), from isolated single-layer
+modules timed once per layer signature (``layer_source="isolated"``). A rerun measures only what is missing;
+raw samples and raw per-node times stay in the cache.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
-from itcp_deploy.engines.precision import check_precision, convert_precision
+from itcp_deploy.engines.build import ChainPaths, EngineSpec, build_chain
+from itcp_deploy.engines.int8 import engine_int8_settings
+from itcp_deploy.engines.precision import check_precision
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.cache import CacheKey, ProfileCache
 from itcp_deploy.profiling.design import DesignConfig, PlannedEngine, design_plans, parse_shard, shard
@@ -78,6 +80,15 @@ def model_hash(model) -> str:
     return h.hexdigest()[:20]
 
 
+def profile_identity(config: ProfileConfig) -> dict[str, str]:
+    """What a profile taken with ``config`` on this machine records as :meth:`Profile.identity` (and what
+    every cache key of the run starts from): backend and version, device, precision, INT8 settings."""
+    backend = get_backend(config.backend)
+    int8 = engine_int8_settings(backend.name, config.precision, config.engine.provider)
+    return {"backend": backend.name, "backend_version": backend.version(), "device": backend.device_name(config.engine),
+            "precision": config.precision, "quantization": int8.label if int8 else ""}
+
+
 class _Run:
     """One profiling run's state: backend, cache, keys and counters."""
 
@@ -89,10 +100,7 @@ class _Run:
         self.summary = ProfileSummary()
         self.base = CacheKey(
             kind="build",
-            device=self.backend.device_name(config.engine),
-            backend=self.backend.name,
-            backend_version=self.backend.version(),
-            precision=config.precision,
+            **profile_identity(config),
             input_shape=tuple(space.input_shape),
             model_hash=model_hash(model),
             settings=json.dumps(
@@ -129,6 +137,7 @@ class _Run:
         if entry is not None and (self.cache.dir / entry["artifact"]).exists():
             self.summary.builds_cached += 1
             return entry
+        from itcp_deploy.engines.export import onnx_node_to_module
         from itcp_deploy.pruning import apply_widths
 
         t0 = time.perf_counter()
@@ -137,23 +146,10 @@ class _Run:
         with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
             pruned = apply_widths(self.model, self.space, plan.widths)
             staging = Path(tmp) / "artifact"
-            node_to_module: dict[str, str] = {}
-            if self.backend.source == "onnx":
-                from itcp_deploy.export import export_onnx, onnx_node_to_module
-
-                fp32 = export_onnx(pruned, self.space.input_shape, staging / "export.onnx")
-                node_to_module = onnx_node_to_module(fp32)
-                source = convert_precision(
-                    fp32,
-                    Path(tmp) / "model.onnx",
-                    self.config.precision,
-                    self._calib(),
-                    symmetric_activations=self.backend.name == "tensorrt",
-                )
-            else:
-                source = pruned
-            options = self._options()
-            self.backend.builder(source, staging, options, tuple(self.space.input_shape))()
+            spec = EngineSpec(self.backend.name, self.config.precision, self._options(), self.config.calib)
+            paths = ChainPaths(staging / "export.onnx", Path(tmp) / "model.onnx", staging)
+            fp32, _ = build_chain(pruned, tuple(self.space.input_shape), spec, paths, calib=self._calib())
+            node_to_module = onnx_node_to_module(fp32) if fp32 is not None else {}
             with contextlib.suppress(OSError):  # an identical artifact from another process may already be there
                 staging.rename(final)
             if not final.exists():
@@ -265,6 +261,20 @@ def split_layers(raw_ms: dict[str, float], node_module: dict[str, str | None], l
     return {"layer_ms": layer_ms, "other_ms": other_ms}
 
 
+def _layer_times(run: _Run, plans: list[PlannedEngine], builds: dict[str, dict], progress: Progress) -> dict:
+    """Per-layer times of every plan: in context where the backend profiles layers, else isolated."""
+    if not run.backend.in_context_layers:
+        from itcp_deploy.profiling.isolated import isolated_layer_ms
+
+        return isolated_layer_ms(run, plans)
+    layers = {}
+    for i, plan in enumerate(plans):
+        progress("layers", i, len(plans))
+        layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
+    progress("layers", len(plans), len(plans))
+    return layers
+
+
 def run_profiling(
     model, space: PruningSpace, config: ProfileConfig | None = None, progress: Progress | None = None
 ) -> tuple[Profile, ProfileSummary]:
@@ -284,16 +294,7 @@ def run_profiling(
             builds[plan.engine_id] = run.build(plan)
         progress("build", len(plans), len(plans))
         run.measure_latency(plans, builds)
-        if run.backend.in_context_layers:
-            layers = {}
-            for i, plan in enumerate(plans):
-                progress("layers", i, len(plans))
-                layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
-            progress("layers", len(plans), len(plans))
-        else:
-            from itcp_deploy.profiling.isolated import isolated_layer_ms
-
-            layers = isolated_layer_ms(run, plans)
+        layers = _layer_times(run, plans, builds, progress)
         engines = []
         for plan in plans:
             stats = summarize([cache.get(run.latency_key(plan))["samples_ms"]])
@@ -320,6 +321,7 @@ def run_profiling(
         backend=run.backend.name,
         backend_version=run.base.backend_version,
         precision=config.precision,
+        quantization=run.base.quantization,
         device=run.base.device,
         space=space,
         engines=engines,

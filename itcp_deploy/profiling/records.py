@@ -6,7 +6,7 @@ No torch or backend imports: ``perfmodel/`` reads these.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -15,7 +15,9 @@ from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError
 from itcp_deploy.space import PruningSpace
 
-PROFILE_SCHEMA = 1
+PROFILE_SCHEMA = 2
+#: INT8 settings every schema-1 profile was taken with (before they followed the ISA), by backend.
+_SCHEMA1_INT8 = {"tensorrt": "s8s8-symmetric"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,12 @@ class EngineMeasurement:
 
 @dataclass
 class Profile:
-    """Everything measured for one model on one backend/device/precision/input shape."""
+    """Everything measured for one model on one backend/device/precision/input shape.
+
+    ``device``: model, ISA flags and logical CPUs (:func:`itcp_deploy.engines.device.device_name`);
+    ``quantization``: the INT8 settings' label (empty unless int8). :meth:`identity` is what must match
+    before a profile is reused.
+    """
 
     model: str
     input_shape: tuple[int, int, int, int]
@@ -79,7 +86,17 @@ class Profile:
     builds: int = 0
     wall_s: float = 0.0
     noise_pct: float = float("nan")  # how much re-measuring an engine moves its median, percent
+    quantization: str = ""
     schema: int = PROFILE_SCHEMA
+
+    def identity(self) -> dict[str, str]:
+        """What makes two profiles' latencies comparable: backend and version, device, precision, INT8 settings."""
+        return {"backend": self.backend, "backend_version": self.backend_version, "device": self.device,
+                "precision": self.precision, "quantization": self.quantization}
+
+    def check_identity(self, expected: Mapping[str, str], path: str | os.PathLike[str]) -> None:
+        """Refuse to reuse this profile for a run that needs ``expected`` (see :func:`check_identity`)."""
+        check_identity(self.identity(), expected, f"profile {path}")
 
     def by_role(self, role: str) -> list[EngineMeasurement]:
         return [e for e in self.engines if e.role == role]
@@ -95,6 +112,9 @@ class Profile:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
         d = read_json(path, "profile")
+        if isinstance(d, dict) and d.get("schema") == 1:  # the same fields, INT8 settings implied by the backend
+            int8 = _SCHEMA1_INT8.get(str(d.get("backend")), "u8s8") if d.get("precision") == "int8" else ""
+            d = {**d, "schema": PROFILE_SCHEMA, "quantization": int8}
         if not isinstance(d, dict) or d.get("schema") != PROFILE_SCHEMA:
             raise InputFileError(f"{path} is not a profile of schema {PROFILE_SCHEMA}",
                                  "regenerate it with `itcp-deploy profile-engines`")
@@ -105,3 +125,18 @@ class Profile:
         except (KeyError, TypeError, ValueError) as err:
             raise InputFileError(f"profile {path} has malformed fields ({err})",
                                  "regenerate it with `itcp-deploy profile-engines`") from err
+
+
+def check_identity(found: Mapping[str, str], expected: Mapping[str, str], what: str) -> None:
+    """Refuse to reuse a profile (or a perf model fitted on one, whose ``meta`` holds the same fields) taken on
+    another device or with other settings. ``expected``: :func:`itcp_deploy.profiling.profiler.profile_identity`.
+
+    Raises:
+        InputFileError: a field differs; the message names it, both values and the fix.
+    """
+    for name, value in expected.items():
+        if found.get(name) != value:
+            raise InputFileError(
+                f"{what} was taken with {name} {found.get(name)!r}, this run needs {value!r}",
+                "move it away so that it is measured again here, or pass one taken with these settings",
+            )

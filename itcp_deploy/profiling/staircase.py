@@ -1,8 +1,9 @@
 """The latency staircase of one conv signature: measured latency versus output width, next to MACs.
 
 MACs grow linearly with the output width; measured latency grows in steps, because kernels process channels
-in blocks (onnxruntime's NCHWc layout pads to 8 or 16 channels on x86). This plot is why the performance model
-is staircase-aware and why candidate widths are multiples of 4 or 8.
+in blocks (onnxruntime's NCHWc layout pads to 16 channels with AVX-512F, 8 with AVX2). This plot is why the
+performance model is staircase-aware; the block it steps by (``engines.device.block_from_staircase``) is
+saved beside it, with the device's ISA flags.
 """
 
 from __future__ import annotations
@@ -126,17 +127,19 @@ def staircase(
 ) -> tuple[list[StaircasePoint], Path]:
     """Measure and plot (what ``itcp-deploy staircase`` runs); the data goes beside the plot as JSON."""
     from itcp_deploy.atomic_io import write_json
-    from itcp_deploy.engines.device import device_name
+    from itcp_deploy.engines.device import block_from_staircase, detect_isa, device_name, isa_channel_block
 
     config = config or StaircaseConfig()
     points = measure_staircase(config)
+    block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
     title = (
         f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "
-        f"onnxruntime CPU, {config.threads} thread(s)\n{device_name()}"
+        f"onnxruntime CPU, {config.threads} thread(s), steps of {block or 'none found'}\n{device_name()}"
     )
     path = plot_staircase(points, out, title)
     write_json(
         Path(out).with_suffix(".json"),
-        {"config": asdict(config), "device": device_name(), "points": [asdict(p) for p in points]},
+        {"config": asdict(config), "device": device_name(), "block_measured": block,
+         "block_isa": isa_channel_block(detect_isa()), "points": [asdict(p) for p in points]},
     )
     return points, path

@@ -5,7 +5,7 @@ Attributes load lazily so importing :mod:`itcp_deploy.pruning` does not import t
 
 - :func:`build_space` (``space_builder``), :func:`build_space_from_spec`
 - :func:`apply_widths`, :func:`channel_importance` (``apply``); registry ``IMPORTANCE`` (``importance``)
-- :func:`group_scores`, :class:`ScoreSettings`; registry ``SCORES`` (``scores``, ``sensitivity``)
+- :func:`group_scores`, registry ``SCORES`` (``scores``, ``sensitivity``); :class:`ScoreSettings` (``score_base``)
 - :func:`count_macs_params` (``counting``)
 - :func:`save_pruned`, :func:`load_pruned` (``persist``)
 """
@@ -21,7 +21,7 @@ _EXPORTS = {
     "channel_importance": "apply",
     "IMPORTANCE": "importance",
     "group_scores": "scores",
-    "ScoreSettings": "scores",
+    "ScoreSettings": "score_base",
     "SCORES": "scores",
     "count_macs_params": "counting",
     "save_pruned": "persist",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -32,46 +31,13 @@ from torch import nn
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pruning.apply import channel_importance, conv_multiple, keep_indices
 from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.pruning.score_base import ScoreInputs, ScoreSettings, monotone
 from itcp_deploy.registry import Registry
 from itcp_deploy.space import PruningSpace
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """Knobs of the data-driven scores.
-
-    ``gradient_batches``: batches of ``loader`` the taylor gradients average over. ``bn_images``: training
-    images used to re-estimate BN statistics per sensitivity evaluation. ``calib_images``: held-out images
-    whose loss is measured. ``importance``: which channels a sensitivity evaluation keeps.
-    ``max_widths_per_group``: evaluate at most this many widths per group (evenly spread, the rest linearly
-    interpolated) to bound sensitivity's cost; ``None`` evaluates all.
-    """
-
-    gradient_batches: int = 4
-    bn_images: int = 256
-    calib_images: int = 512
-    importance: str = "l1"
-    max_widths_per_group: int | None = None
-
-
-@dataclass(frozen=True)
-class ScoreInputs:
-    """What a score may use besides the model and its space."""
-
-    loader: Iterable[Batch] | None = None
-    calib_loader: Iterable[Batch] | None = None
-    cache_path: str | os.PathLike[str] | None = None
-    settings: ScoreSettings = field(default_factory=ScoreSettings)
-
 
 ScoreFn = Callable[[nn.Module, PruningSpace, ScoreInputs], dict[str, np.ndarray]]
 SCORES: Registry[ScoreFn] = Registry("group score")
 TIE_BREAK = 1e-6
-
-
-def monotone(values: Iterable[float]) -> np.ndarray:
-    """Running max from the smallest to the largest width."""
-    return np.maximum.accumulate(np.asarray(list(values), dtype=np.float64))
 
 
 def _from_importance(model: nn.Module, space: PruningSpace, imp: dict[str, np.ndarray],

@@ -35,7 +35,7 @@ from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import CacheError, UsageError
 from itcp_deploy.pruning.apply import apply_widths, channel_importance
 from itcp_deploy.pruning.importance import Batch
-from itcp_deploy.pruning.scores import ScoreInputs, ScoreSettings, monotone
+from itcp_deploy.pruning.score_base import ScoreInputs, ScoreSettings, monotone
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
 log = logging.getLogger(__name__)

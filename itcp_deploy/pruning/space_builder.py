@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from itcp_deploy.engines.device import channel_block
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pruning.tracing import PRUNABLE_LAYERS, TracedGroup, trace, traced_groups, traced_layers
 from itcp_deploy.space import INPUT_GROUP, OUTPUT_GROUP, CandidateGrid, ChannelGroup, LayerSpec, PruningSpace
@@ -185,7 +186,9 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
         model: The network; left unchanged (TP's trace switches it to eval mode; the mode is restored).
         input_shape: ``(N, C, H, W)`` at which layers are traced and spatial sizes recorded.
         model_spec: What :func:`itcp_deploy.models.create_model` rebuilds it from; stored in the space.
-        grid: How candidate widths are drawn. Defaults to ``CandidateGrid()`` (every 4 up to 64, then 8).
+        grid: How candidate widths are drawn. Defaults to ``CandidateGrid()`` (every 4 up to 64, then 8)
+            aligned to this machine's channel block (``engines.device.channel_block``), so the top of every
+            latency step is a candidate (a no-op on x86: blocks of 16 with AVX-512, 8 with AVX2).
         ignore_layers: Glob patterns of layers whose output channels must keep their width (a detection
             head, say): every group setting such a layer's output is fixed, as Torch-Pruning's
             ``ignored_layers`` does. A pattern also matches the layers inside a matched module.
@@ -197,7 +200,7 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
         UsageError: TP cannot trace the model, it has no prunable Conv/Linear layer, or an ignore pattern
             matches no layer.
     """
-    grid = grid or CandidateGrid()
+    grid = grid or CandidateGrid().aligned_to(channel_block())
     shape = tuple(int(d) for d in input_shape)
     ignored = ignored_layer_names(model, ignore_layers, model_spec)
     graph = trace(model, shape, model_spec)

@@ -4,7 +4,7 @@ Pure data and numpy (no torch, no backends); matplotlib only inside :mod:`itcp_d
 """
 
 from itcp_deploy.search.baselines import SEARCH_METHODS, SearchInputs, run_method
-from itcp_deploy.search.dp import FrontSolver, Solution, SolverLimits, min_cost, solve
+from itcp_deploy.search.dp import FrontSolver, Solution, SolverLimits, min_cost, min_latency_ms, solve
 from itcp_deploy.search.problem import SearchProblem, Term, problem_from, problem_from_macs
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "SolverLimits",
     "Term",
     "min_cost",
+    "min_latency_ms",
     "problem_from",
     "problem_from_macs",
     "run_method",

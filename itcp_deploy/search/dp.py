@@ -28,7 +28,7 @@ import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.search import factors as fx
-from itcp_deploy.search.problem import SearchProblem
+from itcp_deploy.search.problem import SearchProblem, problem_from
 
 
 @dataclass(frozen=True)
@@ -322,6 +322,13 @@ def min_cost(problem: SearchProblem) -> tuple[float, dict[str, int]]:
         assign[x] = int(np.argmin(total[key]))
     widths = {g: problem.candidates[g][assign.get(g, 0)] for g in problem.candidates}
     return problem.cost(widths), widths
+
+
+def min_latency_ms(perf_model) -> float:
+    """The minimum predicted latency of ``perf_model`` (a :class:`~itcp_deploy.perfmodel.PerfModel`) over
+    all plans of its space: exact, by min-sum elimination over the groups."""
+    zeros = {g.name: np.zeros(len(g.candidates)) for g in perf_model.space.prunable}
+    return min_cost(problem_from(perf_model.space, perf_model, zeros))[0]
 
 
 def solve(

@@ -28,7 +28,7 @@ class TrainConfig:
             Defaults to none (nothing written).
         resume: continue after the last finished epoch of ``checkpoint_dir/checkpoint.pt`` if there is one.
         max_steps_per_epoch: cut each epoch short (quick runs, tests). Defaults to full epochs.
-        time_budget_s: stop after the epoch in which this much wall time has passed. Defaults to no limit.
+        train_time_s: stop after the epoch in which this much wall time has passed. Defaults to no limit.
         num_workers: DataLoader processes. Defaults to 0.
         device: ``cpu``, ``cuda``, ``cuda:1``. Defaults to CUDA when available (the local rank's under DDP).
         quiet: no progress bars.
@@ -49,7 +49,7 @@ class TrainConfig:
     checkpoint_dir: str | Path | None = None
     resume: bool = False
     max_steps_per_epoch: int | None = None
-    time_budget_s: float | None = None
+    train_time_s: float | None = None
     num_workers: int = 0
     device: str | None = None
     quiet: bool = False
@@ -63,7 +63,7 @@ class TrainConfig:
             "kd_alpha": 0 <= self.kd_alpha <= 1,
             "kd_temperature": self.kd_temperature > 0,
             "max_steps_per_epoch": self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-            "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
+            "train_time_s": self.train_time_s is None or self.train_time_s > 0,
             "precise_bn_batches": self.precise_bn_batches >= 0,
         }
         for name, ok in checks.items():

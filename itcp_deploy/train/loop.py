@@ -60,7 +60,7 @@ def train(
     with EpochProgress(enabled=not cfg.quiet and ctx.is_main) as progress:
         for epoch in range(start_epoch, cfg.epochs):
             record = session.run_epoch(train_info, epoch, progress)
-            last = epoch + 1 == cfg.epochs or session.budget_spent(time.perf_counter() - started)
+            last = epoch + 1 == cfg.epochs or session.out_of_time(time.perf_counter() - started)
             if last and cfg.precise_bn_batches > 0:
                 session.precise_bn(train_info, epoch)
             if test_info is not None:
@@ -197,12 +197,12 @@ class _Session:
             write_json(out_dir / ckpt.METRICS_NAME, summary)
         barrier()
 
-    def budget_spent(self, elapsed_s: float) -> bool:
-        """Whether the time budget ran out; ranks agree (any rank out of time stops all)."""
-        budget_s = self.config.time_budget_s
-        if budget_s is None:
+    def out_of_time(self, elapsed_s: float) -> bool:
+        """Whether the training time ran out; ranks agree (any rank out of time stops all)."""
+        limit_s = self.config.train_time_s
+        if limit_s is None:
             return False
-        return sum_across_ranks([float(elapsed_s >= budget_s)], self.device)[0] > 0
+        return sum_across_ranks([float(elapsed_s >= limit_s)], self.device)[0] > 0
 
 
 def _steps_per_epoch(train_info: DatasetInfo, config: TrainConfig, ctx: DistContext) -> int:

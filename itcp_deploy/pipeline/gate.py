@@ -8,18 +8,14 @@ engines alike, so the ratio is the robust gate there.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.records import LatencyStats
 from itcp_deploy.profiling.timing import TimingConfig
-
-PERCENTILES = (50, 90, 99)
+from itcp_deploy.target import LatencyTarget, Measurement
 
 
 @dataclass(frozen=True)
@@ -78,20 +74,15 @@ def _check_engine_path(path: str, what: str) -> Path:
     return p
 
 
-def _check_config(config: GateConfig) -> None:
-    import math
-
-    if config.percentile not in PERCENTILES:
-        raise UsageError(f"--percentile must be one of {PERCENTILES}, got {config.percentile}",
-                         "pass 50, 90 or 99")
+def _target(config: GateConfig) -> LatencyTarget:
+    """The gate's limit as a :class:`LatencyTarget` (no margin: the gate judges the SLA itself)."""
     ratio_form = config.reference is not None or config.max_ratio is not None
-    incomplete_ratio = ratio_form and None in (config.reference, config.max_ratio)
-    if (config.sla_ms is None) == (not ratio_form) or incomplete_ratio:
+    if (config.sla_ms is None) == (not ratio_form) or (ratio_form and None in (config.reference, config.max_ratio)):
         raise UsageError("give either --sla-ms, or both --reference and --max-ratio",
                          "e.g. --sla-ms 2.0, or --reference dense.ort.onnx --max-ratio 0.6")
-    for name, value in (("--sla-ms", config.sla_ms), ("--max-ratio", config.max_ratio)):
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            raise UsageError(f"{name} must be a finite number > 0, got {value}", f"pass e.g. {name} 0.6")
+    if config.max_ratio is not None:
+        return LatencyTarget.from_ratio(config.max_ratio, config.percentile)
+    return LatencyTarget(sla_ms=config.sla_ms, percentile=config.percentile, margin=0.0)
 
 
 def check_latency(config: GateConfig) -> GateResult:
@@ -101,26 +92,20 @@ def check_latency(config: GateConfig) -> GateResult:
         UsageError, InputFileError: bad options or files (the CLI exits 2). A missed limit is not an error:
         ``GateResult.passed`` is False and the CLI exits 1.
     """
-    from itcp_deploy.engines import EngineOptions, get_backend
-    from itcp_deploy.profiling.timing import measure_interleaved, round_ratios
+    from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.profiling.engine_timing import measure_engines
 
-    _check_config(config)
-    paths = [_check_engine_path(config.engine, "engine")]
-    if config.reference is not None:
-        paths.append(_check_engine_path(config.reference, "reference engine"))
-    backend = get_backend(config.backend)
-    options = EngineOptions(threads=config.threads)
-    with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(backend.runner(p, options)) for p in paths]
-        result = measure_interleaved(runners, None, config.timing)
-    engine = result.stats[0]
-    if config.reference is None:
-        measured = engine.percentile_ms(config.percentile)
-        return GateResult(measured <= config.sla_ms, measured, config.sla_ms, "sla", config.percentile,
-                          engine)
+    target = _target(config)
+    engine = _check_engine_path(config.engine, "engine")
+    reference = None if config.reference is None else _check_engine_path(config.reference, "reference engine")
     q = config.percentile
-    ratios = round_ratios(result.samples_ms[0], result.samples_ms[1], q)
-    measured = float(np.median(ratios))
-    spread = (float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90)))
-    return GateResult(measured <= config.max_ratio, measured, float(config.max_ratio), "ratio", q, engine,
-                      result.stats[1], spread)
+    measured = measure_engines(config.backend, [engine], EngineOptions(threads=config.threads), config.timing,
+                               reference=reference, percentile=q)
+    one = measured.engines[0]
+    if reference is None:
+        verdict = target.judge(Measurement(one.stats.percentile_ms(q)))
+        return GateResult(verdict.met, verdict.measured_ms, verdict.limit_ms, "sla", q, one.stats)
+    # ratio form: judged on the ratio, against a reference latency of 1
+    verdict = target.judge(Measurement(one.stats.percentile_ms(q), one.ratio), dense_ms=1.0)
+    return GateResult(verdict.met, float(one.ratio), float(config.max_ratio), "ratio", q, one.stats,
+                      measured.reference, one.ratio_spread)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.engines.exportable import exportable_pooling
 from itcp_deploy.errors import ItcpError
-from itcp_deploy.models.exportable import exportable_pooling
 
 DEFAULT_OPSET = 17
 PARITY_RTOL = 1e-4

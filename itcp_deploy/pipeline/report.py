@@ -1,6 +1,6 @@
 """The run report: ``report.json`` for machines, ``report.md`` for people, and its three plots.
 
-Plain data in, files out; ``pipeline.py`` fills :class:`RunReport`.
+Plain data in, files out; ``pipeline/stages.py`` fills :class:`RunReport`.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def plot_pred_vs_measured(predicted_ms: Sequence[float], measured_ms: Sequence[f
 
 
 def plot_front(front: Sequence[tuple[float, float]], chosen: tuple[float, float], sla_ms: float, path: Path,
-               others: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
-    """The Pareto front (predicted latency, score) with the chosen point and the SLA line."""
+               others: Mapping[str, Sequence[tuple[float, float]]] | None = None, title: str = "") -> None:
+    """The Pareto front (predicted latency, score) with the chosen point and the SLA line; ``title``: say
+    which model and device (the front is only valid there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,6 +138,7 @@ def plot_front(front: Sequence[tuple[float, float]], chosen: tuple[float, float]
     ax.axvline(sla_ms, color="gray", ls="--", label="SLA")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("score (higher = better)")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     _save_figure(fig, path)
     plt.close(fig)

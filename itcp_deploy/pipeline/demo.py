@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from itcp_deploy.pipeline import Log, RunConfig, run
+from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
+from itcp_deploy.pipeline.driver import run
+from itcp_deploy.pipeline.report import RunReport
+from itcp_deploy.pipeline.stages import Log, Progress
+from itcp_deploy.target import LatencyTarget
 
 MODEL = "cifar_resnet20"
 DATA = "digits"
@@ -39,17 +43,18 @@ def train_dense(config: DemoConfig) -> Path:
         return weights
     model = create_model(MODEL, num_classes=10)
     tc = TrainConfig(epochs=30, lr=0.1, batch_size=64, seed=config.seed, checkpoint_dir=out, resume=True,
-                     time_budget_s=config.train_seconds, quiet=config.quiet, device="cpu")
+                     train_time_s=config.train_seconds, quiet=config.quiet, device="cpu")
     train(model, load_dataset(DATA, "train"), load_dataset(DATA, "test"), tc)
     return weights
 
 
-def demo(config: DemoConfig | None = None, log: Log | None = None, progress=None):
+def demo(config: DemoConfig | None = None, log: Log | None = None, progress: Progress | None = None) -> RunReport:
     """Train, then prune to ``sla_fraction`` of the dense latency; returns the run's report."""
     config = config or DemoConfig()
     weights = train_dense(config)
     rc = RunConfig(model=MODEL, data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(Path(config.out_dir) / "run"),
-                   speedup=1.0 / config.sla_fraction, weights=str(weights), num_classes=10,
-                   epochs=config.finetune_epochs, lr=0.02, cache_dir=config.cache_dir, budget_builds=28,
-                   holdout=10, seed=config.seed, quiet=config.quiet)
+                   target=LatencyTarget(speedup=1.0 / config.sla_fraction), weights=str(weights), num_classes=10,
+                   recipe=FinetuneRecipe(epochs=config.finetune_epochs, lr=0.02, train_subset=None),
+                   profile=ProfileSettings(cache_dir=config.cache_dir, max_builds=28, holdout=10),
+                   seed=config.seed, quiet=config.quiet)
     return run(rc, log=log, progress=progress)

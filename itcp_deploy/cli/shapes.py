@@ -1,4 +1,4 @@
-"""Parsing of user-given shapes and numbers (``--input-shape 1x3x32x32``, ``--sla-ms``)."""
+"""Parsing of user-given shapes, numbers and targets (``--input-shape 1x3x32x32``, ``--sla-ms``, ``--speedup``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import re
 
 from itcp_deploy.errors import UsageError
+from itcp_deploy.target import LatencyTarget
 
 _SHAPE = re.compile(r"^\d+(x\d+){3}$")
 
@@ -30,3 +31,10 @@ def positive_float(value: float | str, option: str) -> float:
     if not math.isfinite(number) or number <= 0:
         raise UsageError(f"{option} must be a finite number > 0, got {value!r}", f"pass e.g. {option} 2.0")
     return number
+
+
+def parse_target(sla_ms: float | str | None, speedup: float | str | None, percentile: int = 50) -> LatencyTarget:
+    """The one :class:`LatencyTarget` of a command, from its ``--sla-ms`` / ``--speedup`` / ``--percentile``."""
+    return LatencyTarget(sla_ms=None if sla_ms is None else positive_float(sla_ms, "--sla-ms"),
+                         speedup=None if speedup is None else positive_float(speedup, "--speedup"),
+                         percentile=percentile)

@@ -7,6 +7,7 @@ then runs one search method. ``itcp-deploy search`` and ``itcp-deploy pareto`` c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from itcp_deploy.errors import UsageError
@@ -14,18 +15,18 @@ from itcp_deploy.perfmodel.model import PerfModel
 from itcp_deploy.plan import PruningPlan
 from itcp_deploy.search.baselines import SEARCH_METHODS, SearchInputs, run_method
 from itcp_deploy.search.front import Front, method_fronts
+from itcp_deploy.target import LatencyTarget
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """What ``itcp-deploy search`` needs. Give exactly one of ``sla_ms`` and ``speedup`` (budget = dense
-    predicted latency / speedup). ``data``: a ``--data`` spec for data-driven criteria (taylor,
-    sensitivity)."""
+    """What ``itcp-deploy search`` needs. ``target``: the latency budget (``search`` measures no engine, so
+    a speed-up divides the perf model's *predicted* dense latency, and says so); ``pareto`` needs none.
+    ``data``: a ``--data`` spec for data-driven criteria (taylor, sensitivity)."""
 
     model: str
     perf_model: str
-    sla_ms: float | None = None
-    speedup: float | None = None
+    target: LatencyTarget | None = None
     criterion: str = "taylor"
     method: str = "itcp"
     data: str | None = None
@@ -36,11 +37,16 @@ class SearchConfig:
     trust_code: bool = False
 
 
-def budget_ms(perf_model: PerfModel, *, sla_ms: float | None, speedup: float | None) -> float:
-    """The latency budget: the SLA itself, or the dense predicted latency divided by ``speedup``."""
-    if (sla_ms is None) == (speedup is None):
+def budget_ms(perf_model: PerfModel, target: LatencyTarget | None) -> tuple[float, str]:
+    """The latency budget of ``target`` for this perf model (the SLA itself, no margin: the perf model is all
+    ``search`` has), and a line saying which dense latency a speed-up divided."""
+    if target is None:
         raise UsageError("give exactly one of --sla-ms and --speedup", "e.g. --sla-ms 0.5 or --speedup 2")
-    return float(sla_ms) if sla_ms is not None else perf_model.dense_ms() / float(speedup)
+    dense = perf_model.dense_ms()
+    note = target.describe(dense, "predicted")
+    if target.relative:
+        note += " (search builds no engine; `run` divides the measured dense latency)"
+    return target.resolve_ms(dense), note
 
 
 def search_inputs(config: SearchConfig, *, with_channel_importance: bool = False) -> SearchInputs:
@@ -64,13 +70,15 @@ def search_inputs(config: SearchConfig, *, with_channel_importance: bool = False
     return SearchInputs(space, perf_model, scores, importance)
 
 
-def plan_widths(config: SearchConfig) -> PruningPlan:
-    """The width plan of ``config.method`` under the budget (see :class:`SearchConfig`)."""
+def plan_widths(config: SearchConfig, log: Callable[[str], None] | None = None) -> PruningPlan:
+    """The width plan of ``config.method`` under the budget (see :class:`SearchConfig`); ``log`` hears which
+    dense latency the budget came from."""
     SEARCH_METHODS.get(config.method)  # fail on a typo before loading anything
     perf_model = PerfModel.load(config.perf_model)
-    budget = budget_ms(perf_model, sla_ms=config.sla_ms, speedup=config.speedup)
+    budget, note = budget_ms(perf_model, config.target)
     inputs = search_inputs(config, with_channel_importance=config.method == "global-magnitude")
     solution = run_method(config.method, inputs, budget, bins=config.bins)
+    (log or (lambda msg: None))(f"budget: {note}")  # after solving: a failure stays one line
     widths = {g.name: solution.widths[g.name] for g in inputs.space.prunable}
     return PruningPlan(
         model=config.model,

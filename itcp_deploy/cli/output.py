@@ -1,0 +1,132 @@
+"""What the commands print: progress bars with ETA and the summary tables (stderr), JSON (stdout)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from itcp_deploy.cli.common import console, emit_json
+
+STAGES = {
+    "build": "building engines",
+    "measure": "measuring (interleaved)",
+    "layers": "per-layer profiles",
+    "isolated": "isolated layers",
+}
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """Yield a ``progress(stage, done, total)`` callback drawing one bar per stage."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            if stage == "build":
+                console.print(f"{total} engines to build or reuse from the cache")
+            tasks[stage] = bar.add_task(STAGES.get(stage, stage), total=max(total, 1))
+        bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+    with bar:
+        yield update
+
+
+def print_summary(profile, summary, out: Path, json_out: bool) -> None:
+    """The end-of-run table (builds, measurements, noise floor, wall time), or JSON with ``--json``."""
+    from rich.table import Table
+
+    per_engine = summary.wall_s / max(1, summary.planned)
+    rows = {
+        "engines": summary.planned,
+        "builds (new / cached)": f"{summary.builds_new} / {summary.builds_cached}",
+        "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
+        "noise floor (re-measurement, split-half)": "n/a"
+        if math.isnan(summary.noise_pct)
+        else f"{summary.noise_pct:.1f}%",
+        "wall time": f"{summary.wall_s:.1f} s ({per_engine:.2f} s per engine)",
+        "profile": str(out),
+    }
+    if json_out:
+        emit_json(
+            {
+                "profile": str(out),
+                "engines": summary.planned,
+                "builds_new": summary.builds_new,
+                "builds_cached": summary.builds_cached,
+                "measurements_new": summary.measurements_new,
+                "measurements_cached": summary.measurements_cached,
+                "noise_pct": summary.noise_pct,
+                "wall_s": summary.wall_s,
+                "backend": profile.backend,
+                "precision": profile.precision,
+                "quantization": profile.quantization,
+                "device": profile.device,
+            }
+        )
+        return
+    table = Table(
+        title=f"profile-engines: {profile.model} on {profile.backend} {profile.backend_version} "
+        f"{profile.precision}{f' ({profile.quantization})' if profile.quantization else ''}, {profile.device}"
+    )
+    table.add_column("")
+    table.add_column("value")
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def print_report(report, json_out: bool) -> None:
+    """A run's dense-vs-pruned table and its notes, or the whole report as JSON with ``--json``."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from itcp_deploy.pipeline.driver import summary_rows
+
+    if json_out:
+        emit_json(asdict(report))
+        return
+    table = Table(title=f"{report.model} on {report.backend} ({report.precision})")
+    for col in ("", "dense", "pruned"):
+        table.add_column(col)
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+def with_progress(job, config, quiet: bool):
+    """``job(config)`` silently, or with a log line per stage and rich progress bars."""
+    if quiet:
+        return job(config)
+    with progress_bar() as progress:
+        return job(config, log=lambda msg: console.print(f"[dim]{msg}[/dim]"), progress=progress)
+
+
+def deliver(config, json_out: bool) -> None:
+    """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) and print its report."""
+    from itcp_deploy.pipeline.driver import run
+
+    print_report(with_progress(run, config, config.quiet or json_out), json_out)

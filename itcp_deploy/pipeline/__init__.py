@@ -1,0 +1,30 @@
+"""The pipeline wing: the only package that knows every stage.
+
+- :mod:`~itcp_deploy.pipeline.config`: :class:`RunConfig` and its nested settings (recipe, profile, loop)
+- :mod:`~itcp_deploy.pipeline.driver`: :func:`run` (``itcp-deploy run``), the report, the summary rows
+- :mod:`~itcp_deploy.pipeline.stages`: the stage functions ``run`` and ``compare`` share
+- :mod:`~itcp_deploy.pipeline.closed_loop`: search -> build -> measure -> correct, until the SLA is met
+- :mod:`~itcp_deploy.pipeline.run_dir`: the run folder's file names and ``state.json``
+- :mod:`~itcp_deploy.pipeline.planning` (``search``, ``pareto``), :mod:`~itcp_deploy.pipeline.gate`
+  (``check-latency``), :mod:`~itcp_deploy.pipeline.compare` (ITCP against the baselines),
+  :mod:`~itcp_deploy.pipeline.demo`, :mod:`~itcp_deploy.pipeline.report`
+
+Names load lazily, so importing one module of the wing does not import the others.
+"""
+
+from __future__ import annotations
+
+from itcp_deploy.lazy import lazy_exports
+
+_EXPORTS = {
+    "RunConfig": "config",
+    "FinetuneRecipe": "config",
+    "ProfileSettings": "config",
+    "LoopSettings": "config",
+    "run": "driver",
+    "summary_rows": "driver",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,122 @@
+"""The whole ITCP pipeline (``itcp-deploy run``, and ``profile-engines`` given an SLA): the one place that
+runs every stage.
+
+dense model -> profile engines (cache reused) -> fit perf model -> group scores -> closed loop
+(search -> prune -> build -> measure against the dense engine, interleaved; shrink or relax the budget by
+measured/predicted and re-solve) -> BatchNorm re-estimation + finetuning -> final engine -> final measurement
+-> report.
+
+Latency depends on the architecture, not on the weights, so the closed loop runs on freshly pruned structures
+and finetuning happens once, on the structure that met the SLA. Every stage writes its result into the output
+folder and records itself in ``state.json``; a rerun resumes after the last finished stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.pipeline.config import RunConfig
+from itcp_deploy.pipeline.report import RunReport
+from itcp_deploy.pipeline.run_dir import RunFolder, RunState
+from itcp_deploy.pipeline.stages import RUN_STAGES, Log, ModelSource, Progress, RunContext, load_inputs
+from itcp_deploy.target import Measurement
+
+
+def run(config: RunConfig, log: Log | None = None, progress: Progress | None = None) -> RunReport:
+    """Run the pipeline; returns the :class:`~itcp_deploy.pipeline.report.RunReport` (also in
+    ``OUT/report.json``).
+
+    Raises:
+        UsageError, InputFileError: bad options or files.
+        InfeasibleError: the SLA is below the fastest reachable plan (names the minimum latency).
+    """
+    from itcp_deploy.pruning import build_space
+    from itcp_deploy.pruning.output_kind import criteria_for
+
+    config.validate()
+    folder = RunFolder(config.out_dir).create()
+    state = RunState(folder, config)
+    source = ModelSource(config.model, config.data, config.weights, config.num_classes, config.trust_code)
+    inputs = load_inputs(source, config.seed)
+    space = build_space(inputs.model, config.input_shape, model_spec=config.model, ignore_layers=config.ignore_layers)
+    if config.recipe.epochs > 0 and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note:
+        raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned here",
+                         "pass --epochs 0 (BatchNorm re-estimation only) and finetune it with your own loss")
+    ctx = RunContext(config, folder, state, inputs, space, log or (lambda msg: None), progress)
+    for name, stage in RUN_STAGES:
+        if state.done(name) is None:
+            ctx.log(f"stage {name} ...")
+            t0 = time.perf_counter()
+            result = stage(ctx)
+            state.finish(name, {**result, "wall_s": time.perf_counter() - t0})
+        else:
+            ctx.log(f"stage {name}: done in an earlier run, skipped")
+    return _report(ctx)
+
+
+def _report(ctx: RunContext) -> RunReport:
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.plan import PruningPlan
+
+    c, s = ctx.config, ctx.state
+    dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")
+    plan = PruningPlan.load(ctx.folder.plan)
+    q = c.target.percentile
+    final_ms = {k: final["final"][k] for k in ("median_ms", "p90_ms", "p99_ms")}
+    # a --speedup target is judged by the interleaved ratio to the dense engine (drift cancels); --sla-ms by
+    # the final engine's own percentile
+    measured = Measurement(final["final"]["median_ms" if q == 50 else f"p{q}_ms"], final["ratio"])
+    verdict = c.target.judge(measured, dense_ms=loop["dense_measured_ms"])
+    perf = PerfModel.load(ctx.folder.perf_model)
+    report = RunReport(
+        model=c.model, backend=c.engine.backend, precision=c.engine.precision, device=perf.meta.get("device", ""),
+        sla_ms=loop["sla_ms"], percentile=q, dense_latency_ms=final["dense"]["median_ms"],
+        predicted_latency_ms=float(plan.predicted_ms or 0.0), final_latency_ms=final_ms,
+        final_over_dense=final["ratio"], met_sla=bool(verdict.met), measured_over_sla=verdict.over,
+        accuracy_dense=dense["accuracy"], accuracy_pruned_bn=fin["accuracy_pruned_bn"],
+        accuracy_final=fin["accuracy_final"], macs_dense=dense["macs"], macs_final=final["macs"],
+        params_dense=dense["params"], params_final=final["params"], rounds=loop["rounds"],
+        widths=dict(plan.widths), full_widths={g: ctx.space.group(g).full_width for g in plan.widths},
+        criterion=c.criterion, method=c.method, epochs=c.recipe.epochs,
+        perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)}
+        if perf.report else {},
+        notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
+        wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
+    )
+    report.save(ctx.folder.root)
+    _plots(ctx, report, plan, perf)
+    return report
+
+
+def _plots(ctx: RunContext, report: RunReport, plan, perf) -> None:
+    from itcp_deploy.pipeline.report import plot_front, plot_pred_vs_measured, plot_widths
+    from itcp_deploy.profiling.records import Profile
+
+    out = ctx.folder.root
+    profile = Profile.load(ctx.folder.profile)
+    holdout = profile.by_role("holdout") or profile.by_role("design")
+    plot_pred_vs_measured([perf.predict_ms(e.widths) for e in holdout], [e.latency.median_ms for e in holdout],
+                          out / "latency_pred_vs_measured.png",
+                          f"{report.model}: perf model on held-out engines\n{profile.device}")
+    plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
+               float(plan.budget_ms or report.sla_ms), out / "pareto.png",
+               title=f"{report.model} on {profile.device}")
+    plot_widths(report.widths, report.full_widths, out / "widths.png")
+
+
+def summary_rows(report: RunReport) -> list[tuple[str, str, str]]:
+    """(metric, dense, pruned) rows for the CLI's summary table."""
+    acc = (lambda a: "n/a" if a is None else f"{a:.2f}%")  # noqa: E731
+    f = report.final_latency_ms
+    return [
+        ("latency median (ms)", f"{report.dense_latency_ms:.4f}", f"{f['median_ms']:.4f}"),
+        ("latency p90 / p99 (ms)", "", f"{f['p90_ms']:.4f} / {f['p99_ms']:.4f}"),
+        ("SLA (ms)", "", f"{report.sla_ms:.4f} ({'met' if report.met_sla else 'MISSED'})"),
+        ("pruned / dense latency", "", f"{report.final_over_dense:.3f}"),
+        ("accuracy", acc(report.accuracy_dense), acc(report.accuracy_final)),
+        ("MACs", f"{report.macs_dense:,}", f"{report.macs_final:,}"),
+        ("params", f"{report.params_dense:,}", f"{report.params_final:,}"),
+        ("closed-loop rounds", "", str(len(report.rounds))),
+    ]
