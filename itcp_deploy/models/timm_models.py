@@ -8,18 +8,28 @@ own checkpoint comes in through ``--weights`` (read with ``weights_only=True``).
 from __future__ import annotations
 
 import difflib
+import importlib
+from types import ModuleType
 
 from torch import nn
 
-from itcp_deploy.engines.lazy_import import require
-from itcp_deploy.errors import UnknownNameError
+from itcp_deploy.errors import MissingDependencyError, UnknownNameError
 
 PREFIX = "timm:"
 
 
+def _timm() -> ModuleType:
+    """``import timm``, or one line naming the extra that installs it."""
+    try:
+        return importlib.import_module("timm")
+    except ImportError as err:
+        raise MissingDependencyError(f"timm:NAME needs `timm`, which is not importable ({err})",
+                                     "needs `pip install 'itcp-deploy[timm]'`") from err
+
+
 def timm_names() -> list[str]:
     """Every architecture timm can build (``timm.list_models()``, without pretrained tags)."""
-    return sorted(require("timm", extra="timm").list_models())
+    return sorted(_timm().list_models())
 
 
 def timm_model(name: str, *, num_classes: int = 1000, **kwargs) -> nn.Module:
@@ -29,7 +39,7 @@ def timm_model(name: str, *, num_classes: int = 1000, **kwargs) -> nn.Module:
         MissingDependencyError: timm is not installed (the fix names the ``[timm]`` extra).
         UnknownNameError: ``name`` is not a timm architecture.
     """
-    timm = require("timm", extra="timm")
+    timm = _timm()
     names = timm_names()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
