@@ -109,9 +109,13 @@ def sweep(models: list[str], out: Path, cap_s: float, rerun_failed: bool) -> Non
         print(f"{spec}: {record['status']} {record.get('stage') or ''} {record.get('error') or ''}", flush=True)
 
 
+def _default_models() -> list[str]:
+    return [f"torchvision:{n}" for n in torchvision_classifiers()] + [f"timm:{n}" for n in TIMM_MODELS]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="bench/results/zoo_sweep.jsonl")
+    p.add_argument("--out", default="bench/results/zoo_sweep.jsonl", help="results file (--table: comma-separated)")
     p.add_argument("--cap-s", type=float, default=120.0, help="CPU-time cap per model (seconds)")
     p.add_argument("--models", nargs="*", help="specs to run (default: torchvision classifiers + timm list)")
     p.add_argument("--rerun-failed", action="store_true", help="retry models recorded as failed")
@@ -127,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         print(RESULT_PREFIX + json.dumps(record), flush=True)
         return
     if args.table:
-        print_table(list(_records(Path(args.out)).values()))
+        records = [r for path in args.out.split(",") for r in _records(Path(path)).values()]
+        print_table(records, _default_models())
         return
-    models = args.models or [f"torchvision:{n}" for n in torchvision_classifiers()] + [f"timm:{n}" for n in TIMM_MODELS]
+    models = args.models or _default_models()
     sweep(models, Path(args.out), args.cap_s, args.rerun_failed)
 
 

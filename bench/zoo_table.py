@@ -23,13 +23,27 @@ def counts(records: list[dict], prefix: str) -> tuple[int, int]:
     return sum(r["status"] == "pass" for r in mine), len(mine)
 
 
-def print_table(records: list[dict]) -> None:
+def _cap(r: dict) -> bool:
+    return "cap" in (r.get("error") or "")
+
+
+def print_table(records: list[dict], expected: list[str] | None = None) -> None:
+    """Counts (passed / run / listed), the table, and the listed models not run yet."""
+    ran = {r["model"] for r in records}
     for prefix in ("torchvision:", "timm:"):
         passed, total = counts(records, prefix)
-        print(f"{prefix[:-1]}: {passed}/{total} pass" + (f" ({100 * passed / total:.0f}%)" if total else ""))
+        listed = [m for m in expected or [] if m.startswith(prefix)]
+        capped = sum(_cap(r) for r in records if r["model"].startswith(prefix))
+        print(f"{prefix[:-1]}: {passed} pass of {total} run ({capped} of the failures stopped by a cap)"
+              + (f"; {len(listed) - len([m for m in listed if m in ran])} of {len(listed)} listed not run yet"
+                 if listed else ""))
     print()
     print("| model | result | failing stage | input | groups | convs reached | perf err % (held-out) | "
           "dense ms | pruned ms | pruned/dense | time s | error |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(_row(r))
+    missing = [m for m in expected or [] if m not in ran]
+    if missing:
+        print()
+        print(f"Not run yet ({len(missing)}): " + ", ".join(missing))
