@@ -153,9 +153,10 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
 
 
 def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):
-    """`profile-engines --speedup` goes on through the very function `run` calls, with the same config apart
-    from the profiling options it has and `run` lacks."""
-    import itcp_deploy.pipeline.driver as driver
+    """`profile-engines --speedup` goes on through the very function `run` calls (`itcp_deploy.api.prune_spec`:
+    the specs made into objects, then `itcp_deploy.prune`), with the same config apart from the profiling
+    options it has and `run` lacks."""
+    import itcp_deploy.api as api
 
     seen = []
 
@@ -166,7 +167,7 @@ def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_p
         seen.append(config)
         raise Stop
 
-    monkeypatch.setattr(driver, "run", fake_run)
+    monkeypatch.setattr(api, "prune_spec", fake_run)
     common = ("--input-shape", "1x3x32x32", "--data", DATA, "-o", str(tmp_path / "o"), "--speedup", "2",
               "--epochs", "0", "--json")
     with pytest.raises(Stop):

@@ -126,7 +126,8 @@ def with_progress(job, config, quiet: bool):
 
 
 def deliver(config, json_out: bool) -> None:
-    """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) and print its report."""
-    from itcp_deploy.pipeline.driver import run
+    """Run the whole pipeline (``itcp-deploy run``, ``profile-engines --sla-ms``) through
+    :func:`itcp_deploy.prune` (the specs made into objects first) and print its report."""
+    from itcp_deploy.api import prune_spec
 
-    print_report(with_progress(run, config, config.quiet or json_out), json_out)
+    print_report(with_progress(prune_spec, config, config.quiet or json_out), json_out)

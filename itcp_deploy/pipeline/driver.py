@@ -20,30 +20,46 @@ from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.config import RunConfig
 from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
-from itcp_deploy.pipeline.stages import RUN_STAGES, Log, ModelSource, Progress, RunContext, load_inputs
+from itcp_deploy.pipeline.sources import ModelInputs
+from itcp_deploy.pipeline.stages import RUN_STAGES, Log, Progress, RunContext
 from itcp_deploy.target import Measurement
 
 
 def run(config: RunConfig, log: Log | None = None, progress: Progress | None = None) -> RunReport:
-    """Run the pipeline; returns the :class:`~itcp_deploy.pipeline.report.RunReport` (also in
-    ``OUT/report.json``).
+    """Run the pipeline on the model and data that ``config``'s spec strings name; returns the
+    :class:`~itcp_deploy.pipeline.report.RunReport` (also in ``OUT/report.json``).
 
     Raises:
         UsageError, InputFileError: bad options or files.
         InfeasibleError: the SLA is below the fastest reachable plan (names the minimum latency).
     """
+    from itcp_deploy.pipeline.from_specs import config_inputs
+
+    config.validate()
+    return run_with(config, config_inputs(config), log, progress)
+
+
+def run_with(config: RunConfig, inputs: ModelInputs, log: Log | None = None,
+             progress: Progress | None = None) -> RunReport:
+    """Run every stage on ``inputs`` (objects: :func:`itcp_deploy.prune`, or made from specs by :func:`run`)."""
+    return report_of(run_stages(config, inputs, log, progress))
+
+
+def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, progress: Progress | None = None,
+               *, until: str | None = None) -> RunContext:
+    """Run the stages in order (``until``: stop after that one), each once: a rerun on the same folder resumes
+    after the last finished stage."""
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.output_kind import criteria_for
 
     config.validate()
     folder = RunFolder(config.out_dir).create()
     state = RunState(folder, config)
-    source = ModelSource(config.model, config.data, config.weights, config.num_classes, config.trust_code)
-    inputs = load_inputs(source, config.seed)
     space = build_space(inputs.model, config.input_shape, model_spec=config.model, ignore_layers=config.ignore_layers)
-    if config.recipe.epochs > 0 and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note:
-        raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned here",
-                         "pass --epochs 0 (BatchNorm re-estimation only) and finetune it with your own loss")
+    if (inputs.finetune is not None and inputs.loss_fn is None
+            and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note):
+        raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
+                         "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
     ctx = RunContext(config, folder, state, inputs, space, log or (lambda msg: None), progress)
     for name, stage in RUN_STAGES:
         if state.done(name) is None:
@@ -53,10 +69,13 @@ def run(config: RunConfig, log: Log | None = None, progress: Progress | None = N
             state.finish(name, {**result, "wall_s": time.perf_counter() - t0})
         else:
             ctx.log(f"stage {name}: done in an earlier run, skipped")
-    return _report(ctx)
+        if name == until:
+            break
+    return ctx
 
 
-def _report(ctx: RunContext) -> RunReport:
+def report_of(ctx: RunContext) -> RunReport:
+    """The report of a finished run (saved as OUT/report.json and report.md, with its plots)."""
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.plan import PruningPlan
 

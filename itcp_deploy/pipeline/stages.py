@@ -18,6 +18,7 @@ from itcp_deploy.atomic_io import write_json
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.pipeline.config import ProfileSettings, RunConfig
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
+from itcp_deploy.pipeline.sources import ModelInputs, check_finetuned
 
 if TYPE_CHECKING:
     from torch import nn
@@ -161,7 +162,7 @@ class RunContext:
     config: RunConfig
     folder: RunFolder
     state: RunState
-    inputs: Inputs
+    inputs: ModelInputs
     space: PruningSpace
     log: Log
     progress: Progress | None = None
@@ -171,12 +172,11 @@ def stage_dense(ctx: RunContext) -> dict:
     """Build the dense engine, count MACs and params, measure the dense accuracy, save the space."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import count_macs_params
-    from itcp_deploy.train import evaluate
 
     c, model = ctx.config, ctx.inputs.model
     built = build_engine(model, c.input_shape, ctx.folder.root, "dense", c.engine)
     macs, params = count_macs_params(model, c.input_shape)
-    accuracy = evaluate(model, ctx.inputs.loader(c.recipe.batch_size, train=False))["accuracy"]
+    accuracy = ctx.inputs.accuracy(model)
     write_json(ctx.folder.space, ctx.space.to_dict())
     return {"artifact": str(built.artifact), "macs": macs, "params": params, "accuracy": accuracy}
 
@@ -206,20 +206,31 @@ def stage_fit(ctx: RunContext) -> dict:
     return {"report": asdict(model.report) if model.report else None}
 
 
+def score_batches(config: RunConfig) -> int:
+    """Batches of the score loader the scores and the kept channels read: ``score_samples`` images' worth."""
+    return max(1, -(-config.score_samples // config.recipe.batch_size))
+
+
 def _criteria(ctx: RunContext):
-    """The score and importance the run uses: data-free ones where the model gives no logits."""
-    from itcp_deploy.pruning.output_kind import criteria_for
+    """The score and importance the run uses: data-free ones where the model gives no logits and no loss_fn."""
+    from itcp_deploy.pruning.output_kind import Criteria, criteria_for
 
     c = ctx.config
+    if ctx.inputs.loss_fn is not None:  # the user's loss applies to any output
+        return Criteria(c.criterion, c.importance)
     return criteria_for(ctx.inputs.model, c.input_shape, c.criterion, c.importance)
 
 
 def stage_scores(ctx: RunContext) -> dict:
-    c, criteria = ctx.config, _criteria(ctx)
+    from itcp_deploy.pruning import group_scores
+
+    c, inputs, criteria = ctx.config, ctx.inputs, _criteria(ctx)
     if criteria.note:
         ctx.log(f"note: {criteria.note}")
-    scores = score_groups(ctx.inputs, ctx.inputs.model, ctx.space, criteria.score, batch_size=c.recipe.batch_size,
-                          samples=c.score_samples, seed=c.seed, cache_path=ctx.folder.sensitivity_cache)
+    batches = inputs.batches(score_batches(c))
+    scores = group_scores(inputs.model, ctx.space, criteria.score, loader=batches,
+                          calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
+                          loss_fn=inputs.loss_fn)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
     return {"criterion": criteria.score, "note": criteria.note}
 
@@ -233,40 +244,50 @@ def stage_loop(ctx: RunContext) -> dict:
 
 
 def stage_finetune(ctx: RunContext) -> dict:
-    """Prune to the accepted plan, re-estimate BatchNorm, finetune once, save the pruned model."""
+    """Prune to the accepted plan, re-estimate BatchNorm, finetune once (the user's callable or the recipe's),
+    save the pruned model."""
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.pruning import apply_widths, save_pruned
-    from itcp_deploy.train import TrainConfig, evaluate, recalibrate_bn, train
+    from itcp_deploy.pruning import apply_widths, pruned_layer_widths, save_pruned
+    from itcp_deploy.train import recalibrate_bn
 
-    c, r, inputs, folder = ctx.config, ctx.config.recipe, ctx.inputs, ctx.folder
+    c, inputs, folder = ctx.config, ctx.inputs, ctx.folder
     plan = PruningPlan.load(folder.plan)
     importance = _criteria(ctx).importance
-    loader = (inputs.loader(r.batch_size, train=True, seed=c.seed, max_samples=c.score_samples)
-              if importance == "taylor" else None)
-    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader)
-    recalibrate_bn(pruned, inputs.loader(r.batch_size, train=True, seed=c.seed), num_batches=r.bn_batches)
-    acc_bn = evaluate(pruned, inputs.loader(r.batch_size, train=False))["accuracy"]
-    metrics: dict = {}
-    if r.epochs > 0:
-        tc = TrainConfig(epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=c.seed,
-                         teacher=inputs.model if r.distill else None, checkpoint_dir=folder.finetune,
-                         resume=True, train_time_s=r.train_time_s, quiet=c.quiet, device="cpu")
-        metrics = train(pruned, inputs.train, None, tc)
+    loader = inputs.batches(score_batches(c)) if importance == "taylor" else None
+    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader,
+                          loss_fn=inputs.loss_fn)
+    recalibrate_bn(pruned, inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches)
+    acc_bn = inputs.accuracy(pruned)
+    if inputs.finetune is not None:
+        before = pruned_layer_widths(pruned, ctx.space)
+        pruned = check_finetuned(inputs.finetune(pruned), before, lambda m: pruned_layer_widths(m, ctx.space))
     pruned = pruned.cpu().eval()
-    acc = evaluate(pruned, inputs.loader(r.batch_size, train=False))["accuracy"] if r.epochs > 0 else acc_bn
+    acc = inputs.accuracy(pruned) if inputs.finetune is not None else acc_bn
     save_pruned(folder.pruned, pruned, plan, plan_path=folder.plan)
-    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc,
-            "epochs_completed": metrics.get("epochs_completed", 0)}
+    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc, "finetuned": inputs.finetune is not None}
+
+
+def restore_pruned(model: nn.Module, space: PruningSpace, folder: RunFolder) -> nn.Module:
+    """The saved pruned model rebuilt on the dense ``model`` (its structure cut to the plan's widths, then
+    the saved weights): works for any module object, spec or not."""
+    import torch
+
+    from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.pruning import apply_widths
+
+    pruned = apply_widths(model, space, PruningPlan.load(folder.plan).widths, importance="l1")
+    pruned.load_state_dict(torch.load(folder.pruned, map_location="cpu", weights_only=True))
+    return pruned.eval()
 
 
 def stage_final(ctx: RunContext) -> dict:
     """Build the final engine and measure it interleaved with the dense engine."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pipeline.closed_loop import measure_pair
-    from itcp_deploy.pruning import count_macs_params, load_pruned
+    from itcp_deploy.pruning import count_macs_params
 
     c, folder = ctx.config, ctx.folder
-    pruned = load_pruned(folder.pruned, folder.plan, trust_code=c.trust_code).eval()
+    pruned = restore_pruned(ctx.inputs.model, ctx.space, folder)
     built = build_engine(pruned, c.input_shape, folder.root, "model", c.engine)
     macs, params = count_macs_params(pruned, c.input_shape)
     dense = Path(ctx.state.done("dense")["artifact"])

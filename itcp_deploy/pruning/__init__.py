@@ -19,6 +19,7 @@ _EXPORTS = {
     "build_space_from_spec": "space_builder",
     "apply_widths": "apply",
     "channel_importance": "apply",
+    "pruned_layer_widths": "apply",
     "IMPORTANCE": "importance",
     "group_scores": "scores",
     "ScoreSettings": "score_base",

@@ -17,7 +17,13 @@ import torch_pruning as tp
 from torch import nn
 
 from itcp_deploy.errors import InputFileError, UsageError
-from itcp_deploy.pruning.importance import IMPORTANCE, Batch, accumulate_gradients, group_importance
+from itcp_deploy.pruning.importance import (
+    IMPORTANCE,
+    Batch,
+    LossFn,
+    accumulate_gradients,
+    group_importance,
+)
 from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
@@ -51,19 +57,20 @@ def keep_indices(importance: np.ndarray, width: int, multiple_of: int = 1) -> np
 
 
 def _importances(graph: tp.DependencyGraph, model: nn.Module, groups: list[ChannelGroup], criterion: str,
-                 loader: Iterable[Batch] | None, num_batches: int = DEFAULT_GRADIENT_BATCHES
-                 ) -> dict[str, np.ndarray]:
+                 loader: Iterable[Batch] | None, num_batches: int = DEFAULT_GRADIENT_BATCHES,
+                 loss_fn: LossFn | None = None) -> dict[str, np.ndarray]:
     if IMPORTANCE.get(criterion).needs_gradients:
         if loader is None:
             raise UsageError(f"the {criterion!r} importance needs data for gradients",
                              "pass a loader (--data) or use importance 'l1'")
-        accumulate_gradients(model, loader, num_batches)
+        accumulate_gradients(model, loader, num_batches, loss_fn)
     return {g.name: group_importance(graph, model, g.name, g.full_width, criterion) for g in groups}
 
 
 def channel_importance(model: nn.Module, space: PruningSpace, importance: str = "l1", *,
                        loader: Iterable[Batch] | None = None,
-                       num_batches: int = DEFAULT_GRADIENT_BATCHES) -> dict[str, np.ndarray]:
+                       num_batches: int = DEFAULT_GRADIENT_BATCHES,
+                       loss_fn: LossFn | None = None) -> dict[str, np.ndarray]:
     """Per-channel importance of every prunable group (see :mod:`itcp_deploy.pruning.importance`).
 
     Args:
@@ -72,6 +79,7 @@ def channel_importance(model: nn.Module, space: PruningSpace, importance: str = 
         importance: A name in ``IMPORTANCE``. Defaults to ``l1``.
         loader: ``(images, labels)`` batches; needed by ``taylor``.
         num_batches: How many batches of ``loader`` the gradients average over. Defaults to 4.
+        loss_fn: ``loss_fn(outputs, targets)`` for the gradients. Defaults to cross-entropy.
 
     Returns:
         Group name -> float64 vector of length ``full_width``, indexed like the root layer's output channels.
@@ -79,13 +87,15 @@ def channel_importance(model: nn.Module, space: PruningSpace, importance: str = 
     IMPORTANCE.get(importance)
     work = copy.deepcopy(model)
     graph = trace(work, space.input_shape, space.model)
-    return _importances(graph, work, list(space.prunable), importance, loader, num_batches)
+    return _importances(graph, work, list(space.prunable), importance, loader, num_batches, loss_fn)
 
 
 def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int], *,
                  importance: str | Mapping[str, np.ndarray] = "l1",
-                 loader: Iterable[Batch] | None = None) -> nn.Module:
-    """A deep copy of ``model`` with each group cut to its planned width, keeping the most important channels.
+                 loader: Iterable[Batch] | None = None, loss_fn: LossFn | None = None,
+                 inplace: bool = False) -> nn.Module:
+    """A deep copy of ``model`` (``model`` itself if ``inplace``) with each group cut to its planned width,
+    keeping the most important channels.
 
     Args:
         model: The unpruned network the space was built from (left untouched).
@@ -94,6 +104,8 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
         importance: A criterion name in ``IMPORTANCE``, or precomputed vectors from :func:`channel_importance`
             (fast path when many plans are applied to one model). Defaults to ``l1``.
         loader: ``(images, labels)`` batches for gradient-based criteria (``taylor``).
+        loss_fn: the loss those gradients are of. Defaults to cross-entropy.
+        inplace: prune ``model`` itself (Torch-Pruning's way) instead of a copy.
 
     Returns:
         The pruned copy, in the same train/eval mode, with every parameter's ``requires_grad`` as before.
@@ -106,12 +118,12 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     targets = [g for g in space.prunable if plan[g.name] < g.full_width]
     if isinstance(importance, str):
         IMPORTANCE.get(importance)
-    pruned = copy.deepcopy(model)
+    pruned = model if inplace else copy.deepcopy(model)
     if not targets:
         return pruned
     flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
     graph = trace(pruned, space.input_shape, space.model)
-    scores = (_importances(graph, pruned, targets, importance, loader) if isinstance(importance, str)
+    scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn) if isinstance(importance, str)
               else importance)
     for g in targets:
         imp = scores.get(g.name)

@@ -9,15 +9,16 @@ the group's root layer (the layer the group is named after), summed over every c
   groups without BatchNorm. Free.
 - ``taylor``: first-order Taylor estimate of the loss change from removing the channel,
   ``sum over coupled parameter tensors of |sum over the channel's slice of w * dL/dw|``, with gradients of the
-  mean cross-entropy summed over ``num_batches`` batches of ``loader`` in eval mode (BN statistics fixed, as
-  deployed), divided by ``num_batches``. In loss units, so comparable across groups. Costs ``num_batches``
-  forward+backward passes.
+  mean loss (cross-entropy unless a ``loss_fn`` is given) summed over ``num_batches`` batches of ``loader`` in
+  eval mode (BN statistics fixed, as deployed), divided by ``num_batches``. In loss units, so comparable
+  across groups. Costs ``num_batches`` forward+backward passes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from itcp_deploy.errors import UsageError
 from itcp_deploy.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: ``loss_fn(outputs, targets)`` -> scalar tensor: the user's loss (detection, dense prediction, ...).
+LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,11 @@ IMPORTANCE.add("bn_scale", Criterion(_tp(tp.importance.BNScaleImportance(group_r
 IMPORTANCE.add("taylor", Criterion(_taylor, needs_gradients=True))
 
 
-def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches: int) -> int:
-    """Sum the gradients of the mean cross-entropy over up to ``num_batches`` batches into ``.grad``, scaled
-    to a per-batch mean, in eval mode. Every parameter gets a gradient (fixed layers too). Returns batches."""
+def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches: int,
+                         loss_fn: LossFn | None = None) -> int:
+    """Sum the gradients of the loss (``loss_fn(model(x), y)``, the mean cross-entropy by default) over up to
+    ``num_batches`` batches into ``.grad``, scaled to a per-batch mean, in eval mode. Every parameter gets a
+    gradient (fixed layers too). Returns batches."""
     training = model.training
     model.eval()
     for p in model.parameters():
@@ -102,7 +107,7 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
         for x, y in batches:
             if seen >= num_batches:
                 break
-            nn.functional.cross_entropy(model(x), y).backward()
+            (loss_fn or nn.functional.cross_entropy)(model(x), y).backward()
             seen += 1
     model.train(training)
     if seen == 0:

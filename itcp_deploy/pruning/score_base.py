@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.pruning.importance import Batch, LossFn
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class ScoreInputs:
     calib_loader: Iterable[Batch] | None = None
     cache_path: str | os.PathLike[str] | None = None
     settings: ScoreSettings = field(default_factory=ScoreSettings)
+    loss_fn: LossFn | None = None  # the taylor gradients' loss; cross-entropy when None
 
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pruning.apply import channel_importance, conv_multiple, keep_indices
-from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.pruning.importance import Batch, LossFn
 from itcp_deploy.pruning.score_base import ScoreInputs, ScoreSettings, monotone
 from itcp_deploy.registry import Registry
 from itcp_deploy.space import PruningSpace
@@ -56,7 +56,7 @@ def taylor_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) ->
     if inputs.loader is None:
         raise UsageError("the taylor score needs training data for gradients", "pass a loader (--data)")
     imp = channel_importance(model, space, "taylor", loader=inputs.loader,
-                             num_batches=inputs.settings.gradient_batches)
+                             num_batches=inputs.settings.gradient_batches, loss_fn=inputs.loss_fn)
     return _from_importance(model, space, imp, lambda v, keep: -(float(v.sum()) - float(v[keep].sum())))
 
 
@@ -91,7 +91,7 @@ def _sensitivity(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> 
 def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *,
                  loader: Iterable[Batch] | None = None, calib_loader: Iterable[Batch] | None = None,
                  cache_path: str | os.PathLike[str] | None = None,
-                 settings: ScoreSettings | None = None) -> dict[str, np.ndarray]:
+                 settings: ScoreSettings | None = None, loss_fn: LossFn | None = None) -> dict[str, np.ndarray]:
     """One score per candidate width of every prunable group (see the module docstring for each score).
 
     Args:
@@ -102,13 +102,15 @@ def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *
         calib_loader: Held-out batches whose loss ``sensitivity`` measures.
         cache_path: JSON file caching ``sensitivity`` results (resumable per group).
         settings: Batch/image counts and channel choice. Defaults to ``ScoreSettings()``.
+        loss_fn: ``loss_fn(outputs, targets)`` behind the taylor gradients. Defaults to cross-entropy.
 
     Returns:
         Group name -> float64 array aligned with ``space.group(name).candidates``, non-decreasing.
     """
     fn = SCORES.get(score)
     return break_ties(space, fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader,
-                                                         cache_path=cache_path, settings=settings or ScoreSettings())))
+                                                         cache_path=cache_path, settings=settings or ScoreSettings(),
+                                                         loss_fn=loss_fn)))
 
 
 def break_ties(space: PruningSpace, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

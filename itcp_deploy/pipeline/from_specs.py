@@ -1,0 +1,60 @@
+"""Spec strings as one way to make a run's objects: ``itcp-deploy run MODEL --data DATA`` loads the model and
+the data splits and wraps the CLI's finetuning recipe (its train split, augmented, with checkpoints and resume)
+as a ``finetune(model) -> model`` callable, then runs exactly what :func:`itcp_deploy.prune` runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from itcp_deploy.pipeline.config import RunConfig
+from itcp_deploy.pipeline.run_dir import RunFolder
+from itcp_deploy.pipeline.sources import ModelInputs
+from itcp_deploy.pipeline.stages import ModelSource, load_inputs
+
+
+@dataclass(frozen=True)
+class SpecRecipe:
+    """The CLI's finetuning: ``epochs`` of :func:`itcp_deploy.train.train` on the augmented train split."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    checkpoint_dir: Path
+    distill: bool = False
+    train_time_s: float | None = None
+    quiet: bool = False
+
+
+def spec_inputs(source: ModelSource, recipe: SpecRecipe, seed: int = 0) -> ModelInputs:
+    """The model; a seeded, shuffled loader over the un-augmented train split (scores, kept channels,
+    BatchNorm); the test split (accuracy); a finetune that runs the CLI recipe."""
+    from itcp_deploy.data import make_loader
+
+    loaded = load_inputs(source, seed)
+    score = make_loader(loaded.plain, recipe.batch_size, shuffle=True, seed=seed)
+    test = make_loader(loaded.test, recipe.batch_size, shuffle=False)
+
+    def finetune(model: nn.Module) -> nn.Module:
+        from itcp_deploy.train import TrainConfig, train
+
+        if recipe.epochs > 0:
+            tc = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed,
+                             teacher=loaded.model if recipe.distill else None,
+                             checkpoint_dir=recipe.checkpoint_dir, resume=True, train_time_s=recipe.train_time_s,
+                             quiet=recipe.quiet, device="cpu")
+            train(model, loaded.train, None, tc)
+        return model.cpu().eval()
+
+    return ModelInputs(loaded.model, score, None, finetune if recipe.epochs > 0 else None, test)
+
+
+def config_inputs(config: RunConfig) -> ModelInputs:
+    """The objects ``config``'s spec strings name, finetuned by its recipe (``itcp-deploy run``)."""
+    r = config.recipe
+    recipe = SpecRecipe(r.epochs, r.lr, r.batch_size, RunFolder(config.out_dir).finetune, r.distill,
+                        r.train_time_s, config.quiet)
+    source = ModelSource(config.model, config.data, config.weights, config.num_classes, config.trust_code)
+    return spec_inputs(source, recipe, config.seed)

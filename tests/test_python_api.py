@@ -1,0 +1,187 @@
+"""The Python API (issue 18): the two examples of docs/python_api.md run exactly as written, then checked
+(SLA met as measured, the module's widths are the plan's, engine parity); the boundary checks give one line;
+the CLI's `run` goes through `itcp_deploy.prune` with the config it built."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import itcp_deploy
+from itcp_deploy.errors import UsageError
+from itcp_deploy.plan import PruningPlan
+from itcp_deploy.target import LatencyTarget
+from tests.conftest import run_cli
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
+
+
+def doc_example(heading: str) -> str:
+    """The first ```python block after ``heading`` in docs/python_api.md."""
+    text = DOC.read_text()
+    after = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
+
+
+def _run_example(heading: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(tmp)
+    namespace: dict = {"__name__": "doc_example"}
+    exec(compile(doc_example(heading), f"{DOC.name}:{heading}", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def _module_widths(model: nn.Module, widths: dict[str, int]) -> dict[str, int]:
+    """The kept width of each group in ``model``: its root layer's output channels."""
+    out = {}
+    for name in widths:
+        layer = model.get_submodule(name)
+        out[name] = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    return out
+
+
+@pytest.fixture(scope="module")
+def example1(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api1")
+    with pytest.MonkeyPatch.context() as mp:
+        return tmp, _run_example("## Example 1", tmp, mp)
+
+
+@pytest.mark.parametrize("heading", ["## Example 1", "## Example 2"])
+def test_documented_example_meets_the_sla_with_the_planned_widths(heading, example1, tmp_path, monkeypatch):
+    tmp, ns = example1 if heading == "## Example 1" else (tmp_path, _run_example(heading, tmp_path, monkeypatch))
+    tmp = tmp.resolve()
+    result = ns["result"]  # the example itself asserted met_sla and ONNX Runtime parity
+    out = tmp / "itcp-out" / ("mobilenet" if heading == "## Example 1" else "segmenter")
+    plan = PruningPlan.load(out / "widths.json")
+    assert result.met_sla and result.measured_ms <= result.sla_ms
+    assert result.widths == plan.widths and any(w < ns["model"].get_submodule(g).out_channels
+                                                for g, w in plan.widths.items())
+    assert _module_widths(result.model, plan.widths) == plan.widths
+    report = json.loads((out / "report.json").read_text())
+    assert report["met_sla"] and report["widths"] == plan.widths
+    assert result.engine_path.is_file() and result.engine_path.parent == out
+
+
+def test_finetune_returning_a_non_module_or_other_widths_is_one_line(example1):
+    tmp, ns = example1
+    out = tmp / "itcp-out" / "mobilenet"
+    state = json.loads((out / "state.json").read_text())
+    for stage in ("finetune", "final"):  # the structure is chosen; only finetuning runs again
+        state["stages"].pop(stage)
+    (out / "state.json").write_text(json.dumps(state))
+
+    def repruned(model: nn.Module) -> nn.Module:
+        return ns["model"]  # the dense model: other widths
+
+    for finetune, problem in ((lambda m: None, "finetune returned a NoneType, not an nn.Module"),
+                              (repruned, "finetune changed the widths of")):
+        with pytest.raises(UsageError, match=problem) as err:
+            itcp_deploy.prune(ns["model"], torch.randn(1, 3, 32, 32), speedup=1.5, score_loader=ns["loader"],
+                              finetune=finetune, out_dir=out, options=ns["QUICK"])
+        assert "\n" not in str(err.value)
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("model", "example", "loader", "problem"), [
+    (_TwoConvs().train(), torch.randn(1, 3, 8, 8), [], "training mode, has BatchNorm and example_input has batch 1"),
+    (_TwoConvs().eval(), torch.randn(1, 5, 8, 8), [], r"cannot take example_input of shape \(1, 5, 8, 8\)"),
+    (_TwoConvs().eval(), torch.randn(3, 8, 8), [], "must be a 4-D NCHW tensor"),
+    ("resnet", torch.randn(1, 3, 8, 8), [], "model is a str, not a torch.nn.Module"),
+    (_TwoConvs().eval(), torch.randn(1, 3, 8, 8), [torch.randn(2, 3, 8, 8)], "batch 0 is a Tensor, not"),
+    (_TwoConvs().eval(), torch.randn(1, 3, 8, 8), [{"x": 1}], "batch 0 is a dict, not"),
+    (_TwoConvs().eval(), torch.randn(1, 3, 8, 8), [(torch.randn(2, 3, 8, 8), 1, 2)], "batch 0 is a tuple of 3"),
+])
+def test_bad_objects_are_one_line_errors(tmp_path, model, example, loader, problem):
+    with pytest.raises(UsageError, match=problem) as err:
+        itcp_deploy.prune(model, example, sla_ms=1.0, score_loader=loader, out_dir=tmp_path / "o")
+    assert "\n" not in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_cli_run_is_prune_on_the_objects_its_specs_name(monkeypatch, tmp_path):
+    """`itcp-deploy run` builds the objects and calls `itcp_deploy.prune`, whose config is the CLI's own."""
+    import itcp_deploy.api as api
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_prune(model, example_input, **kwargs):
+        seen.update(kwargs, model=model, example_input=example_input)
+        raise Stop
+
+    monkeypatch.setattr(api, "prune", fake_prune)
+    with pytest.raises(Stop):
+        run_cli("run", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", "synthetic:train=64,test=32",
+                "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "1", "--json")
+    assert isinstance(seen["model"], nn.Module) and tuple(seen["example_input"].shape) == (1, 3, 32, 32)
+    assert seen["speedup"] == 2.0 and seen["sla_ms"] is None and callable(seen["finetune"])
+    x, y = next(iter(seen["score_loader"]))
+    assert isinstance(x, torch.Tensor) and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
+
+
+def test_prune_rebuilds_the_cli_config_exactly(monkeypatch, tmp_path):
+    """The options `prune_spec` passes make `prune` build the very RunConfig the CLI built (same state.json
+    fingerprint, so a run folder resumes whichever way it was started)."""
+    import itcp_deploy.api as api
+    from itcp_deploy.pipeline.config import FinetuneRecipe, RunConfig
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_stages(config, inputs, log=None, progress=None, **kw):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(api, "run_stages", fake_stages)
+    config = RunConfig(model="cifar_resnet20", data="synthetic:train=64,test=32", input_shape=(1, 3, 32, 32),
+                       out_dir=str(tmp_path / "o"), target=LatencyTarget(sla_ms=0.5, percentile=90),
+                       recipe=FinetuneRecipe(epochs=2, distill=True, train_subset=None), criterion="width", quiet=True)
+    with pytest.raises(Stop):
+        api.prune_spec(config)
+    assert seen == [config]
+    assert replace(seen[0], recipe=config.recipe) == config
+
+
+def test_plan_apply_build_engine_staged(example1, tmp_path):
+    """Staged use on example 1's folder: plan resumes its finished stages; apply prunes in place to the plan's
+    widths; build_engine builds and measures against the dense engine."""
+    tmp, ns = example1
+    out = tmp / "itcp-out" / "mobilenet"
+    model = ns["model"]
+    chosen = itcp_deploy.plan(model, torch.randn(1, 3, 32, 32), LatencyTarget(speedup=1.5), score_loader=ns["loader"],
+                              out_dir=out, options=ns["QUICK"])
+    assert chosen.widths == PruningPlan.load(out / "widths.json").widths and chosen.pareto
+    copy = __import__("copy").deepcopy(model)
+    assert itcp_deploy.apply(copy, chosen, score_loader=ns["loader"]) is copy
+    assert _module_widths(copy, chosen.widths) == chosen.widths
+    engine = itcp_deploy.build_engine(copy.eval(), torch.randn(1, 3, 32, 32), out_dir=tmp_path, name="staged",
+                                      reference=out / "engines" / "dense")
+    assert engine.engine_path.is_file() and engine.median_ms > 0 and 0 < engine.ratio_to_reference
+
+
+def test_a_one_pass_generator_is_read_once_and_kept():
+    from itcp_deploy.pipeline.sources import ModelInputs
+
+    generator = ((torch.randn(2, 3, 8, 8), torch.tensor([0, 1])) for _ in range(3))
+    inputs = ModelInputs(_TwoConvs().eval(), generator)
+    first = inputs.batches(5)
+    assert len(first) == 3 and inputs.batches(2) == first[:2] and inputs.batches(8) == first
