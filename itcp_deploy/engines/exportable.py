@@ -38,6 +38,8 @@ class FixedAdaptiveAvgPool2d(nn.Module):
 
 def _pool_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
     sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    if not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules()):
+        return sizes
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, nn.AdaptiveAvgPool2d):
@@ -47,6 +49,8 @@ def _pool_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tup
     try:
         with torch.no_grad():
             model(torch.zeros(tuple(input_shape)))
+    except Exception:  # a shape the model cannot take: no rewrite, the exporter says what is wrong in one line
+        return {}
     finally:
         for h in hooks:
             h.remove()
