@@ -83,6 +83,7 @@ class RunConfig:
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()  # globs of layers whose output width is kept (pruning.build_space)
     engine: EngineSpec = field(default_factory=EngineSpec)
     criterion: str = "taylor"
     importance: str = "taylor"

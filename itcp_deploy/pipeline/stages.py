@@ -211,16 +211,28 @@ def score_batches(config: RunConfig) -> int:
     return max(1, -(-config.score_samples // config.recipe.batch_size))
 
 
+def _criteria(ctx: RunContext):
+    """The score and importance the run uses: data-free ones where the model gives no logits and no loss_fn."""
+    from itcp_deploy.pruning.output_kind import Criteria, criteria_for
+
+    c = ctx.config
+    if ctx.inputs.loss_fn is not None:  # the user's loss applies to any output
+        return Criteria(c.criterion, c.importance)
+    return criteria_for(ctx.inputs.model, c.input_shape, c.criterion, c.importance)
+
+
 def stage_scores(ctx: RunContext) -> dict:
     from itcp_deploy.pruning import group_scores
 
-    c, inputs = ctx.config, ctx.inputs
+    c, inputs, criteria = ctx.config, ctx.inputs, _criteria(ctx)
+    if criteria.note:
+        ctx.log(f"note: {criteria.note}")
     batches = inputs.batches(score_batches(c))
-    scores = group_scores(inputs.model, ctx.space, c.criterion, loader=batches,
+    scores = group_scores(inputs.model, ctx.space, criteria.score, loader=batches,
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
                           loss_fn=inputs.loss_fn)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
-    return {"criterion": c.criterion}
+    return {"criterion": criteria.score, "note": criteria.note}
 
 
 def stage_loop(ctx: RunContext) -> dict:
@@ -280,14 +292,14 @@ def _pruned_for_finetuning(ctx: RunContext, plan) -> tuple[nn.Module, list[str]]
     from itcp_deploy.pruning.compensate import compensate, kept_channels
     from itcp_deploy.pruning.tp_peer import is_peer
 
-    c, inputs = ctx.config, ctx.inputs
+    c, inputs, importance = ctx.config, ctx.inputs, _criteria(ctx).importance
     if is_peer(c.method):
         return load_pruned(ctx.folder.root / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval(), []
-    loader = inputs.batches(score_batches(c)) if c.importance == "taylor" else None
+    loader = inputs.batches(score_batches(c)) if importance == "taylor" else None
     if not c.compensate:
-        return apply_widths(inputs.model, ctx.space, plan.widths, importance=c.importance, loader=loader,
+        return apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader,
                             loss_fn=inputs.loss_fn), []
-    imp = channel_importance(inputs.model, ctx.space, c.importance, loader=loader, loss_fn=inputs.loss_fn)
+    imp = channel_importance(inputs.model, ctx.space, importance, loader=loader, loss_fn=inputs.loss_fn)
     pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=imp)
     calib = inputs.batches(score_batches(c))
     return pruned, compensate(pruned, inputs.model, ctx.space, kept_channels(inputs.model, ctx.space, plan.widths,

@@ -379,16 +379,12 @@ def profile_engines(
 
 
 def profile_model(
-    spec: str,
-    input_shape: tuple[int, int, int, int],
-    config: ProfileConfig | None = None,
-    *,
-    weights: str | None = None,
-    trust_code: bool = False,
-    progress: Progress | None = None,
+    spec: str, input_shape: tuple[int, int, int, int], config: ProfileConfig | None = None, *,
+    weights: str | None = None, trust_code: bool = False, progress: Progress | None = None,
+    ignore_layers: tuple[str, ...] = (),
 ) -> tuple[Profile, ProfileSummary]:
-    """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space, profile it
-    (what ``itcp-deploy profile-engines`` runs)."""
+    """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space (groups of
+    ``ignore_layers`` fixed), profile it (what ``itcp-deploy profile-engines`` runs)."""
     import torch
 
     from itcp_deploy.models import create_model
@@ -396,5 +392,5 @@ def profile_model(
 
     torch.set_num_threads((config or ProfileConfig()).engine.threads)
     model = create_model(spec, weights=weights, trust_code=trust_code).eval()
-    space = build_space(model, input_shape, model_spec=spec)
+    space = build_space(model, input_shape, model_spec=spec, ignore_layers=ignore_layers)
     return run_profiling(model, space, config, progress)
