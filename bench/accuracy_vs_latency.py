@@ -33,7 +33,7 @@ from itcp_deploy.pipeline.compare import compare  # noqa: E402
 from itcp_deploy.pipeline.config import CompareConfig, FinetuneRecipe, ProfileSettings  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
 
-METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear"]
+METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear", "tp-taylor", "tp-taylor-round"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", help="checkpoint (random weights without it)")
     p.add_argument("--data", required=True, help="e.g. cifar10:DIR, synthetic:train=256,test=128")
     p.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0])
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS,
+                   help="search methods, tp-taylor, tp-taylor-round; suffix +comp (e.g. itcp+comp): least-squares "
+                   "compensation before BN re-estimation")
     p.add_argument("--criterion", default="taylor", help="group score, the same for every method")
     p.add_argument("--importance", default="taylor", help="channel importance: which channels are kept")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--score-samples", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch threads for finetuning and evaluation")
+    p.add_argument("--no-dense-finetune", action="store_true", help="skip finetuning the dense reference")
     return p.parse_args(argv)
 
 
@@ -106,6 +109,7 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
         measure_timing=TimingConfig(warmup=50, rounds=args.measure_rounds, runs_per_round=args.measure_runs),
         score_samples=args.score_samples,
         threads=args.threads,
+        dense_finetune=not args.no_dense_finetune,
     )
 
 
@@ -175,7 +179,7 @@ def markdown(results: dict) -> str:
             ft = "n/a" if x["accuracy_finetuned"] is None else f"{x['accuracy_finetuned']:.2f}"
             one = "n/a" if x["accuracy_oneshot"] is None else f"{x['accuracy_oneshot']:.2f}"
             lines.append(
-                f"| {x['method']} | {x['speedup']:g}x | {x['seed']} | {x['predicted_ms']:.4f} "
+                f"| {x['method']} | {x['speedup']:g}x | {x['seed']} | {_spread([x['predicted_ms']], 4)} "
                 f"| {x['measured']['median_ms']:.4f} | {one} | {ft} |"
             )
     if results["progressive_steps"]:

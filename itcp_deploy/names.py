@@ -16,12 +16,15 @@ def check_engine(backend: str, precision: str) -> None:
 
 
 def check_search(method: str, criterion: str | None = None, importance: str | None = None) -> None:
-    """The search method, the group score and the channel importance criterion exist."""
+    """The search method (a DP/baseline method, or Torch-Pruning's own pruner), the group score and the channel
+    importance criterion exist."""
     from itcp_deploy.pruning.importance import IMPORTANCE
     from itcp_deploy.pruning.scores import SCORES
+    from itcp_deploy.pruning.tp_peer import is_peer
     from itcp_deploy.search.baselines import SEARCH_METHODS
 
-    SEARCH_METHODS.get(method)
+    if not is_peer(method):
+        SEARCH_METHODS.get(method)
     if criterion is not None:
         SCORES.get(criterion)
     if importance is not None:

@@ -44,8 +44,12 @@ class CandidateGrid:
         return replace(self, step_small=gcd(self.step_small, block), step_large=gcd(self.step_large, block))
 
     def candidates(self, full_width: int, multiple_of: int = 1) -> tuple[int, ...]:
+        """Candidate widths of a group ``full_width`` wide whose widths must be multiples of ``multiple_of``
+        (the ``groups`` of grouped convs it feeds): the multiple of ``multiple_of`` nearest the nominal step
+        (at least ``multiple_of``), so a ResNeXt group with 32 conv groups steps by 32, not by 8 x 32 = 256
+        (which left a 128- or 256-wide group unprunable and the rest with two or four widths)."""
         step = self.step_small if full_width <= self.small_max else self.step_large
-        step = max(step, multiple_of) if step % multiple_of == 0 else step * multiple_of
+        step = multiple_of * max(1, round(step / multiple_of))
         lo = max(self.min_width, multiple_of)
         widths = {w for w in range(step, full_width + 1, step) if w >= lo and w % multiple_of == 0}
         widths.add(full_width)
@@ -115,6 +119,7 @@ class PruningSpace:
     groups: tuple[ChannelGroup, ...]
     layers: tuple[LayerSpec, ...]
     grid: CandidateGrid = field(default_factory=CandidateGrid)
+    ignore_layers: tuple[str, ...] = ()  # --ignore-layers patterns whose groups were fixed
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -164,7 +169,7 @@ class PruningSpace:
         layers = tuple(LayerSpec(**{k: (tuple(v) if k in pairs else v) for k, v in layer.items()})
                        for layer in d["layers"])
         space = cls(model=d["model"], input_shape=tuple(d["input_shape"]), groups=groups, layers=layers,
-                    grid=CandidateGrid(**d.get("grid", {})))
+                    grid=CandidateGrid(**d.get("grid", {})), ignore_layers=tuple(d.get("ignore_layers", ())))
         _check_space(space)
         return space
 
@@ -182,6 +187,7 @@ def _check_space(space: PruningSpace) -> None:
             raise ValueError(f"space.{field} is malformed")
 
     need(isinstance(space.model, str) and _positive_ints(space.input_shape, 4), "model/input_shape")
+    need(all(isinstance(p, str) for p in space.ignore_layers), "ignore_layers")
     names = {g.name for g in space.groups}
     need(len(names) == len(space.groups) and all(isinstance(n, str) for n in names), "groups (names)")
     for g in space.groups:

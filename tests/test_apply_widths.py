@@ -101,7 +101,7 @@ def test_fixed_shortcut_stays_fixed_and_pruned_with_its_group():
 
 
 def test_handmade_nets_concat_grouped_depthwise():
-    cases = ((ConcatNet(), {"a": 4, "b": 8, "stem": 4}), (GroupedNet(), {"stem": 8, "grouped": 12}))
+    cases = ((ConcatNet(), {"stem": 4, "c": 8}), (GroupedNet(), {"stem": 8, "grouped": 12}))
     for net, widths in cases:
         net.eval()
         space = build_space(net, (1, 3, 16, 16))

@@ -29,7 +29,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 
 
 def test_registry_lists_backends_and_suggests_names():
-    assert list_backends() == ["onnxruntime", "tensorrt", "torch"]
+    assert list_backends() == ["onnxruntime", "openvino", "tensorrt", "torch"]
     with pytest.raises(UnknownNameError, match="did you mean 'onnxruntime'"):
         get_backend("onnxrt")
     backend = get_backend("onnxruntime")

@@ -149,6 +149,16 @@ def test_split_layers_removes_per_node_profiler_cost():
     assert same["layer_ms"] == pytest.approx({"conv1": 0.06, "fc": 0.03}) and same["other_ms"] == 0.004
 
 
+def test_split_layers_scales_when_the_profiler_costs_nothing_per_node():
+    """OpenVINO: an excess is drift between the two measurement windows, removed by one factor, no clamping."""
+    from itcp_deploy.profiling.profiler import split_layers
+
+    raw = {"a": 0.05, "r": 0.01, "b": 0.03, "pool": 0.004}
+    nodes = {"a": "conv1", "r": "conv1", "b": "fc", "pool": None}
+    out = split_layers(raw, nodes, latency_ms=0.047, per_node_cost=False)  # half of the 0.094 ms node sum
+    assert out["layer_ms"] == pytest.approx({"conv1": 0.03, "fc": 0.015}) and out["other_ms"] == pytest.approx(0.002)
+
+
 def test_cli_profile_engines_json(tmp_path, monkeypatch):
     from tests.conftest import run_cli
 

@@ -111,14 +111,18 @@ def test_cifar_resnet56_has_three_stage_groups_and_27_inner_groups():
     assert space.macs({}) == sum(lay.macs(lay.in_channels, lay.out_channels) for lay in space.layers)
 
 
-def test_concat_layer_reads_both_groups_in_channel_order():
+def test_concat_reader_reads_one_fixed_group_and_concatenated_groups_keep_width():
+    """The pairwise perf model cannot cost a layer over three widths: the concatenated groups are fixed and
+    the reader reads one fixed group of their summed width; the stem (read by both branches) stays prunable."""
     space = build_space(ConcatNet(), (1, 3, 16, 16))
     c = next(lay for lay in space.layers if lay.name == "c")
-    assert c.in_group == "a+b"
+    assert c.in_group == "c:in" and space.group("c:in").full_width == 20 and space.group("c:in").fixed
+    assert space.group("a").fixed and space.group("b").fixed
     assert space.group("a").full_width == 8 and space.group("b").full_width == 12
-    assert space.group("stem").layers_in == ("a", "b")
+    assert space.group("stem").layers_in == ("a", "b") and not space.group("stem").fixed
+    assert not space.group("c").fixed
     _check_layers_match(ConcatNet(), space)
-    assert space.macs({"a": 4}) < space.macs({})
+    assert space.macs({"stem": 4}) < space.macs({})
 
 
 def test_grouped_conv_candidates_respect_divisibility_and_depthwise_shares_group():

@@ -17,7 +17,7 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="onnxruntime, openvino, tensorrt or torch.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")]
 SlaOpt = Annotated[str | None, typer.Option("--sla-ms", help="Latency SLA in ms.")]
 SpeedupOpt = Annotated[str | None, typer.Option("--speedup", help="SLA = measured dense latency / S.")]

@@ -12,7 +12,7 @@ from itcp_deploy.cli.app import app
 
 @app.command("export")
 def export(
-    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, model file or module:factory.")],
+    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
     out: Annotated[Path, typer.Option("--out", help="Output .onnx path.")],
     weights: Annotated[Path | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
@@ -39,17 +39,19 @@ def export(
 @app.command("models")
 def models(
     torchvision: Annotated[bool, typer.Option("--torchvision", help="Also list torchvision:NAME.")] = False,
+    timm: Annotated[bool, typer.Option("--timm", help="Also list timm:NAME (needs the [timm] extra).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the names as JSON on stdout.")] = False,
 ) -> None:
-    """List the model zoo (any torchvision classification model works as torchvision:NAME)."""
+    """List the model zoo (any torchvision classifier works as torchvision:NAME, any timm model as timm:NAME)."""
     from itcp_deploy.cli.common import console, emit_json
     from itcp_deploy.models import list_models
 
-    names = list_models(include_torchvision=torchvision)
+    names = list_models(include_torchvision=torchvision, include_timm=timm)
     if json_out:
         emit_json(names)
         return
     for name in names:
         console.print(name)
-    if not torchvision:
-        console.print("torchvision:NAME  (see --torchvision), a model file, or package.module:factory")
+    if not (torchvision or timm):
+        console.print("torchvision:NAME (see --torchvision), timm:NAME (see --timm), a model file, "
+                      "or package.module:factory")

@@ -19,6 +19,7 @@ from itcp_deploy.cli.common import (
     console,
     emit_json,
 )
+from itcp_deploy.cli.pruning import IgnoreLayersOpt
 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
@@ -37,13 +38,16 @@ def run_command(
     precision: PrecisionOpt = "fp32",
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set (int8).")] = None,
     criterion: Annotated[str, typer.Option("--criterion", help="Group score: taylor, sensitivity, ...")] = "taylor",
-    method: Annotated[str, typer.Option("--method", help="itcp or a baseline.")] = "itcp",
+    method: Annotated[str, typer.Option("--method", help="itcp, a baseline, tp-taylor or tp-taylor-round.")] = "itcp",
     epochs: EpochsOpt = 1,
     distill: Annotated[bool, typer.Option("--distill", help="Distil from the dense model.")] = False,
+    compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
+                                             help="Least-squares refit after pruning.")] = True,
     percentile: PercentileOpt = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow model specs that run code.")] = False,
+    ignore_layers: IgnoreLayersOpt = None,
     json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -58,9 +62,10 @@ def run_command(
     config = RunConfig(
         model=model, data=data, input_shape=parse_input_shape(input_shape), out_dir=str(out),
         target=parse_target(sla_ms, speedup, percentile), weights=weights, trust_code=trust_code,
+        ignore_layers=tuple(ignore_layers or ()),
         engine=EngineSpec(backend, precision, EngineOptions(threads=threads), calib), criterion=criterion,
         method=method, recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
-        profile=ProfileSettings(cache_dir=cache), quiet=quiet or json)
+        profile=ProfileSettings(cache_dir=cache), compensate=compensate, quiet=quiet or json)
     deliver(config, json)
 
 

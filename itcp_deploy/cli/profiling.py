@@ -20,6 +20,7 @@ from itcp_deploy.cli.common import (
     console,
     emit_json,
 )
+from itcp_deploy.cli.pruning import IgnoreLayersOpt
 from itcp_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def calibrate_cmd(
 
 @app.command("profile-engines")
 def profile_engines_cmd(
-    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, model file or module:factory.")],
+    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
     backend: BackendOpt = "onnxruntime",
     precision: PrecisionOpt = "fp32",
@@ -66,6 +67,7 @@ def profile_engines_cmd(
     shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
+    perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
     device: Annotated[str, typer.Option("--device", help="torch backend device: cpu or cuda.")] = "cpu",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 10,
     runs: Annotated[int, typer.Option("--runs-per-round", min=1, help="Timed runs per engine per round.")] = 60,
@@ -76,6 +78,7 @@ def profile_engines_cmd(
     epochs: EpochsOpt = 1,
     percentile: PercentileOpt = 50,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,
+    ignore_layers: IgnoreLayersOpt = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path; with an SLA, the output "
                                              "directory of the engine (as in `run`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -89,11 +92,12 @@ def profile_engines_cmd(
     from itcp_deploy.profiling.timing import TimingConfig
 
     shape = parse_input_shape(input_shape)
-    engine = EngineSpec(backend, precision, EngineOptions(threads=threads, provider=provider, device=device), calib)
+    options = EngineOptions(threads=threads, provider=provider, device=device, perf_hint=perf_hint)
+    engine = EngineSpec(backend, precision, options, calib)
     settings = ProfileSettings(cache_dir=str(cache), max_builds=max_builds, holdout=holdout, layer_runs=layer_runs,
                                timing=TimingConfig(rounds=rounds, runs_per_round=runs))
     if sla_ms is None and speedup is None:
-        ref = ModelRef(model, weights, trust_code)
+        ref = ModelRef(model, weights, trust_code, tuple(ignore_layers or ()))
         _profile_only(ref, (input_shape, shape), engine, settings, shard, out, json_out)
         return
     from itcp_deploy.cli.output import deliver
@@ -102,17 +106,19 @@ def profile_engines_cmd(
     target = parse_target(sla_ms, speedup, percentile)
     _check_sla_options(data, out, shard)
     deliver(RunConfig(model=model, data=str(data), input_shape=shape, out_dir=str(out), target=target,
-                      weights=weights, trust_code=trust_code, engine=engine, profile=settings,
+                      weights=weights, trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()),
+                      engine=engine, profile=settings,
                       recipe=FinetuneRecipe(epochs=epochs, train_subset=None), quiet=json_out), json_out)
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The model a command loads: spec, weights, whether its spec may run code."""
+    """The model a command loads: spec, weights, whether its spec may run code, layers kept at full width."""
 
     spec: str
     weights: str | None = None
     trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()
 
 
 def _check_sla_options(data: str | None, out: Path | None, shard: str | None) -> None:
@@ -143,13 +149,13 @@ def _profile_only(ref: ModelRef, shapes: tuple[str, tuple[int, int, int, int]], 
                            layer_runs=settings.layer_runs)
     with progress_bar() as progress:
         profile, summary = profile_model(ref.spec, shape, config, weights=ref.weights, trust_code=ref.trust_code,
-                                         progress=progress)
+                                         progress=progress, ignore_layers=ref.ignore_layers)
     name = Path(ref.spec).stem if ref.spec.endswith((".pt", ".pth")) else ref.spec.replace(":", "_")
     out = out or Path(settings.cache_dir) / f"{name}-{profile.backend}-{engine.precision}-{shape_text}.profile.json"
     profile.save(out)
     write_json(out.with_suffix(".config.json"),
                {"model": ref.spec, "input_shape": list(shape), "weights": ref.weights,
-                "config": asdict(config)})  # replays from Python
+                "config": asdict(config), "ignore_layers": list(ref.ignore_layers)})  # replays from Python
     print_summary(profile, summary, out, json_out)
 
 

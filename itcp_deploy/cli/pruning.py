@@ -9,10 +9,14 @@ import typer
 
 from itcp_deploy.cli.app import app
 
+IgnoreLayersOpt = Annotated[list[str] | None, typer.Option(
+    "--ignore-layers", help="Glob of layers (or modules) whose output channels keep their width, e.g. a "
+    "detection head; repeatable.")]
+
 
 @app.command("groups")
 def groups(
-    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, model file or module:factory.")],
+    model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
     weights: Annotated[Path | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
     num_classes: Annotated[int | None, typer.Option("--num-classes", help="Classifier outputs.")] = None,
@@ -20,6 +24,7 @@ def groups(
     grid_small: Annotated[int, typer.Option("--grid-small", min=1, help="Width step up to 64 channels.")] = 4,
     grid_large: Annotated[int, typer.Option("--grid-large", min=1, help="Width step above 64 channels.")] = 8,
     min_width: Annotated[int, typer.Option("--min-width", min=1, help="Smallest candidate width.")] = 4,
+    ignore_layers: IgnoreLayersOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the pruning space as JSON.")] = False,
 ) -> None:
     """Show the channel groups Torch-Pruning finds, their candidate widths and the layers each sets."""
@@ -32,7 +37,8 @@ def groups(
 
     grid = CandidateGrid(step_small=grid_small, step_large=grid_large, min_width=min_width)
     space = build_space_from_spec(model, parse_input_shape(input_shape), num_classes=num_classes,
-                                  weights=str(weights) if weights else None, trust_code=trust_code, grid=grid)
+                                  weights=str(weights) if weights else None, trust_code=trust_code, grid=grid,
+                                  ignore_layers=tuple(ignore_layers or ()))
     if json_out:
         emit_json(space.to_dict())
         return

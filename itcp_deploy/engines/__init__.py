@@ -24,6 +24,7 @@ def _loader(module: str, attr: str) -> Callable[[], Backend]:
 
 
 _BACKENDS.add("onnxruntime", _loader("itcp_deploy.engines.onnxruntime.runner", "OrtBackend"))
+_BACKENDS.add("openvino", _loader("itcp_deploy.engines.openvino.runner", "OvBackend"))
 _BACKENDS.add("tensorrt", _loader("itcp_deploy.engines.tensorrt.runner", "TrtBackend"))
 _BACKENDS.add("torch", _loader("itcp_deploy.engines.torch.runner", "TorchBackend"))
 

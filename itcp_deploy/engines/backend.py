@@ -15,12 +15,14 @@ class Backend(ABC):
 
     ``source`` is ``"onnx"`` (built from an ONNX file) or ``"torch"`` (built from an ``nn.Module``).
     ``in_context_layers`` says whether :meth:`Runner.layer_times_ms` works; otherwise the profiler times
-    isolated layers.
+    isolated layers. ``per_node_profiler_cost``: a profiled run is slower by a fixed cost per node (see
+    :func:`itcp_deploy.profiling.profiler.split_layers`).
     """
 
     name: str = ""
     source: str = "onnx"
     in_context_layers: bool = True
+    per_node_profiler_cost: bool = True
 
     @abstractmethod
     def version(self) -> str:
@@ -37,6 +39,10 @@ class Backend(ABC):
     @abstractmethod
     def runner(self, artifact: Artifact, options: EngineOptions) -> Runner:
         """A runner for an artifact this backend built."""
+
+    def settings(self, options: EngineOptions) -> dict:
+        """Backend-specific build settings that change the engine, for cache keys (none by default)."""
+        return {}
 
     def device_name(self, options: EngineOptions) -> str:
         """The device the engines run on, for cache keys."""

@@ -28,6 +28,7 @@ class EngineOptions:
     ``device``: ``"cpu"`` or ``"cuda"`` (torch, onnxruntime with onnxruntime-gpu); ``provider`` picks an
     onnxruntime execution provider (``cpu``, ``cuda``, ``tensorrt``). ``workspace_mb`` and ``opt_level`` are
     TensorRT builder settings; ``cuda_graphs`` replays the inference as a CUDA graph on GPU backends.
+    ``perf_hint`` is OpenVINO's performance hint (``latency`` or ``throughput``).
     """
 
     threads: int = 1
@@ -37,6 +38,7 @@ class EngineOptions:
     opt_level: int = 3
     cuda_graphs: bool = True
     timing_cache: str | None = None
+    perf_hint: str = "latency"
 
 
 class Runner(ABC):

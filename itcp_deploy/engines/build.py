@@ -13,7 +13,11 @@ from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.base import EngineOptions
 
 #: the file a user deploys, per backend, copied out of the artifact directory.
-MAIN_FILE = {"onnxruntime": ("model.opt.onnx", ".ort.onnx"), "tensorrt": ("engine.plan", ".plan")}
+MAIN_FILE = {
+    "onnxruntime": ("model.opt.onnx", ".ort.onnx"),
+    "openvino": ("model.blob", ".ov.blob"),
+    "tensorrt": ("engine.plan", ".plan"),
+}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.engines.exportable import exportable_pooling
 from itcp_deploy.errors import ItcpError
 
 DEFAULT_OPSET = 17
@@ -147,7 +148,7 @@ def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | 
     import onnx
 
     original = copy.deepcopy(model).cpu().float().eval()
-    folded = fold_batchnorm(copy.deepcopy(original))
+    folded = exportable_pooling(fold_batchnorm(copy.deepcopy(original)), input_shape)
     example = torch.randn(tuple(input_shape))
     max_rel_err = None
     with atomic_path(path) as tmp:

@@ -1,6 +1,6 @@
 """Import optional packages on first use, failing with one line that names the extra to install.
 
-Optional backends (TensorRT, onnxruntime-gpu) must never be imported at module level: ``itcp-deploy --help``
+Optional backends (TensorRT, OpenVINO, onnxruntime-gpu) must never be imported at module level: ``itcp-deploy --help``
 and every CPU code path have to work without them.
 """
 
@@ -11,7 +11,7 @@ from types import ModuleType
 
 from itcp_deploy.errors import MissingDependencyError
 
-EXTRAS = {"tensorrt": "tensorrt"}
+EXTRAS = {"tensorrt": "tensorrt", "openvino": "openvino"}
 
 
 def require(module: str, extra: str | None = None) -> ModuleType:

@@ -3,7 +3,7 @@
 Specs, in the order they are tried:
 
 - a zoo name (``cifar_resnet56``, ``cifar_vgg16_bn``, or one added with :func:`register_model`);
-- ``torchvision:NAME`` (randomly initialised, never downloaded);
+- ``torchvision:NAME`` or ``timm:NAME`` (randomly initialised, never downloaded; timm is an optional extra);
 - a path to a whole pickled model (``torch.save(model)``), needs ``trust_code=True``;
 - ``package.module:factory``, needs ``trust_code=True``.
 
@@ -22,6 +22,8 @@ from torch import nn
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
 from itcp_deploy.models.cifar_resnet import CIFAR_RESNET_DEPTHS, cifar_resnet
 from itcp_deploy.models.loading import load_factory, load_pickled_model, load_weights
+from itcp_deploy.models.timm_models import PREFIX as TIMM_PREFIX
+from itcp_deploy.models.timm_models import timm_model, timm_names
 from itcp_deploy.models.torchvision_models import PREFIX as TORCHVISION_PREFIX
 from itcp_deploy.models.torchvision_models import torchvision_model, torchvision_names
 from itcp_deploy.models.vgg import cifar_vgg16_bn
@@ -35,17 +37,25 @@ for _depth in CIFAR_RESNET_DEPTHS:
     MODELS.add(f"cifar_resnet{_depth}", partial(cifar_resnet, _depth))
 MODELS.add("cifar_vgg16_bn", cifar_vgg16_bn)
 
+# Prefixed sources of other libraries' models: prefix -> (build by name, list the names).
+SOURCES: dict[str, tuple[Callable[..., nn.Module], Callable[[], list[str]]]] = {
+    TORCHVISION_PREFIX: (torchvision_model, torchvision_names),
+    TIMM_PREFIX: (timm_model, timm_names),
+}
+
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a factory ``f(*, num_classes=..., **kwargs) -> nn.Module`` to the zoo."""
     return MODELS.register(name)
 
 
-def list_models(*, include_torchvision: bool = False) -> list[str]:
-    """Zoo names, sorted; with ``include_torchvision`` also every ``torchvision:NAME``."""
+def list_models(*, include_torchvision: bool = False, include_timm: bool = False) -> list[str]:
+    """Zoo names, sorted; with ``include_torchvision`` / ``include_timm`` also every ``torchvision:NAME`` /
+    ``timm:NAME`` (the latter needs the ``[timm]`` extra)."""
     names = MODELS.names()
-    if include_torchvision:
-        names += [TORCHVISION_PREFIX + n for n in torchvision_names()]
+    for prefix, wanted in ((TORCHVISION_PREFIX, include_torchvision), (TIMM_PREFIX, include_timm)):
+        if wanted:
+            names += [prefix + n for n in SOURCES[prefix][1]()]
     return names
 
 
@@ -62,8 +72,9 @@ def _build(spec: str, num_classes: int | None, trust_code: bool, factory_kwargs:
     kwargs = drop_none({"num_classes": num_classes, **factory_kwargs})
     if spec in MODELS:
         return MODELS.get(spec)(**kwargs)
-    if spec.startswith(TORCHVISION_PREFIX):
-        return torchvision_model(spec[len(TORCHVISION_PREFIX):], **kwargs)
+    for prefix, (factory, _names) in SOURCES.items():
+        if spec.startswith(prefix):
+            return factory(spec[len(prefix):], **kwargs)
     if _looks_like_path(spec):
         model = load_pickled_model(spec, trust_code=trust_code)
         width = _output_width(model)
@@ -74,7 +85,7 @@ def _build(spec: str, num_classes: int | None, trust_code: bool, factory_kwargs:
     if _FACTORY.match(spec):
         return load_factory(spec, trust_code=trust_code, **kwargs)
     raise UnknownNameError(MODELS.unknown_message(spec),
-                           f"use one of: {', '.join(MODELS.names())}, torchvision:NAME, a model file "
+                           f"use one of: {', '.join(MODELS.names())}, torchvision:NAME, timm:NAME, a model file "
                            "or package.module:factory")
 
 
@@ -86,15 +97,16 @@ def create_model(spec: str, *, num_classes: int | None = None, weights: str | Pa
     pass ``convert=False`` for the paper's parameter-free form. The model is in training mode, on CPU.
 
     Args:
-        spec: zoo name, ``torchvision:NAME``, path to a pickled model, or ``package.module:factory``.
+        spec: zoo name, ``torchvision:NAME``, ``timm:NAME``, path to a pickled model, or ``package.module:factory``.
         num_classes: classifier outputs. Defaults to the factory's default (10 for cifar_*, 1000 for
-            torchvision).
+            torchvision and timm).
         weights: checkpoint to load safely: a state_dict, ``{"state_dict": ...}`` or ``{"model": ...}``.
         trust_code: allow specs whose loading executes code (pickled models, factories).
         **factory_kwargs: extra keyword arguments for the factory; ``None`` values are dropped.
 
     Raises:
-        UnknownNameError: unknown zoo or torchvision name.
+        UnknownNameError: unknown zoo, torchvision or timm name.
+        MissingDependencyError: a ``timm:`` spec without timm installed.
         UntrustedCodeError: a pickle or factory spec without ``trust_code``.
         InputFileError: missing, corrupt or mismatching model or weights file.
         UsageError: ``num_classes`` < 1.

@@ -35,7 +35,7 @@ from itcp_deploy.pipeline.compare_rows import (
     tuned_fields,
     write_row,
 )
-from itcp_deploy.pipeline.config import CompareConfig
+from itcp_deploy.pipeline.config import CompareConfig, levers
 from itcp_deploy.pipeline.progressive import progressive_rows
 from itcp_deploy.pipeline.stages import (
     Log,
@@ -116,7 +116,8 @@ def _dense_rows(b: Bench) -> list[dict]:
             if dense is None:
                 dense = {**structure(b, b.model, b.space.full_widths()), "accuracy_oneshot": evaluate(b, b.model)}
             b.log(f"dense seed {seed}: finetuning the reference ...")
-            tuned = finetune(b, b.model, seed, train_images(b, seed)[0])
+            tuned = (finetune(b, b.model, seed, train_images(b, seed)[0]) if b.config.dense_finetune
+                     else {"accuracy": None, "images_per_epoch": 0, "wall_s": 0.0})
             row = {"method": DENSE, "speedup": 1.0, "seed": seed, "budget_ms": b.perf.dense_ms(), **dense}
             write_row(b, path, {**row, **tuned_fields(tuned)})
         rows.append(read_json(path, "row"))
@@ -125,17 +126,29 @@ def _dense_rows(b: Bench) -> list[dict]:
 
 def _one_shot_row(b: Bench, method: str, speedup: float, budget: float) -> dict:
     """Solve, prune, re-estimate BN: the fields every seed of (method, speed-up) shares."""
+    from itcp_deploy.pipeline.compare_peer import peer_prune
     from itcp_deploy.pruning import apply_widths
+    from itcp_deploy.pruning.compensate import compensate, kept_channels
+    from itcp_deploy.pruning.tp_peer import group_widths, is_peer
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
 
     t0 = time.perf_counter()
-    inputs = SearchInputs(b.space, b.perf, b.scores, b.importance)
-    solution = run_method(method, inputs, budget, bins=b.config.bins)
-    pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+    base, compensated = levers(method)
+    if is_peer(base):
+        pruned, plan = peer_prune(b, base, speedup)
+    else:
+        inputs = SearchInputs(b.space, b.perf, b.scores, b.importance)
+        solution = run_method(base, inputs, budget, bins=b.config.bins)
+        pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+        plan = {"score": solution.score}
+        if compensated:
+            kept = kept_channels(b.model, b.space, solution.widths, b.importance)
+            calib = b.inputs.loader(b.config.recipe.batch_size, train=True, seed=0, max_samples=b.config.score_samples)
+            plan["compensated"] = compensate(pruned, b.model, b.space, kept, calib)
     recalibrate_bn(pruned, b.bn_loader(), num_batches=b.config.recipe.bn_batches)
-    return {"method": method, "speedup": speedup, "budget_ms": budget, "score": solution.score,
-            **structure(b, pruned, solution.widths), "accuracy_oneshot": evaluate(b, pruned),
+    return {"method": method, "speedup": speedup, "budget_ms": budget, **plan,
+            **structure(b, pruned, group_widths(pruned, b.space)), "accuracy_oneshot": evaluate(b, pruned),
             "search_and_prune_s": time.perf_counter() - t0, "model": pruned}
 
 

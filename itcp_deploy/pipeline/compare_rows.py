@@ -120,7 +120,7 @@ def finetune(b: Bench, model: nn.Module, seed: int, info: DatasetInfo, with_accu
             "images_per_epoch": len(info.dataset), "wall_s": time.perf_counter() - t0}
 
 
-def _engine(b: Bench, model: nn.Module, widths: dict[str, int]) -> str:
+def engine_of(b: Bench, model: nn.Module, widths: dict[str, int]) -> str:
     """Build the engine of a plan once (latency depends on the structure, not the weights); returns its id."""
     from itcp_deploy.engines.build import build_engine
 
@@ -137,13 +137,19 @@ def structure(b: Bench, model: nn.Module, widths: dict[str, int]) -> dict:
 
     macs, params = count_macs_params(model, b.inputs.input_shape)
     widths = {g.name: int(widths[g.name]) for g in b.space.prunable}
-    return {"widths": widths, "macs": int(macs), "params": int(params), "predicted_ms": b.perf.predict_ms(widths),
-            "engine": _engine(b, model, b.space.complete(widths))}
+    on_grid = all(widths[g.name] in g.candidates for g in b.space.prunable)  # a peer's may fall between
+    return {"widths": widths, "macs": int(macs), "params": int(params),
+            "predicted_ms": b.perf.predict_ms(widths) if on_grid else None,
+            "engine": engine_of(b, model, {**b.space.full_widths(), **widths})}
 
 
 def tuned_fields(tuned: dict) -> dict:
     return {"accuracy_finetuned": tuned["accuracy"], "finetune_images_per_epoch": tuned["images_per_epoch"],
             "finetune_wall_s": tuned["wall_s"]}
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f} ms"
 
 
 def _pct(accuracy: float | None) -> str:
@@ -153,5 +159,5 @@ def _pct(accuracy: float | None) -> str:
 def write_row(b: Bench, path: Path, row: dict) -> None:
     write_json(path, row)
     b.log(f"{row['method']:>17} x{row['speedup']:<5g} seed {row['seed']}: "
-          f"predicted {row['predicted_ms']:.4f} ms (budget {row['budget_ms']:.4f}), "
+          f"predicted {_ms(row['predicted_ms'])} (budget {row['budget_ms']:.4f}), "
           f"one-shot {_pct(row['accuracy_oneshot'])}, finetuned {_pct(row['accuracy_finetuned'])}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.config import RunConfig
 from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
@@ -49,11 +50,16 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
     """Run the stages in order (``until``: stop after that one), each once: a rerun on the same folder resumes
     after the last finished stage."""
     from itcp_deploy.pruning import build_space
+    from itcp_deploy.pruning.output_kind import criteria_for
 
     config.validate()
     folder = RunFolder(config.out_dir).create()
     state = RunState(folder, config)
-    space = build_space(inputs.model, config.input_shape, model_spec=config.model)
+    space = build_space(inputs.model, config.input_shape, model_spec=config.model, ignore_layers=config.ignore_layers)
+    if (inputs.finetune is not None and inputs.loss_fn is None
+            and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note):
+        raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
+                         "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
     ctx = RunContext(config, folder, state, inputs, space, log or (lambda msg: None), progress)
     for name, stage in RUN_STAGES:
         if state.done(name) is None:
@@ -95,7 +101,7 @@ def report_of(ctx: RunContext) -> RunReport:
         criterion=c.criterion, method=c.method, epochs=c.recipe.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)}
         if perf.report else {},
-        notes=list(loop.get("notes", [])),
+        notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
         wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
     )
     report.save(ctx.folder.root)

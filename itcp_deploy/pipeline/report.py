@@ -79,8 +79,10 @@ class RunReport:
             "|---|---|---|---|---|",
         ]
         for r in self.rounds:
-            lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {r['predicted_ms']:.4f} "
-                         f"| {r['measured_ms']:.4f} | {r['measured_ms'] / r['predicted_ms']:.3f} |")
+            predicted = r["predicted_ms"]  # None for a peer method (no latency model)
+            shown, ratio = (("n/a", "n/a") if predicted is None
+                            else (f"{predicted:.4f}", f"{r['measured_ms'] / predicted:.3f}"))
+            lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {shown} | {r['measured_ms']:.4f} | {ratio} |")
         if self.perf_model_error:
             lines += ["", "## Performance model", "",
                       "| metric | value |", "|---|---|"]

@@ -211,22 +211,40 @@ def score_batches(config: RunConfig) -> int:
     return max(1, -(-config.score_samples // config.recipe.batch_size))
 
 
+def _criteria(ctx: RunContext):
+    """The score and importance the run uses: data-free ones where the model gives no logits and no loss_fn."""
+    from itcp_deploy.pruning.output_kind import Criteria, criteria_for
+
+    c = ctx.config
+    if ctx.inputs.loss_fn is not None:  # the user's loss applies to any output
+        return Criteria(c.criterion, c.importance)
+    return criteria_for(ctx.inputs.model, c.input_shape, c.criterion, c.importance)
+
+
 def stage_scores(ctx: RunContext) -> dict:
     from itcp_deploy.pruning import group_scores
 
-    c, inputs = ctx.config, ctx.inputs
+    c, inputs, criteria = ctx.config, ctx.inputs, _criteria(ctx)
+    if criteria.note:
+        ctx.log(f"note: {criteria.note}")
     batches = inputs.batches(score_batches(c))
-    scores = group_scores(inputs.model, ctx.space, c.criterion, loader=batches,
+    scores = group_scores(inputs.model, ctx.space, criteria.score, loader=batches,
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
                           loss_fn=inputs.loss_fn)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
-    return {"criterion": c.criterion}
+    return {"criterion": criteria.score, "note": criteria.note}
 
 
 def stage_loop(ctx: RunContext) -> dict:
     from itcp_deploy.pipeline.closed_loop import LoopInputs, closed_loop
+    from itcp_deploy.pipeline.peer_loop import peer_loop
+    from itcp_deploy.pruning.tp_peer import is_peer
 
+    c = ctx.config
     dense = Path(ctx.state.done("dense")["artifact"])
+    if is_peer(c.method):
+        batches = ctx.inputs.batches(score_batches(c))
+        return peer_loop(LoopInputs(ctx.inputs.model, ctx.space, ctx.folder, c, dense, {}), batches, ctx.log)
     scores = ctx.folder.read_arrays(ctx.folder.scores)
     return closed_loop(LoopInputs(ctx.inputs.model, ctx.space, ctx.folder, ctx.config, dense, scores), ctx.log)
 
@@ -235,14 +253,12 @@ def stage_finetune(ctx: RunContext) -> dict:
     """Prune to the accepted plan, re-estimate BatchNorm, finetune once (the user's callable or the recipe's),
     save the pruned model."""
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.pruning import apply_widths, pruned_layer_widths, save_pruned
+    from itcp_deploy.pruning import pruned_layer_widths, save_pruned
     from itcp_deploy.train import recalibrate_bn
 
     c, inputs, folder = ctx.config, ctx.inputs, ctx.folder
     plan = PruningPlan.load(folder.plan)
-    loader = inputs.batches(score_batches(c)) if c.importance == "taylor" else None
-    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=c.importance, loader=loader,
-                          loss_fn=inputs.loss_fn)
+    pruned, refit = _pruned_for_finetuning(ctx, plan)
     recalibrate_bn(pruned, inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches)
     acc_bn = inputs.accuracy(pruned)
     if inputs.finetune is not None:
@@ -251,7 +267,8 @@ def stage_finetune(ctx: RunContext) -> dict:
     pruned = pruned.cpu().eval()
     acc = inputs.accuracy(pruned) if inputs.finetune is not None else acc_bn
     save_pruned(folder.pruned, pruned, plan, plan_path=folder.plan)
-    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc, "finetuned": inputs.finetune is not None}
+    return {"accuracy_pruned_bn": acc_bn, "accuracy_final": acc, "finetuned": inputs.finetune is not None,
+            "compensated_layers": refit}
 
 
 def restore_pruned(model: nn.Module, space: PruningSpace, folder: RunFolder) -> nn.Module:
@@ -267,14 +284,38 @@ def restore_pruned(model: nn.Module, space: PruningSpace, folder: RunFolder) -> 
     return pruned.eval()
 
 
+def _pruned_for_finetuning(ctx: RunContext, plan) -> tuple[nn.Module, list[str]]:
+    """The accepted plan applied to the dense model, compensated by least squares when configured (a peer
+    method's own pruned model instead: its channel choice is kept); returns it and the refit layers."""
+    from itcp_deploy.pipeline.peer_loop import PEER_MODEL
+    from itcp_deploy.pruning import apply_widths, channel_importance, load_pruned
+    from itcp_deploy.pruning.compensate import compensate, kept_channels
+    from itcp_deploy.pruning.tp_peer import is_peer
+
+    c, inputs, importance = ctx.config, ctx.inputs, _criteria(ctx).importance
+    if is_peer(c.method):
+        return load_pruned(ctx.folder.root / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval(), []
+    loader = inputs.batches(score_batches(c)) if importance == "taylor" else None
+    if not c.compensate:
+        return apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader,
+                            loss_fn=inputs.loss_fn), []
+    imp = channel_importance(inputs.model, ctx.space, importance, loader=loader, loss_fn=inputs.loss_fn)
+    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=imp)
+    calib = inputs.batches(score_batches(c))
+    return pruned, compensate(pruned, inputs.model, ctx.space, kept_channels(inputs.model, ctx.space, plan.widths,
+                                                                               imp), calib)
+
+
 def stage_final(ctx: RunContext) -> dict:
     """Build the final engine and measure it interleaved with the dense engine."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pipeline.closed_loop import measure_pair
-    from itcp_deploy.pruning import count_macs_params
+    from itcp_deploy.pruning import count_macs_params, load_pruned
+    from itcp_deploy.pruning.tp_peer import is_peer
 
     c, folder = ctx.config, ctx.folder
-    pruned = restore_pruned(ctx.inputs.model, ctx.space, folder)
+    pruned = (load_pruned(folder.pruned, folder.plan, weights=c.weights, trust_code=c.trust_code).eval()
+              if is_peer(c.method) else restore_pruned(ctx.inputs.model, ctx.space, folder))  # a peer's widths
     built = build_engine(pruned, c.input_shape, folder.root, "model", c.engine)
     macs, params = count_macs_params(pruned, c.input_shape)
     dense = Path(ctx.state.done("dense")["artifact"])

@@ -111,6 +111,7 @@ class _Run:
                     "provider": config.engine.provider,
                     "device": config.engine.device,
                     "opt_level": config.engine.opt_level,
+                    **self.backend.settings(config.engine),
                 }
             ),
         )
@@ -241,7 +242,9 @@ class _Run:
         return entry
 
 
-def split_layers(raw_ms: dict[str, float], node_module: dict[str, str | None], latency_ms: float) -> dict:
+def split_layers(
+    raw_ms: dict[str, float], node_module: dict[str, str | None], latency_ms: float, per_node_cost: bool = True
+) -> dict:
     """Sum backend nodes into layers, after removing the profiler's own per-node cost.
 
     A profiled run costs more than an unprofiled one by a roughly fixed amount per node (timestamps and
@@ -251,20 +254,27 @@ def split_layers(raw_ms: dict[str, float], node_module: dict[str, str | None], l
     that ``sum(layer_ms) + other_ms`` equals the engine's measured median latency; differences between layers
     and widths are kept. Otherwise the times are used as they are.
 
+    ``per_node_cost=False`` is for profilers that cost nothing per node (OpenVINO's performance counters:
+    counted and plain runs of one engine, interleaved, take the same time and the node times add up to it).
+    There an excess can only be drift between the profiling window and the timing window on a shared machine,
+    which slows every node alike, so the times are scaled down by one factor instead.
+
     Returns:
         ``{"layer_ms": {module: ms}, "other_ms": ms}``; nodes mapped to no module count as "other".
     """
     times = list(raw_ms.values())
+    excess = sum(times) > latency_ms > 0
     lo, hi = 0.0, max(times, default=0.0)
-    if sum(times) > latency_ms > 0:
+    if excess and per_node_cost:
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if sum(max(0.0, t - mid) for t in times) > latency_ms else (lo, mid)
-    overhead = lo if sum(times) > latency_ms > 0 else 0.0
+    overhead = lo if excess and per_node_cost else 0.0
+    scale = latency_ms / sum(times) if excess and not per_node_cost else 1.0
     layer_ms: dict[str, float] = {}
     other_ms = 0.0
     for name, ms in raw_ms.items():
-        ms = max(0.0, ms - overhead)
+        ms = max(0.0, ms - overhead) * scale
         module = node_module.get(name)
         if module is None:
             other_ms += ms
@@ -312,7 +322,8 @@ def run_profiling(
             stats = summarize([cache.get(run.latency_key(plan))["samples_ms"]])
             entry = layers[plan.engine_id]
             if "raw_ms" in entry:
-                entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms)
+                entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms,
+                                     run.backend.per_node_profiler_cost)
             engines.append(
                 EngineMeasurement(
                     engine_id=plan.engine_id,
@@ -368,16 +379,12 @@ def profile_engines(
 
 
 def profile_model(
-    spec: str,
-    input_shape: tuple[int, int, int, int],
-    config: ProfileConfig | None = None,
-    *,
-    weights: str | None = None,
-    trust_code: bool = False,
-    progress: Progress | None = None,
+    spec: str, input_shape: tuple[int, int, int, int], config: ProfileConfig | None = None, *,
+    weights: str | None = None, trust_code: bool = False, progress: Progress | None = None,
+    ignore_layers: tuple[str, ...] = (),
 ) -> tuple[Profile, ProfileSummary]:
-    """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space, profile it
-    (what ``itcp-deploy profile-engines`` runs)."""
+    """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space (groups of
+    ``ignore_layers`` fixed), profile it (what ``itcp-deploy profile-engines`` runs)."""
     import torch
 
     from itcp_deploy.models import create_model
@@ -385,5 +392,5 @@ def profile_model(
 
     torch.set_num_threads((config or ProfileConfig()).engine.threads)
     model = create_model(spec, weights=weights, trust_code=trust_code).eval()
-    space = build_space(model, input_shape, model_spec=spec)
+    space = build_space(model, input_shape, model_spec=spec, ignore_layers=ignore_layers)
     return run_profiling(model, space, config, progress)

@@ -1,8 +1,9 @@
 """The latency staircase of one conv signature: measured latency versus output width, next to MACs.
 
 MACs grow linearly with the output width; measured latency grows in steps, because kernels process channels
-in blocks (onnxruntime's NCHWc layout pads to 16 channels with AVX-512F, 8 with AVX2). This plot is why the
-performance model is staircase-aware; the block it steps by (``engines.device.block_from_staircase``) is
+in blocks (onnxruntime's NCHWc layout pads to 16 channels with AVX-512F, 8 with AVX2; OpenVINO's CPU plugin has
+its own blocked layouts and kernels). This plot is why the performance model is staircase-aware; each engine
+(``backend``) has its own staircase, and the block it steps by (``engines.device.block_from_staircase``) is
 saved beside it, with the device's ISA flags.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.engines import EngineOptions, get_backend
+from itcp_deploy.engines.device import device_name
 from itcp_deploy.errors import UsageError
 from itcp_deploy.paths import check_outputs
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
@@ -23,13 +25,15 @@ from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
 @dataclass(frozen=True)
 class StaircaseConfig:
     """One 3x3 conv (stride 1, padding 1) on a ``hw`` x ``hw`` input of ``in_channels``, measured at
-    output widths 1..``max_width``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100 runs."""
+    output widths 1..``max_width`` on a CPU ``backend``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100
+    runs, onnxruntime."""
 
     in_channels: int = 32
     hw: int = 32
     kernel: int = 3
     max_width: int = 64
     threads: int = 1
+    backend: str = "onnxruntime"
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
     )
@@ -76,9 +80,12 @@ def warnings_off():
 
 
 def measure_staircase(config: StaircaseConfig | None = None) -> list[StaircasePoint]:
-    """Build one onnxruntime CPU engine per output width and measure them all interleaved."""
+    """Build one CPU engine per output width and measure them all interleaved."""
     config = config or StaircaseConfig()
-    backend = get_backend("onnxruntime")
+    backend = get_backend(config.backend)
+    if backend.source != "onnx" or backend.device_name(EngineOptions()) != device_name("cpu"):
+        raise UsageError(f"the staircase measures a CPU engine built from ONNX; {backend.name} is not one",
+                         "use --backend onnxruntime or --backend openvino")
     options = EngineOptions(threads=config.threads)
     widths = list(range(1, config.max_width + 1))
     with tempfile.TemporaryDirectory(prefix="itcp-staircase-") as tmp, contextlib.ExitStack() as stack:
@@ -115,6 +122,10 @@ def plot_staircase(points: list[StaircasePoint], path: str | os.PathLike[str], t
         color="tab:blue",
         label="measured latency (median, p90)",
     )
+    top = 1.6 * max(p.median_ms for p in points) * 1000
+    if max(p.p90_ms for p in points) * 1000 > top:  # a preempted round on a busy machine would flatten the steps
+        ax.set_ylim(0, top)
+        ax.text(0.99, 0.02, "p90 whiskers clipped at the top", transform=ax.transAxes, ha="right", fontsize=8)
     ax.set_xlabel("output channels")
     ax.set_ylabel("latency (µs)", color="tab:blue")
     ax2 = ax.twinx()
@@ -136,16 +147,18 @@ def staircase(
 ) -> tuple[list[StaircasePoint], Path]:
     """Measure and plot (what ``itcp-deploy staircase`` runs); the data goes beside the plot as JSON."""
     from itcp_deploy.atomic_io import write_json
-    from itcp_deploy.engines.device import block_from_staircase, detect_isa, device_name, isa_channel_block
+    from itcp_deploy.engines.device import block_from_staircase, detect_isa, isa_channel_block
 
     config = config or StaircaseConfig()
     config.validate()
     check_outputs({"-o": out, "-o (its .json)": Path(out).with_suffix(".json")}, {})
     points = measure_staircase(config)
     block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
+    version = get_backend(config.backend).version().split("-")[0]
     title = (
         f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "
-        f"onnxruntime CPU, {config.threads} thread(s), steps of {block or 'none found'}\n{device_name()}"
+        f"{config.backend} {version} CPU, {config.threads} thread(s), steps of {block or 'none found'}\n"
+        f"{device_name()}"
     )
     path = plot_staircase(points, out, title)
     write_json(

@@ -13,6 +13,9 @@ across groups (higher = better accuracy expected). Every score is 0 at full widt
   recalibration and one evaluation per (group, width < full): 250 evaluations for ResNet-56.
 - ``l1-fraction``: share of the group's L1 weight norm kept (1 at full width). Free; not comparable across
   groups in loss units, a baseline only.
+- ``magnitude``: ``-(L1 norm of the removed channels' coupled weights)``, as a share of all groups' L1 norm.
+  Data-free; what ``taylor`` falls back to where the model has no classification output
+  (:mod:`~itcp_deploy.pruning.output_kind`).
 - ``width``: ``-(fraction of the group's channels removed)``: every channel of every group worth the same.
   Free; the uniform baseline.
 """
@@ -34,6 +37,7 @@ from itcp_deploy.space import PruningSpace
 
 ScoreFn = Callable[[nn.Module, PruningSpace, ScoreInputs], dict[str, np.ndarray]]
 SCORES: Registry[ScoreFn] = Registry("group score")
+TIE_BREAK = 1e-6
 
 
 def _from_importance(model: nn.Module, space: PruningSpace, imp: dict[str, np.ndarray],
@@ -61,6 +65,14 @@ def l1_fraction_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInput
     imp = channel_importance(model, space, "l1")
     return _from_importance(model, space, imp,
                             lambda v, keep: float(v[keep].sum()) / max(float(v.sum()), 1e-30))
+
+
+@SCORES.register("magnitude")
+def magnitude_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    """Data-free: ``-(L1 norm of the removed channels' coupled weights)`` / the L1 norm of every group."""
+    imp = channel_importance(model, space, "l1")
+    total = max(sum(float(v.sum()) for v in imp.values()), 1e-30)
+    return _from_importance(model, space, imp, lambda v, keep: -(float(v.sum()) - float(v[keep].sum())) / total)
 
 
 @SCORES.register("width")
@@ -96,5 +108,24 @@ def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *
         Group name -> float64 array aligned with ``space.group(name).candidates``, non-decreasing.
     """
     fn = SCORES.get(score)
-    return fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader, cache_path=cache_path,
-                                        settings=settings or ScoreSettings(), loss_fn=loss_fn))
+    return break_ties(space, fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader,
+                                                         cache_path=cache_path, settings=settings or ScoreSettings(),
+                                                         loss_fn=loss_fn)))
+
+
+def break_ties(space: PruningSpace, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Make every score strictly increasing in width by a tiny width term (``TIE_BREAK`` x the largest score
+    magnitude x the share of channels removed; 0 at full width).
+
+    Without it, equal scores leave the solver indifferent between widths: a randomly initialised network
+    whose residual branches end in a zero-initialised BatchNorm (timm's default) has zero gradients there, so
+    its taylor scores are all 0 and the DP may return the narrowest plan far under the budget. With it, ties
+    go to the plan that keeps more channels, and no real difference in scores is overturned.
+    """
+    scale = max((float(np.abs(v).max()) for v in scores.values() if len(v)), default=0.0) or 1.0
+    out = {}
+    for name, values in scores.items():
+        g = space.group(name)
+        share_removed = (g.full_width - np.asarray(g.candidates, dtype=np.float64)) / g.full_width
+        out[name] = np.asarray(values, dtype=np.float64) - TIE_BREAK * scale * share_removed
+    return out

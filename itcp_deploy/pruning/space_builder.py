@@ -4,7 +4,8 @@ Channels coupled by residual adds, depthwise convs, concatenation or BatchNorm f
 ``get_all_groups``). Each group is named after the first Conv/Linear, in module order, whose output channels
 it sets, so names are stable across runs. The network's input channels form the fixed group ``input``;
 channels that no layer reads (the logits) form the fixed group ``output``. A layer that reads a concatenation
-of several groups lists them joined by ``+`` in ``in_group`` (in channel order).
+of several groups reads one fixed group ``LAYER:in`` instead, and the concatenated groups keep their width
+(see :func:`_layer_groups`).
 
 Example (CIFAR ResNet-56 with converted shortcuts): 3 stage groups tied by residual adds (``conv1`` =
 conv1 + layer1.*.conv2; ``layer2.0.conv2`` = layer2.*.conv2 + layer2.0.shortcut; ``layer3.0.conv2``), 27 inner
@@ -13,14 +14,17 @@ groups (one per block's conv1), plus ``input`` and ``output``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from itcp_deploy.engines.device import channel_block
 from itcp_deploy.errors import UsageError
-from itcp_deploy.pruning.tracing import PRUNABLE_LAYERS, TracedGroup, trace, traced_groups
+from itcp_deploy.pruning.tracing import PRUNABLE_LAYERS, TracedGroup, trace, traced_groups, traced_layers
 from itcp_deploy.space import INPUT_GROUP, OUTPUT_GROUP, CandidateGrid, ChannelGroup, LayerSpec, PruningSpace
 
 
@@ -99,8 +103,83 @@ def _check_widths(model_spec: str, groups: list[ChannelGroup], layers: list[Laye
                             f"but its groups give {reads}->{width[layer.out_group]}")
 
 
+def ignored_layer_names(model: nn.Module, patterns: Sequence[str], model_spec: str = "custom") -> set[str]:
+    """Conv/Linear layers matched by ``--ignore-layers`` glob patterns (on the layer's name or a parent's).
+
+    Raises:
+        UsageError: a pattern matches no Conv/Linear layer (names the pattern and where to see the names).
+    """
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
+    found: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in layers if any(fnmatch.fnmatchcase(p, pattern) for p in _self_and_parents(n))}
+        if not hits:
+            raise UsageError(f"--ignore-layers {pattern!r} matches no Conv/Linear layer of {model_spec}",
+                             f"see the layer names with `itcp-deploy groups {model_spec} --input-shape ...`")
+        found |= hits
+    return found
+
+
+def _self_and_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _space_groups(traced: list[TracedGroup], shape: tuple[int, ...], grid: CandidateGrid,
+                  ignored: set[str]) -> list[ChannelGroup]:
+    """``input``, then one group per traced group: ``output`` (no reader) and ignored ones are fixed."""
+    outputs = [g for g in traced if not g.layers_in]
+    names = {id(g): (OUTPUT_GROUP if i == 0 else f"{OUTPUT_GROUP}:{g.root}") for i, g in enumerate(outputs)}
+    groups = [ChannelGroup(name=INPUT_GROUP, full_width=shape[1], candidates=(shape[1],), fixed=True)]
+    groups += [_channel_group(g, names.get(id(g), g.root), grid,
+                              fixed=id(g) in names or bool(ignored & set(g.layers_out))) for g in traced]
+    return groups
+
+
+def _layer_groups(model: nn.Module, traced: list[TracedGroup], groups: list[ChannelGroup],
+                  sizes: dict) -> tuple[list[LayerSpec], list[ChannelGroup]]:
+    """Each run layer's in/out groups, and the groups with those made fixed that this needs.
+
+    Channels in no group (they pass a channel shuffle, see :mod:`~itcp_deploy.pruning.channel_views`) get
+    fixed groups of their own: ``LAYER`` for a layer's output, ``LAYER:in`` for its input. A layer
+    reading a concatenation of several groups (DenseNet, Inception, SqueezeNet's fire modules) would make its
+    latency a function of three or more widths, which the pairwise perf model and DP do not represent: the
+    concatenated groups keep their width and the layer reads one fixed group ``LAYER:in``. The layers inside
+    each branch (DenseNet's bottlenecks, Inception's reductions) stay prunable."""
+    out_group: dict[str, str] = {}
+    in_groups: dict[str, list[tuple[int, str]]] = {}
+    for g, cg in zip(traced, groups[1:], strict=True):
+        for layer in g.layers_out:
+            out_group.setdefault(layer, cg.name)
+        for layer in g.layers_in:
+            in_groups.setdefault(layer, []).append((g.in_offsets.get(layer, 0), cg.name))
+    width = {g.name: g.full_width for g in groups}
+    layers, extra, concatenated = [], [], set()
+    for name, module in model.named_modules():
+        if name not in sizes:
+            continue
+        spec = _layer_spec(name, module, "", "", sizes[name])
+        if name not in out_group:
+            extra.append(_fixed(name, spec.out_channels))
+            out_group[name] = name
+        reads = list(dict.fromkeys(n for _, n in sorted(in_groups.get(name, []))))
+        if not reads and spec.in_channels == width[INPUT_GROUP]:
+            reads = [INPUT_GROUP]
+        if len(reads) != 1 or width[reads[0]] != spec.in_channels:
+            concatenated |= set(reads)
+            extra.append(_fixed(f"{name}:in", spec.in_channels))
+            reads = [f"{name}:in"]
+        layers.append(replace(spec, in_group="+".join(reads), out_group=out_group[name]))
+    kept = [replace(g, candidates=(g.full_width,), fixed=True) if g.name in concatenated else g for g in groups]
+    return layers, kept + extra
+
+
+def _fixed(name: str, width: int) -> ChannelGroup:
+    return ChannelGroup(name=name, full_width=width, candidates=(width,), fixed=True)
+
+
 def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, model_spec: str = "custom",
-                grid: CandidateGrid | None = None) -> PruningSpace:
+                grid: CandidateGrid | None = None, ignore_layers: Sequence[str] = ()) -> PruningSpace:
     """Find the channel groups of ``model`` and the groups setting each Conv/Linear layer's widths.
 
     Args:
@@ -110,52 +189,42 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
         grid: How candidate widths are drawn. Defaults to ``CandidateGrid()`` (every 4 up to 64, then 8)
             aligned to this machine's channel block (``engines.device.channel_block``), so the top of every
             latency step is a candidate (a no-op on x86: blocks of 16 with AVX-512, 8 with AVX2).
+        ignore_layers: Glob patterns of layers whose output channels must keep their width (a detection
+            head, say): every group setting such a layer's output is fixed, as Torch-Pruning's
+            ``ignored_layers`` does. A pattern also matches the layers inside a matched module.
 
     Returns:
         The pruning space: groups (``input`` and ``output`` fixed), candidates, one LayerSpec per layer run.
 
     Raises:
-        UsageError: TP cannot trace the model, or it has no prunable Conv/Linear layer.
+        UsageError: TP cannot trace the model, it has no prunable Conv/Linear layer, or an ignore pattern
+            matches no layer.
     """
     grid = grid or CandidateGrid().aligned_to(channel_block())
     shape = tuple(int(d) for d in input_shape)
+    ignored = ignored_layer_names(model, ignore_layers, model_spec)
     graph = trace(model, shape, model_spec)
     sizes = _record_sizes(model, shape)
     traced = traced_groups(graph, model)
     if not traced:
         raise UsageError(f"{model_spec} has no Conv or Linear layer Torch-Pruning can prune",
                          "pass a CNN whose layers are torch.nn.Conv2d / torch.nn.Linear modules")
-    outputs = [g for g in traced if not g.layers_in]
-    names = {id(g): (OUTPUT_GROUP if i == 0 else f"{OUTPUT_GROUP}:{g.root}") for i, g in enumerate(outputs)}
-    groups = [ChannelGroup(name=INPUT_GROUP, full_width=shape[1], candidates=(shape[1],), fixed=True)]
-    groups += [_channel_group(g, names.get(id(g), g.root), grid, fixed=id(g) in names) for g in traced]
-
-    out_group: dict[str, str] = {}
-    in_groups: dict[str, list[tuple[int, str]]] = {}
-    for g, cg in zip(traced, groups[1:], strict=True):
-        for layer in g.layers_out:
-            out_group.setdefault(layer, cg.name)
-        for layer in g.layers_in:
-            in_groups.setdefault(layer, []).append((g.in_offsets.get(layer, 0), cg.name))
-    layers = []
+    seen = traced_layers(graph)
     for name, module in model.named_modules():
-        if name not in sizes:
-            continue
-        if name not in out_group:
+        if name in sizes and module not in seen:
             raise _untraced(model_spec, name, "is missing from Torch-Pruning's graph")
-        reads = [n for _, n in sorted(in_groups.get(name, []))]
-        in_group = "+".join(dict.fromkeys(reads)) or INPUT_GROUP
-        layers.append(_layer_spec(name, module, in_group, out_group[name], sizes[name]))
+    layers, groups = _layer_groups(model, traced, _space_groups(traced, shape, grid, ignored), sizes)
     _check_widths(model_spec, groups, layers)
     return PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
-                        grid=grid)
+                        grid=grid, ignore_layers=tuple(ignore_layers))
 
 
 def build_space_from_spec(spec: str, input_shape: tuple[int, int, int, int], *,
                           num_classes: int | None = None, weights: str | None = None,
-                          trust_code: bool = False, grid: CandidateGrid | None = None) -> PruningSpace:
+                          trust_code: bool = False, grid: CandidateGrid | None = None,
+                          ignore_layers: Sequence[str] = ()) -> PruningSpace:
     """:func:`build_space` of ``create_model(spec, ...)`` (what ``itcp-deploy groups`` shows)."""
     from itcp_deploy.models import create_model
 
     model = create_model(spec, num_classes=num_classes, weights=weights, trust_code=trust_code)
-    return build_space(model, input_shape, model_spec=spec, grid=grid)
+    return build_space(model, input_shape, model_spec=spec, grid=grid, ignore_layers=ignore_layers)

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from itcp_deploy.errors import UsageError
+from itcp_deploy.pruning.channel_views import crosses_channel_view, record_channel_views
 
 PRUNABLE_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -63,8 +64,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     """TP's dependency graph of ``model`` at ``input_shape``; a one-line :class:`UsageError` on failure."""
     example = torch.zeros(*input_shape)
     try:
-        with _traceable(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        graph = tp.DependencyGraph()
+        with _traceable(model), record_channel_views(graph):
+            graph.build_dependency(model, example_inputs=example, verbose=False)
     except Exception as err:  # TP and the model's forward raise anything; the user needs one line
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise UsageError(
@@ -76,13 +78,22 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     return graph
 
 
+def traced_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
+    """The modules TP's trace saw (a layer run under ``torch.no_grad()`` is missing)."""
+    return set(graph.module2node)
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1 \
         and module.groups == module.in_channels
 
 
 def traced_groups(graph: tp.DependencyGraph, model: nn.Module) -> list[TracedGroup]:
-    """Every channel group TP finds, rooted at the first Conv/Linear (in module order) that sets it."""
+    """Every channel group TP finds, rooted at the first Conv/Linear (in module order) that sets it.
+
+    Groups whose channels pass through a channel-splitting view (channel shuffle, see
+    :mod:`~itcp_deploy.pruning.channel_views`) are left out: their layers keep their widths.
+    """
     order = {m: i for i, (_, m) in enumerate(model.named_modules())}
     names = {m: n for n, m in model.named_modules()}
     found: list[TracedGroup] = []
@@ -102,7 +113,7 @@ def traced_groups(graph: tp.DependencyGraph, model: nn.Module) -> list[TracedGro
             if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 \
                     and not _is_depthwise(module):
                 conv_groups.add(module.groups)
-        if not outs or outs & seen:
+        if not outs or outs & seen or crosses_channel_view(graph, group):
             continue
         seen |= outs
         root = min(outs, key=order.__getitem__)

@@ -54,7 +54,7 @@ class Solution:
 
 
 @dataclass
-class _Discretised:
+class Discretised:
     """Costs as whole bins: pairwise and unary costs merged per group pair, each shifted to a zero minimum."""
 
     sizes: dict[str, int]
@@ -63,9 +63,10 @@ class _Discretised:
     score_base: float  # scores of single-candidate groups (not variables)
     bin_cost: float
     n_bins: int
+    valid: np.ndarray | None = None  # the cells of a flattened 2-D budget grid (see factors); None: all
 
 
-def _merge_terms(problem: SearchProblem) -> tuple[dict, dict, float]:
+def merge_terms(problem: SearchProblem) -> tuple[dict, dict, float]:
     sizes = {g: len(c) for g, c in problem.candidates.items()}
     unary = {g: np.zeros(n) for g, n in sizes.items()}
     pair: dict[tuple[str, str], np.ndarray] = {}
@@ -87,8 +88,8 @@ def _merge_terms(problem: SearchProblem) -> tuple[dict, dict, float]:
     return unary, pair, const
 
 
-def discretise(problem: SearchProblem, budget: float, bins: int) -> _Discretised:
-    unary, pair, base = _merge_terms(problem)
+def discretise(problem: SearchProblem, budget: float, bins: int) -> Discretised:
+    unary, pair, base = merge_terms(problem)
     base += sum(float(u.min()) for u in unary.values()) + sum(float(p.min()) for p in pair.values())
     spare = budget - base
     bin_cost = max(spare, 1e-12) / bins
@@ -108,7 +109,7 @@ def discretise(problem: SearchProblem, budget: float, bins: int) -> _Discretised
         factors.append(fx.Sparse((a, b), k[..., None], np.where(k >= n_bins, fx.NEG, 0.0)[..., None]))
     sizes = {g: len(u) for g, u in unary.items()}
     score_base = sum(float(problem.scores[g][0]) for g, c in problem.candidates.items() if len(c) == 1)
-    return _Discretised(sizes, factors, base, score_base, bin_cost, n_bins)
+    return Discretised(sizes, factors, base, score_base, bin_cost, n_bins)
 
 
 def _graph(factors: list[fx.Factor], variables: set[str]) -> dict[str, set[str]]:
@@ -143,8 +144,10 @@ def elimination_order(
 class _Elimination:
     """One run of variable elimination; keeps the buckets so any budget bin can be backtracked."""
 
-    def __init__(self, factors: list[fx.Factor], order: list[str], n_bins: int) -> None:
-        self.n_bins = n_bins
+    def __init__(
+        self, factors: list[fx.Factor], order: list[str], n_bins: int, valid: np.ndarray | None = None
+    ) -> None:
+        self.n_bins, self.valid = n_bins, valid
         self.buckets: dict[str | None, list[fx.Factor]] = {}
         pool = list(factors)
         for x in order:
@@ -152,11 +155,11 @@ class _Elimination:
             pool = [f for f in pool if x not in f.scope]
             self.buckets[x] = bucket
             if bucket:
-                pool.append(fx.max_out(fx.combine(bucket, n_bins), x))
+                pool.append(fx.max_out(fx.combine(bucket, n_bins, valid), x))
         self.buckets[None] = pool
         root = np.full(n_bins, fx.NEG)
         root[0] = 0.0
-        self.root = root if not pool else fx.row(fx.combine(pool, n_bins), {}, n_bins)
+        self.root = root if not pool else fx.row(fx.combine(pool, n_bins, valid), {}, n_bins)
 
     def backtrack(self, target_bin: int, fixed: dict[str, int]) -> dict[str, int]:
         assign = dict(fixed)
@@ -170,7 +173,7 @@ class _Elimination:
                 rows = [fx.row(f, trial, self.n_bins) for f in bucket]
                 partial = [rows[0]] if rows else []
                 for r in rows[1:]:
-                    partial.append(fx.conv1d(partial[-1], r))
+                    partial.append(fx.conv1d(partial[-1], r, self.valid))
                 value = partial[-1][b] if partial else 0.0
                 if best is None or value > best[0]:
                     best = (value, i, rows, partial)
@@ -200,13 +203,23 @@ class _Run:
 
 
 class FrontSolver:
-    """Solves once for a budget; :meth:`plan_at` backtracks the best plan within any bin of the front."""
+    """Solves once for a budget; :meth:`plan_at` backtracks the best plan within any bin of the front.
+
+    ``disc``: an already discretised problem (two budgets on one grid, :mod:`itcp_deploy.search.vector`);
+    ``problem`` and ``budget`` are then its first target's.
+    """
 
     def __init__(
-        self, problem: SearchProblem, budget: float, *, bins: int = 1000, limits: SolverLimits | None = None
+        self,
+        problem: SearchProblem,
+        budget: float,
+        *,
+        bins: int = 1000,
+        limits: SolverLimits | None = None,
+        disc: Discretised | None = None,
     ) -> None:
         self.problem, self.budget, self.limits = problem, float(budget), limits or SolverLimits()
-        self.disc = discretise(problem, self.budget, bins)
+        self.disc = disc if disc is not None else discretise(problem, self.budget, bins)
         self.exact = True
         graph = _graph(self.disc.factors, set(self.disc.sizes))
         self.cutset, self.cut_choices = self._conditioning(graph)
@@ -258,7 +271,7 @@ class FrontSolver:
         factors = self.disc.factors
         for v, i in fixed.items():
             factors = [fx.restrict(f, v, i) for f in factors]
-        elimination = _Elimination(factors, self.order, self.disc.n_bins)
+        elimination = _Elimination(factors, self.order, self.disc.n_bins, self.disc.valid)
         self._last = (fixed, elimination)
         return elimination
 
@@ -296,7 +309,7 @@ class FrontSolver:
 
 def min_cost(problem: SearchProblem) -> tuple[float, dict[str, int]]:
     """The minimum predicted cost over all plans (min-sum elimination, exact) and a plan reaching it."""
-    unary, pair, const = _merge_terms(problem)
+    unary, pair, const = merge_terms(problem)
     tables: list[tuple[tuple[str, ...], np.ndarray]] = [((g,), u) for g, u in unary.items()]
     tables += [(k, p) for k, p in pair.items()]
     order = elimination_order(

@@ -9,6 +9,12 @@ A factor over a scope of groups holds, for every assignment of candidate indices
 
 Combining factors is max-plus convolution over bins; it is done as "dense shifted by each sparse entry",
 ``O(m * cells * B)``, so a term over one assignment costs one shifted copy, not a ``B x B`` product.
+
+Two budgets at once (:mod:`itcp_deploy.search.vector`) use the same 1-D bin axis as a flattened 2-D grid:
+bin ``b1 * stride + b2`` spends ``b1`` bins of the first budget and ``b2`` of the second, with
+``stride > 2 * B2`` so adding two valid cells never carries into ``b1``. ``valid`` (a boolean array over the
+bins, ``b2 <= B2``) marks the cells that exist; every product masks the others to ``-inf``, which keeps the
+max-plus algebra exact on the grid.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ def restrict(f: Factor, var: str, index: int) -> Factor:
     return Sparse(scope, np.take(f.bins, index, axis=axis), np.take(f.vals, index, axis=axis), f.origin)
 
 
-def sparse_product(a: Sparse, b: Sparse, n_bins: int) -> Sparse:
+def sparse_product(a: Sparse, b: Sparse, n_bins: int, valid: np.ndarray | None = None) -> Sparse:
     scope = union(a.scope, b.scope)
     ab, av = align(a.bins, a.scope, scope), align(a.vals, a.scope, scope)
     bb, bv = align(b.bins, b.scope, scope), align(b.vals, b.scope, scope)
@@ -78,6 +84,8 @@ def sparse_product(a: Sparse, b: Sparse, n_bins: int) -> Sparse:
     bins = np.broadcast_to(bins, shape).reshape(shape[:-2] + (-1,))
     vals = np.broadcast_to(vals, shape).reshape(shape[:-2] + (-1,))
     over = bins >= n_bins
+    if valid is not None:
+        over |= ~valid[np.minimum(bins, n_bins - 1)]
     return Sparse(scope, np.where(over, n_bins, bins), np.where(over, NEG, vals))
 
 
@@ -98,7 +106,7 @@ def to_sparse(f: Dense) -> Sparse:
     return Sparse(f.scope, idx, np.take_along_axis(f.table, idx, axis=-1))
 
 
-def conv(d: Dense, s: Sparse, n_bins: int) -> Dense:
+def conv(d: Dense, s: Sparse, n_bins: int, valid: np.ndarray | None = None) -> Dense:
     """Max-plus convolution over bins of a dense and a sparse factor, over the union of their scopes."""
     scope = union(d.scope, s.scope)
     table = align(d.table, d.scope, scope)
@@ -114,13 +122,15 @@ def conv(d: Dense, s: Sparse, n_bins: int) -> Dense:
     if out is None:
         shape = np.broadcast_shapes(table.shape[:-1], bins.shape[:-1]) + (n_bins,)
         out = np.full(shape, NEG)
+    elif valid is not None:
+        out[..., ~valid] = NEG
     return Dense(scope, out)
 
 
-def product(a: Factor, b: Factor, n_bins: int) -> Factor:
+def product(a: Factor, b: Factor, n_bins: int, valid: np.ndarray | None = None) -> Factor:
     if isinstance(a, Sparse) and isinstance(b, Sparse):
         if a.m * b.m <= SPARSE_MAX:
-            return sparse_product(a, b, n_bins)
+            return sparse_product(a, b, n_bins, valid)
         a = densify(a, n_bins) if a.m >= b.m else a
         b = b if isinstance(a, Dense) else densify(b, n_bins)
     if isinstance(a, Sparse):
@@ -129,17 +139,17 @@ def product(a: Factor, b: Factor, n_bins: int) -> Factor:
         if b.table.size > a.table.size:
             a, b = b, a
         b = to_sparse(b)
-    return conv(a, b, n_bins)
+    return conv(a, b, n_bins, valid)
 
 
-def combine(factors: list[Factor], n_bins: int) -> Factor:
+def combine(factors: list[Factor], n_bins: int, valid: np.ndarray | None = None) -> Factor:
     """The product of a bucket, small scopes first, so wide arrays are shifted as few times as possible."""
     order = sorted(
         factors, key=lambda f: (len(f.scope), isinstance(f, Dense), f.m if isinstance(f, Sparse) else n_bins)
     )
     acc = order[0]
     for f in order[1:]:
-        acc = product(acc, f, n_bins)
+        acc = product(acc, f, n_bins, valid)
     return acc
 
 
@@ -164,8 +174,8 @@ def row(f: Factor, assignment: dict[str, int], n_bins: int) -> np.ndarray:
     return out[:n_bins]
 
 
-def conv1d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Max-plus convolution of two bin arrays, truncated to their length."""
+def conv1d(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Max-plus convolution of two bin arrays, truncated to their length (cells outside ``valid``: -inf)."""
     ia, ib = np.flatnonzero(np.isfinite(a)), np.flatnonzero(np.isfinite(b))
     if len(ia) > len(ib):
         a, b, ia = b, a, ib
@@ -173,4 +183,6 @@ def conv1d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.full(n, NEG)
     for k in ia:
         np.maximum(out[k:], a[k] + b[: n - k], out=out[k:])
+    if valid is not None:
+        out[~valid] = NEG
     return out

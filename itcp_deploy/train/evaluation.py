@@ -20,13 +20,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, *, device: torch.device | None = None) -> dict:
-    """Top-1 accuracy (percent), mean cross-entropy and sample count, in eval mode.
+    """Top-1 accuracy (percent), mean cross-entropy and sample count, in eval mode (``None`` for a model
+    whose output is not ``(N, classes)`` logits, e.g. a segmentation model).
 
     The model's train/eval mode is restored afterwards. Under ``torch.distributed`` with a sharded loader
     (:func:`~itcp_deploy.data.make_loader` shards automatically) the numbers cover all ranks.
 
     Returns:
-        ``{"accuracy": float percent, "loss": float, "n": int}``
+        ``{"accuracy": float percent | None, "loss": float | None, "n": int}``
     """
     device = device or model_device(model)
     was_training = model.training
@@ -37,6 +38,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, device: torch.device
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             logits = model(images)
+            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):  # dense maps, dicts: no accuracy
+                return {"accuracy": None, "loss": None, "n": 0}
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += float((logits.argmax(dim=1) == labels).sum())
             count += labels.numel()

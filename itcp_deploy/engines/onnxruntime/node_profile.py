@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from itcp_deploy.engines.layer_times import trimmed_mean
+
 LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 _SUFFIX = "_kernel_time"
 _TOKEN = re.compile(r"^(.*)_token_\d+$")
@@ -51,9 +53,7 @@ _PASS_THROUGH = (
 def read_node_times_ms(profile_path: str | Path, warmup_runs: int = 0) -> tuple[dict[str, float], int]:
     """Per-run kernel time of each node, skipping the first ``warmup_runs`` runs.
 
-    Each node's per-run totals are averaged after dropping the runs below their 10th and above their 90th
-    percentile: the mean keeps sub-microsecond resolution, the trimming keeps a run preempted by another
-    process on a shared machine from inflating one layer.
+    Each node's per-run totals are reduced by :func:`~itcp_deploy.engines.layer_times.trimmed_mean`.
 
     Returns:
         (node name -> trimmed-mean ms per run, number of runs kept).
@@ -73,13 +73,7 @@ def read_node_times_ms(profile_path: str | Path, warmup_runs: int = 0) -> tuple[
             per_run[e["name"][: -len(_SUFFIX)]][np.searchsorted(starts, e["ts"], side="right") - 1] += e[
                 "dur"
             ]
-    return {name: _trimmed_mean(us) / 1000.0 for name, us in per_run.items()}, len(runs)
-
-
-def _trimmed_mean(values: np.ndarray) -> float:
-    lo, hi = np.percentile(values, [10, 90])
-    kept = values[(values >= lo) & (values <= hi)]
-    return float(kept.mean() if kept.size else values.mean())
+    return {name: trimmed_mean(us) / 1000.0 for name, us in per_run.items()}, len(runs)
 
 
 def attribute_nodes(optimized_path: str | Path, original_path: str | Path) -> dict[str, str | None]:

@@ -1,0 +1,49 @@
+"""The zoo sweep's markdown table and pass counts (``bench/zoo_sweep.py --table``)."""
+
+from __future__ import annotations
+
+
+def _fmt(value, spec: str = "") -> str:
+    if value is None:
+        return ""
+    return format(value, spec) if spec else str(value)
+
+
+def _row(r: dict) -> str:
+    reach = f"{100 * r['conv_reach']:.0f}%" if r.get("conv_reach") is not None else ""
+    error = (r.get("error") or "").replace("|", "/")
+    return (f"| {r['model']} | {r['status']} | {r.get('stage') or ''} | {r.get('input_shape', '')} | "
+            f"{_fmt(r.get('groups'))} | {reach} | {_fmt(r.get('perf_err_pct'), '.1f')} | "
+            f"{_fmt(r.get('dense_ms'), '.3f')} | {_fmt(r.get('pruned_ms'), '.3f')} | "
+            f"{_fmt(r.get('pruned_over_dense'), '.2f')} | {_fmt(r.get('time_s'), '.0f')} | {error} |")
+
+
+def counts(records: list[dict], prefix: str) -> tuple[int, int]:
+    mine = [r for r in records if r["model"].startswith(prefix)]
+    return sum(r["status"] == "pass" for r in mine), len(mine)
+
+
+def _cap(r: dict) -> bool:
+    return "cap" in (r.get("error") or "")
+
+
+def print_table(records: list[dict], expected: list[str] | None = None) -> None:
+    """Counts (passed / run / listed), the table, and the listed models not run yet."""
+    ran = {r["model"] for r in records}
+    for prefix in ("torchvision:", "timm:"):
+        passed, total = counts(records, prefix)
+        listed = [m for m in expected or [] if m.startswith(prefix)]
+        capped = sum(_cap(r) for r in records if r["model"].startswith(prefix))
+        print(f"{prefix[:-1]}: {passed} pass of {total} run ({capped} of the failures stopped by a cap)"
+              + (f"; {len(listed) - len([m for m in listed if m in ran])} of {len(listed)} listed not run yet"
+                 if listed else ""))
+    print()
+    print("| model | result | failing stage | input | groups | convs reached | perf err % (held-out) | "
+          "dense ms | pruned ms | pruned/dense | time s | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        print(_row(r))
+    missing = [m for m in expected or [] if m not in ran]
+    if missing:
+        print()
+        print(f"Not run yet ({len(missing)}): " + ", ".join(missing))

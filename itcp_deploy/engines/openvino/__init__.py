@@ -1,0 +1,1 @@
+"""The openvino backend: build.py builds artifacts, runner.py loads and runs them."""

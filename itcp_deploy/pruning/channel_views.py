@@ -1,0 +1,104 @@
+"""Views that split the channel dimension and merge it back (channel shuffle), which Torch-Pruning cannot map.
+
+ShuffleNet's ``x.view(N, g, C // g, H, W).transpose(1, 2).reshape(N, C, H, W)`` permutes channels. Torch-Pruning
+(TP) only maps channel indices through a view that flattens or unflattens feature maps into a Linear layer; on a
+view into ``(N, g, C/g, H, W)`` its index mapping divides by zero (``ZeroDivisionError`` while tracing), and
+were it skipped, channel ``i`` on one side would silently be taken for channel ``i`` on the other. So
+:func:`record_channel_views` notes such views while TP traces (by their autograd node), TP's index mapping
+leaves exactly those nodes alone, and :func:`crosses_channel_view` tells the caller which groups flow through
+one: those groups keep their width (the rest of the network, e.g. each ShuffleNet branch's inner channels,
+stays prunable). Other users of TP in the process are unaffected: only graphs that carry a recorded set skip.
+
+The same blocks split channels with ``x.chunk(2, dim=1)``. TP 1.6 reads a chunk's sizes from autograd only
+under an attribute name older torch used (``_saved_self_sizes``, now ``_saved_self_sym_sizes``) and otherwise
+guesses them from the layers that read each part, which fails when a part goes straight into a concatenation
+(wrong offsets, an ``IndexError`` later). For the graphs traced here the chunk sizes are read from autograd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch_pruning as tp
+from torch.overrides import TorchFunctionMode
+from torch_pruning import ops
+from torch_pruning.dependency import index_mapping, shape_infer
+
+_ATTR = "_itcp_channel_views"
+
+
+def _splits_or_merges_channels(a: torch.Size, b: torch.Size) -> bool:
+    """(N, C, H, W) -> (N, g, C/g, H, W) or back."""
+    if len(a) == 5 and len(b) == 4:
+        a, b = b, a
+    return (len(a) == 4 and len(b) == 5 and a[0] == b[0] and b[1] > 1 and b[1] * b[2] == a[1]
+            and tuple(b[3:]) == tuple(a[2:]))
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_fns: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        x = args[0] if args else None
+        if (isinstance(result, torch.Tensor) and isinstance(x, torch.Tensor) and result.grad_fn is not None
+                and _splits_or_merges_channels(x.shape, result.shape)):
+            self.grad_fns.add(result.grad_fn)
+        return result
+
+
+@contextlib.contextmanager
+def record_channel_views(graph: tp.DependencyGraph) -> Iterator[None]:
+    """Within the block, ``graph.build_dependency(...)`` skips the index mapping of channel-splitting views."""
+    _install()
+    recorder = _Recorder()
+    setattr(graph, _ATTR, recorder.grad_fns)
+    with recorder:
+        yield
+
+
+def crosses_channel_view(graph: tp.DependencyGraph, group: tp.dependency.Group) -> bool:
+    """Whether the group's channels pass through a recorded channel-splitting view."""
+    views = getattr(graph, _ATTR, ())
+    return bool(views) and any(item.dep.target.grad_fn in views or item.dep.source.grad_fn in views
+                               for item in group)
+
+
+def _chunk_sizes(grad_fn, parts: int) -> list[int] | None:
+    """Channel sizes of a ``chunk`` along dim 1 from its autograd node, if it has ``parts`` parts."""
+    if getattr(grad_fn, "_saved_dim", None) != 1 or not hasattr(grad_fn, "_saved_split_size"):
+        return None
+    total, size = int(grad_fn._saved_self_sym_sizes[1]), int(grad_fn._saved_split_size)
+    sizes = [size] * (total // size) + ([total % size] if total % size else [])
+    return sizes if len(sizes) == parts else None
+
+
+def _install() -> None:
+    """Wrap TP's reshape index mapping and split-size inference once (see the module docstring)."""
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, "_itcp_wrapped", False):
+        return
+    original_shapes = shape_infer.init_shape_information
+
+    def init_shape_information(graph):
+        original_shapes(graph)
+        if not hasattr(graph, _ATTR):
+            return
+        for node in graph.module2node.values():
+            sizes = _chunk_sizes(node.grad_fn, len(node.outputs)) if node.type == ops.OPTYPE.SPLIT else None
+            if sizes:
+                node.module.split_sizes = sizes
+                node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+    def update_reshape_index_mapping(graph, reshape_node):
+        if reshape_node.grad_fn in getattr(graph, _ATTR, ()):
+            return None
+        return original(graph, reshape_node)
+
+    update_reshape_index_mapping._itcp_wrapped = True  # type: ignore[attr-defined]
+    index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
+    shape_infer.init_shape_information = init_shape_information

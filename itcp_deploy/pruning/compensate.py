@@ -1,0 +1,148 @@
+"""Compensation after pruning, without training: refit layers by least squares to the dense network's outputs.
+
+Channel pruning (He et al. 2017) and ThiNet: after channels are removed, the layers that read them see less
+input, so their outputs drift from the dense network's, and the drift compounds layer after layer. Here each
+Conv2d (``groups == 1``) and Linear of the pruned model that reads a pruned group, or that comes after one, is
+refit in forward order so that, on the pruned network's own inputs, its output matches the dense layer's output
+on the channels it kept::
+
+    W = argmin ||X_pruned W^T - Y_dense[:, kept]||^2 + lam ||W - W_0||^2
+
+a ridge regression towards the pruned weights ``W_0``, solved exactly from the Gram matrix accumulated over a
+few calibration batches (``lam`` = ``ridge`` x the mean diagonal of the Gram matrix). Layers are refit one at a
+time, each seeing the already refit layers before it, with BatchNorm in eval mode, so the dense statistics the
+pruned BatchNorms inherit stay valid for refit outputs. Re-estimate BatchNorm afterwards as usual. Fixed layers
+(``requires_grad=False``, e.g. an option-A shortcut) and grouped convs are left alone. Costs two forward passes
+per refit layer and calibration batch; no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from itcp_deploy.pruning.apply import conv_multiple, keep_indices
+from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.space import PruningSpace
+
+
+def kept_channels(model: nn.Module, space: PruningSpace, widths: Mapping[str, int],
+                  importance: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The channel indices :func:`~itcp_deploy.pruning.apply.apply_widths` keeps per group (all for full
+    groups), given the same precomputed importance vectors."""
+    plan = space.complete(widths)
+    kept = {}
+    for g in space.groups:
+        if plan[g.name] < g.full_width:
+            kept[g.name] = keep_indices(importance[g.name], plan[g.name], conv_multiple(model, g))
+        else:
+            kept[g.name] = np.arange(g.full_width)
+    return kept
+
+
+@dataclass(frozen=True)
+class CompensationSettings:
+    """``num_batches`` calibration batches per layer; ``ridge``: pull towards the pruned weights."""
+
+    num_batches: int = 4
+    ridge: float = 1e-3
+
+
+def _refittable(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return layer.weight.requires_grad
+    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.weight.requires_grad
+
+
+def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as one row per output position (im2col for convs), float64."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).double()
+    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,  # type: ignore[arg-type]
+                    stride=layer.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+
+
+def _targets(y: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
+    """Dense outputs on the kept channels, one row per output position."""
+    y = y[:, torch.as_tensor(kept)]
+    dims = (0, *range(2, y.dim()), 1)
+    return y.permute(*dims).reshape(-1, y.shape[1]).double()
+
+
+def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) -> list[torch.Tensor]:
+    """The input (or output) of layer ``name`` for every batch, in eval mode, without gradients."""
+    seen: list[torch.Tensor] = []
+    layer = model.get_submodule(name)
+    hook = layer.register_forward_hook(lambda _m, i, o: seen.append((o if output else i[0]).detach()))
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        hook.remove()
+    return seen
+
+
+def _refit(pruned: nn.Module, dense: nn.Module, name: str, kept_out: np.ndarray, batches: list[Batch],
+           ridge: float) -> None:
+    layer = pruned.get_submodule(name)
+    assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
+    bias = layer.bias
+    w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
+    if bias is not None:
+        w0 = torch.cat([w0, bias.detach().double()[:, None]], dim=1)
+    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64)
+    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
+    inputs = _capture(pruned, name, False, batches)
+    outputs = _capture(dense, name, True, batches)
+    for x, y in zip(inputs, outputs, strict=True):
+        rows = _rows(layer, x)
+        if bias is not None:
+            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
+        gram += rows.T @ rows
+        cross += rows.T @ _targets(y, kept_out)
+    lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
+    solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
+    with torch.no_grad():
+        if bias is not None:
+            bias.copy_(solved[:, -1].to(bias.dtype))
+            solved = solved[:, :-1]
+        layer.weight.copy_(solved.reshape(layer.weight.shape).to(layer.weight.dtype))
+
+
+def compensate(pruned: nn.Module, dense: nn.Module, space: PruningSpace, kept: Mapping[str, np.ndarray],
+               batches: Iterable[Batch], settings: CompensationSettings | None = None) -> list[str]:
+    """Refit ``pruned`` in place (see the module doc); returns the names of the refit layers, in order.
+
+    Args:
+        pruned: The pruned model (e.g. ``apply_widths(dense, space, widths, importance=...)``).
+        dense: The model it was pruned from (left untouched).
+        space: Their pruning space.
+        kept: Per group, the sorted dense channel indices the pruned model kept (:func:`kept_channels`).
+        batches: Calibration ``(images, labels)`` batches; the first ``settings.num_batches`` are used.
+    """
+    s = settings or CompensationSettings()
+    calib = [b for _, b in zip(range(s.num_batches), batches, strict=False)]
+    pruned_groups = {g for g, idx in kept.items() if len(idx) < space.group(g).full_width}
+    was_training = pruned.training, dense.training
+    pruned.eval()
+    dense.eval()
+    refit: list[str] = []
+    drifting = False
+    for layer in space.layers:  # forward order
+        drifting = drifting or any(g in pruned_groups for g in layer.in_group.split("+"))
+        if drifting and _refittable(pruned.get_submodule(layer.name)):
+            _refit(pruned, dense, layer.name, kept[layer.out_group], calib, s.ridge)
+            refit.append(layer.name)
+    pruned.train(was_training[0])
+    dense.train(was_training[1])
+    return refit
+
+
+__all__ = ["CompensationSettings", "compensate", "kept_channels"]

@@ -1,0 +1,78 @@
+"""Compensation after pruning: the least-squares refit brings the pruned network's outputs closer to the dense
+network's than pruning alone, on fixed data it was not fit on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from itcp_deploy.models import create_model
+from itcp_deploy.pruning import apply_widths, build_space, channel_importance
+from itcp_deploy.pruning.compensate import CompensationSettings, compensate, kept_channels
+from itcp_deploy.train import recalibrate_bn
+
+SHAPE = (1, 3, 32, 32)
+
+
+def _batches(seed: int, n: int, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, *SHAPE[1:], generator=g), torch.randint(0, 10, (size,), generator=g))
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setting():
+    torch.manual_seed(0)
+    dense = create_model("cifar_resnet20", num_classes=10)
+    recalibrate_bn(dense, _batches(1, 4), num_batches=4)  # BN statistics that fit the data
+    space = build_space(dense, SHAPE, model_spec="cifar_resnet20")
+    importance = channel_importance(dense, space, "l1")
+    widths = {g.name: g.candidates[len(g.candidates) // 2] for g in space.prunable}
+    return dense, space, importance, widths
+
+
+def _error(pruned, dense, batches) -> float:
+    with torch.no_grad():
+        return float(sum(((pruned(x) - dense(x)) ** 2).mean() for x, _ in batches) / len(batches))
+
+
+def test_compensation_lowers_reconstruction_error_on_held_out_data(setting):
+    dense, space, importance, widths = setting
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    plain = apply_widths(dense, space, widths, importance=importance).eval()
+    fitted = apply_widths(dense, space, widths, importance=importance).eval()
+    refit = compensate(fitted, dense, space, kept_channels(dense, space, widths, importance), _batches(2, 4),
+                       CompensationSettings(num_batches=4))
+    assert "linear" in refit and "layer2.0.shortcut" not in refit  # the fixed shortcut is never refit
+    held_out = _batches(3, 3)
+    assert _error(fitted, dense, held_out) < 0.5 * _error(plain, dense, held_out)
+    assert all(torch.equal(v, before[k]) for k, v in dense.state_dict().items())  # dense untouched
+
+
+def test_no_pruning_means_nothing_to_refit(setting):
+    dense, space, importance, _ = setting
+    full = space.full_widths()
+    same = apply_widths(dense, space, full, importance=importance)
+    assert compensate(same, dense, space, kept_channels(dense, space, full, importance), _batches(2, 1)) == []
+
+
+def test_kept_channels_are_the_ones_apply_widths_keeps(setting):
+    dense, space, importance, widths = setting
+    kept = kept_channels(dense, space, widths, importance)
+    pruned = apply_widths(dense, space, widths, importance=importance)
+    assert any(len(kept[g.name]) < g.full_width for g in space.prunable)
+    for layer in space.layers:  # every pruned weight is the dense weight on the kept (out, in) channels
+        w = dense.get_submodule(layer.name).weight.detach()
+        expected = w[torch.as_tensor(kept[layer.out_group])][:, torch.as_tensor(kept[layer.in_group])]
+        assert torch.equal(pruned.get_submodule(layer.name).weight.detach(), expected), layer.name
+
+
+def test_run_compensates_before_bn(tmp_path):
+    import json
+
+    from itcp_deploy.pipeline import run
+    from tests.test_pipeline import _config
+
+    run(_config(tmp_path, epochs=0))  # on by default
+    stage = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["finetune"]
+    assert "linear" in stage["compensated_layers"]

@@ -1,0 +1,181 @@
+"""Each failure class the zoo sweep found, on a tiny model with that construct (issue 15):
+
+- channel split + shuffle (ShuffleNet): Torch-Pruning's tracing divided by zero;
+- dense concatenation (DenseNet): a layer reading several groups crashed the profile design (KeyError);
+- grouped convs (ResNeXt, RegNet): candidate widths stepped by 8 x groups, so groups were barely prunable;
+- a dense-prediction output (a dict of maps): no classification loss for the taylor score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from itcp_deploy.engines.export import export_onnx, verify_onnx
+from itcp_deploy.perfmodel import fit
+from itcp_deploy.pruning import apply_widths, build_space, group_scores
+from itcp_deploy.pruning.output_kind import criteria_for
+from itcp_deploy.search.baselines import SearchInputs, run_method
+from tests.synthetic_spaces import synthetic_profile
+
+
+def _cbr(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNetV2's stride-1 unit: split, transform one half, concatenate, shuffle."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        half = width // 2
+        self.branch = nn.Sequential(_cbr(half, half), _cbr(half, half, 3, groups=half), _cbr(half, half))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        out = torch.cat([a, self.branch(b)], dim=1)
+        n, c, h, w = out.shape
+        return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 16, 3)
+        self.blocks = nn.Sequential(ShuffleBlock(16), ShuffleBlock(16))
+        self.head = _cbr(16, 24)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1).flatten(1))
+
+
+class DenseNet(nn.Module):
+    """Two dense layers (bottleneck 1x1 then 3x3 growth, concatenated onto their input) and a transition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 16, 3)
+        self.l1 = nn.Sequential(_cbr(16, 32), _cbr(32, 8, 3))
+        self.l2 = nn.Sequential(_cbr(24, 32), _cbr(32, 8, 3))
+        self.transition = _cbr(32, 16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([x, self.l1(x)], 1)
+        x = torch.cat([x, self.l2(x)], 1)
+        return self.fc(F.adaptive_avg_pool2d(self.transition(x), 1).flatten(1))
+
+
+class GroupedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 32, 3)
+        self.grouped = _cbr(32, 32, 3, groups=8)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.grouped(self.stem(x)), 1).flatten(1))
+
+
+class SegNet(nn.Module):
+    """A dense-prediction head: per-pixel class maps upsampled to the input size, returned in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_cbr(3, 16, 3), _cbr(16, 24, 3))
+        self.classifier = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.classifier(self.body(F.avg_pool2d(x, 2)))
+        return {"out": F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def _min_widths(space) -> dict[str, int]:
+    return {g.name: g.candidates[0] for g in space.prunable}
+
+
+def _parity(model: nn.Module, shape, tmp_path) -> float:
+    path = export_onnx(model, shape, tmp_path / "m.onnx", verify=False)
+    return verify_onnx(model.eval(), path, shape)
+
+
+def test_channel_shuffle_traces_and_prunes_only_what_it_can_map(tmp_path):
+    net, shape = ShuffleNet().eval(), (1, 3, 16, 16)
+    space = build_space(net, shape)
+    prunable = {g.name for g in space.prunable}
+    assert {"blocks.0.branch.0.0", "blocks.1.branch.0.0", "head.0"} <= prunable  # inner channels stay prunable
+    # what passes a shuffle keeps its width: the stem and the branches' last convs
+    assert not prunable & {"stem.0", "blocks.0.branch.2.0", "blocks.1.branch.2.0"}
+    pruned = apply_widths(net, space, _min_widths(space)).eval()
+    assert pruned.blocks[0].branch[0][0].out_channels == 4
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+def test_dense_concatenation_profiles_fits_searches_and_prunes(tmp_path):
+    from itcp_deploy.profiling.design import DesignConfig, design_plans
+
+    net, shape = DenseNet().eval(), (1, 3, 16, 16)
+    space = build_space(net, shape)
+    assert {"l1.0.0", "l2.0.0"} <= {g.name for g in space.prunable}  # the bottlenecks
+    assert all("+" not in layer.in_group for layer in space.layers)
+    plans = design_plans(space, DesignConfig(max_builds=8, holdout=2))  # KeyError here before
+    assert len(plans) == 8
+    perf = fit(synthetic_profile(space, n_design=12, n_holdout=4))
+    scores = {g.name: np.linspace(-1.0, 0.0, len(g.candidates)) for g in space.prunable}
+    solution = run_method("itcp", SearchInputs(space, perf, scores), perf.dense_ms() / 1.2, bins=200)
+    assert solution.cost <= perf.dense_ms() / 1.2
+    pruned = apply_widths(net, space, solution.widths).eval()
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+def test_grouped_conv_groups_step_by_their_conv_groups():
+    net = GroupedNet().eval()
+    space = build_space(net, (1, 3, 16, 16))
+    assert space.group("stem.0").candidates == (8, 16, 24, 32)  # was (32,): step 4 x 8 groups = 32
+    pruned = apply_widths(net, space, {"stem.0": 16})
+    assert pruned.grouped[0].groups == 8 and pruned.grouped[0].in_channels == 16
+
+
+def test_dense_prediction_output_falls_back_to_a_data_free_score_and_exports(tmp_path):
+    net, shape = SegNet().eval(), (1, 3, 16, 16)
+    space = build_space(net, shape)
+    criteria = criteria_for(net, shape, "taylor", "taylor")
+    assert (criteria.score, criteria.importance) == ("magnitude", "l1") and "not classification" in criteria.note
+    assert criteria_for(ShuffleNet(), shape, "taylor", "taylor").note is None  # classifiers keep taylor
+    scores = group_scores(net, space, criteria.score)
+    assert all(np.all(np.diff(s) > 0) and s[-1] == 0.0 for s in scores.values())
+    pruned = apply_widths(net, space, _min_widths(space), importance=criteria.importance).eval()
+    assert pruned(torch.zeros(shape))["out"].shape == (1, 4, 16, 16)
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+def test_evaluate_gives_no_accuracy_for_dense_outputs():
+    from itcp_deploy.train import evaluate
+
+    batches = [(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))]
+    assert evaluate(SegNet(), batches)["accuracy"] is None
+
+
+class PoolTo3(nn.Module):
+    """VGG's head in small: adaptive pooling to 3x3 from a 2x2 map (3 is no factor of 2), then flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_cbr(3, 8, 3), nn.MaxPool2d(4))
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(8 * 9, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def test_adaptive_pooling_to_a_non_factor_size_exports_exactly(tmp_path):
+    net, shape = PoolTo3().eval(), (1, 3, 8, 8)
+    assert _parity(net, shape, tmp_path) < 1e-5  # the exporter refused it before ("not factor of input size")
+    space = build_space(net, shape)  # a 3x3 map flattened into a Linear: that conv group keeps its width
+    assert space.group("features.0.0").fixed and space.group("fc:in").full_width == 72
