@@ -20,24 +20,26 @@ from pathlib import Path
 import numpy as np
 
 
-def _cli(*args: str) -> tuple[int, str]:
+def _cli(*args: str) -> tuple[int, str, str]:
     code = "import sys; from itcp_deploy.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    return done.returncode, done.stdout
+    return done.returncode, done.stdout, done.stderr
 
 
 def one_sla(frac: float, a: argparse.Namespace) -> dict:
     """One SLA: run, then check-latency --reference in a separate process; the table's row."""
     out = Path(a.out) / f"sla{frac:.3f}"
-    rc, stdout = _cli("run", "cifar_resnet20", "--weights", a.weights, "--data", a.data, "--input-shape",
+    rc, _, err = _cli("run", "cifar_resnet20", "--weights", a.weights, "--data", a.data, "--input-shape",
                       "1x3x32x32", "--speedup", f"{1 / frac:.6g}", "--epochs", "0", "--cache", a.cache,
                       "-o", str(out), "--json", "--quiet")
+    if rc == 2:  # refused up front (e.g. below the fastest plan): not a miss, the reason is the row
+        return {"sla_over_dense": frac, "run_exit": rc, "refused": err.strip().splitlines()[-1]}
     report = json.loads((out / "report.json").read_text())
     state = json.loads((out / "state.json").read_text())
     dense = state["stages"]["dense"]["artifact"]
     final = state["stages"]["final"]
     engine = final.get("main_file") or final["artifact"]
-    gate_rc, gate_out = _cli("check-latency", engine, "--reference", dense, "--max-ratio", f"{frac:.6g}",
+    gate_rc, gate_out, _ = _cli("check-latency", engine, "--reference", dense, "--max-ratio", f"{frac:.6g}",
                              "--json")
     gate = json.loads(gate_out)
     return {"sla_over_dense": frac, "run_exit": rc, "loop_ratio": report["final_over_dense"],
@@ -49,6 +51,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| SLA (x dense) | loop ratio | re-measured ratio | re-measured | rounds | final/SLA | run exit |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['sla_over_dense']:.3f} | refused up front: {r['refused']} | | | | | 2 |")
+            continue
         g = r["remeasured"]
         ratio = g.get("measured")
         lines.append(f"| {r['sla_over_dense']:.3f} | {r['loop_ratio']:.3f} | "
