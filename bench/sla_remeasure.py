@@ -32,8 +32,8 @@ def one_sla(frac: float, a: argparse.Namespace) -> dict:
     rc, _, err = _cli("run", "cifar_resnet20", "--weights", a.weights, "--data", a.data, "--input-shape",
                       "1x3x32x32", "--speedup", f"{1 / frac:.6g}", "--epochs", "0", "--cache", a.cache,
                       "-o", str(out), "--json", "--quiet")
-    if rc == 2:  # refused up front (e.g. below the fastest plan): not a miss, the reason is the row
-        return {"sla_over_dense": frac, "run_exit": rc, "refused": err.strip().splitlines()[-1]}
+    if rc == 2 or not (out / "report.json").exists():  # refused up front (e.g. below the fastest plan)
+        return {"sla_over_dense": frac, "run_exit": rc, "refused": (err.strip().splitlines() or ["?"])[-1]}
     report = json.loads((out / "report.json").read_text())
     state = json.loads((out / "state.json").read_text())
     dense = state["stages"]["dense"]["artifact"]
