@@ -135,8 +135,10 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
                               "score": solution.score, "widths": solution.widths})
         log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
             f"({ratio:.3f} x dense, {timing_rounds} timing rounds), target {state.target_ms:.4f} ms")
-        # the plan's predicted cost, not the budget, places it: a budget with slack above the plan says nothing
-        state.history.append(Round(solution.cost, measured, solution.score))
+        # a plan that missed is placed at its predicted cost (any budget above it may return it again), one
+        # that met at its budget (no budget below returns a slower plan): the bracket then always shrinks
+        place = budget if measured <= state.target_ms else solution.cost
+        state.history.append(Round(place, measured, solution.score))
         state.solutions.append(solution)
         if accepted(state.history[-1], state.target_ms, c.loop.accept_low):
             return solution, budget, state
