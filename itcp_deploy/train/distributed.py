@@ -81,6 +81,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, if one was joined (call once at the end of a torchrun process)."""
+    """Leave the process group, if one was joined (call once at the end of a torchrun process).
+
+    The barrier first: a rank that tears gloo down while its peer still has a collective in flight aborts
+    ("terminate called without an active exception", seen under CPU load in CI)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
