@@ -1,8 +1,10 @@
 """Accuracy against measured latency: ITCP and the baselines through the same pipeline pieces (issue 7).
 
-For one model and dataset, each method prunes to the same predicted budget (dense predicted / speed-up),
-re-estimates BatchNorm (one-shot accuracy), finetunes with the same recipe per seed, and every engine of the
-table is measured interleaved with the dense engine in one run. Writes ``results.json``, ``results.md`` and
+For one model and dataset, each search method starts from the same predicted budget (dense predicted / speed-up)
+and goes through ``run``'s closed-loop rounds until its engine measures at or under 1 / speed-up x dense (the
+Torch-Pruning peers bisect to the same measured target); then BatchNorm is re-estimated (one-shot accuracy), the
+model finetuned with the same recipe per seed, and every engine of the table measured interleaved with the dense
+engine in one run. Writes ``results.json``, ``results.md`` and
 ``accuracy_vs_latency.png`` into ``--out``; a rerun skips every finished (method, speed-up, seed) row.
 
 Example (ResNet-20, published weights, CIFAR-10 JPEG copy)::
@@ -43,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="e.g. cifar10:DIR, synthetic:train=256,test=128")
     p.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0])
     p.add_argument("--methods", nargs="+", default=METHODS,
-                   help="search methods, tp-taylor, tp-taylor-round; suffix +comp (e.g. itcp+comp): least-squares "
-                   "compensation before BN re-estimation")
+                   help="search methods, tp-taylor, tp-taylor-round; suffixes +comp (e.g. itcp+comp): least-squares "
+                   "compensation before BN re-estimation, +rm (e.g. itcp+rm+comp): block removal allowed")
     p.add_argument("--criterion", default="taylor", help="group score, the same for every method")
     p.add_argument("--importance", default="taylor", help="channel importance: which channels are kept")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -70,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-samples", type=int, default=512)
     p.add_argument("--threads", type=int, default=1, help="torch threads for finetuning and evaluation")
     p.add_argument("--no-dense-finetune", action="store_true", help="skip finetuning the dense reference")
+    p.add_argument("--measure-only", action="store_true",
+                   help="compute no row: measure every row already in OUT/rows (from separate runs) interleaved")
+    p.add_argument("--calib-seed", type=int, default=0,
+                   help="seed of the calibration images (scores, channel importance, compensation, the peer's "
+                   "gradients): the one-shot rows' seed")
     return p.parse_args(argv)
 
 
@@ -110,6 +117,8 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
         score_samples=args.score_samples,
         threads=args.threads,
         dense_finetune=not args.no_dense_finetune,
+        calib_seed=args.calib_seed,
+        measure_only=args.measure_only,
     )
 
 
@@ -122,6 +131,15 @@ def _spread(values: list[float | None], digits: int = 2) -> str:
         return "n/a"
     mean, half = float(np.mean(vals)), (max(vals) - min(vals)) / 2
     return f"{mean:.{digits}f}" if round(half, digits) == 0 else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def loop_ratio(row: dict) -> float | None:
+    """The ratio to dense the row's own search measured when it accepted the plan (closed-loop round, or the
+    peer's bisection step); the table's ``measured / dense`` is the final interleaved run of every engine."""
+    if "loop_ratio" in row:
+        return row["loop_ratio"]
+    steps = [s["measured_ratio"] for s in row.get("bisection", []) if s["pruning_ratio"] == row.get("pruning_ratio")]
+    return steps[-1] if steps else None
 
 
 def grouped(rows: list[dict]) -> dict[tuple[str, float], list[dict]]:
@@ -148,11 +166,13 @@ def markdown(results: dict) -> str:
         f"Finetuning: {r['epochs']} epoch(s) x {subset} seeded training images, lr {r['lr']}, batch "
         f"{r['batch_size']}; accuracy on {dataset}{test}. Measured latency: every "
         f"engine and the dense one interleaved in one run ({results['measure_timing']['rounds']} rounds x "
-        f"{results['measure_timing']['runs_per_round']} runs); ratio = median over rounds of engine/dense.",
+        f"{results['measure_timing']['runs_per_round']} runs); ratio = median over rounds of engine/dense. "
+        "Search's own measured / dense: what the method's search measured when it accepted the plan (closed-loop "
+        "round or bisection step, target <= 1 / speed-up), in its own run.",
         "",
-        "| method | speed-up | seeds | predicted ms | measured ms (median) | measured / dense | p90 ms "
-        "| MACs | params | one-shot acc (%) | finetuned acc (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | speed-up | seeds | predicted ms | measured ms (median) | measured / dense | search's own "
+        "measured / dense | p90 ms | MACs | params | one-shot acc (%) | finetuned acc (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (method, speedup), rows in grouped(results["rows"]).items():
         measured = [x["measured"] for x in rows]
@@ -161,6 +181,7 @@ def markdown(results: dict) -> str:
             f"| {_spread([x['predicted_ms'] for x in rows], 4)} "
             f"| {_spread([m['median_ms'] for m in measured], 4)} "
             f"| {_spread([m['ratio_to_dense'] for m in measured], 3)} "
+            f"| {_spread([loop_ratio(x) for x in rows], 3)} "
             f"| {_spread([m['p90_ms'] for m in measured], 4)} "
             f"| {_spread([x['macs'] / 1e6 for x in rows])}M "
             f"| {_spread([x['params'] / 1e3 for x in rows], 1)}k "
@@ -209,6 +230,7 @@ def plot(results: dict, path: Path) -> None:
     by_method: dict[str, list[list[dict]]] = defaultdict(list)
     for (method, _), rows in groups.items():
         by_method[method].append(rows)
+    colors = {m: f"C{i}" for i, m in enumerate(sorted(by_method))}  # the same colour per method in both panels
     for ax, key, title in (
         (axes[0], "accuracy_oneshot", "one-shot (BN re-estimated)"),
         (axes[1], "accuracy_finetuned", "finetuned"),
@@ -227,12 +249,12 @@ def plot(results: dict, path: Path) -> None:
                 ms, acc, err = zip(*pts, strict=True)
                 dense = method == "dense"
                 style = dict(marker="*", markersize=12, linestyle="none") if dense else dict(marker="o")
-                ax.errorbar(ms, acc, yerr=err, label=method, capsize=3, **style)
+                ax.errorbar(ms, acc, yerr=err, label=method, capsize=3, color=colors[method], **style)
         ax.set_title(title)
         ax.set_xlabel("measured latency, median (ms)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    (axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]).legend(fontsize=8)  # one-shot only: left
     fig.suptitle(
         f"{results['model']} on {dataset}: accuracy vs measured latency "
         f"({results['backend']} {results['precision']}, batch 1)\n{results.get('device') or 'device not recorded'}"

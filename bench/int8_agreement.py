@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,23 +22,7 @@ from itcp_deploy.engines.device import device_name  # noqa: E402
 from itcp_deploy.engines.export import export_onnx  # noqa: E402
 from itcp_deploy.engines.int8 import ORT_FULL_RANGE, ORT_REDUCE_RANGE, Int8Settings, engine_int8_settings  # noqa: E402
 from itcp_deploy.engines.precision import convert_precision  # noqa: E402
-from tests.test_int8 import digit_net  # noqa: E402
-
-
-def trained_digit_net() -> torch.nn.Module:
-    """Exactly the test fixture's training (seeded)."""
-    info = load_dataset("digits", "train", augment=False)
-    xs = torch.stack([info.dataset[i][0] for i in range(len(info.dataset))])
-    ys = torch.tensor([info.dataset[i][1] for i in range(len(info.dataset))])
-    torch.manual_seed(0)
-    model = digit_net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(4):
-        for idx in torch.randperm(len(xs)).split(32):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
-            opt.step()
-    return model.eval()
+from tests.test_int8 import trained_digit_net  # noqa: E402
 
 
 def outputs(onnx_path: Path, artifact_dir: Path, images: np.ndarray) -> np.ndarray:

@@ -7,23 +7,23 @@ own (its own cache key). Plans, all from the same taylor group scores:
 2. ``A-alone``, ``B-alone``: the 1-D DP for one target's budget only, then checked on the other.
 
 Every plan is built for both targets and measured there, interleaved with that target's dense engine (the SLA
-is a fraction of dense, so the measured ratio to dense is what meets or misses it). Accuracy: one-shot
-(BatchNorm re-estimated) and after one finetuning epoch on a seeded training subset, on a fixed test subset.
-Writes ``results.json`` and ``results.md`` into ``--out``.
+is a fraction of dense, so the measured ratio to dense is what meets or misses it). Accuracy: one-shot (the
+run's default: taylor importance, least-squares compensation, BatchNorm re-estimated) and after one finetuning
+epoch (all training images unless ``--train-subset``), on the test split (all unless ``--test-samples``).
+Writes ``results.json`` and ``results.md`` into ``--out``; each step's result is saved as it finishes.
 
-Example (the README's two-target example)::
+Example (docs/benchmarks.md, section 9; resumable: a rerun on the same --out skips every finished step)::
 
     python bench/vector_targets.py --model cifar_resnet20 \\
         --weights ../shared/weights/cifar10-resnet/resnet20-12fca82f.th --data cifar10:../shared/data/cifar10-jpeg \\
         --target A=onnxruntime,threads=1,batch=1,ratio=0.6 --target B=openvino,threads=2,batch=8,ratio=0.7 \\
-        --cache engines --out docs/bench/vector-r20
+        --cache engines --out runs/vector-r20
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -65,11 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-builds", type=int, default=32)
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--score-samples", type=int, default=1024)
-    p.add_argument("--train-subset", type=int, default=10000)
-    p.add_argument("--test-samples", type=int, default=5000)
+    p.add_argument("--train-subset", type=int, default=None, help="finetuning images per epoch (all if unset)")
+    p.add_argument("--test-samples", type=int, default=None, help="test images (all if unset)")
+    p.add_argument("--margin", type=float, default=0.03, help="safety margin below each SLA (run's default)")
+    p.add_argument("--train-threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--out", required=True)
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure every plan again (--rounds) into measured-again.json; nothing else")
     return p.parse_args(argv)
 
 
@@ -111,63 +115,124 @@ def measure(target: Target, model, space, plans: dict[str, dict], out: Path, tim
     }
 
 
-def accuracies(args, model, space, widths: dict[str, int]) -> dict:
-    """One-shot (BN re-estimated) and one-epoch-finetuned top-1 (percent) on a fixed test subset."""
+def pruned_one_shot(args, model, space, widths: dict[str, int]):
+    """The run's default one-shot path: taylor channel importance, prune, least-squares compensation
+    (``pruning/compensate.py``), BatchNorm re-estimation (20 batches)."""
+    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.pruning import apply_widths, channel_importance
+    from itcp_deploy.pruning.compensate import compensate, kept_channels
+    from itcp_deploy.train.bn import recalibrate_bn
+
+    plain = make_loader(load_dataset(args.data, "train", augment=False), 64, shuffle=True, max_samples=1280)
+    batches = list(plain)
+    imp = channel_importance(model, space, "taylor", loader=batches)
+    pruned = apply_widths(model, space, widths, importance=imp)
+    compensate(pruned, model, space, kept_channels(model, space, widths, imp), batches)
+    return recalibrate_bn(pruned, plain, num_batches=20)
+
+
+def accuracies(args, model, space, widths: dict[str, int], path: Path) -> dict:
+    """One-shot (compensated, BN re-estimated) and one-epoch-finetuned top-1 (percent) on the test split;
+    each saved to ``path`` as soon as it is known (a rerun resumes)."""
+    import json
+
     from torch.utils.data import Subset
 
     from itcp_deploy.data import load_dataset, make_loader, seeded_indices
-    from itcp_deploy.pruning import apply_widths
     from itcp_deploy.train import TrainConfig, evaluate, train
-    from itcp_deploy.train.bn import recalibrate_bn
 
-    train_info = load_dataset(args.data, "train", augment=True)
-    plain = make_loader(load_dataset(args.data, "train", augment=False), 64, shuffle=True, max_samples=1024)
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if "one_epoch" in done or ("one_shot" in done and args.epochs == 0):
+        return done
     test = make_loader(load_dataset(args.data, "test", augment=False), 256, shuffle=False,
                        max_samples=args.test_samples)
-    pruned = recalibrate_bn(apply_widths(model, space, widths), plain, num_batches=16)
-    one_shot = float(evaluate(pruned, test)["accuracy"])
-    subset = seeded_indices(len(train_info.dataset), args.train_subset, 0)
-    info = replace(train_info, dataset=Subset(train_info.dataset, [int(i) for i in subset]))
-    tuned = copy.deepcopy(pruned)
-    train(tuned, info, None, TrainConfig(epochs=1, lr=0.01, batch_size=64, seed=0, device="cpu", quiet=True))
-    return {"one_shot": one_shot, "one_epoch": float(evaluate(tuned.cpu().eval(), test)["accuracy"])}
+    torch.manual_seed(0)
+    pruned = pruned_one_shot(args, model, space, widths)
+    done["one_shot"] = float(evaluate(pruned, test)["accuracy"])
+    write_json(path, done)
+    if args.epochs == 0:
+        return done
+    info = load_dataset(args.data, "train", augment=True)
+    if args.train_subset:
+        subset = seeded_indices(len(info.dataset), args.train_subset, 0)
+        info = replace(info, dataset=Subset(info.dataset, [int(i) for i in subset]))
+    train(pruned, info, None, TrainConfig(epochs=1, lr=0.01, batch_size=64, seed=0, device="cpu", quiet=True))
+    done["one_epoch"] = float(evaluate(pruned.cpu().eval(), test)["accuracy"])
+    write_json(path, done)
+    return done
+
+
+def solve_plans(problems, budgets: list[float], targets: list[Target]) -> dict:
+    """The vector plan and each target's own 1-D plan, all judged on both predicted budgets."""
+    from itcp_deploy.search.dp import solve
+    from itcp_deploy.search.vector import solve_pair, vector_solution
+
+    solutions = {"vector": solve_pair(problems, budgets, names=[t.name for t in targets])}
+    for i, t in enumerate(targets):
+        widths = solve(problems[i], budgets[i]).widths
+        solutions[f"{t.name}-alone"] = vector_solution(problems, budgets, widths, exact=True, method="itcp-1d")
+    return {k: {**asdict(s), "widths": {g: int(w) for g, w in s.widths.items()}} for k, s in solutions.items()}
+
+
+def planned(args, targets: list[Target], out: Path):
+    """Profiles, fits, scores and plans, each step saved to ``out`` and reused on a rerun."""
+    import json
+
+    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.models import create_model
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pruning import group_scores
+    from itcp_deploy.search.problem import problem_from
+
+    perf = [PerfModel.load(out / f"{t.name}.perf_model.json") if (out / f"{t.name}.perf_model.json").exists()
+            else profile_and_fit(args, t, out) for t in targets]
+    model = create_model(args.model, weights=args.weights).eval()
+    space = perf[0].space
+    if (out / "plans.json").exists():
+        saved = json.loads((out / "plans.json").read_text())
+        return model, space, saved["budgets_ms"], saved["plans"]
+    loader = make_loader(load_dataset(args.data, "train", augment=False), 64, shuffle=True,
+                         max_samples=args.score_samples)
+    scores = group_scores(model, space, "taylor", loader=loader)
+    problems = [problem_from(p.space, p, scores) for p in perf]
+    # the run's aim: each SLA (ratio x predicted dense) less the default 3% safety margin
+    budgets = [p.dense_ms() * t.ratio * (1 - args.margin) for p, t in zip(perf, targets, strict=True)]
+    plans = solve_plans(problems, budgets, targets)
+    write_json(out / "plans.json", {"budgets_ms": budgets, "plans": plans})
+    return model, space, budgets, plans
 
 
 def main(argv: list[str] | None = None) -> None:
-    from itcp_deploy.models import create_model
-    from itcp_deploy.pruning import group_scores
-    from itcp_deploy.search.dp import solve
-    from itcp_deploy.search.problem import problem_from
-    from itcp_deploy.search.vector import solve_pair, vector_solution
+    import json
 
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [Target.parse(t) for t in args.target]
     torch.set_num_threads(1)
-    perf = [profile_and_fit(args, t, out) for t in targets]
-    model = create_model(args.model, weights=args.weights).eval()
-    space = perf[0].space
-    from itcp_deploy.data import load_dataset, make_loader
-
-    loader = make_loader(load_dataset(args.data, "train", augment=False), 64, shuffle=True,
-                         max_samples=args.score_samples)
-    scores = group_scores(model, space, "taylor", loader=loader)
-    problems = [problem_from(p.space, p, scores) for p in perf]
-    budgets = [p.dense_ms() * t.ratio for p, t in zip(perf, targets, strict=True)]
-    names = [t.name for t in targets]
-    solutions = {"vector": solve_pair(problems, budgets, names=names)}
-    for i, t in enumerate(targets):
-        widths = solve(problems[i], budgets[i]).widths
-        solutions[f"{t.name}-alone"] = vector_solution(problems, budgets, widths, exact=True, method="itcp-1d")
-    plans = {k: {**asdict(s), "widths": {g: int(w) for g, w in s.widths.items()}} for k, s in solutions.items()}
-    timing = TimingConfig(warmup=20, rounds=args.rounds, runs_per_round=args.runs)
-    measured = {t.name: measure(t, model, space, plans, out, timing) for t in targets}
-    for plan in plans.values():
-        plan["accuracy"] = accuracies(args, model, space, plan["widths"])
-    write_json(out / "results.json", {"args": vars(args), "targets": [asdict(t) for t in targets],
-                                      "budgets_ms": budgets, "plans": plans, "measured": measured})
-    write_text(out / "results.md", table(targets, plans, measured))
+    model, space, budgets, plans = planned(args, targets, out)
+    if args.remeasure:  # a second, independent interleaved measurement: how far two runs of one plan differ
+        timing = TimingConfig(warmup=20, rounds=args.rounds, runs_per_round=args.runs)
+        again = {t.name: measure(t, model, space, plans, out / "again", timing) for t in targets}
+        write_json(out / "measured-again.json", again)
+        print(json.dumps({t: {k: round(v["ratio"], 3) for k, v in m.items()} for t, m in again.items()}))
+        return
+    if (out / "measured.json").exists():
+        measured = json.loads((out / "measured.json").read_text())
+    else:
+        timing = TimingConfig(warmup=20, rounds=args.rounds, runs_per_round=args.runs)
+        measured = {t.name: measure(t, model, space, plans, out, timing) for t in targets}
+        write_json(out / "measured.json", measured)
+    torch.set_num_threads(args.train_threads)
+    for stage in ("one-shot", "epoch"):  # every plan's one-shot first: partial results stay useful
+        for plan in plans.values():
+            same = next(k for k, p in plans.items() if p["widths"] == plan["widths"])
+            saved = dict(vars(args), epochs=0 if stage == "one-shot" else 1)
+            plan["accuracy"] = accuracies(argparse.Namespace(**saved), model, space, plan["widths"],
+                                          out / f"accuracy-{same}.json")
+            write_json(out / "results.json", {"args": vars(args), "targets": [asdict(t) for t in targets],
+                                              "budgets_ms": budgets, "plans": plans, "measured": measured})
+            write_text(out / "results.md", table(targets, plans, measured))
     print(table(targets, plans, measured))
 
 
@@ -182,9 +247,9 @@ def table(targets: list[Target], plans: dict, measured: dict) -> str:
             m = measured[t.name][name]
             ok &= m["ratio"] <= t.ratio
             cells.append(f"{plan['costs'][i]:.3f} / **{m['ratio']:.3f}**")
-        acc = plan["accuracy"]
-        rows.append(f"| {name} | {plan['score']:.2f} | " + " | ".join(cells)
-                    + f" | {'yes' if ok else 'no'} | {acc['one_shot']:.2f}% | {acc['one_epoch']:.2f}% |")
+        acc = {k: f"{v:.2f}%" for k, v in plan.get("accuracy", {}).items()}
+        rows.append(f"| {name} | {plan['score']:.2f} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} | "
+                    f"{acc.get('one_shot', 'pending')} | {acc.get('one_epoch', 'pending')} |")
     return "\n".join(rows) + "\n"
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+
+from bench.zoo_effort import Effort, ProfileLevel, choose_effort
 
 SIZES = (64, 75, 96, 128, 160, 224, 256, 299)
 SPEEDUP = 1.3
-PROFILE_BUILDS = 12
-PROFILE_HOLDOUT = 3
 
 
 def min_input_shape(model) -> tuple[int, int, int, int]:
@@ -40,28 +41,54 @@ def conv_reach(space) -> tuple[float, int]:
     return (len(reached) / len(convs) if convs else 0.0), len(convs)
 
 
-def _loader(shape):
+def _loader(shape, effort: Effort):
     from itcp_deploy.data import load_dataset, make_loader
 
-    info = load_dataset(f"synthetic:size={shape[-1]},train=32,test=16", "train", augment=False)
-    return make_loader(info, 16, shuffle=False, max_samples=32)
+    images = effort.score_batch * effort.score_batches
+    info = load_dataset(f"synthetic:size={shape[-1]},train={max(images, 2)},test=2", "train", augment=False)
+    return make_loader(info, effort.score_batch, shuffle=False, max_samples=images)
 
 
-def _profile(model, space, work: Path):
+def _probe(model, space, work: Path, cap_s: float) -> tuple[Path, Effort, dict]:
+    """Prune a copy to middle widths, export and build the dense engine, time a few runs: the effort follows
+    from what that cost (each profiled engine is one such pruning, export and build)."""
+    from itcp_deploy.engines import EngineOptions, get_backend
+    from itcp_deploy.engines.export import export_onnx
+    from itcp_deploy.profiling.timing import TimingConfig, measure
+    from itcp_deploy.pruning import apply_widths
+
+    backend, options = get_backend("onnxruntime"), EngineOptions(threads=1)
+    shape = space.input_shape
+    cpu0 = time.process_time()
+    apply_widths(model, space, {g.name: g.candidates[(len(g.candidates) - 1) // 2] for g in space.prunable})
+    onnx_path = export_onnx(model, shape, work / "dense.onnx", verify=False)
+    artifact = backend.builder(onnx_path, work / "engine-dense", options, shape)()
+    with backend.runner(artifact, options) as runner:
+        build_s = time.process_time() - cpu0
+        dense_ms = measure(runner, None, TimingConfig(warmup=1, rounds=1, runs_per_round=3)).median_ms
+    effort = choose_effort(dense_ms, build_s, cap_s)
+    return artifact, effort, {"probe_ms": round(dense_ms, 3), "probe_build_s": round(build_s, 2),
+                              "effort": {"level": effort.level, **asdict(effort.profile),
+                                         "estimate_s": effort.profile_estimate_s,
+                                         "final": f"{effort.final_rounds}x{effort.final_runs}",
+                                         "score_images": effort.score_batch * effort.score_batches}}
+
+
+def _profile(model, space, work: Path, level: ProfileLevel):
     from itcp_deploy.perfmodel import fit
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling
     from itcp_deploy.profiling.timing import TimingConfig
 
-    config = ProfileConfig(cache_dir=str(work / "engines"),
-                           design=DesignConfig(max_builds=PROFILE_BUILDS, holdout=PROFILE_HOLDOUT, tries=8),
-                           timing=TimingConfig(warmup=5, rounds=5, runs_per_round=20), layer_runs=100)
+    timing = TimingConfig(warmup=level.warmup, rounds=level.rounds, runs_per_round=level.runs_per_round)
+    config = ProfileConfig(cache_dir=str(work / "engines"), timing=timing, layer_runs=level.layer_runs,
+                           design=DesignConfig(max_builds=level.builds, holdout=level.holdout, tries=8))
     profile, _ = run_profiling(model, space, config)
     return profile, fit
 
 
-def _measure(dense, pruned, shape, work: Path) -> dict:
-    """Dense and pruned ONNX Runtime engines, measured interleaved (one thread)."""
+def _measure(dense_artifact: Path, pruned, shape, work: Path, effort: Effort) -> dict:
+    """Dense (the probe's engine) and pruned ONNX Runtime engines, measured interleaved (one thread)."""
     import numpy as np
 
     from itcp_deploy.engines import EngineOptions, get_backend
@@ -69,18 +96,17 @@ def _measure(dense, pruned, shape, work: Path) -> dict:
     from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios
 
     backend, options = get_backend("onnxruntime"), EngineOptions(threads=1)
-    artifacts = []
-    for name, model in (("dense", dense), ("pruned", pruned)):
-        onnx_path = export_onnx(model, shape, work / f"{name}.onnx", verify=False)
-        artifacts.append(backend.builder(onnx_path, work / f"engine-{name}", options, shape)())
-    with backend.runner(artifacts[0], options) as d, backend.runner(artifacts[1], options) as p:
-        result = measure_interleaved([d, p], None, TimingConfig(warmup=10, rounds=6, runs_per_round=15))
+    onnx_path = export_onnx(pruned, shape, work / "pruned.onnx", verify=False)
+    pruned_artifact = backend.builder(onnx_path, work / "engine-pruned", options, shape)()
+    timing = TimingConfig(warmup=2, rounds=effort.final_rounds, runs_per_round=effort.final_runs)
+    with backend.runner(dense_artifact, options) as d, backend.runner(pruned_artifact, options) as p:
+        result = measure_interleaved([d, p], None, timing)
     ratio = float(np.median(round_ratios(result.samples_ms[1], result.samples_ms[0])))
     return {"dense_ms": result.stats[0].median_ms, "pruned_ms": result.stats[1].median_ms,
             "pruned_over_dense": ratio}
 
 
-def _stages(spec: str, work: Path, stage: Callable[[str], None], record: dict) -> None:
+def _stages(spec: str, work: Path, stage: Callable[[str], None], record: dict, cap_s: float) -> None:
     import onnx
 
     from itcp_deploy.engines.export import export_onnx, verify_onnx
@@ -98,14 +124,18 @@ def _stages(spec: str, work: Path, stage: Callable[[str], None], record: dict) -
     space = build_space(model, shape, model_spec=spec)
     reach, convs = conv_reach(space)
     record.update(groups=len(space.prunable), convs=convs, conv_reach=round(reach, 3))
+    stage("probe")
+    dense_artifact, effort, probe = _probe(model, space, work, cap_s)
+    record.update(probe)
     stage("profile")
-    profile, fit = _profile(model, space, work)
+    profile, fit = _profile(model, space, work, effort.profile)
     stage("fit")
     perf = fit(profile, force=True)
     record.update(perf_err_pct=round(perf.report.mape_pct, 2), perf_max_err_pct=round(perf.report.max_pct, 2),
                   noise_pct=round(profile.noise_pct, 2), fit_rejected=bool(perf.report.rejected))
     stage("search")
-    scores = group_scores(model, space, "taylor", loader=_loader(shape), settings=ScoreSettings(gradient_batches=2))
+    scores = group_scores(model, space, "taylor", loader=_loader(shape, effort),
+                          settings=ScoreSettings(gradient_batches=effort.score_batches))
     budget = perf.dense_ms() / SPEEDUP
     solution = run_method("itcp", SearchInputs(space, perf, scores), budget, bins=300)
     record.update(predicted_dense_ms=round(perf.dense_ms(), 4), predicted_pruned_ms=round(solution.cost, 4))
@@ -117,10 +147,10 @@ def _stages(spec: str, work: Path, stage: Callable[[str], None], record: dict) -
     stage("parity")
     record["parity_rel_err"] = verify_onnx(pruned, path, shape)
     stage("latency")
-    record.update({k: round(v, 4) for k, v in _measure(model, pruned, shape, work).items()})
+    record.update({k: round(v, 4) for k, v in _measure(dense_artifact, pruned, shape, work, effort).items()})
 
 
-def run_stages(spec: str, work: Path, stage: Callable[[str], None]) -> dict:
+def run_stages(spec: str, work: Path, stage: Callable[[str], None], cap_s: float) -> dict:
     """Run every stage on ``spec``; the record says pass, or the failing stage and one line of error."""
     record: dict = {"model": spec, "status": "fail", "stage": None, "error": None}
     current = ["start"]
@@ -135,7 +165,7 @@ def run_stages(spec: str, work: Path, stage: Callable[[str], None]) -> dict:
 
     started = time.perf_counter()
     try:
-        _stages(spec, work, announce, record)
+        _stages(spec, work, announce, record, cap_s)
         record["status"] = "pass"
     except Exception as err:  # the sweep records every failure as one line
         record["stage"] = current[0]

@@ -4,9 +4,11 @@ For every torchvision classifier and a chosen list of timm models (``bench/zoo_m
 the smallest square input the model takes), on synthetic data, each model runs these stages in its own
 process, under a per-model cap on CPU time (not wall time: the machine is shared) and on memory (6 GB):
 
-groups -> small profile (a few ONNX Runtime CPU engines) -> fit -> search at 1.3x (taylor scores on
-synthetic images) -> apply_widths -> export -> ONNX Runtime parity (pruned engine vs pruned PyTorch model) ->
-dense and pruned engine measured interleaved.
+groups -> probe (the dense ONNX Runtime engine: export, build, a few timed runs) -> small profile (6-12
+engines) -> fit -> search at 1.3x (taylor scores on synthetic images) -> apply_widths -> export -> ONNX Runtime
+parity (pruned engine vs pruned PyTorch model) -> dense and pruned engine measured interleaved. How much
+profiling and timing a model gets follows from the probe and the cap (``bench/zoo_effort.py``), so a ViT-H
+gets a fair chance at every stage within the same cap as a MobileNet.
 
 One JSON line per model is appended to ``--out`` (pass/fail, failing stage, groups, share of convs pruning
 can reach, perf-model held-out error, dense and pruned latency, time, one line of error). A rerun skips
@@ -74,7 +76,7 @@ def _limits(cap_s: float) -> Callable[[], None]:
 def run_model(spec: str, cap_s: float, work: Path) -> dict:
     """One model in a child process (``--one``), stopped at ``cap_s`` CPU-seconds (the machine is shared, so a
     wall-clock cap would measure the other users' load), or at ``WALL_FACTOR x cap_s`` wall seconds."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", spec, "--work", str(work)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", spec, "--work", str(work), "--cap-s", str(cap_s)]
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WALL_FACTOR * cap_s,
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         from bench.zoo_stages import run_stages
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        record = run_stages(args.one, Path(args.work), lambda s: print(STAGE_PREFIX + s, file=sys.stderr, flush=True))
+        record = run_stages(args.one, Path(args.work), lambda s: print(STAGE_PREFIX + s, file=sys.stderr, flush=True),
+                            args.cap_s)
         print(RESULT_PREFIX + json.dumps(record), flush=True)
         return
     if args.table:

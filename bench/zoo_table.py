@@ -15,7 +15,14 @@ def _row(r: dict) -> str:
     return (f"| {r['model']} | {r['status']} | {r.get('stage') or ''} | {r.get('input_shape', '')} | "
             f"{_fmt(r.get('groups'))} | {reach} | {_fmt(r.get('perf_err_pct'), '.1f')} | "
             f"{_fmt(r.get('dense_ms'), '.3f')} | {_fmt(r.get('pruned_ms'), '.3f')} | "
-            f"{_fmt(r.get('pruned_over_dense'), '.2f')} | {_fmt(r.get('time_s'), '.0f')} | {error} |")
+            f"{_fmt(r.get('pruned_over_dense'), '.2f')} | {_effort(r)} | {_fmt(r.get('cpu_s'), '.0f')} | "
+            f"{_fmt(r.get('time_s'), '.0f')} | {error} |")
+
+
+def _effort(r: dict) -> str:
+    """Profile effort: engines x (rounds x runs) at level L (bench/zoo_effort.py)."""
+    e = r.get("effort")
+    return f"L{e['level']}: {e['builds']}x{e['rounds']}x{e['runs_per_round']}" if e else ""
 
 
 def counts(records: list[dict], prefix: str) -> tuple[int, int]:
@@ -39,8 +46,8 @@ def print_table(records: list[dict], expected: list[str] | None = None) -> None:
                  if listed else ""))
     print()
     print("| model | result | failing stage | input | groups | convs reached | perf err % (held-out) | "
-          "dense ms | pruned ms | pruned/dense | time s | error |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "dense ms | pruned ms | pruned/dense | profile effort | CPU s | wall s | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(_row(r))
     missing = [m for m in expected or [] if m not in ran]

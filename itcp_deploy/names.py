@@ -20,11 +20,12 @@ def check_search(method: str, criterion: str | None = None, importance: str | No
     importance criterion exist."""
     from itcp_deploy.pruning.importance import IMPORTANCE
     from itcp_deploy.pruning.scores import SCORES
-    from itcp_deploy.pruning.tp_peer import is_peer
+    from itcp_deploy.pruning.tp_peer import PEER_METHODS
+    from itcp_deploy.registry import unknown_name
     from itcp_deploy.search.baselines import SEARCH_METHODS
 
-    if not is_peer(method):
-        SEARCH_METHODS.get(method)
+    if method not in SEARCH_METHODS and method not in PEER_METHODS:
+        raise unknown_name(SEARCH_METHODS.kind, method, SEARCH_METHODS.names() + list(PEER_METHODS))
     if criterion is not None:
         SCORES.get(criterion)
     if importance is not None:

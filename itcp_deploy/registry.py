@@ -46,12 +46,10 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownNameError(self.unknown_message(name), f"use one of: {', '.join(self.names())}") from None
+            raise unknown_name(self.kind, name, self.names()) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown {self.kind} {name!r}{hint}"
+        return unknown_name(self.kind, name, self.names()).problem
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -61,6 +59,15 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def unknown_name(kind: str, name: str, valid: list[str], fix: str | None = None,
+                 prefix: str = "") -> UnknownNameError:
+    """The one-line error for an unknown name: the closest valid name (shown with ``prefix``, e.g. ``timm:``),
+    then ``fix``, by default all the valid names."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    return UnknownNameError(f"unknown {kind} {name!r}{hint}", fix or f"use one of: {', '.join(valid)}")
 
 
 def drop_none(kwargs: dict) -> dict:

@@ -61,7 +61,10 @@ class ChannelGroup:
     """Channels that must be pruned together (coupled by residual adds, depthwise convs, concatenation).
 
     ``name`` is stable across runs: the module name of the first layer (in module order) whose output
-    channels the group sets, or ``input``/``output`` for the fixed network ends.
+    channels the group sets, or ``input``/``output`` for the fixed network ends. ``removable``: the group is
+    the inner width of a residual branch whose removal leaves the other path of its add
+    (:mod:`itcp_deploy.pruning.removal`); width 0 is then a candidate once :meth:`PruningSpace.with_removal`
+    allows it.
     """
 
     name: str
@@ -70,6 +73,7 @@ class ChannelGroup:
     layers_out: tuple[str, ...] = ()
     layers_in: tuple[str, ...] = ()
     fixed: bool = False
+    removable: bool = False
 
     def index(self, width: int) -> int:
         return self.candidates.index(width)
@@ -157,6 +161,15 @@ class PruningSpace:
         return sum(layer.macs(sum(w[g] for g in layer.in_group.split("+")), w[layer.out_group])
                    for layer in self.layers)
 
+    def with_removal(self, on: bool = True) -> PruningSpace:
+        """This space with width 0 (the residual branch removed) a candidate of every removable group (``on``),
+        or with no width-0 candidate (``on=False``)."""
+        def cands(g: ChannelGroup) -> tuple[int, ...]:
+            rest = tuple(w for w in g.candidates if w > 0)
+            return (0, *rest) if on and g.removable else rest
+
+        return replace(self, groups=tuple(replace(g, candidates=cands(g)) for g in self.groups))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -179,6 +192,12 @@ def _positive_ints(values: object, size: int | None = None) -> bool:
             and all(type(v) is int and v > 0 for v in values))
 
 
+def _candidates_ok(g: ChannelGroup) -> bool:
+    """Sorted, distinct, positive widths; a removable group may also hold 0 (its branch removed)."""
+    widths = g.candidates[1:] if g.removable and g.candidates[:1] == (0,) and len(g.candidates) > 1 else g.candidates
+    return _positive_ints(widths) and len(widths) > 0 and list(g.candidates) == sorted(set(g.candidates))
+
+
 def _check_space(space: PruningSpace) -> None:
     """Types and references of a space read from a file; raises ``ValueError`` naming the first bad field
     (the loaders turn it into one line: a hand-edited or damaged file must not fail deep inside the DP)."""
@@ -191,8 +210,8 @@ def _check_space(space: PruningSpace) -> None:
     names = {g.name for g in space.groups}
     need(len(names) == len(space.groups) and all(isinstance(n, str) for n in names), "groups (names)")
     for g in space.groups:
-        need(type(g.full_width) is int and g.full_width > 0 and _positive_ints(g.candidates) and len(g.candidates) > 0
-             and list(g.candidates) == sorted(set(g.candidates)) and isinstance(g.fixed, bool)
+        need(type(g.full_width) is int and g.full_width > 0 and isinstance(g.candidates, tuple) and _candidates_ok(g)
+             and isinstance(g.fixed, bool) and isinstance(g.removable, bool)
              and all(isinstance(n, str) for n in (*g.layers_in, *g.layers_out)), f"groups[{g.name}]")
     for layer in space.layers:
         ok = (isinstance(layer.name, str) and layer.op in ("conv", "linear") and isinstance(layer.in_group, str)

@@ -29,6 +29,14 @@ def inputs() -> SearchInputs:
     return SearchInputs(space, PerfModel(space, tables, 0.05), random_scores(space, seed=3))
 
 
+def test_unknown_method_error_names_torch_pruning_peers_too():
+    from itcp_deploy.names import check_search
+
+    check_search("tp-taylor")
+    with pytest.raises(UnknownNameError, match="did you mean 'tp-taylor'.*tp-taylor-round"):
+        check_search("tp-taylr")
+
+
 def test_registry_lists_every_method():
     assert set(SEARCH_METHODS) == {"itcp", *BASELINES}
     with pytest.raises(UnknownNameError, match="did you mean 'uniform'"):

@@ -111,12 +111,17 @@ def test_every_row_is_complete_and_within_budget(finished):
         assert row["finetune_images_per_epoch"] > 0
         if row["method"] != "dense":
             assert row["macs"] < dense["macs"] and row["params"] < dense["params"]
-            assert row["budget_ms"] == pytest.approx(results["dense_predicted_ms"] / 1.5)
+        if row["method"] in ("itcp", "uniform"):  # run's closed loop: first round at the predicted budget
+            assert row["loop"][0]["budget_ms"] == pytest.approx(results["dense_predicted_ms"] / 1.5)
+            ratios = [r["ratio_to_dense"] for r in row["loop"]]
+            assert row["loop_ratio"] in ratios and row["met_target"] == (row["loop_ratio"] <= 1 / 1.5)
+            assert row["met_target"] or min(ratios) > 1 / 1.5  # a plan that met is kept whenever one did
     assert dense["measured"]["ratio_to_dense"] == 1.0
     progressive = next(r for r in rows if r["method"] == "itcp-progressive")
     assert progressive["finetune_images_per_epoch"] == 64 == dense["finetune_images_per_epoch"]
     budgets = [s["budget_ms"] for s in progressive["steps"]]
     assert len(budgets) == 2 and budgets[0] > budgets[1] == pytest.approx(progressive["budget_ms"])
+    assert progressive["budget_ms"] == pytest.approx(results["dense_predicted_ms"] / 1.5)
     assert all(s["predicted_ms"] <= s["budget_ms"] * 1.001 for s in progressive["steps"])
     assert results["recipe"]["train_subset"] == 64 and results["recipe"]["epochs"] == 1
 
@@ -148,6 +153,22 @@ def test_rerun_skips_finished_rows_and_measurement(finished, capsys):
     assert "measurement: reusing" in err and "finetuning" not in err and "step 1/2" not in err
     assert [p.stat().st_mtime_ns for p in rows] == stamps
     assert json.loads((tmp / "out" / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_measure_only_measures_rows_of_separate_runs_and_computes_none(finished, capsys):
+    """Rows finished by separate runs (here: other methods than listed) are all measured, none is computed."""
+    tmp, bench, results = finished
+    rows = sorted((tmp / "out" / "rows").glob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in rows]
+    argv = _argv(tmp, "--measure-only")
+    argv[argv.index("--methods") + 1: argv.index("--methods") + 3] = ["knapsack-linear"]  # not in the rows
+    assert bench.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "knapsack-linear" not in err and "round 0" not in err
+    assert [p.stat().st_mtime_ns for p in rows] == stamps
+    again = json.loads((tmp / "out" / "results.json").read_text())["rows"]
+    assert {(r["method"], r["speedup"], r["seed"]) for r in again} == {
+        (r["method"], r["speedup"], r["seed"]) for r in results["rows"]}
 
 
 def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):

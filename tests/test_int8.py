@@ -37,9 +37,8 @@ def digit_net() -> torch.nn.Sequential:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """:func:`digit_net` trained for 4 epochs on ``digits`` (32x32)."""
+def trained_digit_net() -> torch.nn.Sequential:
+    """:func:`digit_net` trained for 4 epochs on ``digits`` (32x32), seeded (``bench/int8_agreement.py`` too)."""
     from itcp_deploy.data import load_dataset
 
     info = load_dataset("digits", "train", augment=False)
@@ -53,7 +52,12 @@ def trained(tmp_path_factory):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
             opt.step()
-    return model.eval(), tmp_path_factory.mktemp("int8")
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_digit_net(), tmp_path_factory.mktemp("int8")
 
 
 def test_calibrate_cli_writes_seeded_set_and_manifest(tmp_path):

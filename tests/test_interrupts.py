@@ -24,10 +24,17 @@ TINY = ("tests.test_profiler:Tiny", "--input-shape", "1x3x16x16", "--trust-code"
 FAST_PROFILE = ("--holdout", "1", "--rounds", "2", "--runs-per-round", "3")
 
 
+# Ctrl-C reaches a terminal's foreground job, whose SIGINT is never ignored. A shell script's background job
+# (`.ci/run &`) starts with SIGINT ignored; pytest and its children inherit that, and Python then installs no
+# KeyboardInterrupt handler, so the child would not see the test's SIGINT at all: the child installs it itself.
+_CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from itcp_deploy.cli import main; sys.exit(main())")
+
+
 def _start(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-c", "import sys; from itcp_deploy.cli import main; sys.exit(main())",
-                             *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:

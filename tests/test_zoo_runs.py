@@ -24,7 +24,7 @@ CLASSIFIERS = [
 ]
 DENSE = [
     ("torchvision:lraspp_mobilenet_v3_large", 128, 10),  # two heads summed, dict output
-    ("torchvision:fcn_resnet50", 128, 2),           # dilated ResNet-50, dict output
+    ("torchvision:fcn_resnet50", 128, 2),           # dilated ResNet-50, dict output (~0.5 s a run on one core)
 ]
 CASES = CLASSIFIERS + DENSE
 
@@ -36,7 +36,7 @@ def _config(spec: str, size: int, runs: int, tmp_path) -> RunConfig:
                      recipe=FinetuneRecipe(epochs=0, batch_size=32, train_subset=None),
                      # a 16-engine profile: keep the fit (force_fit); the loop measures every plan anyway
                      profile=ProfileSettings(cache_dir=str(tmp_path / "engines"), max_builds=16, holdout=4,
-                                             timing=timing, force_fit=True),
+                                             timing=timing, force_fit=True, layer_runs=min(300, 15 * runs)),
                      loop=LoopSettings(timing=timing, final_timing=TimingConfig(warmup=5, rounds=10,
                                                                                runs_per_round=runs)),
                      score_samples=64, quiet=True)

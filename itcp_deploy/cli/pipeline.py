@@ -29,8 +29,13 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output."
 def run_command(
     model: Annotated[str, typer.Argument(help="Model name or spec (see `itcp-deploy models`).")],
     data: Annotated[str, typer.Option("--data", help="Training/evaluation data spec (digits, cifar10:DIR, ...).")],
-    input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (resumable).")],
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")] = None,
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", help="A deployment target, repeatable: backend=openvino,shape=8x3x32x32,threads=2,"
+        "percentile=99,sla_ms=10 (or speedup=...); see the README.")] = None,
+    targets_file: Annotated[Path | None, typer.Option(
+        "--targets", help="A TOML file of [[target]] tables (the --target keys).")] = None,
     sla_ms: SlaOpt = None,
     speedup: SpeedupOpt = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Trained weights of MODEL.")] = None,
@@ -43,6 +48,8 @@ def run_command(
     distill: Annotated[bool, typer.Option("--distill", help="Distil from the dense model.")] = False,
     compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
                                              help="Least-squares refit after pruning.")] = True,
+    block_removal: Annotated[bool, typer.Option("--block-removal/--no-block-removal",
+                                                help="Let residual branches be removed (width 0).")] = True,
     percentile: PercentileOpt = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
@@ -51,21 +58,29 @@ def run_command(
     json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Prune MODEL to the most accurate plan that meets the SLA, and build its engine into OUT/; exit 1 if the
-    final engine misses the SLA, 2 on bad input."""
+    """Prune MODEL to the most accurate plan that meets the SLA (or every --target's SLA with one set of
+    weights), and build its engine(s) into OUT/; exit 1 if a final engine misses its SLA, 2 on bad input."""
     from itcp_deploy.cli.output import deliver
     from itcp_deploy.cli.shapes import parse_input_shape, parse_target
+    from itcp_deploy.cli.targets import one_or_many
     from itcp_deploy.engines import EngineOptions
     from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.errors import UsageError
     from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
 
+    if target or targets_file:
+        shape, latency, engine, targets = one_or_many(target, targets_file, input_shape, (sla_ms, speedup))
+    else:
+        if input_shape is None:
+            raise UsageError("missing --input-shape", "pass e.g. --input-shape 1x3x32x32, or give --target ...")
+        shape, latency, targets = parse_input_shape(input_shape), parse_target(sla_ms, speedup, percentile), ()
+        engine = EngineSpec(backend, precision, EngineOptions(threads=threads), calib)
     config = RunConfig(
-        model=model, data=data, input_shape=parse_input_shape(input_shape), out_dir=str(out),
-        target=parse_target(sla_ms, speedup, percentile), weights=weights, trust_code=trust_code,
-        ignore_layers=tuple(ignore_layers or ()),
-        engine=EngineSpec(backend, precision, EngineOptions(threads=threads), calib), criterion=criterion,
-        method=method, recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
-        profile=ProfileSettings(cache_dir=cache), compensate=compensate, quiet=quiet or json)
+        model=model, data=data, input_shape=shape, out_dir=str(out), target=latency, weights=weights,
+        trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()), engine=engine, targets=targets,
+        criterion=criterion, method=method, recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
+        profile=ProfileSettings(cache_dir=cache), compensate=compensate, block_removal=block_removal,
+        quiet=quiet or json)
     deliver(config, json)
 
 
@@ -92,7 +107,9 @@ def demo_command(
 
 @app.command("check-latency")
 def check_latency_command(
-    engine: Annotated[str, typer.Argument(help="Engine file or artifact directory to measure.")],
+    engine: Annotated[str | None, typer.Argument(help="Engine file or artifact directory to measure.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        "--run", help="Gate every target of this run folder (a run with several --target), one line each.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
     sla_ms: Annotated[str | None, typer.Option("--sla-ms", help="Absolute limit in ms.")] = None,
     reference: Annotated[str | None, typer.Option("--reference", help="Dense engine to compare with.")] = None,
@@ -104,12 +121,20 @@ def check_latency_command(
     ] = None,
     json: Json = False,
 ) -> None:
-    """Measure ENGINE; exit 0 if it meets the limit, 1 if not, 2 on bad input (the CI gate)."""
+    """Measure ENGINE (or every target's engine of a --run folder); exit 0 if each meets its limit, 1 if not,
+    2 on bad input (the CI gate)."""
     from itcp_deploy.cli.shapes import parse_input_shape, positive_float
+    from itcp_deploy.errors import UsageError
     from itcp_deploy.pipeline.gate import GateConfig, check_latency
 
+    if (engine is None) == (run_dir is None):
+        raise UsageError("give an ENGINE or --run OUT (not both)", "e.g. check-latency --run runs/two-targets")
+    if run_dir is not None:
+        _check_run(run_dir, json)
+        return
+
     config = GateConfig(
-        engine=engine, backend=backend, percentile=percentile, threads=threads, reference=reference,
+        engine=str(engine), backend=backend, percentile=percentile, threads=threads, reference=reference,
         input_shape=parse_input_shape(input_shape) if input_shape is not None else None,
         sla_ms=positive_float(sla_ms, "--sla-ms") if sla_ms is not None else None,
         max_ratio=positive_float(max_ratio, "--max-ratio") if max_ratio is not None else None)
@@ -119,4 +144,18 @@ def check_latency_command(
     else:
         print(result.line())
     if not result.passed:
+        sys.exit(1)
+
+
+def _check_run(run_dir: Path, json: bool) -> None:
+    """``check-latency --run``: one line (or one JSON entry) per target; exit 1 if any target misses."""
+    from itcp_deploy.pipeline.gate import check_run
+
+    results = check_run(run_dir)
+    if json:
+        emit_json({name: r.to_dict() for name, r in results})
+    else:
+        for name, r in results:
+            print(f"{name}: {r.line()}")
+    if not all(r.passed for _, r in results):
         sys.exit(1)

@@ -47,6 +47,7 @@ def groups(
         table.add_column(column)
     for g in space.groups:
         cands = "fixed" if g.fixed else f"{len(g.candidates)}: {g.candidates[0]}..{g.candidates[-1]}"
+        cands += ", or 0 (block removal)" if g.removable else ""
         sets = ", ".join(g.layers_out[:4]) + (f" (+{len(g.layers_out) - 4})" if len(g.layers_out) > 4 else "")
         table.add_row(g.name, str(g.full_width), cands, sets)
     console.print(table)

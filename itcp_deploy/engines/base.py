@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from itcp_deploy.errors import UsageError
+from itcp_deploy.errors import InputFileError, UsageError
 
 Artifact = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]]
 
@@ -128,3 +128,23 @@ class Runner(ABC):
 
     @abstractmethod
     def _prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]: ...
+
+
+class OnnxBuilder(ABC):
+    """Builds one backend's artifact directory from an ONNX file; call it to build. The public call checks the
+    input, then calls the backend's ``_build`` hook, so every ONNX backend refuses a missing file alike."""
+
+    def __init__(self, onnx_path: str | os.PathLike[str], artifact_dir: Path, options: EngineOptions) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.artifact_dir = Path(artifact_dir)
+        self.options = options
+
+    def __call__(self) -> Path:
+        if not self.onnx_path.is_file():
+            raise InputFileError(f"ONNX file {self.onnx_path} does not exist", "check the path")
+        self._build()
+        return self.artifact_dir
+
+    @abstractmethod
+    def _build(self) -> None:
+        """Write the artifact files under ``artifact_dir`` (atomically)."""

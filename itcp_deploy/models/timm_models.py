@@ -7,13 +7,13 @@ own checkpoint comes in through ``--weights`` (read with ``weights_only=True``).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from types import ModuleType
 
 from torch import nn
 
-from itcp_deploy.errors import MissingDependencyError, UnknownNameError
+from itcp_deploy.errors import MissingDependencyError
+from itcp_deploy.registry import unknown_name
 
 PREFIX = "timm:"
 
@@ -42,8 +42,5 @@ def timm_model(name: str, *, num_classes: int = 1000, **kwargs) -> nn.Module:
     timm = _timm()
     names = timm_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{PREFIX}{close[0]}'?)" if close else ""
-        raise UnknownNameError(f"unknown timm model {name!r}{hint}",
-                               "run `itcp-deploy models --timm` to list them")
+        raise unknown_name("timm model", name, names, "run `itcp-deploy models --timm` to list them", PREFIX)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)

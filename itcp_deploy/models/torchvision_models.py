@@ -8,11 +8,9 @@ own checkpoint comes in through ``--weights``.
 
 from __future__ import annotations
 
-import difflib
-
 from torch import nn
 
-from itcp_deploy.errors import UnknownNameError
+from itcp_deploy.registry import unknown_name
 
 PREFIX = "torchvision:"
 
@@ -44,10 +42,8 @@ def torchvision_model(name: str, *, num_classes: int = 1000, **kwargs) -> nn.Mod
 
     names = torchvision_names()
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{PREFIX}{close[0]}'?)" if close else ""
-        raise UnknownNameError(f"unknown torchvision model {name!r}{hint}",
-                               "run `itcp-deploy models --torchvision` to list them")
+        raise unknown_name("torchvision model", name, names, "run `itcp-deploy models --torchvision` to list them",
+                           PREFIX)
     if name in _segmenters():
         kwargs = {"weights_backbone": None, **kwargs}
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)

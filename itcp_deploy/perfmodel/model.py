@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -147,3 +147,25 @@ class PerfModel:
                 )
         _check_numbers(model, path)
         return model
+
+
+def on_space(perf: PerfModel, space: PruningSpace) -> PerfModel:
+    """``perf`` on ``space``: the same layers, candidates that differ only by width 0 (a removed residual
+    branch, :meth:`PruningSpace.with_removal`). A layer reading or writing a group at width 0 is gone from
+    the network, so its latency there is 0; every other cell is ``perf``'s.
+
+    Raises:
+        UsageError: ``space`` has a non-zero width ``perf`` was not fitted on.
+    """
+    tables = {}
+    for layer in space.layers:
+        old_in, old_out = perf.space.group(layer.in_group).candidates, perf.space.group(layer.out_group).candidates
+        cin, cout = space.group(layer.in_group).candidates, space.group(layer.out_group).candidates
+        missing = [w for w in cin if w and w not in old_in] + [w for w in cout if w and w not in old_out]
+        if missing:
+            raise UsageError(f"width {missing[0]} of layer {layer.name} is not in the perf model",
+                             "fit the perf model on a profile of this space")
+        old = perf.layer_table(layer.name)
+        tables[layer.name] = np.array([[old[old_in.index(a), old_out.index(b)] if a and b else 0.0 for b in cout]
+                                       for a in cin], dtype=float).reshape(len(cin), len(cout))
+    return replace(perf, space=space, tables=tables)

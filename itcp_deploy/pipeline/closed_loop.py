@@ -13,15 +13,15 @@ or the loop gives up and says why.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
-from itcp_deploy.pipeline.budget_search import Round, accepted, best_met, next_budget
 from itcp_deploy.pipeline.config import RunConfig
+from itcp_deploy.pipeline.round_search import Rounds, RoundSearch, search_rounds
 from itcp_deploy.pipeline.round_timing import measure_precise
 from itcp_deploy.pipeline.run_dir import RunFolder
 from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
@@ -49,17 +49,6 @@ class LoopInputs:
     config: RunConfig
     dense_artifact: Path
     scores: dict[str, np.ndarray]
-
-
-@dataclass
-class _Rounds:
-    """What the rounds found so far: their records, notes, and the best plan that met the target."""
-
-    target_ms: float
-    records: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    history: list[Round] = field(default_factory=list)
-    solutions: list[Solution] = field(default_factory=list)
 
 
 def measure_pair(config: RunConfig, artifact: Path, dense_artifact: Path,
@@ -118,59 +107,23 @@ def _measure_round(inputs: LoopInputs, solution: Solution, r: int, dense_ms: flo
     return c.target.measured_ms(measurement, dense_ms), float(latency.ratio), timing_rounds
 
 
-def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) -> tuple[Solution, float, _Rounds]:
-    """Solve, measure, correct; returns the accepted solution, the budget it was solved for, the rounds."""
+def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) -> tuple[Solution, float, Rounds]:
+    """Solve, measure, correct (:func:`~itcp_deploy.pipeline.round_search.search_rounds`, in measured ms)."""
     from itcp_deploy.search.baselines import run_method
     from itcp_deploy.search.dp import min_latency_ms
 
     c = inputs.config
-    state = _Rounds(c.target.target_ms(dense_ms))
     search_inputs = _search_inputs(inputs, perf)
-    budget = c.target.predicted_budget_ms(dense_ms, perf.dense_ms())
-    for r in range(c.loop.max_rounds):
-        solution = run_method(c.method, search_inputs, budget, bins=c.loop.bins)
+
+    def measure(solution: Solution, r: int) -> tuple[float, dict]:
         measured, ratio, timing_rounds = _measure_round(inputs, solution, r, dense_ms)
-        state.records.append({"round": r, "budget_ms": budget, "predicted_ms": solution.cost,
-                              "measured_ms": measured, "ratio_to_dense": ratio, "timing_rounds": timing_rounds,
-                              "score": solution.score, "widths": solution.widths})
-        log(f"round {r}: budget {budget:.4f} ms, predicted {solution.cost:.4f} ms, measured {measured:.4f} ms "
-            f"({ratio:.3f} x dense, {timing_rounds} timing rounds), target {state.target_ms:.4f} ms")
-        # a plan that missed is placed at its predicted cost (any budget above it may return it again), one
-        # that met at its budget (no budget below returns a slower plan): the bracket then always shrinks
-        place = budget if measured <= state.target_ms else solution.cost
-        state.history.append(Round(place, measured, solution.score))
-        state.solutions.append(solution)
-        if accepted(state.history[-1], state.target_ms, c.loop.accept_low):
-            return solution, budget, state
-        new_budget = next_budget(state.history, state.target_ms, c.loop.accept_low)
-        if new_budget is None:
-            state.notes.append(f"round {r}: no budget left between the fastest plan that missed the target and "
-                               "the slowest that met it; stopped")
-            break
-        floor = min_latency_ms(perf) * 1.01  # the DP's bins need a little room above the fastest plan
-        if new_budget < floor < solution.cost:
-            new_budget = floor  # the fastest plans are not tried yet: try them
-        elif new_budget < floor:
-            state.notes.append(f"round {r}: the corrected budget {new_budget:.4g} ms is below the perf model's "
-                               f"minimum {min_latency_ms(perf):.4g} ms; stopped")
-            break
-        budget = new_budget
-    return _fallback(inputs.config, solution, state.records[-1]["budget_ms"], state)
+        return measured, {"measured_ms": measured, "ratio_to_dense": ratio, "timing_rounds": timing_rounds}
 
-
-def _fallback(c: RunConfig, last: Solution, last_budget: float, state: _Rounds) -> tuple[Solution, float, _Rounds]:
-    """No round landed in the acceptance band: the best plan that met the target, else the last one."""
-    n = len(state.records)
-    best = best_met(state.history, state.target_ms)
-    if best is not None:
-        state.notes.append(f"no round landed in [{c.loop.accept_low:.0%}, 100%] of the target after {n} "
-                           "round(s); kept the best-scoring plan that met it")
-        return state.solutions[best], state.records[best]["budget_ms"], state
-    state.notes.append(f"gave up after {n} round(s): every plan measured above the target "
-                       f"{state.target_ms:.4g} ms (last {state.records[-1]['measured_ms']:.4g} ms, predicted "
-                       f"{state.records[-1]['predicted_ms']:.4g} ms); the perf model underestimates this backend "
-                       "here, re-profile with more runs or lower the SLA")
-    return last, last_budget, state
+    bounds = RoundSearch(target=c.target.target_ms(dense_ms), accept_low=c.loop.accept_low,
+                         first_budget=c.target.predicted_budget_ms(dense_ms, perf.dense_ms()),
+                         max_rounds=c.loop.max_rounds, min_predicted=min_latency_ms(perf))
+    return search_rounds(bounds, lambda budget: run_method(c.method, search_inputs, budget, bins=c.loop.bins),
+                         measure, log)
 
 
 def closed_loop(inputs: LoopInputs, log: Log) -> dict:
@@ -184,6 +137,7 @@ def closed_loop(inputs: LoopInputs, log: Log) -> dict:
 
     c = inputs.config
     perf = PerfModel.load(inputs.folder.perf_model)
+    inputs = replace(inputs, space=perf.space)  # the space the perf model and scores were made on (block removal)
     dense_ms = _dense_latency_ms(inputs)
     _check_reachable(inputs, perf, dense_ms)
     log(f"dense {dense_ms:.4f} ms measured, {perf.dense_ms():.4f} ms predicted; "
@@ -195,5 +149,5 @@ def closed_loop(inputs: LoopInputs, log: Log) -> dict:
                        predicted_ms=accepted.cost, score=accepted.score, weights=c.weights,
                        pareto=[(float(a), float(b)) for a, b in accepted.front])
     plan.save(inputs.folder.plan)
-    return {"sla_ms": c.target.resolve_ms(dense_ms), "target_ms": state.target_ms, "dense_measured_ms": dense_ms,
+    return {"sla_ms": c.target.resolve_ms(dense_ms), "target_ms": state.target, "dense_measured_ms": dense_ms,
             "rounds": state.records, "notes": state.notes}

@@ -2,8 +2,9 @@
 
 Every method goes through the same pieces, the pipeline's own stages (:mod:`itcp_deploy.pipeline.stages`):
 one profile and perf model, one set of group scores and channel importance (the same criterion for all),
-``run_method`` at the same predicted budget (the perf model's predicted dense latency / speed-up; each
-baseline reaches it by its own bisection), the same channel choice, BatchNorm re-estimation, the same
+``run_method`` in the closed loop's rounds until the plan's engine measures at or under 1 / speed-up x dense
+(:mod:`~itcp_deploy.pipeline.compare_loop`; the first round solves for the perf model's predicted dense latency /
+speed-up, each baseline reaching it by its own bisection), the same channel choice, BatchNorm re-estimation, the same
 finetuning recipe and seed. Each row records the predicted latency, MACs, params, one-shot accuracy (after BN
 re-estimation, no finetuning) and finetuned accuracy; at the end every engine of the table and the dense
 engine are measured interleaved in ONE run, so their latencies and ratios to dense are comparable.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.pipeline.compare_loop import measured_solution, search_inputs
 from itcp_deploy.pipeline.compare_rows import (
     DENSE,
     Bench,
@@ -63,7 +65,10 @@ def compare(config: CompareConfig, log: Log | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(out, config)
     bench = _prepare(config, out, log or (lambda msg: None))
-    rows = [*_dense_rows(bench), *_one_shot_rows(bench), *progressive_rows(bench)]
+    if config.measure_only:  # rows finished by separate runs into OUT: one interleaved measurement of them all
+        rows = [read_json(p, "row") for p in sorted((out / "rows").glob("*.json"))]
+    else:
+        rows = [*_dense_rows(bench), *_one_shot_rows(bench), *progressive_rows(bench)]
     measured = _measure(bench, rows)
     results = _assemble(bench, rows, measured)
     write_json(out / "results.json", results)
@@ -85,6 +90,7 @@ def _check_fingerprint(out: Path, config: CompareConfig) -> None:
 
 def _prepare(c: CompareConfig, out: Path, log: Log) -> Bench:
     """Load the model and data, profile + fit (or reuse), score the groups: the pipeline's stages."""
+    from itcp_deploy.perfmodel.model import on_space
     from itcp_deploy.pruning import build_space
     from itcp_deploy.pruning.apply import check_space_fits
     from itcp_deploy.search.dp import min_latency_ms
@@ -100,10 +106,12 @@ def _prepare(c: CompareConfig, out: Path, log: Log) -> Bench:
         perf = fit_perf_model(obtain_profile(inputs.model, space, c.engine, p, out / "profile.json", log), p,
                               perf_path)
     check_space_fits(inputs.model, perf.space)
+    perf = on_space(perf, perf.space.with_removal())  # width 0 for removable groups; rows without +rm drop it
     log(f"perf model: dense {perf.dense_ms():.4f} ms predicted, minimum {min_latency_ms(perf):.4f} ms")
     b = Bench(c, out, log, inputs, perf.space, perf)
-    b.scores = cached_arrays(out / "scores.json", lambda: group_scores_of(b, b.model, b.space))
-    b.importance = cached_arrays(out / "importance.json", lambda: channel_importance_of(b, b.model, b.space))
+    seed = c.calib_seed
+    b.scores = cached_arrays(out / "scores.json", lambda: group_scores_of(b, b.model, b.space, seed))
+    b.importance = cached_arrays(out / "importance.json", lambda: channel_importance_of(b, b.model, b.space, seed))
     return b
 
 
@@ -130,21 +138,21 @@ def _one_shot_row(b: Bench, method: str, speedup: float, budget: float) -> dict:
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.pruning.compensate import compensate, kept_channels
     from itcp_deploy.pruning.tp_peer import group_widths, is_peer
-    from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
 
     t0 = time.perf_counter()
-    base, compensated = levers(method)
-    if is_peer(base):
-        pruned, plan = peer_prune(b, base, speedup)
+    lever = levers(method)
+    if is_peer(lever.base):
+        pruned, plan = peer_prune(b, lever.base, speedup)
     else:
-        inputs = SearchInputs(b.space, b.perf, b.scores, b.importance)
-        solution = run_method(base, inputs, budget, bins=b.config.bins)
+        solution, plan = measured_solution(b, lever.base, search_inputs(b, lever.remove), speedup, budget,
+                                           label=method)
         pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
-        plan = {"score": solution.score}
-        if compensated:
+        plan["score"] = solution.score
+        if lever.compensate:
             kept = kept_channels(b.model, b.space, solution.widths, b.importance)
-            calib = b.inputs.loader(b.config.recipe.batch_size, train=True, seed=0, max_samples=b.config.score_samples)
+            calib = b.inputs.loader(b.config.recipe.batch_size, train=True, seed=b.config.calib_seed,
+                                    max_samples=b.config.score_samples)
             plan["compensated"] = compensate(pruned, b.model, b.space, kept, calib)
     recalibrate_bn(pruned, b.bn_loader(), num_batches=b.config.recipe.bn_batches)
     return {"method": method, "speedup": speedup, "budget_ms": budget, **plan,

@@ -29,7 +29,7 @@ def peer_prune(b: Bench, method: str, speedup: float) -> tuple[nn.Module, dict[s
         return float(measured.engines[0].ratio)
 
     c = b.config
-    calib = b.inputs.loader(c.recipe.batch_size, train=True, seed=0, max_samples=c.score_samples)
+    calib = b.inputs.loader(c.recipe.batch_size, train=True, seed=c.calib_seed, max_samples=c.score_samples)
     found = peer_search(b.model, b.space, method, calib, measure=measure, target=1 / speedup, block=channel_block())
     b.log(f"{method} x{speedup:g}: pruning_ratio {found.pruning_ratio:.3f}, measured {found.measured_ratio:.3f} "
           f"x dense ({len(found.steps)} engines tried)")

@@ -12,15 +12,29 @@ from itcp_deploy.digest import input_digests
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
 from itcp_deploy.names import check_engine, check_search
+from itcp_deploy.pipeline.targets import DeployTarget, check_targets
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
 
 COMPENSATED = "+comp"  # compare's method suffix: least-squares compensation after pruning
+REMOVAL = "+rm"  # compare's method suffix: block removal (width 0 for residual branches) allowed
 
 
-def levers(method: str) -> tuple[str, bool]:
-    """``"itcp+comp"`` -> ``("itcp", True)``: the search method and whether compensation is on."""
-    return method.removesuffix(COMPENSATED), method.endswith(COMPENSATED)
+@dataclass(frozen=True)
+class Levers:
+    """A comparison method read as its search method and the levers its suffixes switch on."""
+
+    base: str
+    compensate: bool = False
+    remove: bool = False
+
+
+def levers(method: str) -> Levers:
+    """``"itcp+rm+comp"`` -> ``Levers("itcp", compensate=True, remove=True)`` (suffixes in any order)."""
+    base, found = method, set()
+    while (suffix := next((s for s in (COMPENSATED, REMOVAL) if base.endswith(s)), None)) is not None:
+        base, found = base.removesuffix(suffix), found | {suffix}
+    return Levers(base, COMPENSATED in found, REMOVAL in found)
 
 
 @dataclass(frozen=True)
@@ -99,9 +113,19 @@ class RunConfig:
     # least-squares refit after pruning (pruning/compensate.py); measured: +22.6 / +33.7 points one-shot on
     # ResNet-20 at 1.5x / 2x, +0.2 after one epoch at 2x (docs/benchmarks.md section 10)
     compensate: bool = True
+    # width 0 for residual branches (pruning/removal.py); measured on ResNet-20 with compensation: +7.3 / +11.4
+    # points one-shot at 2x / 3x (mean of 2 calibration seeds), docs/benchmarks.md section 10
+    block_removal: bool = True
+    # two or more: one plan for every target (pipeline/vector_loop.py); ``target``, ``engine`` and
+    # ``input_shape`` then repeat the first target's, for the stages the targets share (dense accuracy, scores)
+    targets: tuple[DeployTarget, ...] = ()
 
     def validate(self) -> None:
         """Checks that need more than one field (the target checks itself when it is built)."""
+        if self.targets:
+            check_targets(self.targets)
+            for t in self.targets:
+                check_engine(t.engine.backend, t.engine.precision)
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
         if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1:
@@ -137,18 +161,20 @@ class CompareConfig:
     bins: int = 1000
     threads: int = 1
     dense_finetune: bool = True  # False: the dense row keeps no finetuned accuracy (saves one epoch)
+    calib_seed: int = 0  # which calibration images the scores, channel importance and compensation read
+    measure_only: bool = False  # compute no row: measure every row already in OUT/rows, interleaved
 
     def validate(self) -> None:
         from itcp_deploy.pruning.tp_peer import is_peer
         from itcp_deploy.search.baselines import SEARCH_METHODS
 
         for m in self.methods:
-            base, compensated = levers(m)
-            if is_peer(base) and compensated:
-                raise UsageError(f"{m}: compensation needs the kept channels, which Torch-Pruning does not report",
-                                 f"use {base} or a search method with {COMPENSATED}")
-            if not is_peer(base):
-                SEARCH_METHODS.get(base)
+            lever = levers(m)
+            if is_peer(lever.base) and (lever.compensate or lever.remove):
+                raise UsageError(f"{m}: Torch-Pruning's own pruner takes neither compensation (it does not report "
+                                 "the kept channels) nor block removal", f"use {lever.base}")
+            if not is_peer(lever.base):
+                SEARCH_METHODS.get(lever.base)
         bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
         if bad or not self.speedups or not self.seeds:
             raise UsageError(
@@ -163,6 +189,7 @@ class CompareConfig:
         """The settings every row of one output directory must share (speed-ups, methods, seeds may grow)."""
         keep = ("model", "data", "weights", "criterion", "importance", "recipe", "score_samples", "bins",
                 "engine")
+        keep += ("calib_seed",) if self.calib_seed else ()  # 0: the fingerprint of tables made before it existed
         kept = json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
         return {**kept, "contents": input_digests({  # a path may hold other bytes on resume
             "weights": self.weights, "profile": self.profile.profile_path, "perf model": self.profile.perf_model_path,

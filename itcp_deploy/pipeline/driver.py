@@ -22,6 +22,7 @@ from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
 from itcp_deploy.pipeline.stages import RUN_STAGES, Log, Progress, RunContext
+from itcp_deploy.pipeline.target_stages import TARGET_STAGES
 from itcp_deploy.target import Measurement
 
 
@@ -55,13 +56,14 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
     config.validate()
     folder = RunFolder(config.out_dir).create()
     state = RunState(folder, config)
-    space = build_space(inputs.model, config.input_shape, model_spec=config.model, ignore_layers=config.ignore_layers)
+    space = build_space(inputs.model, config.input_shape, model_spec=config.model,
+                        ignore_layers=config.ignore_layers).with_removal(config.block_removal)
     if (inputs.finetune is not None and inputs.loss_fn is None
             and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note):
         raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
                          "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
     ctx = RunContext(config, folder, state, inputs, space, log or (lambda msg: None), progress)
-    for name, stage in RUN_STAGES:
+    for name, stage in (TARGET_STAGES if config.targets else RUN_STAGES):
         if state.done(name) is None:
             ctx.log(f"stage {name} ...")
             t0 = time.perf_counter()
@@ -79,6 +81,10 @@ def report_of(ctx: RunContext) -> RunReport:
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.plan import PruningPlan
 
+    if ctx.config.targets:
+        from itcp_deploy.pipeline.target_report import targets_report
+
+        return targets_report(ctx)
     c, s = ctx.config, ctx.state
     dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")
     plan = PruningPlan.load(ctx.folder.plan)

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from itcp_deploy.atomic_io import read_json
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.records import LatencyStats
 from itcp_deploy.profiling.timing import TimingConfig
@@ -111,3 +112,34 @@ def check_latency(config: GateConfig) -> GateResult:
     verdict = target.judge(Measurement(one.stats.percentile_ms(q), one.ratio), dense_ms=1.0)
     return GateResult(verdict.met, float(one.ratio), float(config.max_ratio), "ratio", q, one.stats,
                       measured.reference, one.ratio_spread)
+
+
+def run_gates(run_dir: str | Path, timing: TimingConfig | None = None) -> list[tuple[str, GateConfig]]:
+    """One gate per target of a several-target run folder (``check-latency --run OUT``), read from its
+    ``report.json``: a speed-up SLA gates the ratio to that target's dense engine, an absolute one the
+    engine's own percentile."""
+    root = Path(run_dir)
+    report = read_json(root / "report.json", "run report")
+    entries = report.get("targets") if isinstance(report, dict) else None
+    if not entries:
+        raise InputFileError(f"{root / 'report.json'} lists no targets (a one-target run)",
+                             "gate its engine with check-latency ENGINE --sla-ms or --reference/--max-ratio")
+    gates = []
+    try:
+        for t in entries:
+            sla, extra = t["sla"], {} if timing is None else {"timing": timing}
+            common = dict(engine=str(root / t["engine"]), backend=t["backend"], percentile=int(t["percentile"]),
+                          threads=int(t["threads"]), **extra)
+            gate = (GateConfig(**common, sla_ms=float(sla["sla_ms"])) if sla.get("sla_ms") is not None else
+                    GateConfig(**common, reference=str(root / t["dense_engine"]),
+                               max_ratio=1.0 / float(sla["speedup"])))
+            gates.append((str(t["name"]), gate))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise InputFileError(f"{root / 'report.json'}: a target entry is malformed ({e!r})",
+                             "rerun `itcp-deploy run` into that folder to rewrite its report") from None
+    return gates
+
+
+def check_run(run_dir: str | Path, timing: TimingConfig | None = None) -> list[tuple[str, GateResult]]:
+    """Gate every target of a run folder; each result says whether that target's engine meets its SLA."""
+    return [(name, check_latency(gate)) for name, gate in run_gates(run_dir, timing)]

@@ -44,6 +44,9 @@ class RunReport:
     perf_model_error: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
+    # a run with several targets: one entry per target (name, engine, SLA, predicted, measured, binds, ...);
+    # the single-target fields above then repeat the first target's, and ``met_sla`` is "every target met"
+    targets: list[dict] = field(default_factory=list)
 
     def save(self, out_dir: Path) -> None:
         write_json(out_dir / "report.json", asdict(self))
@@ -59,6 +62,9 @@ class RunReport:
             f"SLA {self.sla_ms:.4f} ms at p{self.percentile}; "
             f"criterion `{self.criterion}`, method `{self.method}`, {self.epochs} finetuning epoch(s).",
             "",
+            *([f"{len(self.targets)} targets, one set of weights: the table and the SLA line below are the first "
+               f"target's (`{self.targets[0]['name']}`); every target is in the Targets table.", ""]
+              if self.targets else []),
             "| | dense | pruned |",
             "|---|---|---|",
             f"| latency median (ms) | {self.dense_latency_ms:.4f} | {f['median_ms']:.4f} "
@@ -72,27 +78,54 @@ class RunReport:
             f"**SLA {'met' if self.met_sla else 'MISSED'}**: measured/SLA = {self.measured_over_sla:.3f}, "
             f"pruned/dense latency = {self.final_over_dense:.3f} (measured interleaved; with --speedup the SLA "
             "is judged on this ratio, so machine drift between stages cancels).",
-            "",
-            "## Closed loop rounds",
-            "",
-            "| round | budget (ms) | predicted (ms) | measured (ms) | measured/predicted |",
-            "|---|---|---|---|---|",
         ]
-        for r in self.rounds:
-            predicted = r["predicted_ms"]  # None for a peer method (no latency model)
-            shown, ratio = (("n/a", "n/a") if predicted is None
-                            else (f"{predicted:.4f}", f"{r['measured_ms'] / predicted:.3f}"))
-            lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {shown} | {r['measured_ms']:.4f} | {ratio} |")
+        lines += targets_markdown(self.targets, self.rounds) if self.targets else rounds_markdown(self.rounds)
         if self.perf_model_error:
             lines += ["", "## Performance model", "",
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in self.perf_model_error.items()]
         lines += ["", "## Widths", "", "| group | kept | full |", "|---|---|---|"]
-        lines += [f"| {g} | {self.widths[g]} | {self.full_widths[g]} |" for g in self.widths]
+        lines += [f"| {g} | {self.widths[g] or '0 (block removed)'} | {self.full_widths[g]} |" for g in self.widths]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        lines += ["", "Plots: `latency_pred_vs_measured.png`, `pareto.png`, `widths.png`.", ""]
+        if not self.targets:  # several targets: each has its own perf model; no single front to plot
+            lines += ["", "Plots: `latency_pred_vs_measured.png`, `pareto.png`, `widths.png`."]
+        lines.append("")
         return "\n".join(lines)
+
+
+def rounds_markdown(rounds: list[dict]) -> list[str]:
+    lines = ["", "## Closed loop rounds", "",
+             "| round | budget (ms) | predicted (ms) | measured (ms) | measured/predicted |", "|---|---|---|---|---|"]
+    for r in rounds:
+        predicted = r["predicted_ms"]  # None for a peer method (no latency model)
+        shown, ratio = (("n/a", "n/a") if predicted is None
+                        else (f"{predicted:.4f}", f"{r['measured_ms'] / predicted:.3f}"))
+        lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {shown} | {r['measured_ms']:.4f} | {ratio} |")
+    return lines
+
+
+def targets_markdown(targets: list[dict], rounds: list[dict]) -> list[str]:
+    """Every target's SLA, predicted and measured latency, verdict and whether it binds; then the rounds."""
+    lines = ["", "## Targets", "",
+             "| target | engine | SLA (ms) | predicted (ms) | measured (ms) | measured/SLA | met | binds | "
+             "engine file |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['name']} | {t['backend']} {t['precision']}, {t['input_shape']}, {t['threads']}t, "
+                     f"p{t['percentile']} | {t['sla_ms']:.4f} | {t['predicted_ms']:.4f} | {t['measured_ms']:.4f} | "
+                     f"{t['measured_over_sla']:.3f} | {'yes' if t['met'] else 'NO'} | "
+                     f"{'yes' if t['binds'] else 'no'} | `{t['engine']}` |")
+    lines += ["", "Predicted: the perf model's latency of the plan (its own units); measured: the final engine "
+              "(ratio to the dense engine, measured interleaved, x the dense latency for a speed-up SLA). Binds: "
+              "the plan's predicted cost is within 2% of that target's budget (the constraint that stops the "
+              "plan from keeping more channels).", "", "## Closed loop rounds", "",
+              "| round | plan (verdict) | score | target | budget (ms) | predicted (ms) | measured (ms) | aim (ms) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        plan = r.get("kind", "vector plan") + (f" ({r['verdict']})" if r.get("verdict") else "")
+        lines += [f"| {r['round']} | {plan} | {r['score']:.4g} | {t['name']} | {t['budget_ms']:.4f} | "
+                  f"{t['predicted_ms']:.4f} | {t['measured_ms']:.4f} | {t['aim_ms']:.4f} |" for t in r["targets"]]
+    return lines
 
 
 def _save_figure(fig, path: Path) -> None:

@@ -54,12 +54,14 @@ class ModelInputs:
         return self._cache[:n]
 
     def accuracy(self, model: nn.Module) -> float | None:
-        """Top-1 accuracy (%) on ``eval_loader``, or None (no test set, or a custom loss: not a classifier)."""
+        """Top-1 accuracy (%) on ``eval_loader``, or None (no test set, a custom loss, or outputs that are not
+        classification logits, e.g. a segmentation model's dict of maps)."""
         if self.eval_loader is None or self.loss_fn is not None:
             return None
         from itcp_deploy.train import evaluate
 
-        return float(evaluate(model, self.eval_loader)["accuracy"])
+        accuracy = evaluate(model, self.eval_loader)["accuracy"]
+        return None if accuracy is None else float(accuracy)
 
 
 def _checked_batch(batch: Any, index: int) -> tuple[Any, Any]:

@@ -183,11 +183,12 @@ def stage_dense(ctx: RunContext) -> dict:
 
 def stage_profile(ctx: RunContext) -> dict:
     c = ctx.config
+    space = ctx.space.with_removal(False)  # engines are profiled at widths > 0; removal costs 0 (on_space)
     if c.profile.profile_path:
-        profile = obtain_profile(ctx.inputs.model, ctx.space, c.engine, c.profile, ctx.folder.profile, ctx.log)
+        profile = obtain_profile(ctx.inputs.model, space, c.engine, c.profile, ctx.folder.profile, ctx.log)
         profile.save(ctx.folder.profile)
         return {"builds": profile.builds, "reused": c.profile.profile_path}
-    profile, summary = profile_engines(ctx.inputs.model, ctx.space, c.engine, c.profile, seed=c.seed,
+    profile, summary = profile_engines(ctx.inputs.model, space, c.engine, c.profile, seed=c.seed,
                                        progress=ctx.progress)
     profile.save(ctx.folder.profile)
     return {"builds": profile.builds, "builds_new": summary.builds_new, "noise_pct": summary.noise_pct,
@@ -195,14 +196,17 @@ def stage_profile(ctx: RunContext) -> dict:
 
 
 def stage_fit(ctx: RunContext) -> dict:
+    """Fit (or reuse) the perf model, then put it on the run's space (width 0 where blocks may be removed)."""
+    from itcp_deploy.perfmodel.model import on_space
     from itcp_deploy.profiling.records import Profile
 
     settings = ctx.config.profile
     if settings.perf_model_path:
         model = reuse_perf_model(Path(settings.perf_model_path), ctx.config.engine, settings)
-        model.save(ctx.folder.perf_model)
     else:
         model = fit_perf_model(Profile.load(ctx.folder.profile), settings, ctx.folder.perf_model)
+    model = on_space(model, ctx.space)
+    model.save(ctx.folder.perf_model)
     return {"report": asdict(model.report) if model.report else None}
 
 

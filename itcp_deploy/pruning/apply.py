@@ -24,6 +24,7 @@ from itcp_deploy.pruning.importance import (
     accumulate_gradients,
     group_importance,
 )
+from itcp_deploy.pruning.removal import is_removed, remove_branches
 from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
@@ -100,7 +101,8 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     Args:
         model: The unpruned network the space was built from (left untouched).
         space: Its pruning space.
-        widths: Group name -> kept width (a candidate); missing groups stay at full width.
+        widths: Group name -> kept width (a candidate); missing groups stay at full width; width 0 (a
+            candidate of a removable group, :mod:`~itcp_deploy.pruning.removal`) removes its residual branch.
         importance: A criterion name in ``IMPORTANCE``, or precomputed vectors from :func:`channel_importance`
             (fast path when many plans are applied to one model). Defaults to ``l1``.
         loader: ``(images, labels)`` batches for gradient-based criteria (``taylor``).
@@ -130,9 +132,11 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
         if imp is None or len(imp) != g.full_width:
             raise UsageError(f"no importance vector of length {g.full_width} for group {g.name!r}",
                              "compute it with channel_importance(model, space)")
-        keep = set(keep_indices(imp, plan[g.name], conv_multiple(model, g)).tolist())
+        # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
+        keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
         drop = [i for i in range(g.full_width) if i not in keep]
         root_group(graph, pruned, g.name, drop).prune(record_history=False)
+    remove_branches(pruned, space, {g.name for g in targets if plan[g.name] == 0})
     restore_requires_grad(pruned, flags)
     for p in pruned.parameters():
         p.grad = None
@@ -145,7 +149,7 @@ def pruned_layer_widths(model: nn.Module, space: PruningSpace) -> dict[str, tupl
     for layer in space.layers:
         m = model.get_submodule(layer.name)
         out[layer.name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
-                           else (m.in_channels, m.out_channels))
+                           else (0, m.out_channels) if is_removed(m) else (m.in_channels, m.out_channels))
     return out
 
 

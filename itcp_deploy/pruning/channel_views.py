@@ -9,6 +9,13 @@ leaves exactly those nodes alone, and :func:`crosses_channel_view` tells the cal
 one: those groups keep their width (the rest of the network, e.g. each ShuffleNet branch's inner channels,
 stays prunable). Other users of TP in the process are unaffected: only graphs that carry a recorded set skip.
 
+TP also maps a reshape as a flatten whenever the channel counts it infers on both sides differ, with a stride
+of their ratio. That is right only for ``(N, C, H, W) -> (N, C*H*W)`` into a Linear (or back). Attention
+reshapes are not flattens: a 4-D ``matmul`` (Swin, MaxViT) views attention maps inside aten, where no Python
+call shows them, and TP's stride mapping multiplied index lists by the head dim at every block (13.5 GB for
+swin_t). So the recorder keeps the shapes of every view, a stride mapping survives only on a verified flatten,
+and any other reshape it was put on counts as a channel view (unmapped; the groups through it keep width).
+
 The same blocks split channels with ``x.chunk(2, dim=1)``. TP 1.6 reads a chunk's sizes from autograd only
 under an attribute name older torch used (``_saved_self_sizes``, now ``_saved_self_sym_sizes``) and otherwise
 guesses them from the layers that read each part, which fails when a part goes straight into a concatenation
@@ -27,6 +34,7 @@ from torch_pruning import ops
 from torch_pruning.dependency import index_mapping, shape_infer
 
 _ATTR = "_itcp_channel_views"
+_SHAPES = "_itcp_view_shapes"
 
 
 def _splits_or_merges_channels(a: torch.Size, b: torch.Size) -> bool:
@@ -37,17 +45,26 @@ def _splits_or_merges_channels(a: torch.Size, b: torch.Size) -> bool:
             and tuple(b[3:]) == tuple(a[2:]))
 
 
+def _flattens_feature_maps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """(N, C, H, W) -> (N, C*H*W) or back: the one reshape TP's stride mapping describes."""
+    if len(a) == 2 and len(b) == 4:
+        a, b = b, a
+    return len(a) == 4 and len(b) == 2 and a[0] == b[0] and a[1] * a[2] * a[3] == b[1]
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.grad_fns: set = set()
+        self.shapes: dict = {}  # autograd node -> (input shape, output shape), for TP's reshape mapping
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         x = args[0] if args else None
-        if (isinstance(result, torch.Tensor) and isinstance(x, torch.Tensor) and result.grad_fn is not None
-                and _splits_or_merges_channels(x.shape, result.shape)):
-            self.grad_fns.add(result.grad_fn)
+        if isinstance(result, torch.Tensor) and isinstance(x, torch.Tensor) and result.grad_fn is not None:
+            self.shapes[result.grad_fn] = (tuple(x.shape), tuple(result.shape))
+            if _splits_or_merges_channels(x.shape, result.shape):
+                self.grad_fns.add(result.grad_fn)
         return result
 
 
@@ -57,6 +74,7 @@ def record_channel_views(graph: tp.DependencyGraph) -> Iterator[None]:
     _install()
     recorder = _Recorder()
     setattr(graph, _ATTR, recorder.grad_fns)
+    setattr(graph, _SHAPES, recorder.shapes)
     with recorder:
         yield
 
@@ -77,6 +95,18 @@ def _chunk_sizes(grad_fn, parts: int) -> list[int] | None:
     return sizes if len(sizes) == parts else None
 
 
+def _drop_stride_mappings(node) -> bool:
+    """Remove the flatten (stride) index mappings TP put on a reshape node's edges; whether there were any."""
+    edges = list(node.dependencies)
+    for other in (*node.inputs, *node.outputs):
+        edges += [dep for dep in other.dependencies if dep.target is node]
+    found = False
+    for dep in edges:
+        if isinstance(dep.index_mapping[0], index_mapping._FlattenIndexMapping):
+            dep.index_mapping[0], found = None, True
+    return found
+
+
 def _install() -> None:
     """Wrap TP's reshape index mapping and split-size inference once (see the module docstring)."""
     original = index_mapping.update_reshape_index_mapping
@@ -95,9 +125,16 @@ def _install() -> None:
                 node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
 
     def update_reshape_index_mapping(graph, reshape_node):
-        if reshape_node.grad_fn in getattr(graph, _ATTR, ()):
+        views = getattr(graph, _ATTR, None)
+        if views is None:
+            return original(graph, reshape_node)
+        if reshape_node.grad_fn in views:
             return None
-        return original(graph, reshape_node)
+        original(graph, reshape_node)
+        shapes = getattr(graph, _SHAPES, {}).get(reshape_node.grad_fn)  # None: a view inside an aten op
+        if (shapes is None or not _flattens_feature_maps(*shapes)) and _drop_stride_mappings(reshape_node):
+            views.add(reshape_node.grad_fn)  # TP took it for a flatten, but it is not one: groups keep width
+        return None
 
     update_reshape_index_mapping._itcp_wrapped = True  # type: ignore[attr-defined]
     index_mapping.update_reshape_index_mapping = update_reshape_index_mapping

@@ -91,5 +91,5 @@ def load_pruned(state_dict_path: str | os.PathLike[str],
             base = create_model(plan.model, num_classes=int(state[head].shape[0]), weights=weights,
                                 trust_code=trust_code)
             space = build_space(base, plan.input_shape, model_spec=plan.model, grid=_ANY_WIDTH)
-    pruned = apply_widths(base, space, {k: v for k, v in plan.widths.items() if k != OUTPUT_GROUP})
+    pruned = apply_widths(base, space.with_removal(), {k: v for k, v in plan.widths.items() if k != OUTPUT_GROUP})
     return load_state_dict_checked(pruned, state, str(path))

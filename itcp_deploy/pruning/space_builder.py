@@ -24,7 +24,16 @@ from torch import nn
 
 from itcp_deploy.engines.device import channel_block
 from itcp_deploy.errors import UsageError
-from itcp_deploy.pruning.tracing import PRUNABLE_LAYERS, TracedGroup, trace, traced_groups, traced_layers
+from itcp_deploy.pruning.removal import removable_groups
+from itcp_deploy.pruning.runnable import keep_unrunnable
+from itcp_deploy.pruning.tracing import (
+    PRUNABLE_LAYERS,
+    TracedGroup,
+    restore_requires_grad,
+    trace,
+    traced_groups,
+    traced_layers,
+)
 from itcp_deploy.space import INPUT_GROUP, OUTPUT_GROUP, CandidateGrid, ChannelGroup, LayerSpec, PruningSpace
 
 
@@ -66,6 +75,30 @@ def _record_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
             h.remove()
         model.train(training)
     return sizes
+
+
+def _constant_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> set[str]:
+    """Conv/Linear layers whose input does not depend on the network's input (Swin V2's position-bias MLP
+    reads a fixed coordinate table): Torch-Pruning's trace may miss them, and they keep their widths.
+    Found by a forward in which only the input requires grad."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    constant: set[str] = set()
+    hooks = [module.register_forward_hook(lambda _m, inputs, _o, name=name: constant.add(name)
+                                          if not inputs[0].requires_grad else None)
+             for name, module in model.named_modules() if isinstance(module, PRUNABLE_LAYERS)]
+    training = model.training
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            model(torch.zeros(*input_shape, requires_grad=True))
+    finally:
+        for h in hooks:
+            h.remove()
+        restore_requires_grad(model, flags)
+        model.train(training)
+    return constant
 
 
 def _channel_group(g: TracedGroup, name: str, grid: CandidateGrid, fixed: bool) -> ChannelGroup:
@@ -194,7 +227,10 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
             ``ignored_layers`` does. A pattern also matches the layers inside a matched module.
 
     Returns:
-        The pruning space: groups (``input`` and ``output`` fixed), candidates, one LayerSpec per layer run.
+        The pruning space: groups (``input`` and ``output`` fixed), candidates, one LayerSpec per layer run;
+        residual branches' inner groups marked ``removable`` (width 0 is a candidate only after
+        :meth:`~itcp_deploy.space.PruningSpace.with_removal`). Groups the model's forward cannot run pruned
+        are fixed (:mod:`~itcp_deploy.pruning.runnable`).
 
     Raises:
         UsageError: TP cannot trace the model, it has no prunable Conv/Linear layer, or an ignore pattern
@@ -210,13 +246,18 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
         raise UsageError(f"{model_spec} has no Conv or Linear layer Torch-Pruning can prune",
                          "pass a CNN whose layers are torch.nn.Conv2d / torch.nn.Linear modules")
     seen = traced_layers(graph)
-    for name, module in model.named_modules():
-        if name in sizes and module not in seen:
+    missing = [name for name, module in model.named_modules() if name in sizes and module not in seen]
+    constant = _constant_input_layers(model, shape) if missing else set()
+    for name in missing:
+        if name not in constant:  # a constant-input layer (position-bias MLP) keeps its widths; others refuse
             raise _untraced(model_spec, name, "is missing from Torch-Pruning's graph")
     layers, groups = _layer_groups(model, traced, _space_groups(traced, shape, grid, ignored), sizes)
     _check_widths(model_spec, groups, layers)
-    return PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
-                        grid=grid, ignore_layers=tuple(ignore_layers))
+    space = PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
+                         grid=grid, ignore_layers=tuple(ignore_layers))
+    removable = removable_groups(graph, model, space)
+    space = replace(space, groups=tuple(replace(g, removable=g.name in removable) for g in space.groups))
+    return keep_unrunnable(model, space)
 
 
 def build_space_from_spec(spec: str, input_shape: tuple[int, int, int, int], *,

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from itcp_deploy.pruning.importance import Batch, accumulate_gradients
+from itcp_deploy.pruning.removal import is_removed
 from itcp_deploy.pruning.tracing import restore_requires_grad
 from itcp_deploy.space import OUTPUT_GROUP, PruningSpace
 
@@ -83,6 +84,9 @@ def group_widths(model: nn.Module, space: PruningSpace) -> dict[str, int]:
     out = {}
     for g in space.prunable:
         m = model.get_submodule(g.name)
+        if is_removed(m):
+            out[g.name] = 0
+            continue
         assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))  # the space's layers are convs and linears
         out[g.name] = m.out_features if isinstance(m, nn.Linear) else m.out_channels
     return out

@@ -124,9 +124,11 @@ def search_knapsack_linear(inputs: SearchInputs, budget_ms: float, bins: int = 1
 
 
 def importance_from_scores(candidates: tuple[int, ...], scores: np.ndarray) -> np.ndarray:
-    """Per-channel importance implied by candidate scores: each step's score gain spread over its channels."""
-    widths = np.concatenate([[0], candidates])
-    gains = np.diff(np.concatenate([[0.0], np.asarray(scores, dtype=float)]))
+    """Per-channel importance implied by candidate scores: each step's score gain spread over its channels
+    (a width-0 candidate, a removed block, is left out: the steps start at 0 channels anyway)."""
+    kept = np.asarray(candidates) > 0
+    widths = np.concatenate([[0], np.asarray(candidates)[kept]])
+    gains = np.diff(np.concatenate([[0.0], np.asarray(scores, dtype=float)[kept]]))
     per = np.maximum(gains, 0.0) / np.diff(widths)
     return np.repeat(per, np.diff(widths))
 

@@ -6,6 +6,7 @@ nccl CUDA. Only rank 0 writes files; metrics are summed over ranks before they a
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -84,7 +85,10 @@ def shutdown() -> None:
     """Leave the process group, if one was joined (call once at the end of a torchrun process).
 
     The barrier first: a rank that tears gloo down while its peer still has a collective in flight aborts
-    ("terminate called without an active exception", seen under CPU load in CI)."""
+    ("terminate called without an active exception", seen under CPU load in CI). Collect garbage before it:
+    a DDP reducer left in a reference cycle would otherwise be freed at interpreter exit, after the group is gone,
+    with gloo work still attached (pytorch/pytorch#179291 describes that abort)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_path
-from itcp_deploy.engines.base import EngineOptions
+from itcp_deploy.engines.base import EngineOptions, OnnxBuilder
 from itcp_deploy.errors import InputFileError, MissingDependencyError, UsageError
 
 ORIGINAL = "model.onnx"
@@ -88,7 +88,7 @@ def open_session(path: Path, so, options: EngineOptions):
         ) from err
 
 
-class SessionFromOnnx:
+class SessionFromOnnx(OnnxBuilder):
     """Build an onnxruntime artifact directory from an ONNX file; call it to build.
 
     Example::
@@ -97,14 +97,7 @@ class SessionFromOnnx:
         # engines/ort/ab12/model.onnx (copy of the input), engines/ort/ab12/model.opt.onnx (optimised)
     """
 
-    def __init__(self, onnx_path: str | os.PathLike[str], artifact_dir: Path, options: EngineOptions) -> None:
-        self.onnx_path = Path(onnx_path)
-        self.artifact_dir = Path(artifact_dir)
-        self.options = options
-
-    def __call__(self) -> Path:
-        if not self.onnx_path.is_file():
-            raise InputFileError(f"ONNX file {self.onnx_path} does not exist", "check the path")
+    def _build(self) -> None:
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.artifact_dir / ORIGINAL) as tmp:
             shutil.copyfile(self.onnx_path, tmp)
@@ -112,4 +105,3 @@ class SessionFromOnnx:
             so = session_options(self.options)
             so.optimized_model_filepath = os.fspath(tmp)
             open_session(self.artifact_dir / ORIGINAL, so, self.options)
-        return self.artifact_dir

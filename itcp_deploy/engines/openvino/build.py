@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_write
-from itcp_deploy.engines.base import EngineOptions
+from itcp_deploy.engines.base import EngineOptions, OnnxBuilder
 from itcp_deploy.engines.lazy_import import require
 from itcp_deploy.errors import InputFileError, UsageError
 
@@ -82,7 +82,7 @@ def compile_file(path: Path, options: EngineOptions, profiling: bool = False):
         ) from err
 
 
-class CompiledModelFromOnnx:
+class CompiledModelFromOnnx(OnnxBuilder):
     """Build an OpenVINO artifact directory (``model.blob``) from an ONNX file; call it to build.
 
     Example::
@@ -91,16 +91,8 @@ class CompiledModelFromOnnx:
         # engines/ov/ab12/model.blob, loaded by OvRunner
     """
 
-    def __init__(self, onnx_path: str | os.PathLike[str], artifact_dir: Path, options: EngineOptions) -> None:
-        self.onnx_path = Path(onnx_path)
-        self.artifact_dir = Path(artifact_dir)
-        self.options = options
-
-    def __call__(self) -> Path:
-        if not self.onnx_path.is_file():
-            raise InputFileError(f"ONNX file {self.onnx_path} does not exist", "check the path")
+    def _build(self) -> None:
         blob = compile_file(self.onnx_path, self.options).export_model()
         data = blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob)
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.artifact_dir / BLOB, lambda f: f.write(data))
-        return self.artifact_dir

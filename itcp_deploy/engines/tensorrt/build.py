@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_write
-from itcp_deploy.engines.base import EngineOptions
+from itcp_deploy.engines.base import OnnxBuilder
 from itcp_deploy.engines.lazy_import import require, require_cuda
 from itcp_deploy.errors import InputFileError
 
@@ -51,17 +51,10 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
     return network, parser
 
 
-class EngineFromOnnx:
+class EngineFromOnnx(OnnxBuilder):
     """Build a TensorRT engine from an ONNX file into ``artifact_dir/engine.plan``; call it to build."""
 
-    def __init__(self, onnx_path: str | os.PathLike[str], artifact_dir: Path, options: EngineOptions) -> None:
-        self.onnx_path = Path(onnx_path)
-        self.artifact_dir = Path(artifact_dir)
-        self.options = options
-
-    def __call__(self) -> Path:
-        if not self.onnx_path.is_file():
-            raise InputFileError(f"ONNX file {self.onnx_path} does not exist", "check the path")
+    def _build(self) -> None:
         trt = load_tensorrt()
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
@@ -84,4 +77,3 @@ class EngineFromOnnx:
             atomic_write(cache_path, lambda f: f.write(bytes(timing)))
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.artifact_dir / PLAN, lambda f: f.write(bytes(plan)))
-        return self.artifact_dir
