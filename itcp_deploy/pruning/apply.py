@@ -25,7 +25,7 @@ from itcp_deploy.pruning.importance import (
     group_importance,
 )
 from itcp_deploy.pruning.removal import is_removed, remove_branches
-from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
+from itcp_deploy.pruning.tracing import free_graphs, restore_requires_grad, root_group, trace
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
 DEFAULT_GRADIENT_BATCHES = 4
@@ -88,7 +88,11 @@ def channel_importance(model: nn.Module, space: PruningSpace, importance: str = 
     IMPORTANCE.get(importance)
     work = copy.deepcopy(model)
     graph = trace(work, space.input_shape, space.model)
-    return _importances(graph, work, list(space.prunable), importance, loader, num_batches, loss_fn)
+    try:
+        return _importances(graph, work, list(space.prunable), importance, loader, num_batches, loss_fn)
+    finally:
+        del graph, work
+        free_graphs()
 
 
 def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int], *,
@@ -125,17 +129,21 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
         return pruned
     flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
     graph = trace(pruned, space.input_shape, space.model)
-    scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn) if isinstance(importance, str)
-              else importance)
-    for g in targets:
-        imp = scores.get(g.name)
-        if imp is None or len(imp) != g.full_width:
-            raise UsageError(f"no importance vector of length {g.full_width} for group {g.name!r}",
-                             "compute it with channel_importance(model, space)")
-        # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
-        keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
-        drop = [i for i in range(g.full_width) if i not in keep]
-        root_group(graph, pruned, g.name, drop).prune(record_history=False)
+    try:
+        scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn)
+                  if isinstance(importance, str) else importance)
+        for g in targets:
+            imp = scores.get(g.name)
+            if imp is None or len(imp) != g.full_width:
+                raise UsageError(f"no importance vector of length {g.full_width} for group {g.name!r}",
+                                 "compute it with channel_importance(model, space)")
+            # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
+            keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
+            drop = [i for i in range(g.full_width) if i not in keep]
+            root_group(graph, pruned, g.name, drop).prune(record_history=False)
+    finally:
+        del graph
+        free_graphs()
     remove_branches(pruned, space, {g.name for g in targets if plan[g.name] == 0})
     restore_requires_grad(pruned, flags)
     for p in pruned.parameters():

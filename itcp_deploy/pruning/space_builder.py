@@ -29,6 +29,7 @@ from itcp_deploy.pruning.runnable import keep_unrunnable
 from itcp_deploy.pruning.tracing import (
     PRUNABLE_LAYERS,
     TracedGroup,
+    free_graphs,
     restore_requires_grad,
     trace,
     traced_groups,
@@ -256,6 +257,8 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
     space = PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
                          grid=grid, ignore_layers=tuple(ignore_layers))
     removable = removable_groups(graph, model, space)
+    del graph
+    free_graphs()  # the trace's saved activations, before keep_unrunnable's pruned forwards
     space = replace(space, groups=tuple(replace(g, removable=g.name in removable) for g in space.groups))
     return keep_unrunnable(model, space)
 

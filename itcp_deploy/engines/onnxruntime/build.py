@@ -15,7 +15,7 @@ from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.base import EngineOptions, OnnxBuilder
-from itcp_deploy.errors import InputFileError, MissingDependencyError, UsageError
+from itcp_deploy.errors import InputFileError, ItcpError, MissingDependencyError, UsageError
 
 ORIGINAL = "model.onnx"
 OPTIMIZED = "model.opt.onnx"
@@ -80,12 +80,24 @@ def open_session(path: Path, so, options: EngineOptions):
     try:
         return ort.InferenceSession(os.fspath(path), so, providers=providers(options))
     except load_errors as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputFileError(
-            f"onnxruntime cannot load {path}: {first[:300]}",
-            "check that the file is a valid ONNX model whose operators this onnxruntime "
-            "supports at this precision (few fp16 kernels exist on the CPU provider)",
-        ) from err
+        raise _load_error(path, err) from err
+
+
+def _load_error(path: Path, err: Exception) -> ItcpError:
+    """One line for a failed load. The path is said once (onnxruntime repeats it, and a long path used to
+    push the cause past the cut), and running out of memory is not blamed on the file."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first.replace(os.fspath(path), "<model>")
+    if "bad_alloc" in first:
+        size_mb = path.stat().st_size / 1e6 if path.exists() else 0.0
+        return ItcpError(f"onnxruntime ran out of memory loading {path} ({size_mb:.0f} MB): {first[:200]}",
+                         "free memory (fewer engines open at once, a smaller model or input) or raise the "
+                         "process's memory limit")
+    return InputFileError(
+        f"onnxruntime cannot load {path}: {first[:300]}",
+        "check that the file is a valid ONNX model whose operators this onnxruntime "
+        "supports at this precision (few fp16 kernels exist on the CPU provider)",
+    )
 
 
 class SessionFromOnnx(OnnxBuilder):
