@@ -4,6 +4,8 @@
 - dense concatenation (DenseNet): a layer reading several groups crashed the profile design (KeyError);
 - grouped convs (ResNeXt, RegNet): candidate widths stepped by 8 x groups, so groups were barely prunable;
 - a dense-prediction output (a dict of maps): no classification loss for the taylor score;
+- a channel concatenation deep in a network (Swin-S's patch merging after 18 blocks): TP's size inference
+  gave up (None) and added None to an int while tracing;
 - a large model (VGG, 0.5 GB a copy): every pruned copy stayed in memory (TP's cyclic graph) until the
   profile's ONNX Runtime loads failed with bad_alloc, reported as a file onnxruntime "cannot load".
 """
@@ -249,6 +251,32 @@ def test_a_constant_input_subnetwork_keeps_its_width_instead_of_refusing(tmp_pat
     assert "features.1.0.mlp.0" in {g.name for g in space.prunable}
     pruned = apply_widths(net, space, _min_widths(space)).eval()
     assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+class LongChainConcat(nn.Module):
+    """Slices concatenated along channels after a 600-op chain: past TP's 500-step size inference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mid, self.head, self.fc = _cbr(3, 8, 3), _cbr(8, 16), _cbr(32, 8), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.stem(x))
+        for _ in range(600):
+            h = h * 1.0
+        merged = torch.cat([h[:, :, 0::2], h[:, :, 1::2]], 1)
+        return self.fc(F.adaptive_avg_pool2d(self.head(merged), 1).flatten(1))
+
+
+def test_a_concatenation_past_tps_size_inference_traces_with_recorded_sizes(tmp_path):
+    """swin_s failed at groups ("unsupported operand type(s) for +: 'int' and 'NoneType'") where swin_t
+    passed: TP's walk to a concatenation's input sizes gave up. The sizes are now recorded at the cat."""
+    net = LongChainConcat().eval()
+    shape = (1, 3, 16, 16)
+    space = build_space(net, shape)
+    assert {g.name for g in space.prunable} == {"stem.0", "head.0"}
+    pruned = apply_widths(net, space, _min_widths(space)).eval()
+    assert pruned.stem[0].out_channels < 8 and _parity(pruned, shape, tmp_path) < 1e-4
 
 
 def test_a_pruned_copy_is_freed_when_dropped_not_at_some_later_collection():

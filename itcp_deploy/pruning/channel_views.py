@@ -20,6 +20,11 @@ The same blocks split channels with ``x.chunk(2, dim=1)``. TP 1.6 reads a chunk'
 under an attribute name older torch used (``_saved_self_sizes``, now ``_saved_self_sym_sizes``) and otherwise
 guesses them from the layers that read each part, which fails when a part goes straight into a concatenation
 (wrong offsets, an ``IndexError`` later). For the graphs traced here the chunk sizes are read from autograd.
+
+Concatenations likewise: TP infers each input's size by walking the graph, gives up past a recursion depth
+(``None``), and then adds ``None`` to an int (``TypeError`` tracing swin_s, whose 18-block stage is deeper than
+swin_t's). The recorder notes the sizes along the concatenated dimension of every ``torch.cat`` it sees, and
+TP uses those. A concatenation whose sizes are still unknown is left unmapped: the groups through it keep width.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from torch_pruning.dependency import index_mapping, shape_infer
 
 _ATTR = "_itcp_channel_views"
 _SHAPES = "_itcp_view_shapes"
+_CATS = "_itcp_concat_sizes"
+_CONCATS = (torch.cat, torch.concat, torch.concatenate)
 
 
 def _splits_or_merges_channels(a: torch.Size, b: torch.Size) -> bool:
@@ -57,9 +64,14 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.grad_fns: set = set()
         self.shapes: dict = {}  # autograd node -> (input shape, output shape), for TP's reshape mapping
+        self.concats: dict = {}  # autograd node of a torch.cat -> sizes of its traced inputs along its dim
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
+        if func in _CONCATS and isinstance(result, torch.Tensor) and result.grad_fn is not None:
+            dim = (kwargs or {}).get("dim", args[1] if len(args) > 1 else 0)
+            # TP's node has an input for each part with an autograd node (leaves and constants have none)
+            self.concats[result.grad_fn] = [int(t.shape[dim]) for t in args[0] if t.grad_fn is not None]
         x = args[0] if args else None
         if isinstance(result, torch.Tensor) and isinstance(x, torch.Tensor) and result.grad_fn is not None:
             self.shapes[result.grad_fn] = (tuple(x.shape), tuple(result.shape))
@@ -75,6 +87,7 @@ def record_channel_views(graph: tp.DependencyGraph) -> Iterator[None]:
     recorder = _Recorder()
     setattr(graph, _ATTR, recorder.grad_fns)
     setattr(graph, _SHAPES, recorder.shapes)
+    setattr(graph, _CATS, recorder.concats)
     with recorder:
         yield
 
@@ -138,4 +151,26 @@ def _install() -> None:
 
     update_reshape_index_mapping._itcp_wrapped = True  # type: ignore[attr-defined]
     index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
+    index_mapping.update_concat_index_mapping = _concat_mapping(index_mapping.update_concat_index_mapping)
     shape_infer.init_shape_information = init_shape_information
+
+
+def _concat_mapping(original):
+    """TP's concatenation mapping, fed the recorded sizes; unknown sizes leave the node unmapped."""
+    def update_concat_index_mapping(graph, cat_node):
+        views = getattr(graph, _ATTR, None)
+        if views is None or cat_node.type != ops.OPTYPE.CONCAT:
+            return original(graph, cat_node)
+        sizes = getattr(graph, _CATS, {}).get(cat_node.grad_fn)
+        if cat_node.module.concat_sizes is None and sizes and len(sizes) == len(cat_node.inputs):
+            cat_node.module.concat_sizes = sizes
+        try:
+            original(graph, cat_node)
+        except TypeError:  # TP adds an input size it could not infer (None) to an int
+            if None not in (cat_node.module.concat_sizes or ()):
+                raise
+        if None in (cat_node.module.concat_sizes or ()):
+            views.add(cat_node.grad_fn)  # left unmapped: the groups through it keep their width
+        return None
+
+    return update_concat_index_mapping
