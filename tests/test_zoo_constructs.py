@@ -328,3 +328,18 @@ def test_onnxruntime_running_out_of_memory_is_said_not_blamed_on_the_file(tmp_pa
     out = subprocess.run([sys.executable, "-c", _LOAD_UNDER_CAP, str(tmp_path / "big.onnx"), str(tmp_path / "art")],
                          capture_output=True, text=True, timeout=120).stdout
     assert "ran out of memory loading" in out and "\n" not in out.strip(), out
+
+
+@pytest.mark.parametrize("message", ["std::bad_alloc", "Could not allocate bytes object!"])
+def test_an_export_that_runs_out_of_memory_says_so(monkeypatch, tmp_path, message):
+    """ViT-L's export under the sweep's cap said "replace the unsupported operation or try another --opset"
+    for a std::bad_alloc (both messages are what torch raised in the sweep)."""
+    from itcp_deploy.errors import ItcpError
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch.onnx, "export", out_of_memory)
+    with pytest.raises(ItcpError, match="ran out of memory") as info:
+        export_onnx(nn.Conv2d(3, 4, 1), (1, 3, 8, 8), tmp_path / "m.onnx", verify=False)
+    assert "--opset" not in str(info.value)
