@@ -343,3 +343,22 @@ def test_an_export_that_runs_out_of_memory_says_so(monkeypatch, tmp_path, messag
     with pytest.raises(ItcpError, match="ran out of memory") as info:
         export_onnx(nn.Conv2d(3, 4, 1), (1, 3, 8, 8), tmp_path / "m.onnx", verify=False)
     assert "--opset" not in str(info.value)
+
+
+def test_group_queries_reuse_the_index_mapping_until_a_pruning_changes_a_shape(monkeypatch):
+    """TP remapped the whole graph on every group query: swin_s spent 95% of build_space there and ran out
+    of the sweep's CPU cap. A pass now runs only when a parameter's shape changed since the last one."""
+    from torch_pruning.dependency import index_mapping
+
+    from itcp_deploy.pruning.tracing import root_group, trace, traced_groups
+
+    net = ShuffleNet().eval()
+    graph = trace(net, (1, 3, 16, 16), "shufflenet")
+    passes = []
+    monkeypatch.setattr(index_mapping, "update_reshape_index_mapping",
+                        lambda g, node, inner=index_mapping.update_reshape_index_mapping: passes.append(
+                            node) or inner(g, node))
+    assert len(traced_groups(graph, net)) > 3 and passes == []
+    root_group(graph, net, "stem.0", [0]).prune(record_history=False)
+    root_group(graph, net, "head.0", [0])
+    assert passes  # the pruning changed shapes: the next query remapped
