@@ -278,3 +278,31 @@ def test_a_layer_the_trace_misreads_keeps_what_it_touches_and_the_rest_prunes(tm
     pruned = apply_widths(net, space, _min_widths(space)).eval()
     assert pruned.stem[0].out_channels == pruned.conv3.out_channels == space.group("stem.0").candidates[0] < 16
     assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+class GainConv(nn.Conv2d):
+    """A conv with a parameter of its own per output channel, as timm's ScaledStdConv2d (NF-ResNets)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.gain, self.bias, self.stride, self.padding)
+
+
+def test_a_conv_subclass_with_per_channel_parameters_prunes_them_with_its_channels(tmp_path):
+    """timm's NF-ResNets had no prunable group: Torch-Pruning cut weight and bias but not `gain`, so every
+    pruned forward failed and every group was kept whole. The extra parameters are now cut with the channels,
+    and compensation leaves such a layer alone (its forward is not a plain linear map of its weight)."""
+    from itcp_deploy.pruning.compensate import _refittable
+
+    net = nn.Sequential(GainConv(3, 16), nn.ReLU(), GainConv(16, 16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(16, 5)).eval()
+    shape = (1, 3, 16, 16)
+    space = build_space(net, shape)
+    assert {g.name for g in space.prunable} == {"0", "2"}
+    pruned = apply_widths(net, space, {"0": 8, "2": 4}).eval()
+    assert pruned[0].gain.shape[0] == pruned[0].out_channels == 8 and pruned[2].gain.shape[0] == 4
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+    assert not _refittable(net[0]) and _refittable(nn.Conv2d(3, 4, 1))
