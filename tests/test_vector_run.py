@@ -64,6 +64,10 @@ def test_each_target_gets_its_engine_and_its_measured_verdict(two_targets):
     # each target profiled under its own cache key: two profiles of different batches and backends
     profiles = [json.loads((out / "targets" / n / "profile.json").read_text()) for n in ("edge", "server")]
     assert profiles[0]["backend"] != profiles[1]["backend"]
+    png = b"\x89PNG\r\n\x1a\n"  # the widths plot, and each target's held-out check next to its profile
+    held_out = [out / "targets" / n / "latency_pred_vs_measured.png" for n in ("edge", "server")]
+    for path in (out / "widths.png", *held_out):
+        assert path.read_bytes()[:8] == png, path
 
 
 def test_check_latency_gates_every_target_of_the_run(two_targets):

@@ -242,3 +242,67 @@ def test_a_constant_input_subnetwork_keeps_its_width_instead_of_refusing(tmp_pat
     assert "features.1.0.mlp.0" in {g.name for g in space.prunable}
     pruned = apply_widths(net, space, _min_widths(space)).eval()
     assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+class Res2Block(nn.Module):
+    """Res2Net's hierarchical split: each chunk's conv output is added to the next chunk before its conv."""
+
+    def __init__(self, width: int = 4, scale: int = 3) -> None:
+        super().__init__()
+        self.width = width
+        self.stem = _cbr(3, 16, 3)
+        self.conv1 = _cbr(16, width * scale)
+        self.convs = nn.ModuleList(_cbr(width, width, 3) for _ in range(scale - 1))
+        self.conv3 = nn.Conv2d(width * scale, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        chunks = torch.split(self.conv1(x), self.width, 1)
+        outs, sp = [], chunks[0]
+        for i, conv in enumerate(self.convs):
+            sp = conv(chunks[i] if i == 0 else sp + chunks[i])
+            outs.append(sp)
+        out = F.relu(self.conv3(torch.cat([*outs, chunks[-1]], 1)) + x)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def test_a_layer_the_trace_misreads_keeps_what_it_touches_and_the_rest_prunes(tmp_path):
+    """timm's Res2Net (and MixNet, GhostNet, DPN) refused: a split chunk added to a conv's output put the
+    4-channel conv in the 12-channel group of the split. That layer now writes its own fixed group and every
+    group it touches keeps its width; the residual stream stays prunable and prunes correctly."""
+    net, shape = Res2Block().eval(), (1, 3, 16, 16)
+    space = build_space(net, shape)
+    assert {g.name for g in space.prunable} == {"stem.0"}
+    assert space.group("convs.0.0").fixed and space.group("conv1.0").fixed
+    pruned = apply_widths(net, space, _min_widths(space)).eval()
+    assert pruned.stem[0].out_channels == pruned.conv3.out_channels == space.group("stem.0").candidates[0] < 16
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+
+
+class GainConv(nn.Conv2d):
+    """A conv with a parameter of its own per output channel, as timm's ScaledStdConv2d (NF-ResNets)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.gain, self.bias, self.stride, self.padding)
+
+
+def test_a_conv_subclass_with_per_channel_parameters_prunes_them_with_its_channels(tmp_path):
+    """timm's NF-ResNets had no prunable group: Torch-Pruning cut weight and bias but not `gain`, so every
+    pruned forward failed and every group was kept whole. The extra parameters are now cut with the channels,
+    and compensation leaves such a layer alone (its forward is not a plain linear map of its weight)."""
+    from itcp_deploy.pruning.compensate import _refittable
+
+    net = nn.Sequential(GainConv(3, 16), nn.ReLU(), GainConv(16, 16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(16, 5)).eval()
+    shape = (1, 3, 16, 16)
+    space = build_space(net, shape)
+    assert {g.name for g in space.prunable} == {"0", "2"}
+    pruned = apply_widths(net, space, {"0": 8, "2": 4}).eval()
+    assert pruned[0].gain.shape[0] == pruned[0].out_channels == 8 and pruned[2].gain.shape[0] == 4
+    assert _parity(pruned, shape, tmp_path) < 1e-4
+    assert not _refittable(net[0]) and _refittable(nn.Conv2d(3, 4, 1))

@@ -116,18 +116,13 @@ def report_of(ctx: RunContext) -> RunReport:
 
 
 def _plots(ctx: RunContext, report: RunReport, plan, perf) -> None:
-    from itcp_deploy.pipeline.report import plot_front, plot_pred_vs_measured, plot_widths
-    from itcp_deploy.profiling.records import Profile
+    from itcp_deploy.pipeline.report import plot_front, plot_holdout, plot_widths
 
     out = ctx.folder.root
-    profile = Profile.load(ctx.folder.profile)
-    holdout = profile.by_role("holdout") or profile.by_role("design")
-    plot_pred_vs_measured([perf.predict_ms(e.widths) for e in holdout], [e.latency.median_ms for e in holdout],
-                          out / "latency_pred_vs_measured.png",
-                          f"{report.model}: perf model on held-out engines\n{profile.device}")
+    plot_holdout(ctx.folder.profile, perf, out / "latency_pred_vs_measured.png", report.model)
     plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
                float(plan.budget_ms or report.sla_ms), out / "pareto.png",
-               title=f"{report.model} on {profile.device}")
+               title=f"{report.model} on {perf.meta.get('device', '')}")
     plot_widths(report.widths, report.full_widths, out / "widths.png")
 
 

@@ -153,6 +153,17 @@ def plot_pred_vs_measured(predicted_ms: Sequence[float], measured_ms: Sequence[f
     plt.close(fig)
 
 
+def plot_holdout(profile_path: Path, perf, path: Path, model: str) -> None:
+    """:func:`plot_pred_vs_measured` for a saved profile's held-out engines (its design engines if it holds
+    none out), titled with the model and the profile's device: the one check a reader does first."""
+    from itcp_deploy.profiling.records import Profile
+
+    profile = Profile.load(profile_path)
+    engines = profile.by_role("holdout") or profile.by_role("design")
+    plot_pred_vs_measured([perf.predict_ms(e.widths) for e in engines], [e.latency.median_ms for e in engines],
+                          path, f"{model}: perf model on held-out engines\n{profile.device}")
+
+
 def plot_front(front: Sequence[tuple[float, float]], chosen: tuple[float, float], sla_ms: float, path: Path,
                others: Mapping[str, Sequence[tuple[float, float]]] | None = None, title: str = "") -> None:
     """The Pareto front (predicted latency, score) with the chosen point and the SLA line; ``title``: say

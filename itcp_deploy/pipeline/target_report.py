@@ -53,4 +53,19 @@ def targets_report(ctx: RunContext) -> RunReport:
         + list(loop.get("notes", [])), wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
         targets=entries)
     report.save(ctx.folder.root)
+    _plots(ctx, report)
     return report
+
+
+def _plots(ctx: RunContext, report: RunReport) -> None:
+    """The widths plot, and each target's held-out check in its own folder (a several-target plan has no 1-D
+    front: every target's budget binds it)."""
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.report import plot_holdout, plot_widths
+    from itcp_deploy.pipeline.targets import target_dir
+
+    plot_widths(report.widths, report.full_widths, ctx.folder.root / "widths.png")
+    for t in ctx.config.targets:
+        folder = target_dir(ctx.folder.root, t)
+        plot_holdout(folder / "profile.json", PerfModel.load(folder / "perf_model.json"),
+                     folder / "latency_pred_vs_measured.png", f"{report.model} [{t.name}]")

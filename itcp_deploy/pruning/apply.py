@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -135,12 +136,35 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
         # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
         keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
         drop = [i for i in range(g.full_width) if i not in keep]
-        root_group(graph, pruned, g.name, drop).prune(record_history=False)
+        _prune(root_group(graph, pruned, g.name, drop))
     remove_branches(pruned, space, {g.name for g in targets if plan[g.name] == 0})
     restore_requires_grad(pruned, flags)
     for p in pruned.parameters():
         p.grad = None
     return pruned
+
+
+def _channel_params(layer: nn.Module) -> list[str]:
+    """A conv subclass's own parameters along its output channels (timm's ScaledStdConv2d ``gain``)."""
+    if not isinstance(layer, nn.modules.conv._ConvNd) or type(layer).__module__.startswith("torch.nn"):
+        return []
+    return [n for n, p in layer.named_parameters(recurse=False)
+            if n not in ("weight", "bias") and p.dim() > 0 and p.shape[0] == layer.out_channels]
+
+
+def _prune(group: tp.dependency.Group) -> None:
+    """TP's ``group.prune()``, then the output-channel parameters of conv subclasses, which TP's conv pruner
+    leaves at full width (the pruned forward would fail, and the group would stay unprunable)."""
+    out_fns = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+    extra = [(item.dep.target.module, set(int(i) for i in item.idxs), int(item.dep.target.module.out_channels))
+             for item in group if item.dep.handler in out_fns and _channel_params(item.dep.target.module)]
+    names = [_channel_params(layer) for layer, _, _ in extra]
+    group.prune(record_history=False)
+    for (layer, drop, full), params in zip(extra, names, strict=True):
+        keep = torch.tensor([i for i in range(full) if i not in drop])
+        for name in params:
+            p = getattr(layer, name)
+            setattr(layer, name, nn.Parameter(p.data[keep].clone(), requires_grad=p.requires_grad))
 
 
 def pruned_layer_widths(model: nn.Module, space: PruningSpace) -> dict[str, tuple[int, int]]:

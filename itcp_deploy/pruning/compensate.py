@@ -54,9 +54,12 @@ class CompensationSettings:
 
 
 def _refittable(layer: nn.Module) -> bool:
+    """A plain linear map of its weight: a subclass with its own forward (timm's weight-standardised
+    ScaledStdConv2d) computes something else from the weight, so a least-squares refit would be wrong."""
     if isinstance(layer, nn.Linear):
-        return layer.weight.requires_grad
-    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.weight.requires_grad
+        return type(layer).forward is nn.Linear.forward and layer.weight.requires_grad
+    return (isinstance(layer, nn.Conv2d) and type(layer).forward is nn.Conv2d.forward and layer.groups == 1
+            and layer.weight.requires_grad)
 
 
 def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -178,7 +178,10 @@ def _layer_groups(model: nn.Module, traced: list[TracedGroup], groups: list[Chan
     reading a concatenation of several groups (DenseNet, Inception, SqueezeNet's fire modules) would make its
     latency a function of three or more widths, which the pairwise perf model and DP do not represent: the
     concatenated groups keep their width and the layer reads one fixed group ``LAYER:in``. The layers inside
-    each branch (DenseNet's bottlenecks, Inception's reductions) stay prunable."""
+    each branch (DenseNet's bottlenecks, Inception's reductions) stay prunable. A layer whose output width
+    differs from its traced group's (a split chunk added back to a conv's output, Res2Net's hierarchical
+    split, DPN's dual path) writes a fixed group ``LAYER``, and every group it touches keeps its width:
+    Torch-Pruning's index mapping there is not to be trusted."""
     out_group: dict[str, str] = {}
     in_groups: dict[str, list[tuple[int, str]]] = {}
     for g, cg in zip(traced, groups[1:], strict=True):
@@ -192,12 +195,14 @@ def _layer_groups(model: nn.Module, traced: list[TracedGroup], groups: list[Chan
         if name not in sizes:
             continue
         spec = _layer_spec(name, module, "", "", sizes[name])
-        if name not in out_group:
-            extra.append(_fixed(name, spec.out_channels))
-            out_group[name] = name
         reads = list(dict.fromkeys(n for _, n in sorted(in_groups.get(name, []))))
         if not reads and spec.in_channels == width[INPUT_GROUP]:
             reads = [INPUT_GROUP]
+        if name in out_group and width[out_group[name]] != spec.out_channels:
+            concatenated |= {out_group.pop(name), *reads}  # the trace misread this layer: nothing it touches moves
+        if name not in out_group:
+            extra.append(_fixed(name, spec.out_channels))
+            out_group[name] = name
         if len(reads) != 1 or width[reads[0]] != spec.in_channels:
             concatenated |= set(reads)
             extra.append(_fixed(f"{name}:in", spec.in_channels))
