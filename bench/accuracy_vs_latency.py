@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train-subset", type=int, default=10000, help="finetuning images per epoch (0 = all)")
+    p.add_argument("--distill", action="store_true",
+                   help="finetune with distillation from the dense model (the recipe of `run --distill`)")
     p.add_argument("--test-samples", type=int, default=0, help="fixed test subset (0 = all)")
     p.add_argument("--progressive", type=int, default=0, metavar="K", help="also itcp-progressive in K steps")
     p.add_argument("--out", required=True)
@@ -86,6 +88,7 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
         lr=args.lr,
         batch_size=args.batch_size,
         train_subset=args.train_subset or None,
+        distill=args.distill,
         test_samples=args.test_samples or None,
     )
     profile = ProfileSettings(

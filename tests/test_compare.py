@@ -200,3 +200,23 @@ def test_restricted_space_predicts_like_the_dense_perf_model(finished):
     narrower = {g.name: g.candidates[0] for g in small_space.prunable}
     assert small_perf.predict_ms(narrower) == pytest.approx(perf.predict_ms(narrower))
     assert small_perf.dense_ms() == pytest.approx(perf.predict_ms(current))
+
+
+def test_distill_flag_finetunes_every_row_from_the_dense_model(monkeypatch, tmp_path):
+    """``--distill`` is the recipe's distillation (``run --distill``): the teacher is the dense model."""
+    import types
+
+    import torch
+
+    import itcp_deploy.train as train_module
+    from itcp_deploy.pipeline import compare_rows
+
+    config = _bench_module().config_from(_bench_module().parse_args(_argv(tmp_path, "--distill")))
+    assert config.recipe.distill and "distill" in json.dumps(config.fingerprint())
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda model, info, val, tc: seen.setdefault("teacher", tc.teacher))
+    monkeypatch.setattr(compare_rows, "evaluate", lambda b, model: 0.0)
+    dense = torch.nn.Linear(2, 2)
+    bench = types.SimpleNamespace(config=config, model=dense)
+    compare_rows.finetune(bench, torch.nn.Linear(2, 2), 0, types.SimpleNamespace(dataset=[0]))
+    assert seen["teacher"] is dense

@@ -110,10 +110,15 @@ def test_distillation_pulls_the_student_towards_the_teacher(synth) -> None:
             return kd_loss(student.eval()(images), teacher.eval()(images), 4.0).item()
 
     before = gap()
+    weights = [p.detach().clone() for p in teacher.parameters()]
+    teacher.zero_grad(set_to_none=True)  # its own training left gradients
     metrics = train(student, synth[0], None, quick(epochs=2, teacher=teacher, kd_alpha=1.0))
     assert gap() < 0.5 * before
     assert metrics["config"]["teacher"] == "Sequential"
-    assert not any(p.requires_grad for p in teacher.parameters())
+    # the teacher is left as it was: unchanged, no gradients, and its flags kept (a model pruned from it later
+    # copies them, and must still train)
+    assert all(torch.equal(a, p) and p.grad is None for a, p in zip(weights, teacher.parameters(), strict=True))
+    assert all(p.requires_grad for p in teacher.parameters())
 
 
 def test_evaluate_counts_exactly() -> None:

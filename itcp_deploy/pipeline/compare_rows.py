@@ -113,6 +113,7 @@ def finetune(b: Bench, model: nn.Module, seed: int, info: DatasetInfo, with_accu
         return {"model": tuned, "accuracy": None, "images_per_epoch": 0, "wall_s": 0.0}
     t0 = time.perf_counter()
     config = TrainConfig(epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=seed, device="cpu",
+                         teacher=b.model if r.distill else None,  # the dense model, as `run --distill`
                          quiet=True, precise_bn_batches=r.bn_batches)
     train(tuned, info, None, config)
     tuned = tuned.cpu().eval()

@@ -21,10 +21,8 @@ class TrainLoss:
         self.teacher = teacher
         self.alpha = alpha
         self.temperature = temperature
-        if teacher is not None:
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
+        if teacher is not None:  # its forward runs under no_grad: its requires_grad flags stay the caller's, since
+            teacher.eval()       # a model pruned from it later copies them (frozen, it would not be finetuned)
 
     def __call__(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, labels)
