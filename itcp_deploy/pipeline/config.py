@@ -42,7 +42,8 @@ class FinetuneRecipe:
     """How a pruned model is finetuned. ``train_subset``: images (a seeded subset per seed) per epoch, all if
     None; ``test_samples``: evaluate on a fixed seeded subset of the test split, all if None; ``bn_batches``:
     training batches that re-estimate BatchNorm statistics after pruning; ``distill``: learn from the dense
-    model too; ``train_time_s``: stop after the epoch in which this much wall time has passed."""
+    model too (on by default: it won at equal epochs, docs/benchmarks.md section 10); ``train_time_s``: stop
+    after the epoch in which this much wall time has passed."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -50,7 +51,7 @@ class FinetuneRecipe:
     train_subset: int | None = 10000
     test_samples: int | None = None
     bn_batches: int = 20
-    distill: bool = False
+    distill: bool = True
     train_time_s: float | None = None
 
 
