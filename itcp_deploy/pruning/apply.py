@@ -164,11 +164,14 @@ def _prune(group: tp.dependency.Group) -> None:
     """TP's ``group.prune()``, then the output-channel parameters of conv subclasses, which TP's conv pruner
     leaves at full width (the pruned forward would fail, and the group would stay unprunable)."""
     out_fns = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
-    extra = [(item.dep.target.module, set(int(i) for i in item.idxs), int(item.dep.target.module.out_channels))
-             for item in group if item.dep.handler in out_fns and _channel_params(item.dep.target.module)]
-    names = [_channel_params(layer) for layer, _, _ in extra]
+    extra = []  # (layer, its extra parameters, dropped channels, full width), read before TP changes them
+    for item in group:
+        layer = item.dep.target.module
+        params = _channel_params(layer) if item.dep.handler in out_fns else []
+        if params:
+            extra.append((layer, params, {int(i) for i in item.idxs}, int(layer.out_channels)))
     group.prune(record_history=False)
-    for (layer, drop, full), params in zip(extra, names, strict=True):
+    for layer, params, drop, full in extra:
         keep = torch.tensor([i for i in range(full) if i not in drop])
         for name in params:
             p = getattr(layer, name)
