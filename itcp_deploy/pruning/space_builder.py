@@ -30,7 +30,7 @@ from itcp_deploy.pruning.tracing import (
     PRUNABLE_LAYERS,
     TracedGroup,
     free_graphs,
-    restore_requires_grad,
+    parameters_requiring_grad,
     trace,
     traced_groups,
     traced_layers,
@@ -82,23 +82,17 @@ def _constant_input_layers(model: nn.Module, input_shape: tuple[int, ...]) -> se
     """Conv/Linear layers whose input does not depend on the network's input (Swin V2's position-bias MLP
     reads a fixed coordinate table): Torch-Pruning's trace may miss them, and they keep their widths.
     Found by a forward in which only the input requires grad."""
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     constant: set[str] = set()
     hooks = [module.register_forward_hook(lambda _m, inputs, _o, name=name: constant.add(name)
                                           if not inputs[0].requires_grad else None)
              for name, module in model.named_modules() if isinstance(module, PRUNABLE_LAYERS)]
-    training = model.training
     try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with torch.enable_grad():
+        with parameters_requiring_grad(model, False):
+            model.eval()
             model(torch.zeros(*input_shape, requires_grad=True))
     finally:
         for h in hooks:
             h.remove()
-        restore_requires_grad(model, flags)
-        model.train(training)
     return constant
 
 

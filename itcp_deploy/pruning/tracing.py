@@ -41,12 +41,14 @@ class TracedGroup:
 
 
 @contextlib.contextmanager
-def _traceable(model: nn.Module) -> Iterator[None]:
+def parameters_requiring_grad(model: nn.Module, requires_grad: bool) -> Iterator[None]:
+    """Every parameter's ``requires_grad`` set to ``requires_grad`` under ``torch.enable_grad()``; the flags and
+    the train/eval mode are restored on exit (TP's trace and forwards inside may change both)."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     training = model.training
     try:
         for p in model.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(requires_grad)
         with torch.enable_grad():
             yield
     finally:
@@ -66,7 +68,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     example = torch.zeros(*input_shape)
     try:
         graph = tp.DependencyGraph()
-        with _traceable(model), record_channel_views(graph):
+        with parameters_requiring_grad(model, True), record_channel_views(graph):
             graph.build_dependency(model, example_inputs=example, verbose=False)
     except Exception as err:  # TP and the model's forward raise anything; the user needs one line
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
