@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -160,3 +161,25 @@ def test_save_and_load_pruned_reproduces_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
     assert not loaded.layer2[0].shortcut.weight.requires_grad
+
+
+def test_all_groups_cut_at_once_equal_cutting_them_one_by_one():
+    """apply_widths reads every group off the unpruned graph and runs each layer's pruning once (swin_s's 79
+    groups each cost a whole-graph remap when cut one by one); the result must be TP's one-by-one pruning."""
+    from itcp_deploy.pruning.tracing import root_group, trace
+
+    model, shape = _model("cifar_resnet20"), (1, 3, 32, 32)
+    space = build_space(model, shape, model_spec="cifar_resnet20")
+    imp = channel_importance(model, space)
+    widths = _plans(space, seed=3, count=2)[1]
+    at_once = apply_widths(model, space, widths, importance=imp)
+    one_by_one = copy.deepcopy(model)
+    graph = trace(one_by_one, shape, "cifar_resnet20")
+    for g in space.prunable:
+        keep = set(keep_indices(imp[g.name], widths[g.name]).tolist())
+        if len(keep) < g.full_width:
+            root_group(graph, one_by_one, g.name, [i for i in range(g.full_width) if i not in keep]).prune(
+                record_history=False)
+    expected = one_by_one.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in at_once.state_dict().items())
+    assert sum(p.numel() for p in at_once.parameters()) < sum(p.numel() for p in model.parameters())

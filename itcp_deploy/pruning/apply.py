@@ -1,7 +1,8 @@
 """Apply a width plan: a physically smaller deep copy of the model, pruned with Torch-Pruning.
 
 One dependency graph is traced per call (on the copy); channel importance is computed on the unpruned copy for
-every group that shrinks, then each group is pruned by index, so the result does not depend on group order.
+every group that shrinks, then all groups are cut in one pass, by index, so the result does not depend on group
+order.
 Groups touching a grouped (non-depthwise) conv keep the same positions inside each conv group, so the conv
 stays valid. The original model is untouched.
 """
@@ -133,6 +134,7 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     try:
         scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn)
                   if isinstance(importance, str) else importance)
+        groups = []
         for g in targets:
             imp = scores.get(g.name)
             if imp is None or len(imp) != g.full_width:
@@ -140,8 +142,8 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
                                  "compute it with channel_importance(model, space)")
             # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
             keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
-            drop = [i for i in range(g.full_width) if i not in keep]
-            _prune(root_group(graph, pruned, g.name, drop))
+            groups.append(root_group(graph, pruned, g.name, [i for i in range(g.full_width) if i not in keep]))
+        _prune(_merged(graph, groups))
     finally:
         del graph
         free_graphs()
@@ -158,6 +160,26 @@ def _channel_params(layer: nn.Module) -> list[str]:
         return []
     return [n for n, p in layer.named_parameters(recurse=False)
             if n not in ("weight", "bias") and p.dim() > 0 and p.shape[0] == layer.out_channels]
+
+
+def _merged(graph: tp.DependencyGraph, groups: list[tp.dependency.Group]) -> tp.dependency.Group:
+    """One TP group that cuts every group's channels at once.
+
+    Every group is read off the unpruned graph, so all indices share one coordinate system; each layer's
+    pruning function then runs once, with the union of its indices (a layer after a concatenation gets each
+    part's channels at that part's offset). Pruning group by group instead makes TP remap every index of the
+    graph before each next group (~0.3 CPU-s a pass on swin_s, which has 79 groups and ~460 reshapes).
+    """
+    merged: dict[tuple[object, object], tuple[tp.dependency.Dependency, set[int]]] = {}
+    for group in groups:
+        for item in group:
+            key = (item.dep.target, item.dep.handler)
+            merged.setdefault(key, (item.dep, set()))[1].update(int(i) for i in item.idxs)
+    out = tp.dependency.Group()
+    out._DG = graph
+    for dep, idxs in merged.values():
+        out.add_dep(dep, sorted(idxs))
+    return out
 
 
 def _prune(group: tp.dependency.Group) -> None:
