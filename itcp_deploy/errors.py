@@ -54,3 +54,10 @@ class SlaMissedError(ItcpError):
     """A measured latency above the SLA (``check-latency`` exits 1 on it)."""
 
     exit_code = 1
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: Python's ``MemoryError``, torch's CPU allocator
+    (``RuntimeError: ... can't allocate memory``), or a C++ ``std::bad_alloc`` passed through onnx/onnxruntime."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return isinstance(err, MemoryError) or "bad_alloc" in first or "allocate" in first

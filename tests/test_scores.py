@@ -133,3 +133,38 @@ def test_sensitivity_measures_caches_and_resumes(grouped, tmp_path, monkeypatch)
     with pytest.raises(AssertionError, match="recomputed"):  # other settings -> another key -> recompute
         group_scores(net, space, "sensitivity", **{**kwargs, "settings": ScoreSettings(bn_images=8,
                                                                                        calib_images=16)})
+
+
+class _MemoryCapped(nn.Module):
+    """A net whose forward fails like torch's CPU allocator on batches larger than ``cap`` images."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.cap:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
+
+
+def test_a_batch_out_of_memory_is_taken_in_halves_with_the_same_gradient():
+    from itcp_deploy.pruning.importance import accumulate_gradients
+
+    torch.manual_seed(0)
+    whole, capped = _MemoryCapped(cap=64), _MemoryCapped(cap=3)
+    capped.load_state_dict(whole.state_dict())
+    batches = _batches(2, size=10)
+    assert accumulate_gradients(whole, batches, 2) == accumulate_gradients(capped, batches, 2) == 2
+    for a, b in zip(whole.parameters(), capped.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_one_image_out_of_memory_is_one_line_naming_the_fix():
+    from itcp_deploy.errors import ItcpError
+    from itcp_deploy.pruning.importance import accumulate_gradients
+
+    with pytest.raises(ItcpError, match="ran out of memory on a batch of 1 .*--criterion magnitude"):
+        accumulate_gradients(_MemoryCapped(cap=0), _batches(1, size=4), 1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.exportable import exportable_pooling
-from itcp_deploy.errors import ItcpError
+from itcp_deploy.errors import ItcpError, is_out_of_memory
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
@@ -138,7 +138,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: in
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
         except Exception as err:  # unsupported operators and the like; the message says which
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-            if isinstance(err, MemoryError) or "bad_alloc" in first_line or "allocate" in first_line:
+            if is_out_of_memory(err):
                 raise ItcpError(f"ONNX export ran out of memory: {first_line}",
                                 "free memory (a smaller model or input) or raise the process's memory "
                                 "limit") from err

@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from itcp_deploy.errors import UsageError
+from itcp_deploy.errors import ItcpError, UsageError, is_out_of_memory
 from itcp_deploy.registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -96,10 +96,13 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
                          loss_fn: LossFn | None = None) -> int:
     """Sum the gradients of the loss (``loss_fn(model(x), y)``, the mean cross-entropy by default) over up to
     ``num_batches`` batches into ``.grad``, scaled to a per-batch mean, in eval mode. Every parameter gets a
-    gradient (fixed layers too). Returns batches."""
+    gradient (fixed layers too). A batch that does not fit in memory (MaxViT at 224: 16 images' activations)
+    is taken in halves, each half's loss weighted by its share, which is the same gradient for a mean loss.
+    Returns batches."""
     training = model.training
     model.eval()
-    for p in model.parameters():
+    params = list(model.parameters())
+    for p in params:
         p.requires_grad_(True)
         p.grad = None
     seen = 0
@@ -107,15 +110,42 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
         for x, y in batches:
             if seen >= num_batches:
                 break
-            (loss_fn or nn.functional.cross_entropy)(model(x), y).backward()
+            _add_gradient(model, params, (x, y), loss_fn or nn.functional.cross_entropy, 1.0)
             seen += 1
     model.train(training)
     if seen == 0:
         raise UsageError("the loader for the taylor criterion yielded no batch", "pass a non-empty data set")
-    for p in model.parameters():
+    for p in params:
         if p.grad is not None:
             p.grad /= seen
     return seen
+
+
+def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, loss_fn: LossFn,
+                  weight: float) -> None:
+    """Add ``weight`` x the batch's loss gradient into ``.grad``; halve the batch when it runs out of memory.
+
+    ``autograd.grad`` returns every gradient only once the backward pass has finished, so a pass that fails
+    half way has added nothing; the halves run after the failed pass's tensors are released."""
+    x, y = batch
+    try:
+        grads = torch.autograd.grad(loss_fn(model(x), y) * weight, params, allow_unused=True)
+    except RuntimeError as err:  # torch's CPU allocator raises RuntimeError ("can't allocate memory")
+        if not is_out_of_memory(err):
+            raise
+        grads = None
+    if grads is None:
+        if len(x) < 2 or not isinstance(y, torch.Tensor) or len(y) != len(x):
+            raise ItcpError(f"the taylor gradients ran out of memory on a batch of {len(x)} at input "
+                            f"{'x'.join(map(str, x.shape[1:]))}",
+                            "free memory, use a smaller input, or score without gradients (--criterion magnitude)")
+        half = len(x) // 2
+        for part in (slice(0, half), slice(half, None)):
+            _add_gradient(model, params, (x[part], y[part]), loss_fn, weight * len(x[part]) / len(x))
+        return
+    for p, g in zip(params, grads, strict=True):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad.add_(g)
 
 
 def group_importance(graph: tp.DependencyGraph, model: nn.Module, root: str, width: int,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.base import EngineOptions, OnnxBuilder
-from itcp_deploy.errors import InputFileError, ItcpError, MissingDependencyError, UsageError
+from itcp_deploy.errors import InputFileError, ItcpError, MissingDependencyError, UsageError, is_out_of_memory
 
 ORIGINAL = "model.onnx"
 OPTIMIZED = "model.opt.onnx"
@@ -88,7 +88,7 @@ def _load_error(path: Path, err: Exception) -> ItcpError:
     push the cause past the cut), and running out of memory is not blamed on the file."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     first = first.replace(os.fspath(path), "<model>")
-    if "bad_alloc" in first:
+    if is_out_of_memory(err):
         size_mb = path.stat().st_size / 1e6 if path.exists() else 0.0
         return ItcpError(f"onnxruntime ran out of memory loading {path} ({size_mb:.0f} MB): {first[:200]}",
                          "free memory (fewer engines open at once, a smaller model or input) or raise the "
