@@ -79,9 +79,11 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(spec):
 
 
 def test_export_leaves_callers_model_alone(tmp_path):
-    model = create_model("cifar_resnet20").train()
-    path = export_onnx(model, (2, 3, 32, 32), tmp_path / "r.onnx")
+    model = _randomize_bn(create_model("cifar_resnet20")).train()
+    before = copy.deepcopy(model.state_dict())
+    path = export_onnx(model, (2, 3, 32, 32), tmp_path / "r.onnx", verify=False)  # the copy shares weights
     assert model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 32, 32]
 

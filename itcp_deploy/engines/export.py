@@ -65,7 +65,8 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold each BatchNorm into the conv that feeds it (in place; the model must be in eval mode).
+    """Fold each BatchNorm into the conv that feeds it (the model must be in eval mode). The modules change in
+    place; the folded weights are new tensors, so tensors ``model`` shares with another model stay as they were.
 
     Returns:
         ``model``, whose folded BN modules are now ``nn.Identity`` and whose convs carry a bias.
@@ -79,7 +80,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             scale = scale * bn.weight
         shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.copy_(conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        # new tensors, not written in place: the export's copy shares its weights with the caller's model
+        conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
         conv.bias = nn.Parameter(bias * scale + shift)
         parent_name, _, attr = bn_name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, nn.Identity())
@@ -146,15 +148,25 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: in
                             "replace the unsupported operation or try another --opset") from err
 
 
+def _sharing_copy(model: nn.Module) -> nn.Module:
+    """The module tree copied in eval mode, sharing the caller's parameter and buffer tensors (folding and
+    pooling replace modules and tensors, never write into them). A model not all CPU float32 is copied whole
+    and converted: converting shared tensors would change the caller's model."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and (t.device.type != "cpu" or t.dtype != torch.float32) for t in tensors):
+        return copy.deepcopy(model).cpu().float().eval()
+    return copy.deepcopy(model, {id(t): t for t in tensors}).eval()
+
+
 def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int,
                     verify: bool) -> float | None:
     """Export a folded deep copy to a temp file, check it, then move it onto ``path``; returns the error."""
     import onnx
 
-    # one copy to fold and export, a second only to verify against: a model's size is paid once per copy
-    # (ViT-L, 1.2 GB: the export alone ran out of the zoo sweep's 6 GB)
+    # a copy only to verify against (the caller may change the model meanwhile); the exported one shares its
+    # weights: a model's size is paid once per full copy (ViT-L, 1.2 GB, ran out of the zoo sweep's 6 GB)
     original = copy.deepcopy(model).cpu().float().eval() if verify else model
-    folded = exportable_pooling(fold_batchnorm(copy.deepcopy(original).cpu().float().eval()), input_shape)
+    folded = exportable_pooling(fold_batchnorm(_sharing_copy(original)), input_shape)
     example = torch.randn(tuple(input_shape))
     max_rel_err = None
     with atomic_path(path) as tmp:
