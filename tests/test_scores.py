@@ -138,23 +138,24 @@ def test_sensitivity_measures_caches_and_resumes(grouped, tmp_path, monkeypatch)
 class _MemoryCapped(nn.Module):
     """A net whose forward fails like torch's CPU allocator on batches larger than ``cap`` images."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, message: str = "DefaultCPUAllocator: can't allocate memory") -> None:
         super().__init__()
-        self.cap = cap
+        self.cap, self.message = cap, message
         self.conv = nn.Conv2d(3, 6, 3)
         self.fc = nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(x) > self.cap:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+            raise RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] {self.message}")
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
 
 
-def test_a_batch_out_of_memory_is_taken_in_halves_with_the_same_gradient():
+@pytest.mark.parametrize("message", ["DefaultCPUAllocator: can't allocate memory", "could not create a primitive"])
+def test_a_batch_out_of_memory_is_taken_in_halves_with_the_same_gradient(message):
     from itcp_deploy.pruning.importance import accumulate_gradients
 
     torch.manual_seed(0)
-    whole, capped = _MemoryCapped(cap=64), _MemoryCapped(cap=3)
+    whole, capped = _MemoryCapped(cap=64), _MemoryCapped(cap=3, message=message)
     capped.load_state_dict(whole.state_dict())
     batches = _batches(2, size=10)
     assert accumulate_gradients(whole, batches, 2) == accumulate_gradients(capped, batches, 2) == 2
@@ -168,3 +169,10 @@ def test_one_image_out_of_memory_is_one_line_naming_the_fix():
 
     with pytest.raises(ItcpError, match="ran out of memory on a batch of 1 .*--criterion magnitude"):
         accumulate_gradients(_MemoryCapped(cap=0), _batches(1, size=4), 1)
+
+
+def test_a_failing_kernel_on_one_image_is_raised_as_it_is():
+    from itcp_deploy.pruning.importance import accumulate_gradients
+
+    with pytest.raises(RuntimeError, match="could not create a primitive"):
+        accumulate_gradients(_MemoryCapped(cap=0, message="could not create a primitive"), _batches(1, size=4), 1)

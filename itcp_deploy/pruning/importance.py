@@ -121,6 +121,11 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
     return seen
 
 
+#: oneDNN's error when it cannot allocate a kernel's buffers (maxvit_t's GELU at 16 images, near the zoo sweep's
+#: memory cap); another cause of it fails again on the halves, and on one image is raised as it is
+_ONEDNN_NO_MEMORY = "could not create a primitive"
+
+
 def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, loss_fn: LossFn,
                   weight: float) -> None:
     """Add ``weight`` x the batch's loss gradient into ``.grad``; halve the batch when it runs out of memory.
@@ -131,14 +136,16 @@ def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, lo
     try:
         grads = torch.autograd.grad(loss_fn(model(x), y) * weight, params, allow_unused=True)
     except RuntimeError as err:  # torch's CPU allocator raises RuntimeError ("can't allocate memory")
-        if not is_out_of_memory(err):
+        splittable = len(x) > 1 and isinstance(y, torch.Tensor) and len(y) == len(x)
+        if not (is_out_of_memory(err) or (splittable and _ONEDNN_NO_MEMORY in str(err))):
             raise
-        grads = None
-    if grads is None:
-        if len(x) < 2 or not isinstance(y, torch.Tensor) or len(y) != len(x):
+        if not splittable:
             raise ItcpError(f"the taylor gradients ran out of memory on a batch of {len(x)} at input "
                             f"{'x'.join(map(str, x.shape[1:]))}",
-                            "free memory, use a smaller input, or score without gradients (--criterion magnitude)")
+                            "free memory, use a smaller input, or score without gradients (--criterion magnitude)"
+                            ) from None
+        grads = None
+    if grads is None:
         half = len(x) // 2
         for part in (slice(0, half), slice(half, None)):
             _add_gradient(model, params, (x[part], y[part]), loss_fn, weight * len(x[part]) / len(x))
