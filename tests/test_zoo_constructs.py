@@ -223,6 +223,28 @@ def test_a_width_the_forward_hard_codes_keeps_its_group_fixed(tmp_path):
     assert pruned(torch.zeros(shape)).shape == (1, 5)
 
 
+class _OutOfMemoryWhenPruned(nn.Module):
+    """Runs at full width; its pruned forward fails like torch's CPU allocator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = _cbr(3, 16, 3), _cbr(16, 16, 3), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a[0].out_channels < 16:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 33732864 bytes")
+        return self.fc(F.adaptive_avg_pool2d(self.b(self.a(x)), 1).flatten(1))
+
+
+def test_running_out_of_memory_checking_the_pruned_forward_is_said_not_taken_for_the_models_code():
+    """regnet_y_128gf and vit_h_14 in the sweep: the check ran out of memory, every group was fixed as if
+    the model's code stored its widths, and the sweep recorded 0 groups without a reason."""
+    from itcp_deploy.errors import ItcpError
+
+    with pytest.raises(ItcpError, match="ran out of memory running a pruned copy"):
+        build_space(_OutOfMemoryWhenPruned().eval(), (1, 3, 16, 16))
+
+
 def test_run_inputs_report_no_accuracy_for_dense_outputs():
     """`run` on lraspp/fcn stopped at the dense stage: float(None) for the accuracy of a dict of maps."""
     from itcp_deploy.pipeline.sources import ModelInputs

@@ -20,6 +20,7 @@ from torch import nn
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.exportable import exportable_pooling
 from itcp_deploy.errors import ItcpError, is_out_of_memory
+from itcp_deploy.models.copying import sharing_copy
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
@@ -148,14 +149,13 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: in
                             "replace the unsupported operation or try another --opset") from err
 
 
-def _sharing_copy(model: nn.Module) -> nn.Module:
-    """The module tree copied in eval mode, sharing the caller's parameter and buffer tensors (folding and
-    pooling replace modules and tensors, never write into them). A model not all CPU float32 is copied whole
-    and converted: converting shared tensors would change the caller's model."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_floating_point() and (t.device.type != "cpu" or t.dtype != torch.float32) for t in tensors):
+def _export_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy to fold and export, sharing the caller's weights; a model not all CPU float32 is
+    copied whole and converted (converting shared tensors would change the caller's model)."""
+    if any(t.is_floating_point() and (t.device.type != "cpu" or t.dtype != torch.float32)
+           for t in [*model.parameters(), *model.buffers()]):
         return copy.deepcopy(model).cpu().float().eval()
-    return copy.deepcopy(model, {id(t): t for t in tensors}).eval()
+    return sharing_copy(model).eval()
 
 
 def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int,
@@ -166,7 +166,7 @@ def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | 
     # a copy only to verify against (the caller may change the model meanwhile); the exported one shares its
     # weights: a model's size is paid once per full copy (ViT-L, 1.2 GB, ran out of the zoo sweep's 6 GB)
     original = copy.deepcopy(model).cpu().float().eval() if verify else model
-    folded = exportable_pooling(fold_batchnorm(_sharing_copy(original)), input_shape)
+    folded = exportable_pooling(fold_batchnorm(_export_copy(original)), input_shape)
     example = torch.randn(tuple(input_shape))
     max_rel_err = None
     with atomic_path(path) as tmp:

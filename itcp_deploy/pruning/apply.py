@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.models.copying import own_tensors, sharing_copy
 from itcp_deploy.pruning.importance import (
     IMPORTANCE,
     Batch,
@@ -124,10 +125,14 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     """
     plan = space.complete(widths)
     targets = [g for g in space.prunable if plan[g.name] < g.full_width]
-    if isinstance(importance, str):
-        IMPORTANCE.get(importance)
-    pruned = model if inplace else copy.deepcopy(model)
+    gradients = isinstance(importance, str) and IMPORTANCE.get(importance).needs_gradients
+    # gradients land in .grad, so they need a copy of their own; any other copy shares the caller's tensors
+    # until pruning replaces them, and owns the rest at the end (memory: the pruned size, not a full copy)
+    shared = not inplace and not gradients
+    pruned = model if inplace else sharing_copy(model) if shared else copy.deepcopy(model)
     if not targets:
+        if shared:
+            own_tensors(pruned, model)
         return pruned
     flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
     graph = trace(pruned, space.input_shape, space.model)
@@ -147,6 +152,8 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     finally:
         del graph
         free_graphs()
+    if shared:
+        own_tensors(pruned, model)
     remove_branches(pruned, space, {g.name for g in targets if plan[g.name] == 0})
     restore_requires_grad(pruned, flags)
     for p in pruned.parameters():

@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from itcp_deploy.errors import ItcpError, is_out_of_memory
 from itcp_deploy.pruning.apply import apply_widths
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
@@ -28,7 +29,10 @@ def _runs(model: nn.Module, space: PruningSpace, groups: list[ChannelGroup]) -> 
         pruned = apply_widths(model, space, widths).eval()
         with torch.no_grad():
             pruned(torch.zeros(space.input_shape))
-    except Exception:  # any error of the model's own forward: the group cannot be pruned as traced
+    except Exception as err:  # any error of the model's own forward: the group cannot be pruned as traced
+        if is_out_of_memory(err):  # not the model's code: fixing groups would hide it (0 groups, no reason)
+            raise ItcpError(f"{space.model}: ran out of memory running a pruned copy to check its forward",
+                            "free memory (a smaller model or input) or raise the process's memory limit") from None
         return False
     return True
 
