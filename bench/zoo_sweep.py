@@ -44,6 +44,10 @@ STAGE_PREFIX = "ZOO-STAGE "
 RESULT_PREFIX = "ZOO-RESULT "
 WALL_FACTOR = 6
 MEMORY_CAP = 6 << 30
+# glibc returns a freed allocation of 128 KiB or more to the system at once: by default its threshold grows
+# after each large free, freed tensors stay in the heap, and the data cap counted them (maxvit_t's scoring
+# failed at 5.8 GB of address space with 1.4 GB in use)
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def _records(path: Path) -> dict[str, dict]:
@@ -56,9 +60,19 @@ def _records(path: Path) -> dict[str, dict]:
     return records
 
 
-def _last_stage(stderr: str) -> str:
-    stages = [line[len(STAGE_PREFIX):].strip() for line in stderr.splitlines() if line.startswith(STAGE_PREFIX)]
-    return stages[-1] if stages else "start"
+def _stages_cpu(stderr: str) -> list[tuple[str, float]]:
+    """(stage, CPU-seconds at its start) as the child announced them."""
+    marks = [line[len(STAGE_PREFIX):].split() for line in stderr.splitlines() if line.startswith(STAGE_PREFIX)]
+    return [(m[0], float(m[1])) for m in marks if len(m) == 2]
+
+
+def _stopped(spec: str, stderr: str, started: float, why: str) -> dict:
+    """The record of a child stopped by a cap: the stage it was in, and the CPU-seconds each stage took."""
+    marks = _stages_cpu(stderr)
+    stage = marks[-1][0] if marks else "start"
+    stage_s = {a[0]: round(b[1] - a[1], 1) for a, b in zip(marks, marks[1:], strict=False)}
+    return {"model": spec, "status": "fail", "stage": stage, "time_s": round(time.perf_counter() - started, 1),
+            "error": f"{why} reached in stage {stage}", "stage_cpu_s": stage_s}
 
 
 def _error_line(stderr: str) -> str:
@@ -80,21 +94,17 @@ def run_model(spec: str, cap_s: float, work: Path) -> dict:
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WALL_FACTOR * cap_s,
-                              preexec_fn=_limits(cap_s))
+                              preexec_fn=_limits(cap_s), env={**os.environ, **CHILD_ENV})
     except subprocess.TimeoutExpired as err:
         stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or "")
-        stage = _last_stage(stderr)
-        return {"model": spec, "status": "fail", "stage": stage, "time_s": round(time.perf_counter() - started, 1),
-                "error": f"wall-clock cap {WALL_FACTOR * cap_s:.0f} s reached in stage {stage}"}
+        return _stopped(spec, stderr, started, f"wall-clock cap {WALL_FACTOR * cap_s:.0f} s")
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    stage = _last_stage(proc.stderr)
-    error = (f"CPU-time cap {cap_s:.0f} s reached in stage {stage}" if proc.returncode in (-signal.SIGXCPU,
-                                                                                         -signal.SIGKILL)
-             else f"exit {proc.returncode}: {_error_line(proc.stderr)}")
-    return {"model": spec, "status": "fail", "stage": stage, "time_s": round(time.perf_counter() - started, 1),
-            "error": error}
+    if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return _stopped(spec, proc.stderr, started, f"CPU-time cap {cap_s:.0f} s")
+    record = _stopped(spec, proc.stderr, started, "")
+    return {**record, "error": f"exit {proc.returncode}: {_error_line(proc.stderr)}"}
 
 
 def sweep(models: list[str], out: Path, cap_s: float, rerun_failed: bool) -> None:
@@ -129,8 +139,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench.zoo_stages import run_stages
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        record = run_stages(args.one, Path(args.work), lambda s: print(STAGE_PREFIX + s, file=sys.stderr, flush=True),
-                            args.cap_s)
+
+        def announce(stage: str) -> None:
+            print(f"{STAGE_PREFIX}{stage} {time.process_time():.1f}", file=sys.stderr, flush=True)
+
+        record = run_stages(args.one, Path(args.work), announce, args.cap_s)
         print(RESULT_PREFIX + json.dumps(record), flush=True)
         return
     if args.table:

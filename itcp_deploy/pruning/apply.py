@@ -139,16 +139,8 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     try:
         scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn)
                   if isinstance(importance, str) else importance)
-        groups = []
-        for g in targets:
-            imp = scores.get(g.name)
-            if imp is None or len(imp) != g.full_width:
-                raise UsageError(f"no importance vector of length {g.full_width} for group {g.name!r}",
-                                 "compute it with channel_importance(model, space)")
-            # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
-            keep = set(keep_indices(imp, max(plan[g.name], 1), conv_multiple(model, g)).tolist())
-            groups.append(root_group(graph, pruned, g.name, [i for i in range(g.full_width) if i not in keep]))
-        _prune(_merged(graph, groups))
+        drops = {g.name: _dropped(g, scores.get(g.name), plan[g.name], conv_multiple(model, g)) for g in targets}
+        _prune(_merged(graph, [root_group(graph, pruned, name, drop) for name, drop in drops.items()]))
     finally:
         del graph
         free_graphs()
@@ -167,6 +159,16 @@ def _channel_params(layer: nn.Module) -> list[str]:
         return []
     return [n for n, p in layer.named_parameters(recurse=False)
             if n not in ("weight", "bias") and p.dim() > 0 and p.shape[0] == layer.out_channels]
+
+
+def _dropped(group: ChannelGroup, importance: np.ndarray | None, width: int, multiple: int) -> list[int]:
+    """The channels of ``group`` that a cut to ``width`` drops: the least important ones."""
+    if importance is None or len(importance) != group.full_width:
+        raise UsageError(f"no importance vector of length {group.full_width} for group {group.name!r}",
+                         "compute it with channel_importance(model, space)")
+    # width 0 removes the branch: Torch-Pruning keeps one channel, remove_branches drops the rest
+    keep = set(keep_indices(importance, max(width, 1), multiple).tolist())
+    return [i for i in range(group.full_width) if i not in keep]
 
 
 def _merged(graph: tp.DependencyGraph, groups: list[tp.dependency.Group]) -> tp.dependency.Group:
