@@ -176,8 +176,8 @@ def _merged(graph: tp.DependencyGraph, groups: list[tp.dependency.Group]) -> tp.
 
     Every group is read off the unpruned graph, so all indices share one coordinate system; each layer's
     pruning function then runs once, with the union of its indices (a layer after a concatenation gets each
-    part's channels at that part's offset). Pruning group by group instead makes TP remap every index of the
-    graph before each next group (~0.3 CPU-s a pass on swin_s, which has 79 groups and ~460 reshapes).
+    part's channels at that part's offset). Pruning group by group made TP remap every index of the graph
+    before each next group (swin_s: ~460 reshapes a pass; its apply_widths ran out of the zoo sweep's CPU cap).
     """
     merged: dict[tuple[object, object], tuple[tp.dependency.Dependency, set[int]]] = {}
     for group in groups:
