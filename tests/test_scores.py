@@ -140,12 +140,13 @@ class _MemoryCapped(nn.Module):
 
     def __init__(self, cap: int, message: str = "DefaultCPUAllocator: can't allocate memory") -> None:
         super().__init__()
-        self.cap, self.message = cap, message
+        self.cap, self.message, self.failures = cap, message, 0
         self.conv = nn.Conv2d(3, 6, 3)
         self.fc = nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(x) > self.cap:
+            self.failures += 1
             raise RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] {self.message}")
         return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1))
 
@@ -161,6 +162,7 @@ def test_a_batch_out_of_memory_is_taken_in_halves_with_the_same_gradient(message
     assert accumulate_gradients(whole, batches, 2) == accumulate_gradients(capped, batches, 2) == 2
     for a, b in zip(whole.parameters(), capped.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    assert capped.failures == 3  # 10, then both 5s, of the first batch; the second starts at the size that fit
 
 
 def test_one_image_out_of_memory_is_one_line_naming_the_fix():

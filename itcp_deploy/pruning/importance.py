@@ -97,20 +97,26 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
     """Sum the gradients of the loss (``loss_fn(model(x), y)``, the mean cross-entropy by default) over up to
     ``num_batches`` batches into ``.grad``, scaled to a per-batch mean, in eval mode. Every parameter gets a
     gradient (fixed layers too). A batch that does not fit in memory (MaxViT at 224: 16 images' activations)
-    is taken in halves, each half's loss weighted by its share, which is the same gradient for a mean loss.
-    Returns batches."""
+    is taken in halves, each half's loss weighted by its share, which is the same gradient for a mean loss;
+    later batches start at the size that fitted. Returns batches."""
     training = model.training
     model.eval()
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
         p.grad = None
-    seen = 0
+    seen, fits = 0, None  # fits: the most images a pass took once a larger pass ran out of memory
     with torch.enable_grad():
         for x, y in batches:
             if seen >= num_batches:
                 break
-            _add_gradient(model, params, (x, y), loss_fn or nn.functional.cross_entropy, 1.0)
+            step = fits if fits and isinstance(y, torch.Tensor) and len(y) == len(x) else len(x)
+            for start in range(0, len(x), step):
+                part = slice(start, start + step)
+                batch = (x[part], y[part]) if step < len(x) else (x, y)
+                took = _add_gradient(model, params, batch, loss_fn or nn.functional.cross_entropy,
+                                     len(batch[0]) / len(x))
+                fits = took if took < len(batch[0]) else fits
             seen += 1
     model.train(training)
     if seen == 0:
@@ -127,8 +133,9 @@ _ONEDNN_NO_MEMORY = "could not create a primitive"
 
 
 def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, loss_fn: LossFn,
-                  weight: float) -> None:
+                  weight: float) -> int:
     """Add ``weight`` x the batch's loss gradient into ``.grad``; halve the batch when it runs out of memory.
+    Returns the size its passes were cut to (``len(x)`` when none was).
 
     ``autograd.grad`` returns every gradient only once the backward pass has finished, so a pass that fails
     half way has added nothing; the halves run after the failed pass's tensors are released."""
@@ -147,12 +154,12 @@ def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, lo
         grads = None
     if grads is None:
         half = len(x) // 2
-        for part in (slice(0, half), slice(half, None)):
-            _add_gradient(model, params, (x[part], y[part]), loss_fn, weight * len(x[part]) / len(x))
-        return
+        return min(_add_gradient(model, params, (x[part], y[part]), loss_fn, weight * len(x[part]) / len(x))
+                   for part in (slice(0, half), slice(half, None)))
     for p, g in zip(params, grads, strict=True):
         if g is not None:
             p.grad = g if p.grad is None else p.grad.add_(g)
+    return len(x)
 
 
 def group_importance(graph: tp.DependencyGraph, model: nn.Module, root: str, width: int,
