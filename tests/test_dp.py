@@ -190,3 +190,33 @@ def test_fill_budget_spends_rounding_slack_without_losing_score():
         assert sol.score <= brute_force(problem, budget) + 1e-9
         improved += sol.score > raw.score + 1e-12
     assert improved > 0  # 20 bins leave slack on these instances: the step must use it somewhere
+
+
+def test_shifting_only_each_factors_front_changes_no_budgets_best_plan(monkeypatch):
+    """conv shifts only the entries that beat every cheaper one (regnet_x_8gf's DP: 64 -> 21 CPU-s); the
+    best score within every budget, the front and the backtracked plan must be those of the full factors."""
+    from itcp_deploy.search import factors as fx
+    from itcp_deploy.search.dp import FrontSolver
+    from itcp_deploy.search.problem import problem_from_tables
+
+    space = resnet_space(9)
+    problem = problem_from_tables(space, staircase_tables(space), 0.05, random_scores(space))
+    full_front, dropped = fx.front, []
+
+    def counted(s):
+        out = full_front(s)
+        dropped.append(int(np.isfinite(s.vals).sum() - np.isfinite(out.vals).sum()))
+        return out
+
+    for frac in (0.4, 0.6, 0.8):
+        budget = problem.cost(problem.widest()) * frac
+        monkeypatch.setattr(fx, "front", lambda s: s)
+        full = FrontSolver(problem, budget, bins=300)
+        monkeypatch.setattr(fx, "front", counted)
+        kept = FrontSolver(problem, budget, bins=300)
+        assert np.array_equal(np.maximum.accumulate(full.root), np.maximum.accumulate(kept.root))
+        assert kept.front() == full.front()
+        plan = kept.solution()
+        assert plan.score == pytest.approx(full.solution().score) and plan.cost <= budget
+        assert plan.score == pytest.approx(kept.front()[-1][1])
+    assert sum(dropped) > 0

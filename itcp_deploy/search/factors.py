@@ -105,6 +105,25 @@ def to_sparse(f: Dense) -> Sparse:
     return Sparse(f.scope, idx, np.take_along_axis(f.table, idx, axis=-1))
 
 
+def front(s: Sparse) -> Sparse:
+    """``s`` with only the entries that beat every cheaper entry of their assignment, those first.
+
+    The DP needs the best score within each budget (the running maximum over bins), and a product's running
+    maximum depends on its factors' running maxima only: an entry with more bins and no more score never
+    changes a plan's score. The product then holds fewer exact-bin values; backtracking recomputes exact rows
+    from the stored factors, which keep every entry. Not on two budgets' flattened grid, where a smaller bin
+    index is not a smaller spend of both."""
+    order = np.argsort(s.bins, axis=-1, kind="stable")
+    bins, vals = np.take_along_axis(s.bins, order, axis=-1), np.take_along_axis(s.vals, order, axis=-1)
+    keep = np.isfinite(vals)
+    keep[..., 1:] &= vals[..., 1:] > np.maximum.accumulate(vals, axis=-1)[..., :-1]
+    m = max(int(keep.sum(axis=-1).max(initial=0)), 1)
+    idx = np.argsort(~keep, axis=-1, kind="stable")[..., :m]
+    kept = np.take_along_axis(keep, idx, axis=-1)
+    return Sparse(s.scope, np.take_along_axis(bins, idx, axis=-1),
+                  np.where(kept, np.take_along_axis(vals, idx, axis=-1), NEG), s.origin)
+
+
 def conv(d: Dense, s: Sparse, n_bins: int, valid: np.ndarray | None = None) -> Dense:
     """Max-plus convolution over bins of a dense and a sparse factor, over the union of their scopes.
 
@@ -112,6 +131,7 @@ def conv(d: Dense, s: Sparse, n_bins: int, valid: np.ndarray | None = None) -> D
     at a time: a dense message times a densified message has hundreds of entries per assignment, and one numpy
     call per entry made the DP spend minutes in call overhead on deep networks (ResNet-50: 5 million calls)."""
     scope = union(d.scope, s.scope)
+    s = front(s) if valid is None else s
     table = align(d.table, d.scope, scope)
     pad = np.concatenate([np.full(table.shape[:-1] + (n_bins,), NEG), table], axis=-1)[..., None, :]
     bins, vals = align(s.bins, s.scope, scope), align(s.vals, s.scope, scope)
