@@ -144,3 +144,14 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, case):
     assert code == 2
     assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_model_over_the_2_gb_of_one_onnx_file_is_refused_in_one_line_before_export(tmp_path):
+    """regnet_y_128gf (2.6 GB): the exporter put its weights in external files, the engine build copied
+    model.onnx without them and onnxruntime failed on a missing initializer file. Meta tensors: no memory."""
+    from itcp_deploy.errors import ItcpError
+
+    big = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 45_000, device="meta"))
+    with pytest.raises(ItcpError, match=r"take 2\.2\d GB, over the 2 GB one ONNX file holds"):
+        export_onnx(big, (1, 3, 64, 64), tmp_path / "big.onnx")
+    assert not (tmp_path / "big.onnx").exists()

@@ -25,6 +25,9 @@ from itcp_deploy.models.copying import sharing_copy
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
 PARITY_RTOL = 1e-4
+# protobuf's limit on one message: a model past it is written with its weights in external files, which the
+# engine chain (one ONNX file per engine, copied and optimised by each backend) does not carry
+SINGLE_FILE_BYTES = 2 << 30
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -200,8 +203,18 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         ItcpError: export fails, or the checker or parity check rejects the result.
     """
     check_opset(opset)
+    check_single_file(model)
     _export_checked(model, input_shape, path, opset, verify)
     return Path(path)
+
+
+def check_single_file(model: nn.Module) -> None:
+    """Refuse, before exporting, a model whose float32 weights cannot fit in one ONNX file (2 GB)."""
+    size = sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+    if size >= SINGLE_FILE_BYTES:
+        raise ItcpError(f"the model's float32 weights take {size / 1e9:.2f} GB, over the 2 GB one ONNX file holds "
+                        "(its weights would go to external files, which the engine chain does not carry)",
+                        "prune or distil it in PyTorch below 2 GB first, or export and build it by hand")
 
 
 def check_opset(opset: int) -> None:
