@@ -163,7 +163,7 @@ def _export_copy(model: nn.Module) -> nn.Module:
 
 def _export_checked(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int,
                     verify: bool) -> float | None:
-    """Export a folded deep copy to a temp file, check it, then move it onto ``path``; returns the error."""
+    """Export a folded copy to a temp file, check it, then move it onto ``path``; returns the error."""
     import onnx
 
     # a copy only to verify against (the caller may change the model meanwhile); the exported one shares its
@@ -189,7 +189,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
                 opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
     """Export ``model`` to ONNX at ``path`` (atomically): eval mode, BN folded, static ``input_shape``.
 
-    The caller's model is not changed (a deep copy is exported). Input and output are named ``input`` and
+    The caller's model is not changed (a copy sharing its weights is exported). Input and output are named ``input`` and
     ``output``. A file that fails verification is never put in place.
 
     Args:
@@ -200,7 +200,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         verify: run ``onnx.checker`` and the ONNX Runtime parity check (:func:`verify_onnx`).
 
     Raises:
-        ItcpError: export fails, or the checker or parity check rejects the result.
+        ItcpError: the weights are over 2 GB, export fails, or the checker or parity check rejects the result.
     """
     check_opset(opset)
     check_single_file(model)
