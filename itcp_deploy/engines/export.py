@@ -189,8 +189,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
                 opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
     """Export ``model`` to ONNX at ``path`` (atomically): eval mode, BN folded, static ``input_shape``.
 
-    The caller's model is not changed (a copy sharing its weights is exported). Input and output are named ``input`` and
-    ``output``. A file that fails verification is never put in place.
+    The caller's model is not changed (a copy sharing its weights is exported). Input and output are named
+    ``input`` and ``output``. A file that fails verification is never put in place.
 
     Args:
         model: any ``nn.Module`` taking one NCHW tensor.
