@@ -20,7 +20,7 @@ from torch import nn
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.exportable import exportable_pooling
 from itcp_deploy.errors import ItcpError, is_out_of_memory
-from itcp_deploy.models.copying import sharing_copy
+from itcp_deploy.models.copying import model_tensors, sharing_copy
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
@@ -156,7 +156,7 @@ def _export_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy to fold and export, sharing the caller's weights; a model not all CPU float32 is
     copied whole and converted (converting shared tensors would change the caller's model)."""
     if any(t.is_floating_point() and (t.device.type != "cpu" or t.dtype != torch.float32)
-           for t in [*model.parameters(), *model.buffers()]):
+           for t in model_tensors(model)):
         return copy.deepcopy(model).cpu().float().eval()
     return sharing_copy(model).eval()
 
@@ -210,7 +210,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
 
 def check_single_file(model: nn.Module) -> None:
     """Refuse, before exporting, a model whose float32 weights cannot fit in one ONNX file (2 GB)."""
-    size = sum(t.numel() * 4 for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+    size = sum(t.numel() * 4 for t in model_tensors(model) if t.is_floating_point())
     if size >= SINGLE_FILE_BYTES:
         raise ItcpError(f"the model's float32 weights take {size / 1e9:.2f} GB, over the 2 GB one ONNX file holds "
                         "(its weights would go to external files, which the engine chain does not carry)",

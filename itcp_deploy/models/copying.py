@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 
-def _tensors(model: nn.Module) -> list[torch.Tensor]:
+def model_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of ``model``."""
     return [*model.parameters(), *model.buffers()]
 
 
@@ -22,12 +23,12 @@ def sharing_copy(model: nn.Module) -> nn.Module:
 
     Only for code that replaces tensors: an in-place write (an optimiser step, ``.data`` assignment,
     ``requires_grad_`` or ``.grad``) reaches ``model``. :func:`own_tensors` ends the sharing."""
-    return copy.deepcopy(model, {id(t): t for t in _tensors(model)})
+    return copy.deepcopy(model, {id(t): t for t in model_tensors(model)})
 
 
 def own_tensors(model: nn.Module, source: nn.Module) -> None:
     """Give ``model`` (a :func:`sharing_copy` of ``source``) clones of the tensors it still shares with it."""
-    theirs = {id(t) for t in _tensors(source)}
+    theirs = {id(t) for t in model_tensors(source)}
     clones: dict[int, torch.Tensor] = {}  # a tensor shared by two modules (tied weights) stays shared
     for module in model.modules():
         for store in (module._parameters, module._buffers):

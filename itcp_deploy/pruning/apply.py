@@ -126,14 +126,12 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     plan = space.complete(widths)
     targets = [g for g in space.prunable if plan[g.name] < g.full_width]
     gradients = isinstance(importance, str) and IMPORTANCE.get(importance).needs_gradients
+    if not targets:
+        return model if inplace else copy.deepcopy(model)
     # gradients land in .grad, so they need a copy of their own; any other copy shares the caller's tensors
     # until pruning replaces them, and owns the rest at the end (memory: the pruned size, not a full copy)
     shared = not inplace and not gradients
     pruned = model if inplace else sharing_copy(model) if shared else copy.deepcopy(model)
-    if not targets:
-        if shared:
-            own_tensors(pruned, model)
-        return pruned
     flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
     graph = trace(pruned, space.input_shape, space.model)
     try:

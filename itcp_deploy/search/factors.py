@@ -99,10 +99,14 @@ def densify(f: Sparse, n_bins: int) -> Dense:
 
 def to_sparse(f: Dense) -> Sparse:
     """The finite entries of a dense factor, padded to the same count per assignment."""
-    finite = np.isfinite(f.table)
-    m = max(int(finite.sum(axis=-1).max(initial=0)), 1)
-    idx = np.argsort(~finite, axis=-1, kind="stable")[..., :m]
+    idx = _first(np.isfinite(f.table))
     return Sparse(f.scope, idx, np.take_along_axis(f.table, idx, axis=-1))
+
+
+def _first(keep: np.ndarray) -> np.ndarray:
+    """Per assignment, the positions where ``keep`` holds, in order, then others up to the largest count."""
+    m = max(int(keep.sum(axis=-1).max(initial=0)), 1)
+    return np.argsort(~keep, axis=-1, kind="stable")[..., :m]
 
 
 def front(s: Sparse) -> Sparse:
@@ -117,8 +121,7 @@ def front(s: Sparse) -> Sparse:
     bins, vals = np.take_along_axis(s.bins, order, axis=-1), np.take_along_axis(s.vals, order, axis=-1)
     keep = np.isfinite(vals)
     keep[..., 1:] &= vals[..., 1:] > np.maximum.accumulate(vals, axis=-1)[..., :-1]
-    m = max(int(keep.sum(axis=-1).max(initial=0)), 1)
-    idx = np.argsort(~keep, axis=-1, kind="stable")[..., :m]
+    idx = _first(keep)
     kept = np.take_along_axis(keep, idx, axis=-1)
     return Sparse(s.scope, np.take_along_axis(bins, idx, axis=-1),
                   np.where(kept, np.take_along_axis(vals, idx, axis=-1), NEG), s.origin)
