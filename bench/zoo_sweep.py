@@ -45,9 +45,10 @@ RESULT_PREFIX = "ZOO-RESULT "
 WALL_FACTOR = 6
 MEMORY_CAP = 6 << 30
 # glibc returns a freed allocation of 16 MiB or more to the system at once. By default its threshold grows
-# after each large free, so freed tensors stayed in the heap and the data cap counted them (maxvit_t's scoring
-# failed at 5.8 GB of address space with 1.4 GB in use). A low threshold (128 KiB) maps and zeroes every
-# activation anew: vit_b_16's prune + export took 3.9 CPU-s an engine against 2.26 by default, 2.52 at 16 MiB.
+# after each large free, so freed tensors stayed in the heap and the data cap counted them (maxvit_t's
+# scoring began with 1.4 GB resident but 2.45 GB of address space, and failed at 5.8 GB). A low threshold
+# (128 KiB) maps and zeroes every activation anew: vit_b_16's prune + export took 3.9 CPU-s an engine
+# against 2.26 by default, 2.52 at 16 MiB (docs/benchmarks.md section 11 has the commands).
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
 
 
