@@ -180,10 +180,11 @@ def staircase_cmd(
     max_width: Annotated[int, typer.Option("--max-width", help="Largest output width.")] = 64,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 20,
+    backend: Annotated[str, typer.Option("--backend", help="A CPU backend: onnxruntime or openvino.")] = "onnxruntime",
     out: Annotated[Path, typer.Option("-o", "--out", help="PNG path.")] = Path("docs/staircase_ort_cpu.png"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the points as JSON on stdout.")] = False,
 ) -> None:
-    """Plot measured latency vs output width of one 3x3 conv on onnxruntime CPU, next to MACs."""
+    """Plot measured latency vs output width of one 3x3 conv on a CPU backend, next to MACs."""
     from dataclasses import asdict
 
     from itcp_deploy.profiling.staircase import StaircaseConfig, staircase
@@ -194,6 +195,7 @@ def staircase_cmd(
         hw=hw,
         max_width=max_width,
         threads=threads,
+        backend=backend,
         timing=TimingConfig(warmup=50, rounds=rounds, runs_per_round=100),
     )
     points, path = staircase(config, out)
