@@ -11,10 +11,9 @@ the run's ``--input-shape``), ``threads`` (1), ``percentile`` (50), and exactly 
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from itcp_deploy.cli.shapes import parse_input_shape, positive_float
 from itcp_deploy.engines import EngineOptions
