@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         PruneResult,
         apply,
         build_engine,
+        load,
         plan,
         prune,
     )
@@ -42,7 +43,7 @@ else:
         return _plan(*args, **kwargs)
 
     __getattr__ = lazy_exports(__name__, {name: "api" for name in (
-        "EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "prune")})
+        "EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load", "prune")})
 
 
 def run(*args: Any, **kwargs: Any) -> Any:
@@ -52,5 +53,5 @@ def run(*args: Any, **kwargs: Any) -> Any:
     return _run(*args, **kwargs)
 
 
-__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "__version__", "apply", "build_engine", "plan",
-           "prune", "run"]
+__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "__version__", "apply", "build_engine", "load",
+           "plan", "prune", "run"]

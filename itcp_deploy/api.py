@@ -255,5 +255,23 @@ def build_engine(model: nn.Module, example_input: torch.Tensor, *, out_dir: str 
                         latency.ratio)
 
 
-__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "plan", "prune",
+def load(path: str | Path, model: nn.Module | None = None, *, weights: str | None = None,
+         trust_code: bool = False) -> nn.Module:
+    """The pruned model a run saved, in eval mode, for your own code: ``path`` is the run folder (``OUT/``) or
+    its ``pruned.pt`` (``widths.json`` beside it says the widths). Zoo, torchvision and timm models rebuild from
+    their name; for your own architecture pass ``model``, the dense module you pruned (left untouched): the
+    file holds weights, never code."""
+    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.pruning.persist import load_pruned
+
+    p = Path(path)
+    folder = RunFolder(p if p.is_dir() else p.parent)
+    state = p if p.is_file() else folder.pruned
+    if not folder.plan.is_file():
+        raise UsageError(f"{folder.plan} does not exist: {p} is not a pruned run's output",
+                         "pass the -o folder of `itcp-deploy run` (or of prune()), or its pruned.pt")
+    return load_pruned(state, folder.plan, weights=weights, trust_code=trust_code, base=model).eval()
+
+
+__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load", "plan", "prune",
            "prune_spec"]

@@ -59,7 +59,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 def load_pruned(state_dict_path: str | os.PathLike[str],
                 plan_or_path: PruningPlan | str | os.PathLike[str], *, weights: str | None = None,
-                trust_code: bool = False) -> nn.Module:
+                trust_code: bool = False, base: nn.Module | None = None) -> nn.Module:
     """Rebuild a pruned model from its plan and load its state_dict.
 
     Args:
@@ -67,6 +67,9 @@ def load_pruned(state_dict_path: str | os.PathLike[str],
         plan_or_path: The plan, or its ``widths.json``.
         weights: Base-model checkpoint passed to ``create_model`` (only needed if the architecture needs it).
         trust_code: Allow plan models whose loading executes code (pickled models, factories).
+        base: The dense architecture to cut (any module, e.g. the one given to ``prune()``), instead of
+            ``create_model(plan.model)``: a plan of a user's own module names no model the zoo can build.
+            Left untouched.
 
     Returns:
         The pruned model with the saved weights, in training mode like ``create_model``.
@@ -83,9 +86,11 @@ def load_pruned(state_dict_path: str | os.PathLike[str],
     path = Path(state_dict_path)
     state = _read_state(path)
     num_classes = plan.widths.get(OUTPUT_GROUP)
-    base = create_model(plan.model, num_classes=num_classes, weights=weights, trust_code=trust_code)
+    given = base is not None
+    if base is None:
+        base = create_model(plan.model, num_classes=num_classes, weights=weights, trust_code=trust_code)
     space = build_space(base, plan.input_shape, model_spec=plan.model, grid=_ANY_WIDTH)
-    if num_classes is None:  # plans may omit fixed groups: read the class count from the saved classifier
+    if num_classes is None and not given:  # plans may omit fixed groups: read the class count from the saved classifier
         head = f"{space.group(OUTPUT_GROUP).layers_out[0]}.weight"
         if head in state and state[head].shape[0] != space.group(OUTPUT_GROUP).full_width:
             base = create_model(plan.model, num_classes=int(state[head].shape[0]), weights=weights,
