@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,7 +132,7 @@ def with_progress(job, config, quiet: bool):
     if quiet:
         return job(config)
     with progress_bar() as progress:
-        return job(config, log=lambda msg: console.print(f"[dim]{msg}[/dim]"), progress=progress)
+        return job(config, log=logging.getLogger("itcp_deploy").info, progress=progress)
 
 
 def deliver(config, json_out: bool) -> None:

@@ -89,6 +89,16 @@ def _build(spec: str, num_classes: int | None, trust_code: bool, factory_kwargs:
                            "or package.module:factory")
 
 
+def random_weights_note(spec: str, weights: str | Path | None) -> str | None:
+    """One line when ``spec`` names a built-in model (zoo, torchvision, timm) and no checkpoint: it is built
+    randomly initialised (nothing is downloaded), so scores computed on it are noise."""
+    builtin = spec in MODELS or any(spec.startswith(prefix) for prefix in SOURCES)
+    if weights is not None or not builtin:
+        return None
+    return (f"{spec} has random weights (no --weights): its channel scores are noise and its accuracy means "
+            "nothing; pass --weights CHECKPOINT to prune a trained model")
+
+
 def create_model(spec: str, *, num_classes: int | None = None, weights: str | Path | None = None,
                  trust_code: bool = False, **factory_kwargs) -> nn.Module:
     """Build a model from a spec (see the module docstring), optionally loading a checkpoint.

@@ -7,6 +7,7 @@ then runs one search method. ``itcp-deploy search`` and ``itcp-deploy pareto`` c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -52,9 +53,12 @@ def budget_ms(perf_model: PerfModel, target: LatencyTarget | None) -> tuple[floa
 def search_inputs(config: SearchConfig, *, with_channel_importance: bool = False) -> SearchInputs:
     """Load the perf model, the model and the data, and score every group of the perf model's space."""
     from itcp_deploy.models import create_model
+    from itcp_deploy.models.registry import random_weights_note
     from itcp_deploy.pruning import channel_importance, group_scores
     from itcp_deploy.pruning.apply import check_space_fits
 
+    if note := random_weights_note(config.model, config.weights):
+        logging.getLogger("itcp_deploy").warning(note)
     perf_model = PerfModel.load(config.perf_model)
     space = perf_model.space
     model = create_model(config.model, weights=config.weights, trust_code=config.trust_code)

@@ -7,6 +7,7 @@ go on disk is the caller's business (``run`` uses a :class:`~itcp_deploy.pipelin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,7 +73,10 @@ def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
 
     from itcp_deploy.data import load_dataset
     from itcp_deploy.models import create_model
+    from itcp_deploy.models.registry import random_weights_note
 
+    if note := random_weights_note(source.model, source.weights):
+        logging.getLogger("itcp_deploy").warning(note)
     torch.manual_seed(seed)
     train = load_dataset(source.data, "train")
     plain = load_dataset(source.data, "train", augment=False)
