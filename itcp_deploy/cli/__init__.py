@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     except click_error as exc:  # usage errors (bad option values, unknown commands)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `itcp-deploy` (or group): its help, not an error
+            print(exc.ctx.get_help())  # type: ignore[attr-defined]
+            return 0
         if debug:
             raise
         message = exc.format_message().rstrip(".")
