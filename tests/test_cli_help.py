@@ -46,3 +46,26 @@ def test_staircase_runs_on_openvino(tmp_path):
                            "--in-channels", "4", "-o", str(out))
     assert code == 0, err
     assert json.loads(out.with_suffix(".json").read_text())["config"]["backend"] == "openvino"
+
+
+def test_the_output_flag_is_spelled_one_way():
+    """-o/--out on every command that writes (issue 25: --out, -o/--out, -o/--output, --out-dir before)."""
+    spelled = {}
+    for name, command in _commands().items():
+        for p in command.params:  # type: ignore[attr-defined]
+            if {"-o", "--out", "--output", "--out-dir"} & set(p.opts):
+                spelled[name] = sorted(p.opts)
+    assert {"run", "export", "calibrate", "fit", "search", "staircase", "profile-engines", "train"} <= set(spelled)
+    assert all(opts == ["--out", "-o"] for opts in spelled.values()), spelled
+
+
+@pytest.mark.parametrize("old", ["--output", "--out-dir"])
+def test_old_output_spellings_still_work_unshown(old, tmp_path):
+    from itcp_deploy.cli import _unalias
+
+    assert _unalias(["fit", "p.json", old, "m.json"]) == ["fit", "p.json", "--out", "m.json"]
+    assert _unalias([old + "=m.json"]) == ["--out=m.json"]
+    assert _unalias(["x", "--", old]) == ["x", "--", old]
+    code, out, err = run_cli("calibrate", "--data", "synthetic", "--num", "4", old, str(tmp_path / "c"), "--json")
+    assert code == 0, err
+    assert old not in run_cli("calibrate", "--help")[1]

@@ -26,6 +26,20 @@ def _click_types() -> tuple[type[BaseException], type[BaseException]]:
     return ClickException, typer.Abort
 
 
+# Spellings of the output flag before it became one (-o/--out everywhere): still accepted, never shown.
+_OLD_OUT = ("--output", "--out-dir")
+
+
+def _unalias(args: list[str]) -> list[str]:
+    """Old output-flag spellings as ``--out`` (before a ``--`` that ends the options)."""
+    end = args.index("--") if "--" in args else len(args)
+    new = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        new.append("--out" + eq + value if i < end and name in _OLD_OUT else a)
+    return new
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code instead of raising ``SystemExit``.
 
@@ -37,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ITCP_DEBUG", "") not in ("", "0")
-    args = [a for a in args if a != "--debug"]
+    args = _unalias([a for a in args if a != "--debug"])
     click_error, abort = _click_types()
     try:
         with sigterm_as_interrupt():

@@ -14,7 +14,7 @@ from itcp_deploy.cli.app import app
 def export(
     model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
     input_shape: Annotated[str, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")],
-    out: Annotated[Path, typer.Option("--out", help="Output .onnx path.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output .onnx path.")],
     weights: Annotated[Path | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
     num_classes: Annotated[int | None, typer.Option("--num-classes", help="Classifier outputs.")] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,

@@ -29,7 +29,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output."
 def run_command(
     model: Annotated[str, typer.Argument(help="Model name or spec (see `itcp-deploy models`).")],
     data: Annotated[str, typer.Option("--data", help="Training/evaluation data spec (digits, cifar10:DIR, ...).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (resumable).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (resumable).")],
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")] = None,
     target: Annotated[list[str] | None, typer.Option(
         "--target", help="A deployment target, repeatable: backend=openvino,shape=8x3x32x32,threads=2,"
@@ -87,7 +87,7 @@ def run_command(
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")] = Path("demo-out"),
     train_seconds: Annotated[float, typer.Option("--train-seconds", min=1, help="Dense training time.")] = 60.0,
     json: Json = False,
     quiet: Quiet = False,

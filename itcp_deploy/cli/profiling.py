@@ -37,7 +37,7 @@ def calibrate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
     name: Annotated[str | None, typer.Option("--name", help="Set name (calib/<name>.npz).")] = None,
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="Check samples are NxCxHxW.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where sets go.")] = Path("calib"),
+    out_dir: Annotated[Path, typer.Option("-o", "--out", help="Where sets go.")] = Path("calib"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Draw a seeded INT8 calibration set (no augmentation) into calib/<name>.npz + .json."""

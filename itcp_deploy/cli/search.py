@@ -35,7 +35,7 @@ def _inputs(model: str, perf_model: Path, weights: str | None, data: str | None)
 @app.command("fit")
 def fit_cmd(
     profile: Annotated[Path, typer.Argument(help="profile.json written by `itcp-deploy profile-engines`.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write perf_model.json.")],
+    output: Annotated[Path, typer.Option("-o", "--out", help="Where to write perf_model.json.")],
     method: Annotated[str, typer.Option("--method", help="table (staircase tables) or flops.")] = "table",
     force: Annotated[
         bool, typer.Option("--force", help="Keep a fit whose held-out error is too high.")
@@ -69,7 +69,7 @@ def search_cmd(
         str, typer.Argument(help="Model spec (zoo name, torchvision:NAME, path, module:factory).")
     ],
     perf_model: PerfModelOpt,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write widths.json.")],
+    output: Annotated[Path, typer.Option("-o", "--out", help="Where to write widths.json.")],
     sla_ms: Annotated[float | None, typer.Option("--sla-ms", help="Latency budget in ms.")] = None,
     speedup: Annotated[
         float | None, typer.Option("--speedup", help="Budget = the perf model's predicted dense latency / S.")
@@ -119,7 +119,7 @@ def search_cmd(
 def pareto_cmd(
     model: Annotated[str, typer.Argument(help="Model spec.")],
     perf_model: PerfModelOpt,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the PNG.")],
+    output: Annotated[Path, typer.Option("-o", "--out", help="Where to write the PNG.")],
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated search methods.")
     ] = "itcp,uniform,flops,global-magnitude,knapsack-linear",
