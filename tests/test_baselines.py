@@ -145,4 +145,5 @@ def test_cli_search_usage_errors(perf_model_file, tmp_path):
     code, _, err = run_cli(*base, "--sla-ms", "1", "--method", "greedy")
     assert code == 2 and "unknown search method" in err
     code, _, err = run_cli(*base, "--sla-ms", "0.001", "--criterion", "l1-fraction")
-    assert code == 2 and "minimum achievable" in err and err.count("\n") == 1
+    errors = [line for line in err.splitlines() if not line.startswith("warning: ")]  # cifar_resnet20: random
+    assert code == 2 and "minimum achievable" in err and len(errors) == 1, err

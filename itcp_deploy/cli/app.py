@@ -28,9 +28,9 @@ class ConsoleHandler(logging.Handler):
 
         message = record.getMessage()
         if record.levelno >= logging.WARNING:
-            console.print(Text(f"warning: {message}", style="yellow"))
+            console.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)
         else:
-            console.print(Text(message, style="dim"))
+            console.print(Text(message, style="dim"), soft_wrap=True)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -39,6 +39,7 @@ def configure_logging(verbose: bool) -> None:
     logger.handlers = [h for h in logger.handlers if not isinstance(h, ConsoleHandler)] + [ConsoleHandler()]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    logger.disabled = False  # a library's logging.config call may have disabled every existing logger
 
 
 def _version(value: bool) -> None:

@@ -129,8 +129,13 @@ def print_report(report, json_out: bool) -> None:
 
 def with_progress(job, config, quiet: bool):
     """``job(config)`` silently, or with a log line per stage and rich progress bars."""
-    if quiet:
-        return job(config)
+    if quiet:  # no progress and no messages but errors: the report still says everything
+        logger = logging.getLogger("itcp_deploy")
+        level, logger.level = logger.level, logging.ERROR
+        try:
+            return job(config)
+        finally:
+            logger.setLevel(level)
     with progress_bar() as progress:
         return job(config, log=logging.getLogger("itcp_deploy").info, progress=progress)
 
