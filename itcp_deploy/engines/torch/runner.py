@@ -48,7 +48,8 @@ def load_program(path: Path) -> tuple[Any, tuple[int, ...]]:
 
 class TorchRunner(Runner):
     """Runs a :class:`ProgramFromTorch` artifact, or a module given directly with its ``input_shape``, at
-    ``precision`` (fp32 or fp16; see :data:`DTYPES`).
+    ``precision`` (fp32 or fp16; see :data:`DTYPES`). A module given directly is moved to the device and dtype
+    in place.
 
     Sets ``torch.set_num_threads(options.threads)`` while active and restores it on exit.
     """
