@@ -131,10 +131,16 @@ def part_staircase(setup: Setup, device: str, work: Path, out: Path, result: dic
 
 
 def cli(*args: str) -> tuple[int, str]:
-    """Run ``itcp-deploy ARGS`` (no console script needed); its output goes to the log, its last error back."""
-    done = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True)
-    print(done.stdout + done.stderr, flush=True)
-    return done.returncode, one_line(done.stderr or done.stdout)
+    """Run ``itcp-deploy ARGS`` (no console script needed): its output streams to the log (a part stopped at
+    its cap still shows how far it got); returns the exit code and its last ``error:`` line (else last line)."""
+    child = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    last = error = ""
+    for line in child.stdout:
+        print(line, end="", flush=True)
+        last = line.strip() or last
+        error = line.strip() if line.startswith("error:") else error
+    return child.wait(), one_line(error or last)
 
 
 def part_profile(setup: Setup, device: str, work: Path, model: str, result: dict) -> None:

@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,37 @@ def test_parts_past_the_budget_are_skipped_with_a_note(tmp_path):
     assert done.returncode == 0
     assert s["parts"] and all("time budget" in p["skipped"] for p in s["parts"].values())
     assert s["bars"]["fit:cifar_resnet20"]["pass"] is None and s["bars"]["all_pass"] is False
+
+
+def _live_processes_naming(text: str) -> list[str]:
+    """Command lines that contain ``text``, of processes not yet ended (zombies, awaiting their reaper, count
+    as ended: SIGKILL has done its work)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        found += [args] if text in args and state not in "ZX" else []
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_part_stopped_at_its_cap_takes_its_cli_child_with_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    import gpu_check
+
+    args = gpu_check.parse(["--device", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    (tmp_path / "work").mkdir()
+    error = gpu_check.spawn("profile:cifar_resnet20", args, timeout=4)  # profile-engines takes longer than 4 s
+    assert error is not None and "cap of 4 s" in error
+    for _ in range(20):  # SIGKILL is delivered at once, the exit takes a moment
+        if not (left := _live_processes_naming(str(tmp_path / "work"))):
+            break
+        time.sleep(0.1)
+    assert left == []
 
 
 def test_staircase_on_the_torch_backend_at_fp16_and_batch(tmp_path):
