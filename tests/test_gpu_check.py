@@ -116,8 +116,10 @@ def test_staircase_on_the_torch_backend_at_fp16_and_batch(tmp_path):
                                                precision="fp16", timing=timing))
     assert [p.macs for p in points] == [3 * 9 * 4 * 36 * w for w in (1, 2, 3)]
     assert all(p.median_ms > 0 for p in points)
-    with pytest.raises(UsageError, match="fp16"):
-        measure_staircase(StaircaseConfig(max_width=2, precision="fp16", timing=timing))  # onnxruntime: fp32 CPU
+    with pytest.raises(UsageError, match="fp32 only"):  # an engine built from ONNX: fp32, on the CPU
+        measure_staircase(StaircaseConfig(max_width=2, precision="fp16", timing=timing))
+    with pytest.raises(UsageError, match="CPU engine only"):
+        measure_staircase(StaircaseConfig(max_width=2, device="cuda", timing=timing))
 
 
 def test_torch_runner_runs_a_module_at_fp16_from_float32_feeds():

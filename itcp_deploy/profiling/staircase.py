@@ -111,11 +111,13 @@ def measure_staircase(config: StaircaseConfig | None = None) -> list[StaircasePo
     config = config or StaircaseConfig()
     backend = get_backend(config.backend)
     options = EngineOptions(threads=config.threads, device=config.device)
-    if backend.source != "torch" and (
-        config.precision != "fp32" or backend.device_name(options) != device_name("cpu")
-    ):
-        raise UsageError(f"the staircase runs {backend.name} as an fp32 CPU engine built from ONNX, not "
-                         f"{config.precision} on {config.device}", "use --backend torch for a GPU or fp16")
+    if backend.source != "torch":  # an engine built from ONNX: measured on the CPU, at fp32
+        if config.device != "cpu" or backend.device_name(options) != device_name("cpu"):
+            raise UsageError(f"the staircase measures {backend.name} as a CPU engine only",
+                             "use --backend torch for a GPU, onnxruntime or openvino for the CPU")
+        if config.precision != "fp32":
+            raise UsageError(f"the staircase measures {backend.name} at fp32 only, not {config.precision}",
+                             "use --backend torch for fp16")
     widths = list(range(1, config.max_width + 1))
     with tempfile.TemporaryDirectory(prefix="itcp-staircase-") as tmp, contextlib.ExitStack() as stack:
         runners = [stack.enter_context(_runner(backend, config, options, Path(tmp), w)) for w in widths]
