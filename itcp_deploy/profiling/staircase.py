@@ -5,6 +5,10 @@ in blocks (onnxruntime's NCHWc layout pads to 16 channels with AVX-512F, 8 with 
 its own blocked layouts and kernels). This plot is why the performance model is staircase-aware; each engine
 (``backend``) has its own staircase, and the block it steps by (``engines.device.block_from_staircase``) is
 saved beside it, with the device's ISA flags.
+
+ONNX backends build one CPU engine per width; the ``torch`` backend runs the conv modules themselves, on the CPU
+or on CUDA (CUDA graphs, CUDA events), at fp32 or fp16: GPU kernels tile output channels too
+(``bench/gpu_check.py`` measures where).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
 
 @dataclass(frozen=True)
 class StaircaseConfig:
-    """One 3x3 conv (stride 1, padding 1) on a ``hw`` x ``hw`` input of ``in_channels``, measured at
-    output widths 1..``max_width`` on a CPU ``backend``. Defaults to 32 in, 32x32, widths 1..64, 20 rounds x 100
-    runs, onnxruntime."""
+    """One 3x3 conv (stride 1, padding 1) on a ``batch`` x ``in_channels`` x ``hw`` x ``hw`` input, measured
+    at output widths 1..``max_width`` on ``backend``. Defaults to batch 1, 32 in, 32x32, widths 1..64, 20 rounds
+    x 100 runs, onnxruntime on the CPU at fp32. ``device`` and ``precision`` other than cpu/fp32 need the
+    ``torch`` backend."""
 
     in_channels: int = 32
     hw: int = 32
@@ -34,6 +39,9 @@ class StaircaseConfig:
     max_width: int = 64
     threads: int = 1
     backend: str = "onnxruntime"
+    batch: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=100)
     )
@@ -41,7 +49,7 @@ class StaircaseConfig:
     def validate(self) -> None:
         """Every size >= 1: a 0x0 input or zero output widths would fail deep in torch or plot nothing."""
         for option, value in (("--in-channels", self.in_channels), ("--hw", self.hw),
-                              ("--max-width", self.max_width), ("--kernel", self.kernel)):
+                              ("--max-width", self.max_width), ("--kernel", self.kernel), ("--batch", self.batch)):
             if value < 1:
                 raise UsageError(f"{option} must be >= 1, got {value}", f"pass e.g. {option} 32")
 
@@ -54,14 +62,23 @@ class StaircasePoint:
     macs: int
 
 
+def _input_shape(config: StaircaseConfig) -> tuple[int, int, int, int]:
+    return (config.batch, config.in_channels, config.hw, config.hw)
+
+
+def _conv(config: StaircaseConfig, width: int):
+    import torch
+
+    return torch.nn.Conv2d(config.in_channels, width, config.kernel, padding=config.kernel // 2).eval()
+
+
 def _export_conv(path: Path, config: StaircaseConfig, width: int) -> Path:
     import torch
 
-    conv = torch.nn.Conv2d(config.in_channels, width, config.kernel, padding=config.kernel // 2).eval()
     with warnings_off():
         torch.onnx.export(
-            conv,
-            (torch.zeros(1, config.in_channels, config.hw, config.hw),),
+            _conv(config, width),
+            (torch.zeros(_input_shape(config)),),
             os.fspath(path),
             input_names=["input"],
             output_names=["output"],
@@ -79,23 +96,33 @@ def warnings_off():
         yield
 
 
+def _runner(backend, config: StaircaseConfig, options: EngineOptions, tmp: Path, width: int):
+    """The conv at ``width`` as a runner: the module itself (torch), or a CPU engine built from its ONNX."""
+    if backend.source == "torch":
+        from itcp_deploy.engines.torch.runner import TorchRunner
+
+        return TorchRunner(_conv(config, width), options, _input_shape(config), config.precision)
+    onnx_path = _export_conv(tmp / f"w{width}.onnx", config, width)
+    return backend.runner(backend.builder(onnx_path, tmp / f"w{width}", options)(), options)
+
+
 def measure_staircase(config: StaircaseConfig | None = None) -> list[StaircasePoint]:
-    """Build one CPU engine per output width and measure them all interleaved."""
+    """One runner per output width, all measured interleaved on one shared input."""
     config = config or StaircaseConfig()
     backend = get_backend(config.backend)
-    if backend.source != "onnx" or backend.device_name(EngineOptions()) != device_name("cpu"):
-        raise UsageError(f"the staircase measures a CPU engine built from ONNX; {backend.name} is not one",
-                         "use --backend onnxruntime or --backend openvino")
-    options = EngineOptions(threads=config.threads)
+    options = EngineOptions(threads=config.threads, device=config.device)
+    if backend.source != "torch":  # an engine built from ONNX: measured on the CPU, at fp32
+        if config.device != "cpu" or backend.device_name(options) != device_name("cpu"):
+            raise UsageError(f"the staircase measures {backend.name} as a CPU engine only",
+                             "use --backend torch for a GPU, onnxruntime or openvino for the CPU")
+        if config.precision != "fp32":
+            raise UsageError(f"the staircase measures {backend.name} at fp32 only, not {config.precision}",
+                             "use --backend torch for fp16")
     widths = list(range(1, config.max_width + 1))
     with tempfile.TemporaryDirectory(prefix="itcp-staircase-") as tmp, contextlib.ExitStack() as stack:
-        runners = []
-        for w in widths:
-            onnx_path = _export_conv(Path(tmp) / f"w{w}.onnx", config, w)
-            artifact = backend.builder(onnx_path, Path(tmp) / f"w{w}", options)()
-            runners.append(stack.enter_context(backend.runner(artifact, options)))
-        result = measure_interleaved(runners, None, config.timing)
-    per_out = config.kernel * config.kernel * config.in_channels * config.hw * config.hw
+        runners = [stack.enter_context(_runner(backend, config, options, Path(tmp), w)) for w in widths]
+        result = measure_interleaved(runners, [runners[0].random_feeds()] * len(runners), config.timing)
+    per_out = config.batch * config.kernel * config.kernel * config.in_channels * config.hw * config.hw
     return [
         StaircasePoint(w, s.median_ms, s.p90_ms, per_out * w)
         for w, s in zip(widths, result.stats, strict=True)
@@ -155,15 +182,17 @@ def staircase(
     points = measure_staircase(config)
     block = block_from_staircase([p.width for p in points], [p.median_ms for p in points])
     version = get_backend(config.backend).version().split("-")[0]
+    where = f"CPU, {config.threads} thread(s)" if config.device == "cpu" else f"{config.device}, CUDA graphs"
     title = (
-        f"{config.kernel}x{config.kernel} conv, {config.in_channels} in, {config.hw}x{config.hw}, "
-        f"{config.backend} {version} CPU, {config.threads} thread(s), steps of {block or 'none found'}\n"
-        f"{device_name()}"
+        f"{config.kernel}x{config.kernel} conv, batch {config.batch}, {config.in_channels} in, "
+        f"{config.hw}x{config.hw}, {config.precision}, {config.backend} {version} {where}, "
+        f"steps of {block or 'none found'}\n{device_name(config.device)}"
     )
     path = plot_staircase(points, out, title)
     write_json(
         Path(out).with_suffix(".json"),
-        {"config": asdict(config), "device": device_name(), "block_measured": block,
-         "block_isa": isa_channel_block(detect_isa()), "points": [asdict(p) for p in points]},
+        {"config": asdict(config), "device": device_name(config.device), "block_measured": block,
+         "block_isa": isa_channel_block(detect_isa()) if config.device == "cpu" else None,
+         "points": [asdict(p) for p in points]},
     )
     return points, path

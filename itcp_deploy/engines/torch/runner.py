@@ -2,6 +2,9 @@
 
 torch has no cheap per-layer profile inside one run, so this backend reports no in-context layer times; the
 profiler times isolated layers instead (``layer_source="isolated"``).
+
+An in-memory module can run at fp16 (``precision="fp16"``: weights and the bound input cast once, outside the
+timed call; the host feeds stay float32), which the staircase measures on CUDA.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from itcp_deploy.engines.backend import Backend
 from itcp_deploy.engines.base import Artifact, EngineOptions, Runner
 from itcp_deploy.engines.lazy_import import require_cuda
 from itcp_deploy.engines.torch.build import META, PROGRAM, ProgramFromTorch
-from itcp_deploy.errors import InputFileError
+from itcp_deploy.errors import InputFileError, UsageError
+
+#: the torch dtype of each precision the runner can run a module at (int8 needs a quantized graph).
+DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
 def load_program(path: Path) -> tuple[Any, tuple[int, ...]]:
@@ -41,7 +47,9 @@ def load_program(path: Path) -> tuple[Any, tuple[int, ...]]:
 
 
 class TorchRunner(Runner):
-    """Runs a :class:`ProgramFromTorch` artifact, or a module given directly with its ``input_shape``.
+    """Runs a :class:`ProgramFromTorch` artifact, or a module given directly with its ``input_shape``, at
+    ``precision`` (fp32 or fp16; see :data:`DTYPES`). A module given directly is moved to the device and dtype
+    in place.
 
     Sets ``torch.set_num_threads(options.threads)`` while active and restores it on exit.
     """
@@ -51,9 +59,14 @@ class TorchRunner(Runner):
         artifact: Artifact,
         options: EngineOptions | None = None,
         input_shape: tuple[int, ...] | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(artifact, options)
+        if precision not in DTYPES:
+            raise UsageError(f"the torch runner runs a module at {' or '.join(DTYPES)}, not {precision!r}",
+                             "use fp32 or fp16 with the torch backend")
         self.input_shape = tuple(input_shape) if input_shape else None
+        self.precision = precision
         self._module = None
         self._threads = None
         self._graph = None
@@ -78,7 +91,7 @@ class TorchRunner(Runner):
         if self.options.device == "cuda":
             require_cuda("the torch backend on cuda")
             self.clock = "cuda"
-        self._module = self._module.to(self.options.device)
+        self._module = self._module.to(self.options.device, self._dtype())
         self._threads = torch.get_num_threads()
         torch.set_num_threads(self.options.threads)
 
@@ -88,6 +101,16 @@ class TorchRunner(Runner):
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         self._module = self._graph = None
+
+    def _dtype(self):
+        import torch
+
+        return getattr(torch, DTYPES[self.precision])
+
+    def _tensor(self, array: np.ndarray):
+        import torch
+
+        return torch.from_numpy(array).to(self.options.device, self._dtype())
 
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         return {"input": (self.input_shape, np.dtype(np.float32))}
@@ -99,16 +122,15 @@ class TorchRunner(Runner):
             return self._module(x)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        out = self._forward(torch.from_numpy(feeds["input"]).to(self.options.device))
+        out = self._forward(self._tensor(feeds["input"]))
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return {("output" if len(outs) == 1 else f"output_{i}"): o.detach().cpu().numpy() for i, o in enumerate(outs)}
+        return {("output" if len(outs) == 1 else f"output_{i}"): o.detach().float().cpu().numpy()
+                for i, o in enumerate(outs)}
 
     def _prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
         import torch
 
-        x = torch.from_numpy(feeds["input"]).to(self.options.device)
+        x = self._tensor(feeds["input"])
         if self.options.device != "cuda" or not self.options.cuda_graphs:
             return lambda: self._forward(x)
         stream = torch.cuda.Stream()
