@@ -48,3 +48,11 @@ def test_long_function_check_counts_lines(tmp_path):
     source.write_text("@decorator\ndef f():\n" + "    x = 1\n" * 58)  # 60 lines with its decorator
     assert long_functions(source, limit=60) == []
     assert len(long_functions(source, limit=59)) == 1
+
+
+def test_no_benchmark_file_over_400_lines():
+    """The benchmarks are read as evidence: the same limit."""
+    bench = ROOT.parent / "bench"
+    long = [f"{p.name} ({n} lines)" for p in sorted(bench.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    assert long == []
