@@ -1,0 +1,43 @@
+"""The shipped engine's own accuracy (issue 25): logits come from the engine through its runner, in chunks of its
+fixed batch (the last padded), and agree with the PyTorch model they were built from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from itcp_deploy.engines.base import EngineOptions
+from itcp_deploy.engines.build import EngineSpec, build_engine
+from itcp_deploy.engines.evaluate import EngineOutputs, engine_outputs
+from itcp_deploy.errors import UsageError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_engine_logits_are_the_models_in_order(tmp_path, batch):
+    model = _net()
+    built = build_engine(model, (batch, 3, 8, 8), tmp_path, "m", EngineSpec("onnxruntime", "fp32"))
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 5, (10,))
+    loader = [(x[:3], y[:3]), (x[3:], y[3:])]
+    out = engine_outputs("onnxruntime", built.artifact, EngineOptions(), loader)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(out.logits, expected, rtol=1e-4, atol=1e-5)
+    assert out.top1 == pytest.approx(100.0 * float(np.mean(expected.argmax(1) == y.numpy())))
+    assert out.agreement(out) == 1.0
+    assert len(engine_outputs("onnxruntime", built.artifact, EngineOptions(), loader, limit=7).labels) == 7
+
+
+def test_agreement_counts_the_same_class_and_needs_the_same_images():
+    a = EngineOutputs(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), np.array([0, 1, 1]))
+    b = EngineOutputs(np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]), np.array([0, 1, 1]))
+    assert a.agreement(b) == pytest.approx(2 / 3) and a.top1 == pytest.approx(200 / 3)
+    with pytest.raises(UsageError, match="same batches"):
+        a.agreement(EngineOutputs(a.logits[:2], a.labels[:2]))
