@@ -159,3 +159,21 @@ def test_int8_profile_attributes_layers(trained, tmp_path):
     assert profile.quantization == engine_int8_settings("onnxruntime", "int8").label
     for e in profile.engines:
         assert set(e.layer_ms) == {layer.name for layer in space.layers}
+
+
+def test_calibration_from_a_runs_own_batches(tmp_path):
+    """`run --precision int8` without --calib draws its set from the run's data (issue 25): seeded, recorded."""
+    from itcp_deploy.data.calibration import calibration_from_batches, load_calibration
+
+    batches = [(torch.randn(8, 3, 4, 4), torch.zeros(8)) for _ in range(3)]
+    a = calibration_from_batches(batches, tmp_path / "a.npz", num=10, seed=1, source="digits")
+    b = calibration_from_batches(batches, tmp_path / "b.npz", num=10, seed=1, source="digits")
+    c = calibration_from_batches(batches, tmp_path / "c.npz", num=10, seed=2, source="digits")
+    inputs = load_calibration(str(a), (1, 3, 4, 4))
+    assert inputs.shape == (10, 3, 4, 4)
+    np.testing.assert_array_equal(inputs, load_calibration(str(b)))
+    assert not np.array_equal(inputs, load_calibration(str(c)))
+    manifest = json.loads(a.with_suffix(".json").read_text())
+    assert manifest["source"] == "digits" and manifest["seed"] == 1 and manifest["num"] == 10
+    everything = torch.cat([x for x, _ in batches]).numpy()
+    assert all(any(np.array_equal(row, e) for e in everything) for row in inputs)

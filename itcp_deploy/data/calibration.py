@@ -86,6 +86,23 @@ def calibrate(
     return npz
 
 
+def calibration_from_batches(batches: list, path: str | os.PathLike[str], *, num: int, seed: int,
+                             source: str) -> Path:
+    """A calibration set drawn (``num`` images, ``seed``) from batches already in memory, e.g. a run's own score
+    batches, the un-augmented training images: ``run --precision int8`` needs no ``--calib`` when it has data.
+    Written to ``path`` (``.npz``) with the same manifest as :func:`calibrate`, ``source`` saying where from."""
+    images = [image for x, *_ in batches for image in np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)]
+    if not images:
+        raise UsageError("no images to draw an int8 calibration set from", "give data, or --calib NAME")
+    inputs, indices = draw_calibration([(image,) for image in images], num, seed)
+    npz = Path(path)
+    atomic_write(npz, lambda f: np.savez(f, inputs=inputs, indices=indices))
+    write_json(npz.with_suffix(".json"), {"name": npz.stem, "source": source, "seed": seed,
+                                          "num": int(len(indices)), "indices": indices.tolist(),
+                                          "shape": list(inputs.shape)})
+    return npz
+
+
 def load_calibration(
     name_or_path: str | None,
     input_shape: tuple[int, ...] | None = None,
