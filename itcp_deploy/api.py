@@ -46,13 +46,18 @@ class PruneOptions:
     same model); ``eval_loader``: test batches for the report's top-1 accuracy (classifiers with the default
     loss); ``profile``: default caches the profiled engines in ``OUT/cache``; ``recipe``: the built-in
     finetuning (its ``epochs`` unless :func:`prune` gets ``epochs=``; none by default) and the batches
-    BatchNorm re-estimation reads."""
+    BatchNorm re-estimation reads; ``ignore_layers``: globs of layers whose output width is kept (a detection
+    or segmentation head); ``compensate``: least-squares refit of the next layers after pruning;
+    ``block_removal``: let the search remove residual branches (width 0)."""
 
     name: str | None = None
     data: str = "python objects"
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()
+    compensate: bool = True
+    block_removal: bool = True
     percentile: int = 50
     margin: float = 0.03
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -128,6 +133,7 @@ def _config(model: nn.Module, shape: tuple[int, int, int, int], target: LatencyT
     recipe = o.recipe if epochs is None else replace(o.recipe, epochs=epochs)
     return RunConfig(model=o.name or _name(model), data=o.data, input_shape=shape, out_dir=str(out_dir),
                      target=target, weights=o.weights, num_classes=o.num_classes, trust_code=o.trust_code,
+                     ignore_layers=tuple(o.ignore_layers), compensate=o.compensate, block_removal=o.block_removal,
                      engine=engine, criterion=o.criterion, importance=o.importance, method=o.method,
                      recipe=recipe, profile=profile, loop=o.loop,
                      score_samples=o.score_samples, seed=o.seed, quiet=o.quiet)
@@ -197,7 +203,8 @@ def prune_spec(config: RunConfig, log: Log | None = None, progress: Progress | N
     t, e = config.target, config.engine
     options = PruneOptions(
         name=config.model, data=config.data, weights=config.weights, num_classes=config.num_classes,
-        trust_code=config.trust_code, percentile=t.percentile, margin=t.margin, engine=e.options, calib=e.calib,
+        trust_code=config.trust_code, ignore_layers=config.ignore_layers, compensate=config.compensate,
+        block_removal=config.block_removal, percentile=t.percentile, margin=t.margin, engine=e.options, calib=e.calib,
         criterion=config.criterion, importance=config.importance, method=config.method, recipe=config.recipe,
         profile=config.profile, loop=config.loop, score_samples=config.score_samples, seed=config.seed,
         quiet=config.quiet, eval_loader=inputs.eval_loader, log=log, progress=progress)

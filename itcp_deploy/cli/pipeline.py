@@ -11,6 +11,8 @@ import typer
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import (
     BackendOpt,
+    BlockRemovalOpt,
+    CompensateOpt,
     EpochsOpt,
     PercentileOpt,
     PrecisionOpt,
@@ -47,10 +49,8 @@ def run_command(
     epochs: EpochsOpt = 1,
     distill: Annotated[bool, typer.Option("--distill/--no-distill",
                                           help="Distil from the dense model while finetuning.")] = True,
-    compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
-                                             help="Least-squares refit after pruning.")] = True,
-    block_removal: Annotated[bool, typer.Option("--block-removal/--no-block-removal",
-                                                help="Let residual branches be removed (width 0).")] = True,
+    compensate: CompensateOpt = True,
+    block_removal: BlockRemovalOpt = True,
     percentile: PercentileOpt = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",

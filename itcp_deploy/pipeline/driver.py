@@ -18,7 +18,7 @@ from dataclasses import asdict
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.config import RunConfig
-from itcp_deploy.pipeline.report import RunReport
+from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
 from itcp_deploy.pipeline.stages import RUN_STAGES, Log, Progress, RunContext
@@ -108,7 +108,7 @@ def report_of(ctx: RunContext) -> RunReport:
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)}
         if perf.report else {},
         notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
-        wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
+        wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()}, **levers_fields(c, fin),
     )
     report.save(ctx.folder.root)
     _plots(ctx, report, plan, perf)

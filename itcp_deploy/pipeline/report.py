@@ -44,6 +44,12 @@ class RunReport:
     perf_model_error: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
+    # the levers the run used: layers kept at full width, least-squares compensation (and the layers it
+    # refit), block removal (width 0 for residual branches)
+    ignore_layers: list[str] = field(default_factory=list)
+    compensate: bool = True
+    compensated_layers: list[str] = field(default_factory=list)
+    block_removal: bool = True
     # a run with several targets: one entry per target (name, engine, SLA, predicted, measured, binds, ...);
     # the single-target fields above then repeat the first target's, and ``met_sla`` is "every target met"
     targets: list[dict] = field(default_factory=list)
@@ -51,6 +57,13 @@ class RunReport:
     def save(self, out_dir: Path) -> None:
         write_json(out_dir / "report.json", asdict(self))
         write_text(out_dir / "report.md", self.markdown())
+
+    def levers_line(self) -> str:
+        """Which levers were on: ignored layers, compensation, block removal."""
+        comp = f"on ({len(self.compensated_layers)} layer(s) refit)" if self.compensate else "off"
+        kept = ", ".join(f"`{g}`" for g in self.ignore_layers) or "none"
+        return (f"Compensation {comp}; block removal {'allowed' if self.block_removal else 'off'}; "
+                f"layers kept at full width: {kept}.")
 
     def markdown(self) -> str:
         f = self.final_latency_ms
@@ -61,6 +74,8 @@ class RunReport:
             f"Backend `{self.backend}` ({self.precision}) on {self.device}; "
             f"SLA {self.sla_ms:.4f} ms at p{self.percentile}; "
             f"criterion `{self.criterion}`, method `{self.method}`, {self.epochs} finetuning epoch(s).",
+            "",
+            self.levers_line(),
             "",
             *([f"{len(self.targets)} targets, one set of weights: the table and the SLA line below are the first "
                f"target's (`{self.targets[0]['name']}`); every target is in the Targets table.", ""]
@@ -92,6 +107,13 @@ class RunReport:
             lines += ["", "Plots: `latency_pred_vs_measured.png`, `pareto.png`, `widths.png`."]
         lines.append("")
         return "\n".join(lines)
+
+
+def levers_fields(config, finetune: dict) -> dict:
+    """The report's record of the levers a run used (``config``: its RunConfig; ``finetune``: the finetune
+    stage's result, which names the layers compensation refit)."""
+    return {"ignore_layers": list(config.ignore_layers), "compensate": config.compensate,
+            "compensated_layers": list(finetune.get("compensated_layers", [])), "block_removal": config.block_removal}
 
 
 def rounds_markdown(rounds: list[dict]) -> list[str]:

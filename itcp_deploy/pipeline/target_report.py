@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from itcp_deploy.pipeline.report import RunReport
+from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.stages import RunContext
 from itcp_deploy.pipeline.targets import DeployTarget
 
@@ -51,7 +51,7 @@ def targets_report(ctx: RunContext) -> RunReport:
         full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, criterion=c.criterion,
         method=c.method, epochs=c.recipe.epochs, notes=[n for n in [s.done("scores").get("note")] if n]
         + list(loop.get("notes", [])), wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
-        targets=entries)
+        targets=entries, **levers_fields(c, fin))
     report.save(ctx.folder.root)
     _plots(ctx, report)
     return report
