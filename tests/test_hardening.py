@@ -143,7 +143,8 @@ def test_resume_refuses_changed_data_file(tmp_path, weights_file):
 
 
 def test_comparison_fingerprint_holds_input_contents(tmp_path, weights_file, profile_file):
-    from itcp_deploy.pipeline.config import CompareConfig, ProfileSettings
+    from bench.comparison.config import CompareConfig
+    from itcp_deploy.pipeline.config import ProfileSettings
 
     config = CompareConfig(model="cifar_resnet20", data="digits", out_dir=str(tmp_path / "cmp"),
                            weights=str(weights_file), profile=ProfileSettings(profile_path=str(profile_file)))

@@ -128,6 +128,7 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
 
     import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
+    from itcp_deploy.pipeline.meter import Measured, TargetMeter
     from itcp_deploy.pipeline.run_dir import RunFolder
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.engine_timing import EngineLatency
@@ -140,8 +141,9 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     model = create_model("cifar_resnet20", num_classes=10).eval()
     space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
     stats = LatencyStats.from_samples([1.0])
-    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
-    monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: (EngineLatency(stats, 0.99), stats))
+    monkeypatch.setattr(TargetMeter, "dense_ms", lambda self: 1.0)
+    monkeypatch.setattr(TargetMeter, "measure", lambda self, artifact, timing=None, precise=False:
+                        Measured(EngineLatency(stats, 0.99), stats, 4, 0.99))
     monkeypatch.setattr("itcp_deploy.engines.build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
     folder = RunFolder(out)
     inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))
@@ -235,8 +237,11 @@ def test_loop_lands_in_the_band_when_the_perf_model_is_off(finished, monkeypatch
     import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.meter import Measured, TargetMeter
     from itcp_deploy.pipeline.run_dir import RunFolder
     from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.profiling.engine_timing import EngineLatency
+    from itcp_deploy.profiling.records import LatencyStats
     from itcp_deploy.pruning import build_space
 
     tmp, config, _, _ = finished
@@ -245,13 +250,13 @@ def test_loop_lands_in_the_band_when_the_perf_model_is_off(finished, monkeypatch
     folder = RunFolder(out)
     perf_dense = PerfModel.load(folder.perf_model).dense_ms()
 
-    def fake_measure_round(inputs, solution, r, dense_ms):
+    def fake_measure_round(inputs, meter, solution, r):
         ratio = solution.cost / perf_dense * bias
-        return ratio * dense_ms, ratio, 4
+        return Measured(EngineLatency(LatencyStats.from_samples([ratio]), ratio), None, 4, ratio * meter.dense_ms())
 
     model = create_model("cifar_resnet20", num_classes=10).eval()
     space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
-    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
+    monkeypatch.setattr(TargetMeter, "dense_ms", lambda self: 1.0)
     monkeypatch.setattr(cl, "_measure_round", fake_measure_round)
     config = replace(config, target=LatencyTarget(speedup=1.6), loop=replace(config.loop, max_rounds=4))
     inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))

@@ -5,9 +5,11 @@
 - :mod:`~itcp_deploy.pipeline.stages`: the stage functions ``run`` and ``compare`` share
 - :mod:`~itcp_deploy.pipeline.closed_loop`: search -> build -> measure -> correct, until the SLA is met
 - :mod:`~itcp_deploy.pipeline.run_dir`: the run folder's file names and ``state.json``
+- :mod:`~itcp_deploy.pipeline.meter`: one target's measuring (dense latency, a candidate interleaved, the verdict)
 - :mod:`~itcp_deploy.pipeline.planning` (``search``, ``pareto``), :mod:`~itcp_deploy.pipeline.gate`
-  (``check-latency``), :mod:`~itcp_deploy.pipeline.compare` (ITCP against the baselines),
-  :mod:`~itcp_deploy.pipeline.demo`, :mod:`~itcp_deploy.pipeline.report`
+  (``check-latency``), :mod:`~itcp_deploy.pipeline.demo`, :mod:`~itcp_deploy.pipeline.report`
+
+The comparison of ITCP against the baselines is a benchmark, not a command: ``bench/comparison/``.
 
 Names load lazily, so importing one module of the wing does not import the others.
 """

@@ -21,14 +21,10 @@ import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.pipeline.config import RunConfig
+from itcp_deploy.pipeline.meter import Measured, TargetMeter
 from itcp_deploy.pipeline.round_search import Rounds, RoundSearch, search_rounds
-from itcp_deploy.pipeline.round_timing import measure_precise
 from itcp_deploy.pipeline.run_dir import RunFolder
-from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
-from itcp_deploy.profiling.records import LatencyStats
-from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.space import PruningSpace
-from itcp_deploy.target import Measurement
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,19 +47,11 @@ class LoopInputs:
     scores: dict[str, np.ndarray]
 
 
-def measure_pair(config: RunConfig, artifact: Path, dense_artifact: Path,
-                 timing: TimingConfig) -> tuple[EngineLatency, LatencyStats]:
-    """A candidate engine measured interleaved with the dense engine: its latency (with the median per-round
-    ratio to dense at the target's percentile) and the dense engine's stats."""
-    measured = measure_engines(config.engine.backend, [artifact], config.engine.options, timing,
-                               reference=dense_artifact, percentile=config.target.percentile)
-    return measured.engines[0], measured.reference
-
-
-def _dense_latency_ms(inputs: LoopInputs) -> float:
-    c = inputs.config
-    measured = measure_engines(c.engine.backend, [inputs.dense_artifact], c.engine.options, c.loop.timing)
-    return measured.engines[0].stats.percentile_ms(c.target.percentile)
+def run_meter(config: RunConfig, dense_artifact: Path, dense_ms: float | None = None) -> TargetMeter:
+    """The run's target measured against its dense engine (``dense_ms``: the dense latency an earlier stage
+    measured, else measured on first use)."""
+    return TargetMeter(config.engine, config.target, dense_artifact, config.loop.timing, config.loop.max_timing_rounds,
+                       dense_ms)
 
 
 def _search_inputs(inputs: LoopInputs, perf: PerfModel):
@@ -91,23 +79,19 @@ def _check_reachable(inputs: LoopInputs, perf: PerfModel, dense_ms: float) -> No
             f"ask for at least {min_ms / (1 - t.margin):.4g} ms, or a model with a smaller minimum width")
 
 
-def _measure_round(inputs: LoopInputs, solution: Solution, r: int, dense_ms: float) -> tuple[float, float, int]:
+def _measure_round(inputs: LoopInputs, meter: TargetMeter, solution: Solution, r: int) -> Measured:
     """Prune to the plan, build its engine and measure it against dense, long enough for the margin to cover
-    the noise: (judged latency ms, ratio, timing rounds used)."""
+    the noise."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import apply_widths
 
     c = inputs.config
     pruned = apply_widths(inputs.model, inputs.space, solution.widths, importance="l1")
     built = build_engine(pruned, c.input_shape, inputs.folder.rounds, f"round{r}", c.engine)
-    latency, timing_rounds = measure_precise(
-        lambda t: measure_pair(c, built.artifact, inputs.dense_artifact, t)[0], c.loop.timing, c.target.margin,
-        c.loop.max_timing_rounds)
-    measurement = Measurement(latency.stats.percentile_ms(c.target.percentile), latency.ratio)
-    return c.target.measured_ms(measurement, dense_ms), float(latency.ratio), timing_rounds
+    return meter.measure(built.artifact, precise=True)
 
 
-def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) -> tuple[Solution, float, Rounds]:
+def _run_rounds(inputs: LoopInputs, perf: PerfModel, meter: TargetMeter, log: Log) -> tuple[Solution, float, Rounds]:
     """Solve, measure, correct (:func:`~itcp_deploy.pipeline.round_search.search_rounds`, in measured ms)."""
     from itcp_deploy.search.baselines import run_method
     from itcp_deploy.search.dp import min_latency_ms
@@ -115,9 +99,12 @@ def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) 
     c = inputs.config
     search_inputs = _search_inputs(inputs, perf)
 
+    dense_ms = meter.dense_ms()
+
     def measure(solution: Solution, r: int) -> tuple[float, dict]:
-        measured, ratio, timing_rounds = _measure_round(inputs, solution, r, dense_ms)
-        return measured, {"measured_ms": measured, "ratio_to_dense": ratio, "timing_rounds": timing_rounds}
+        m = _measure_round(inputs, meter, solution, r)
+        return m.measured_ms, {"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio,
+                               "timing_rounds": m.timing_rounds}
 
     bounds = RoundSearch(target=c.target.target_ms(dense_ms), accept_low=c.loop.accept_low,
                          first_budget=c.target.predicted_budget_ms(dense_ms, perf.dense_ms()),
@@ -138,11 +125,12 @@ def closed_loop(inputs: LoopInputs, log: Log) -> dict:
     c = inputs.config
     perf = PerfModel.load(inputs.folder.perf_model)
     inputs = replace(inputs, space=perf.space)  # the space the perf model and scores were made on (block removal)
-    dense_ms = _dense_latency_ms(inputs)
+    meter = run_meter(c, inputs.dense_artifact)
+    dense_ms = meter.dense_ms()
     _check_reachable(inputs, perf, dense_ms)
     log(f"dense {dense_ms:.4f} ms measured, {perf.dense_ms():.4f} ms predicted; "
         f"{c.target.describe(dense_ms)}, target {c.target.target_ms(dense_ms):.4f} ms")
-    accepted, budget, state = _run_rounds(inputs, perf, dense_ms, log)
+    accepted, budget, state = _run_rounds(inputs, perf, meter, log)
     plan = PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
                        widths={g.name: accepted.widths[g.name] for g in inputs.space.prunable},
                        method=c.method, criterion=c.criterion, importance=c.importance, budget_ms=budget,

@@ -20,28 +20,24 @@ def peer_loop(inputs: LoopInputs, batches: Iterable, log: Callable[[str], None])
     """Run the peer's search; returns the rounds like :func:`itcp_deploy.pipeline.closed_loop.closed_loop`."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.engines.device import channel_block
-    from itcp_deploy.pipeline.closed_loop import measure_pair
+    from itcp_deploy.pipeline.closed_loop import run_meter
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.profiling.engine_timing import measure_engines
     from itcp_deploy.pruning import save_pruned
     from itcp_deploy.pruning.tp_peer import group_widths, peer_search
 
-    c, t = inputs.config, inputs.config.target
-    dense = measure_engines(c.engine.backend, [inputs.dense_artifact], c.engine.options, c.loop.timing)
-    dense_ms = dense.engines[0].stats.percentile_ms(t.percentile)
-    sla_ms, target_ms = t.resolve_ms(dense_ms), t.target_ms(dense_ms)
+    c = inputs.config
+    meter = run_meter(c, inputs.dense_artifact)
+    dense_ms, sla_ms, target_ms = meter.dense_ms(), meter.sla_ms, meter.aim_ms
     rounds: list[dict] = []
 
     def measured_over_dense(model) -> float:
         k = len(rounds)
         built = build_engine(model, c.input_shape, inputs.folder.rounds, f"peer{k}", c.engine)
-        latency, _ = measure_pair(c, built.artifact, inputs.dense_artifact, c.loop.timing)
-        ratio = float(latency.ratio)
-        measured = ratio * dense_ms if t.relative else latency.stats.percentile_ms(t.percentile)
-        rounds.append({"round": k, "budget_ms": target_ms, "predicted_ms": None, "measured_ms": measured,
-                       "ratio_to_dense": ratio, "widths": group_widths(model, inputs.space)})
-        log(f"{c.method} try {k}: measured {measured:.4f} ms ({ratio:.3f} x dense), target {target_ms:.4f} ms")
-        return measured / dense_ms
+        m = meter.measure(built.artifact)
+        rounds.append({"round": k, "budget_ms": target_ms, "predicted_ms": None, "measured_ms": m.measured_ms,
+                       "ratio_to_dense": m.ratio, "widths": group_widths(model, inputs.space)})
+        log(f"{c.method} try {k}: measured {m.measured_ms:.4f} ms ({m.ratio:.3f} x dense), target {target_ms:.4f} ms")
+        return m.measured_ms / dense_ms
 
     found = peer_search(inputs.model, inputs.space, c.method, batches, measure=measured_over_dense,
                         target=target_ms / dense_ms, block=channel_block())

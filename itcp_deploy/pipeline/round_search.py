@@ -4,7 +4,7 @@ correct the budget from every round so far (:mod:`~itcp_deploy.pipeline.budget_s
 
 ``itcp-deploy run`` measures each round's engine in ms against its SLA (:mod:`~itcp_deploy.pipeline.closed_loop`);
 the accuracy-vs-latency benchmark measures it as a ratio to the dense engine against ``1 / speed-up``
-(:mod:`~itcp_deploy.pipeline.compare`). Both go through :func:`search_rounds`, so a benchmark row lands where
+(``bench/comparison``). Both go through :func:`search_rounds`, so a benchmark row lands where
 ``run`` would land it.
 """
 

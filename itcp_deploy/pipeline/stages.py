@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from itcp_deploy.atomic_io import write_json
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.pipeline.config import ProfileSettings, RunConfig
@@ -142,16 +140,6 @@ def fit_perf_model(profile: Profile, settings: ProfileSettings, path: Path) -> P
     return model
 
 
-def score_groups(inputs: Inputs, model: nn.Module, space: PruningSpace, criterion: str, *, batch_size: int,
-                 samples: int, seed: int = 0, cache_path: Path | None = None) -> dict[str, np.ndarray]:
-    """Group scores of ``model`` over ``samples`` training images (held-out test images for ``sensitivity``)."""
-    from itcp_deploy.pruning import group_scores
-
-    loader = inputs.loader(batch_size, train=True, seed=seed, max_samples=samples)
-    calib = inputs.loader(batch_size, train=False, max_samples=samples)
-    return group_scores(model, space, criterion, loader=loader, calib_loader=calib, cache_path=cache_path)
-
-
 # ---------------------------------------------------------------- the stages of `run`
 
 
@@ -254,16 +242,14 @@ def stage_loop(ctx: RunContext) -> dict:
 
 
 def stage_finetune(ctx: RunContext) -> dict:
-    """Prune to the accepted plan, re-estimate BatchNorm, finetune once (the user's callable or the recipe's),
-    save the pruned model."""
+    """Prune to the accepted plan (the one-shot recipe: compensation, BatchNorm re-estimation), finetune once
+    (the user's callable or the recipe's), save the pruned model."""
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import pruned_layer_widths, save_pruned
-    from itcp_deploy.train import recalibrate_bn
 
-    c, inputs, folder = ctx.config, ctx.inputs, ctx.folder
+    inputs, folder = ctx.inputs, ctx.folder
     plan = PruningPlan.load(folder.plan)
     pruned, refit = _pruned_for_finetuning(ctx, plan)
-    recalibrate_bn(pruned, inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches)
     acc_bn = inputs.accuracy(pruned)
     if inputs.finetune is not None:
         before = pruned_layer_widths(pruned, ctx.space)
@@ -289,31 +275,30 @@ def restore_pruned(model: nn.Module, space: PruningSpace, folder: RunFolder) -> 
 
 
 def _pruned_for_finetuning(ctx: RunContext, plan) -> tuple[nn.Module, list[str]]:
-    """The accepted plan applied to the dense model, compensated by least squares when configured (a peer
-    method's own pruned model instead: its channel choice is kept); returns it and the refit layers."""
+    """The accepted plan made into a model by the one-shot recipe (a peer method's own pruned model instead:
+    its channel choice is kept), BatchNorm re-estimated; returns it and the layers compensation refit."""
     from itcp_deploy.pipeline.peer_loop import PEER_MODEL
-    from itcp_deploy.pruning import apply_widths, channel_importance, load_pruned
-    from itcp_deploy.pruning.compensate import compensate, kept_channels
+    from itcp_deploy.pruning import channel_importance, load_pruned
+    from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
     from itcp_deploy.pruning.tp_peer import is_peer
+    from itcp_deploy.train import recalibrate_bn
 
     c, inputs, importance = ctx.config, ctx.inputs, _criteria(ctx).importance
+    bn = inputs.batches(c.recipe.bn_batches)
     if is_peer(c.method):
-        return load_pruned(ctx.folder.root / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval(), []
-    loader = inputs.batches(score_batches(c)) if importance == "taylor" else None
-    if not c.compensate:
-        return apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader,
-                            loss_fn=inputs.loss_fn), []
-    imp = channel_importance(inputs.model, ctx.space, importance, loader=loader, loss_fn=inputs.loss_fn)
-    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=imp)
-    calib = inputs.batches(score_batches(c))
-    return pruned, compensate(pruned, inputs.model, ctx.space, kept_channels(inputs.model, ctx.space, plan.widths,
-                                                                               imp), calib)
+        peer = load_pruned(ctx.folder.root / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval()
+        return recalibrate_bn(peer, bn, num_batches=c.recipe.bn_batches), []
+    batches = inputs.batches(score_batches(c))
+    imp = channel_importance(inputs.model, ctx.space, importance, loader=batches if importance == "taylor" else None,
+                             loss_fn=inputs.loss_fn)
+    return prune_one_shot(inputs.model, ctx.space, plan.widths, imp,
+                          OneShot(batches, bn, c.recipe.bn_batches, c.compensate))
 
 
 def stage_final(ctx: RunContext) -> dict:
     """Build the final engine and measure it interleaved with the dense engine."""
     from itcp_deploy.engines.build import build_engine
-    from itcp_deploy.pipeline.closed_loop import measure_pair
+    from itcp_deploy.pipeline.closed_loop import run_meter
     from itcp_deploy.pruning import count_macs_params, load_pruned
     from itcp_deploy.pruning.tp_peer import is_peer
 
@@ -322,11 +307,12 @@ def stage_final(ctx: RunContext) -> dict:
               if is_peer(c.method) else restore_pruned(ctx.inputs.model, ctx.space, folder))  # a peer's widths
     built = build_engine(pruned, c.input_shape, folder.root, "model", c.engine)
     macs, params = count_macs_params(pruned, c.input_shape)
-    dense = Path(ctx.state.done("dense")["artifact"])
-    final, dense_stats = measure_pair(c, built.artifact, dense, c.loop.final_timing)
+    meter = run_meter(c, Path(ctx.state.done("dense")["artifact"]), ctx.state.done("loop")["dense_measured_ms"])
+    final = meter.measure(built.artifact, c.loop.final_timing)
+    verdict = meter.judge(final)
     return {"artifact": str(built.artifact), "main_file": str(built.main_file) if built.main_file else None,
-            "macs": macs, "params": params, "final": asdict(final.stats), "dense": asdict(dense_stats),
-            "ratio": final.ratio}
+            "macs": macs, "params": params, "final": asdict(final.latency.stats), "dense": asdict(final.dense),
+            "ratio": final.ratio, "measured_ms": verdict.measured_ms, "sla_ms": verdict.limit_ms, "met": verdict.met}
 
 
 RUN_STAGES: list[tuple[str, Callable[[RunContext], dict]]] = [

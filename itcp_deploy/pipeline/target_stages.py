@@ -94,9 +94,8 @@ def stage_vector_loop(ctx: RunContext) -> dict:
 def stage_final_targets(ctx: RunContext) -> dict:
     """Build the finetuned model's engine for every target and measure each interleaved with its dense engine."""
     from itcp_deploy.engines.build import build_engine
-    from itcp_deploy.profiling.engine_timing import measure_engines
+    from itcp_deploy.pipeline.vector_loop import target_meter
     from itcp_deploy.pruning import count_macs_params
-    from itcp_deploy.target import Measurement
 
     c = ctx.config
     pruned = restore_pruned(ctx.inputs.model, ctx.space, ctx.folder)
@@ -104,13 +103,11 @@ def stage_final_targets(ctx: RunContext) -> dict:
     out = {}
     for t in c.targets:
         built = build_engine(pruned, t.input_shape, target_dir(ctx.folder.root, t), "model", t.engine)
-        dense = Path(ctx.state.done("dense")["targets"][t.name])
-        measured = measure_engines(t.engine.backend, [built.artifact], t.engine.options, c.loop.final_timing,
-                                   reference=dense, percentile=t.latency.percentile)
-        final, q = measured.engines[0], t.latency.percentile
-        verdict = t.latency.judge(Measurement(final.stats.percentile_ms(q), final.ratio), dense_ms[t.name])
+        meter = target_meter(t, Path(ctx.state.done("dense")["targets"][t.name]), ctx, dense_ms[t.name])
+        final = meter.measure(built.artifact, c.loop.final_timing)
+        verdict = meter.judge(final)
         out[t.name] = {"artifact": str(built.artifact), "main_file": str(built.main_file or ""),
-                       "final": asdict(final.stats), "dense": asdict(measured.reference), "ratio": final.ratio,
+                       "final": asdict(final.latency.stats), "dense": asdict(final.dense), "ratio": final.ratio,
                        "measured_ms": verdict.measured_ms, "sla_ms": verdict.limit_ms, "met": verdict.met}
     macs, params = count_macs_params(pruned, c.input_shape)
     return {"targets": out, "macs": macs, "params": params}

@@ -27,11 +27,9 @@ import numpy as np
 
 from itcp_deploy.errors import InfeasibleError, UsageError
 from itcp_deploy.pipeline.budget_search import Round, accepted, next_budget
-from itcp_deploy.pipeline.round_timing import measure_precise
+from itcp_deploy.pipeline.meter import TargetMeter
 from itcp_deploy.pipeline.stages import RunContext
 from itcp_deploy.pipeline.targets import DeployTarget, target_dir
-from itcp_deploy.profiling.engine_timing import measure_engines
-from itcp_deploy.target import Measurement
 
 if TYPE_CHECKING:
     from itcp_deploy.perfmodel import PerfModel
@@ -44,21 +42,25 @@ class _Loop:
 
     targets: list[DeployTarget]
     perf: list[PerfModel]
-    dense_ms: list[float]
+    meters: list[TargetMeter]
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     history: list[list[Round]] = field(default_factory=list)
     solutions: list[VectorSolution] = field(default_factory=list)
 
     @property
+    def dense_ms(self) -> list[float]:
+        return [m.dense_ms() for m in self.meters]
+
+    @property
     def aims(self) -> list[float]:
-        return [t.latency.target_ms(d) for t, d in zip(self.targets, self.dense_ms, strict=True)]
+        return [m.aim_ms for m in self.meters]
 
 
-def dense_latency_ms(target: DeployTarget, dense: Path, ctx: RunContext) -> float:
-    """The target's dense engine measured alone, at its percentile."""
-    measured = measure_engines(target.engine.backend, [dense], target.engine.options, ctx.config.loop.timing)
-    return measured.engines[0].stats.percentile_ms(target.latency.percentile)
+def target_meter(target: DeployTarget, dense: Path, ctx: RunContext, dense_ms: float | None = None) -> TargetMeter:
+    """The target measured against its dense engine."""
+    loop = ctx.config.loop
+    return TargetMeter(target.engine, target.latency, dense, loop.timing, loop.max_timing_rounds, dense_ms)
 
 
 def check_reachable(loop: _Loop) -> None:
@@ -76,22 +78,17 @@ def check_reachable(loop: _Loop) -> None:
         raise InfeasibleError("no plan meets every target (" + "; ".join(parts) + ")", "relax " + ", ".join(bad))
 
 
-def _measure(ctx: RunContext, loop: _Loop, widths: dict[str, int], r: int, dense: dict[str, Path]) -> list[dict]:
+def _measure(ctx: RunContext, loop: _Loop, widths: dict[str, int], r: int) -> list[dict]:
     """Prune to ``widths``, build every target's engine, measure each against its dense engine."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import apply_widths
 
-    c, pruned = ctx.config, apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1")
+    pruned = apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1")
     out = []
-    for t, dense_ms in zip(loop.targets, loop.dense_ms, strict=True):
+    for t, meter in zip(loop.targets, loop.meters, strict=True):
         built = build_engine(pruned, t.input_shape, target_dir(ctx.folder.root, t) / "rounds", f"round{r}", t.engine)
-        q = t.latency.percentile
-        latency, timing_rounds = measure_precise(
-            lambda tc, t=t, a=built.artifact, q=q: measure_engines(
-                t.engine.backend, [a], t.engine.options, tc, reference=dense[t.name], percentile=q).engines[0],
-            c.loop.timing, t.latency.margin, c.loop.max_timing_rounds)
-        measured = t.latency.measured_ms(Measurement(latency.stats.percentile_ms(q), latency.ratio), dense_ms)
-        out.append({"measured_ms": measured, "ratio_to_dense": float(latency.ratio), "timing_rounds": timing_rounds})
+        m = meter.measure(built.artifact, precise=True)
+        out.append({"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio, "timing_rounds": m.timing_rounds})
     return out
 
 
@@ -122,7 +119,7 @@ def _run_rounds(ctx: RunContext, loop: _Loop, problems, dense: dict[str, Path]) 
     loop.history = [[] for _ in loop.targets]
     for r in range(c.loop.max_rounds):
         sol = solve_targets(problems, budgets, names, bins=c.loop.bins)
-        measured = _measure(ctx, loop, sol.widths, r, dense)
+        measured = _measure(ctx, loop, sol.widths, r)
         _record(loop, sol, measured, "vector plan")
         for k, m in enumerate(measured):  # a miss is placed at its predicted cost, a hit at its budget
             place = budgets[k] if m["measured_ms"] <= loop.aims[k] else sol.costs[k]
@@ -191,7 +188,7 @@ def _measure_candidates(ctx: RunContext, loop: _Loop, problems, dense: dict[str,
     chosen_met = not _misses(rec)
     budgets = [t["budget_ms"] for t in rec["targets"]]
     for sol in _single_target_plans(loop, problems, budgets, chosen.score if chosen_met else -np.inf):
-        cand = _record(loop, sol, _measure(ctx, loop, sol.widths, len(loop.records), dense),
+        cand = _record(loop, sol, _measure(ctx, loop, sol.widths, len(loop.records)),
                        f"candidate: {sol.method}")
         missed = _misses(cand)
         cand["verdict"] = ("rejected: " + "; ".join(missed)) if missed else (
@@ -233,7 +230,7 @@ def vector_loop(ctx: RunContext, dense: dict[str, Path], scores: dict[str, np.nd
         raise UsageError(f"--method {c.method} plans for one target", "several targets need --method itcp")
     targets = list(c.targets)
     perf = [PerfModel.load(target_dir(ctx.folder.root, t) / "perf_model.json") for t in targets]
-    loop = _Loop(targets, perf, [dense_latency_ms(t, dense[t.name], ctx) for t in targets])
+    loop = _Loop(targets, perf, [target_meter(t, dense[t.name], ctx) for t in targets])
     check_reachable(loop)
     problems = [problem_from(p.space, p, scores) for p in perf]
     chosen = _measure_candidates(ctx, loop, problems, dense, _run_rounds(ctx, loop, problems, dense))

@@ -1,7 +1,7 @@
 """The comparison's search rows land where ``run`` lands them: at or under ``1 / speed-up`` *measured*.
 
 A plan solved for the predicted budget (dense predicted / speed-up) measures a little above or below it; the
-peer (:mod:`~itcp_deploy.pipeline.compare_peer`) bisects to the measured ratio. So every search method goes
+peer (:mod:`bench.comparison.peer`) bisects to the measured ratio. So every search method goes
 through the closed loop's own rounds (:func:`~itcp_deploy.pipeline.round_search.search_rounds`): its engine is
 built and measured interleaved with the dense engine, and the budget corrected until the ratio lands in
 ``[accept_low, 1] x (1 / speed-up)``, with ``run``'s acceptance band and round limit.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from itcp_deploy.pipeline.compare_rows import Bench, engine_of
+from bench.comparison.rows import Bench, dense_meter, engine_of
 from itcp_deploy.pipeline.config import LoopSettings
 from itcp_deploy.pipeline.round_search import RoundSearch, search_rounds
 
@@ -37,22 +37,18 @@ def measured_solution(b: Bench, method: str, inputs: SearchInputs, speedup: floa
     """The plan of ``method`` whose engine measured at or under ``1 / speedup`` x dense (else the loop's
     fallback), and the row fields that say how it was found (``loop``: every round; ``loop_ratio``,
     ``met_target``)."""
-    from itcp_deploy.profiling.engine_timing import measure_engines
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import run_method
     from itcp_deploy.search.dp import min_latency_ms
 
     engines = b.out / "engines" / "engines"
-    dense = engine_of(b, b.model, b.space.full_widths())
-    e = b.config.engine
+    meter = dense_meter(b, speedup)
     loop = LoopSettings()
 
     def measure(solution: Solution, _round: int) -> tuple[float, dict]:
         pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
         engine = engine_of(b, pruned, {**b.space.full_widths(), **solution.widths})
-        measured = measure_engines(e.backend, [engines / engine], e.options, b.config.measure_timing,
-                                   reference=engines / dense)
-        ratio = float(measured.engines[0].ratio)
+        ratio = meter.measure(engines / engine).ratio
         return ratio, {"ratio_to_dense": ratio, "engine": engine}
 
     bounds = RoundSearch(target=1.0 / speedup, accept_low=loop.accept_low, first_budget=budget,
