@@ -1,17 +1,20 @@
-"""What a pipeline run takes, as nested settings: the target, the engine, the finetuning recipe, the profile
-settings and the closed-loop settings. The comparison benchmark (``bench/comparison``) uses the same recipe and
-profile settings, so a comparison is profiled like a run."""
+"""What a pipeline run takes, as nested settings: the deployment targets (engine, input shape, SLA; one or
+more), the finetuning recipe, the profile settings and the closed-loop settings. The comparison benchmark
+(``bench/comparison``) uses the same recipe and profile settings, so a comparison is profiled like a run."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
 from itcp_deploy.names import check_engine, check_search
-from itcp_deploy.pipeline.targets import DeployTarget, check_targets
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -64,21 +67,67 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class DeployTarget:
+    """Where the plan's engine runs and the latency it must meet there: one engine (backend, precision,
+    threads), one input shape (batch included) and one :class:`~itcp_deploy.target.LatencyTarget`. A run has
+    one or more; several share one set of weights, each profiled, fitted, built and measured on its own.
+
+    Example::
+
+        DeployTarget("edge", EngineSpec("onnxruntime"), (1, 3, 32, 32), LatencyTarget(speedup=1.67))
+    """
+
+    name: str
+    engine: EngineSpec
+    input_shape: tuple[int, int, int, int]
+    latency: LatencyTarget
+
+    @classmethod
+    def named(cls, engine: EngineSpec, input_shape: tuple[int, int, int, int], latency: LatencyTarget,
+              index: int = 1) -> DeployTarget:
+        """A target named after its engine, batch and threads (``onnxruntime-b1-1t-1``)."""
+        return cls(f"{engine.backend}-b{input_shape[0]}-{engine.options.threads}t-{index}", engine, input_shape,
+                   latency)
+
+    def describe(self) -> str:
+        e, shape = self.engine, "x".join(map(str, self.input_shape))
+        return f"{self.name} ({e.backend} {e.precision}, {shape}, {e.options.threads} thread(s))"
+
+
+def check_targets(targets: Sequence[DeployTarget]) -> None:
+    """One set of weights serves every target: at least one, names unique and usable as folder names, and every
+    input shape the same but for its batch."""
+    if not targets:
+        raise UsageError("no deployment target", "give --sla-ms or --speedup, or --target ...")
+    names = [t.name for t in targets]
+    for name in names:
+        if not _NAME.match(name):
+            raise UsageError(f"target name {name!r} is not a plain name",
+                             "use letters, digits, '-', '_' or '.', e.g. name=edge")
+    if len(set(names)) != len(names):
+        raise UsageError(f"two targets are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}",
+                         "give each --target its own name=...")
+    sample = {t.input_shape[1:] for t in targets}
+    if len(sample) > 1:
+        raise UsageError(f"the targets' input shapes differ beyond the batch: {sorted(sample)}",
+                         "one model serves every target: only the batch (the first dimension) may differ")
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything ``itcp-deploy run`` takes. ``target``: the SLA (its margin: the closed loop aims at
-    ``(1 - margin) * SLA``); ``criterion``: the group score; ``importance``: which channels pruning keeps;
-    ``method``: ``itcp`` or a baseline search; ``score_samples``: images the scores use."""
+    """Everything ``itcp-deploy run`` takes. ``targets``: where the engine runs and its SLA, one or more (each
+    SLA's margin: the closed loop aims at ``(1 - margin) * SLA``); ``criterion``: the group score;
+    ``importance``: which channels pruning keeps; ``method``: ``itcp``, a baseline search or a peer pruner;
+    ``score_samples``: images the scores use."""
 
     model: str
     data: str
-    input_shape: tuple[int, int, int, int]
     out_dir: str
-    target: LatencyTarget
+    targets: tuple[DeployTarget, ...]
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
     ignore_layers: tuple[str, ...] = ()  # globs of layers whose output width is kept (pruning.build_space)
-    engine: EngineSpec = field(default_factory=EngineSpec)
     criterion: str = "taylor"
     importance: str = "taylor"
     method: str = "itcp"
@@ -94,20 +143,23 @@ class RunConfig:
     # width 0 for residual branches (pruning/removal.py); measured on ResNet-20 with compensation: +7.3 / +11.4
     # points one-shot at 2x / 3x (mean of 2 calibration seeds), docs/benchmarks.md section 10
     block_removal: bool = True
-    # two or more: one plan for every target (pipeline/vector_loop.py); ``target``, ``engine`` and
-    # ``input_shape`` then repeat the first target's, for the stages the targets share (dense accuracy, scores)
-    targets: tuple[DeployTarget, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The shape the shared stages trace, score and count MACs at: the first target's."""
+        return self.targets[0].input_shape
 
     def validate(self) -> None:
-        """Checks that need more than one field (the target checks itself when it is built)."""
-        if self.targets:
-            check_targets(self.targets)
-            for t in self.targets:
-                check_engine(t.engine.backend, t.engine.precision)
+        """Checks that need more than one field (each target checks its SLA when it is built)."""
+        check_targets(self.targets)
+        for t in self.targets:
+            check_engine(t.engine.backend, t.engine.precision)  # names, before minutes of work
+        if len(self.targets) > 1 and (self.profile.profile_path or self.profile.perf_model_path):
+            raise UsageError("a profile or perf model to reuse fits one target's engine, not several",
+                             "drop the profile or perf model path, or give one target")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
         if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1:
             raise UsageError(f"accept_low must be in (0, 1] and max_rounds >= 1, got {self.loop.accept_low} and "
                              f"{self.loop.max_rounds}", "use the defaults (0.9, 4)")
-        check_engine(self.engine.backend, self.engine.precision)  # names, before minutes of work
         check_search(self.method, self.criterion, self.importance)
