@@ -28,11 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.comparison.compare import compare  # noqa: E402
+from bench.comparison.config import CompareConfig  # noqa: E402
 from itcp_deploy.atomic_io import write_text  # noqa: E402
 from itcp_deploy.engines.build import EngineSpec  # noqa: E402
 from itcp_deploy.errors import ItcpError  # noqa: E402
-from itcp_deploy.pipeline.compare import compare  # noqa: E402
-from itcp_deploy.pipeline.config import CompareConfig, FinetuneRecipe, ProfileSettings  # noqa: E402
+from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings  # noqa: E402
 from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
 
 METHODS = ["itcp", "uniform", "flops", "global-magnitude", "knapsack-linear", "tp-taylor", "tp-taylor-round"]

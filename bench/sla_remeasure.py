@@ -35,12 +35,9 @@ def one_sla(frac: float, a: argparse.Namespace) -> dict:
     if rc == 2 or not (out / "report.json").exists():  # refused up front (e.g. below the fastest plan)
         return {"sla_over_dense": frac, "run_exit": rc, "refused": (err.strip().splitlines() or ["?"])[-1]}
     report = json.loads((out / "report.json").read_text())
-    state = json.loads((out / "state.json").read_text())
-    dense = state["stages"]["dense"]["artifact"]
-    final = state["stages"]["final"]
-    engine = final.get("main_file") or final["artifact"]
-    gate_rc, gate_out, _ = _cli("check-latency", engine, "--reference", dense, "--max-ratio", f"{frac:.6g}",
-                             "--json")
+    (target,) = report["targets"]  # the run's one target: its engine and dense engine, relative to the run folder
+    gate_rc, gate_out, _ = _cli("check-latency", str(out / target["engine"]), "--reference",
+                             str(out / target["dense_engine"]), "--max-ratio", f"{frac:.6g}", "--json")
     gate = json.loads(gate_out)
     return {"sla_over_dense": frac, "run_exit": rc, "loop_ratio": report["final_over_dense"],
             "loop_met": report["met_sla"], "rounds": len(report["rounds"]), "remeasured": gate,

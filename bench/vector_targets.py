@@ -23,36 +23,34 @@ Example (docs/benchmarks.md, section 9; resumable: a rerun on the same --out ski
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itcp_deploy.atomic_io import write_json, write_text  # noqa: E402
-from itcp_deploy.engines import EngineOptions, get_backend  # noqa: E402
+from itcp_deploy.engines import EngineOptions  # noqa: E402
 from itcp_deploy.engines.build import EngineSpec, build_engine  # noqa: E402
-from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, round_ratios  # noqa: E402
+from itcp_deploy.pipeline.config import DeployTarget  # noqa: E402
+from itcp_deploy.pipeline.meter import TargetMeter  # noqa: E402
+from itcp_deploy.profiling.timing import TimingConfig  # noqa: E402
+from itcp_deploy.target import LatencyTarget  # noqa: E402
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    backend: str
-    threads: int
-    batch: int
-    ratio: float  # SLA = ratio x this target's dense latency
+def parse_target(text: str) -> DeployTarget:
+    """``NAME=BACKEND,threads=T,batch=N,ratio=R``: SLA = R x this target's dense latency."""
+    head, *rest = text.split(",")
+    name, backend = head.split("=", 1)
+    kv = dict(item.split("=", 1) for item in rest)
+    return DeployTarget(name, EngineSpec(backend, options=EngineOptions(threads=int(kv["threads"]))),
+                        (int(kv["batch"]), 3, 32, 32), LatencyTarget(speedup=1.0 / float(kv["ratio"])))
 
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        head, *rest = text.split(",")
-        name, backend = head.split("=", 1)
-        kv = dict(item.split("=", 1) for item in rest)
-        return cls(name, backend, int(kv["threads"]), int(kv["batch"]), float(kv["ratio"]))
+
+def ratio_of(target: DeployTarget) -> float:
+    return 1.0 / float(target.latency.speedup)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,58 +75,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def profile_and_fit(args, target: Target, out: Path):
+def profile_and_fit(args, target: DeployTarget, out: Path):
     from itcp_deploy.perfmodel import fit
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
 
-    config = ProfileConfig(backend=target.backend, cache_dir=args.cache,
+    config = ProfileConfig(backend=target.engine.backend, cache_dir=args.cache,
                            design=DesignConfig(max_builds=args.max_builds, holdout=args.holdout),
-                           engine=EngineOptions(threads=target.threads))
-    profile, _ = profile_model(args.model, (target.batch, 3, 32, 32), config, weights=args.weights)
+                           engine=target.engine.options)
+    profile, _ = profile_model(args.model, target.input_shape, config, weights=args.weights)
     profile.save(out / f"{target.name}.profile.json")
     perf = fit(profile, force=True)
     perf.save(out / f"{target.name}.perf_model.json")
     return perf
 
 
-def measure(target: Target, model, space, plans: dict[str, dict], out: Path, timing: TimingConfig) -> dict:
+def measure(target: DeployTarget, model, space, plans: dict[str, dict], out: Path, timing: TimingConfig) -> dict:
     """Every plan and dense built for ``target``, measured interleaved; median and ratio to dense."""
     from itcp_deploy.pruning import apply_widths
 
-    spec = EngineSpec(backend=target.backend, options=EngineOptions(threads=target.threads))
-    shape = (target.batch, 3, 32, 32)
+    spec, shape = target.engine, target.input_shape
     where = out / "engines" / target.name
-    artifacts = {"dense": build_engine(model, shape, where, "dense", spec).artifact}
-    for name, plan in plans.items():
-        artifacts[name] = build_engine(apply_widths(model, space, plan["widths"]), shape, where, name, spec).artifact
-    backend = get_backend(target.backend)
-    torch.set_num_threads(target.threads)
-    with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(backend.runner(a, spec.options)) for a in artifacts.values()]
-        result = measure_interleaved(runners, None, timing)
+    dense = build_engine(model, shape, where, "dense", spec).artifact
+    artifacts = {name: build_engine(apply_widths(model, space, plan["widths"]), shape, where, name, spec).artifact
+                 for name, plan in plans.items()}
+    torch.set_num_threads(target.engine.options.threads)
+    measured = TargetMeter(spec, target.latency, dense, timing).measure_all(list(artifacts.values()))
     torch.set_num_threads(1)
-    return {
-        name: {"median_ms": result.stats[i].median_ms, "p90_ms": result.stats[i].p90_ms,
-               "ratio": float(np.median(round_ratios(result.samples_ms[i], result.samples_ms[0], 50)))}
-        for i, name in enumerate(artifacts)
-    }
+    out = {"dense": {"median_ms": measured[0].dense.median_ms, "p90_ms": measured[0].dense.p90_ms, "ratio": 1.0}}
+    for name, m in zip(artifacts, measured, strict=True):
+        out[name] = {"median_ms": m.latency.stats.median_ms, "p90_ms": m.latency.stats.p90_ms, "ratio": m.ratio}
+    return out
 
 
 def pruned_one_shot(args, model, space, widths: dict[str, int]):
-    """The run's default one-shot path: taylor channel importance, prune, least-squares compensation
-    (``pruning/compensate.py``), BatchNorm re-estimation (20 batches)."""
+    """The run's default one-shot recipe (``prune_one_shot``): taylor channel importance, prune, least-squares
+    compensation, BatchNorm re-estimation (20 batches)."""
     from itcp_deploy.data import load_dataset, make_loader
-    from itcp_deploy.pruning import apply_widths, channel_importance
-    from itcp_deploy.pruning.compensate import compensate, kept_channels
-    from itcp_deploy.train.bn import recalibrate_bn
+    from itcp_deploy.pruning import channel_importance
+    from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
 
     plain = make_loader(load_dataset(args.data, "train", augment=False), 64, shuffle=True, max_samples=1280)
     batches = list(plain)
     imp = channel_importance(model, space, "taylor", loader=batches)
-    pruned = apply_widths(model, space, widths, importance=imp)
-    compensate(pruned, model, space, kept_channels(model, space, widths, imp), batches)
-    return recalibrate_bn(pruned, plain, num_batches=20)
+    return prune_one_shot(model, space, widths, imp, OneShot(batches, plain, 20))[0]
 
 
 def accuracies(args, model, space, widths: dict[str, int], path: Path) -> dict:
@@ -162,7 +152,7 @@ def accuracies(args, model, space, widths: dict[str, int], path: Path) -> dict:
     return done
 
 
-def solve_plans(problems, budgets: list[float], targets: list[Target]) -> dict:
+def solve_plans(problems, budgets: list[float], targets: list[DeployTarget]) -> dict:
     """The vector plan and each target's own 1-D plan, all judged on both predicted budgets."""
     from itcp_deploy.search.dp import solve
     from itcp_deploy.search.vector import solve_pair, vector_solution
@@ -174,7 +164,7 @@ def solve_plans(problems, budgets: list[float], targets: list[Target]) -> dict:
     return {k: {**asdict(s), "widths": {g: int(w) for g, w in s.widths.items()}} for k, s in solutions.items()}
 
 
-def planned(args, targets: list[Target], out: Path):
+def planned(args, targets: list[DeployTarget], out: Path):
     """Profiles, fits, scores and plans, each step saved to ``out`` and reused on a rerun."""
     import json
 
@@ -196,7 +186,7 @@ def planned(args, targets: list[Target], out: Path):
     scores = group_scores(model, space, "taylor", loader=loader)
     problems = [problem_from(p.space, p, scores) for p in perf]
     # the run's aim: each SLA (ratio x predicted dense) less the default 3% safety margin
-    budgets = [p.dense_ms() * t.ratio * (1 - args.margin) for p, t in zip(perf, targets, strict=True)]
+    budgets = [p.dense_ms() * ratio_of(t) * (1 - args.margin) for p, t in zip(perf, targets, strict=True)]
     plans = solve_plans(problems, budgets, targets)
     write_json(out / "plans.json", {"budgets_ms": budgets, "plans": plans})
     return model, space, budgets, plans
@@ -208,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    targets = [Target.parse(t) for t in args.target]
+    targets = [parse_target(t) for t in args.target]
     torch.set_num_threads(1)
     model, space, budgets, plans = planned(args, targets, out)
     if args.remeasure:  # a second, independent interleaved measurement: how far two runs of one plan differ
@@ -230,22 +220,23 @@ def main(argv: list[str] | None = None) -> None:
             saved = dict(vars(args), epochs=0 if stage == "one-shot" else 1)
             plan["accuracy"] = accuracies(argparse.Namespace(**saved), model, space, plan["widths"],
                                           out / f"accuracy-{same}.json")
-            write_json(out / "results.json", {"args": vars(args), "targets": [asdict(t) for t in targets],
-                                              "budgets_ms": budgets, "plans": plans, "measured": measured})
+            write_json(out / "results.json", {"args": vars(args), "targets": args.target, "budgets_ms": budgets,
+                                              "plans": plans, "measured": measured})
             write_text(out / "results.md", table(targets, plans, measured))
     print(table(targets, plans, measured))
 
 
-def table(targets: list[Target], plans: dict, measured: dict) -> str:
+def table(targets: list[DeployTarget], plans: dict, measured: dict) -> str:
     head = "| plan | score | " + " | ".join(
-        f"{t.name} ({t.backend}, b{t.batch}, {t.threads}t, SLA {t.ratio}x): predicted ms / measured x dense"
+        f"{t.name} ({t.engine.backend}, b{t.input_shape[0]}, {t.engine.options.threads}t, SLA {ratio_of(t):g}x): "
+        "predicted ms / measured x dense"
         for t in targets) + " | meets both | one-shot acc | 1-epoch acc |"
     rows = [head, "|" + "---|" * (5 + len(targets))]
     for name, plan in plans.items():
         cells, ok = [], True
         for i, t in enumerate(targets):
             m = measured[t.name][name]
-            ok &= m["ratio"] <= t.ratio
+            ok &= m["ratio"] <= ratio_of(t)
             cells.append(f"{plan['costs'][i]:.3f} / **{m['ratio']:.3f}**")
         acc = {k: f"{v:.2f}%" for k, v in plan.get("accuracy", {}).items()}
         rows.append(f"| {name} | {plan['score']:.2f} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} | "

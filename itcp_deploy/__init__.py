@@ -19,6 +19,7 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
 
 if TYPE_CHECKING:
     from itcp_deploy.api import (
+        DeployTarget,
         EngineResult,
         Plan,
         PruneOptions,
@@ -43,7 +44,8 @@ else:
         return _plan(*args, **kwargs)
 
     __getattr__ = lazy_exports(__name__, {name: "api" for name in (
-        "EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load", "prune")})
+        "DeployTarget", "EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load",
+        "prune")})
 
 
 def run(*args: Any, **kwargs: Any) -> Any:
@@ -53,5 +55,5 @@ def run(*args: Any, **kwargs: Any) -> Any:
     return _run(*args, **kwargs)
 
 
-__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "__version__", "apply", "build_engine", "load",
-           "plan", "prune", "run"]
+__all__ = ["DeployTarget", "EngineResult", "Plan", "PruneOptions", "PruneResult", "__version__", "apply",
+           "build_engine", "load", "plan", "prune", "run"]

@@ -1,6 +1,7 @@
 """The Python API: prune the ``nn.Module`` you hold, with your data loader, your loss and your training loop.
 
-One call (the CLI's ``run`` is this call, with its spec strings turned into the objects first)::
+One call (the CLI's ``run`` runs the same stages through the same driver function, with its spec strings turned
+into the objects first)::
 
     result = itcp_deploy.prune(model, torch.randn(1, 3, 32, 32), sla_ms=2.0, score_loader=loader,
                                finetune=my_training_loop, out_dir="out")
@@ -13,7 +14,7 @@ or staged, Torch-Pruning style: :func:`plan` (widths, predicted latency, Pareto 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from torch import nn
 from itcp_deploy.engines.base import EngineOptions
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
-from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSettings, RunConfig
-from itcp_deploy.pipeline.driver import report_of, run_stages
+from itcp_deploy.pipeline import driver
+from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, LoopSettings, ProfileSettings, RunConfig
 from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.sources import Finetune, ModelInputs, builtin_finetune, check_model_input
 from itcp_deploy.pipeline.stages import restore_pruned, score_batches
@@ -46,13 +47,18 @@ class PruneOptions:
     same model); ``eval_loader``: test batches for the report's top-1 accuracy (classifiers with the default
     loss); ``profile``: default caches the profiled engines in ``OUT/cache``; ``recipe``: the built-in
     finetuning (its ``epochs`` unless :func:`prune` gets ``epochs=``; none by default) and the batches
-    BatchNorm re-estimation reads."""
+    BatchNorm re-estimation reads; ``ignore_layers``: globs of layers whose output width is kept (a detection
+    or segmentation head); ``compensate``: least-squares refit of the next layers after pruning;
+    ``block_removal``: let the search remove residual branches (width 0)."""
 
     name: str | None = None
     data: str = "python objects"
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
+    ignore_layers: tuple[str, ...] = ()
+    compensate: bool = True
+    block_removal: bool = True
     percentile: int = 50
     margin: float = 0.03
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -122,15 +128,15 @@ def _name(model: nn.Module) -> str:
     return f"{type(model).__name__}@{digest.hexdigest()[:12]}"
 
 
-def _config(model: nn.Module, shape: tuple[int, int, int, int], target: LatencyTarget, engine: EngineSpec,
-            out_dir: str | Path, epochs: int | None, o: PruneOptions) -> RunConfig:
+def _config(model: nn.Module, targets: tuple[DeployTarget, ...], out_dir: str | Path, epochs: int | None,
+            o: PruneOptions) -> RunConfig:
     profile = o.profile or ProfileSettings(cache_dir=str(Path(out_dir) / "cache"))
     recipe = o.recipe if epochs is None else replace(o.recipe, epochs=epochs)
-    return RunConfig(model=o.name or _name(model), data=o.data, input_shape=shape, out_dir=str(out_dir),
-                     target=target, weights=o.weights, num_classes=o.num_classes, trust_code=o.trust_code,
-                     engine=engine, criterion=o.criterion, importance=o.importance, method=o.method,
-                     recipe=recipe, profile=profile, loop=o.loop,
-                     score_samples=o.score_samples, seed=o.seed, quiet=o.quiet)
+    return RunConfig(model=o.name or _name(model), data=o.data, out_dir=str(out_dir), targets=targets,
+                     weights=o.weights, num_classes=o.num_classes, trust_code=o.trust_code,
+                     ignore_layers=tuple(o.ignore_layers), compensate=o.compensate, block_removal=o.block_removal,
+                     criterion=o.criterion, importance=o.importance, method=o.method, recipe=recipe,
+                     profile=profile, loop=o.loop, score_samples=o.score_samples, seed=o.seed, quiet=o.quiet)
 
 
 def _read_batches(inputs: ModelInputs, config: RunConfig) -> ModelInputs:
@@ -140,14 +146,29 @@ def _read_batches(inputs: ModelInputs, config: RunConfig) -> ModelInputs:
     return inputs
 
 
-def _target(sla_ms: float | None, speedup: float | None, o: PruneOptions) -> LatencyTarget:
+def _targets(shape: tuple[int, int, int, int], latency: LatencyTarget | None, backend: str, precision: str,
+             targets: Sequence[DeployTarget] | None, o: PruneOptions) -> tuple[DeployTarget, ...]:
+    """``targets`` as given, else the one target the SLA, backend and precision describe."""
+    if targets:
+        if latency is not None:
+            raise UsageError("give sla_ms/speedup or targets=, not both", "put each SLA in its DeployTarget")
+        return tuple(targets)
+    if latency is None:
+        raise UsageError("give exactly one of sla_ms and speedup", "e.g. sla_ms=2.0 or speedup=1.5")
+    return (DeployTarget.named(EngineSpec(backend, precision, o.engine, o.calib), shape, latency),)
+
+
+def _latency(sla_ms: float | None, speedup: float | None, o: PruneOptions) -> LatencyTarget | None:
+    if sla_ms is None and speedup is None:
+        return None
     return LatencyTarget(sla_ms=sla_ms, speedup=speedup, percentile=o.percentile, margin=o.margin)
 
 
 def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None = None,
           speedup: float | None = None, backend: str = "onnxruntime", precision: str = "fp32",
-          score_loader: Iterable[Any], loss_fn: LossFn | None = None, finetune: Finetune | None = None,
-          epochs: int | None = None, out_dir: str | Path, options: PruneOptions | None = None) -> PruneResult:
+          targets: Sequence[DeployTarget] | None = None, score_loader: Iterable[Any], loss_fn: LossFn | None = None,
+          finetune: Finetune | None = None, epochs: int | None = None, out_dir: str | Path,
+          options: PruneOptions | None = None) -> PruneResult:
     """Prune ``model`` to the most accurate widths whose engine meets the latency SLA, finetune, build the
     engine and measure it. ``model`` is left untouched; the pruned copy is in the result.
 
@@ -156,6 +177,8 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None
         example_input: One input batch; its shape is the engine's input shape.
         sla_ms, speedup: The SLA in ms, or as dense latency / speedup (exactly one).
         backend, precision: The engine (``onnxruntime``/``tensorrt``/``torch``; ``fp32``/``fp16``/``int8``).
+        targets: Instead of the four above: several :class:`DeployTarget` s (engine, input shape, SLA), one
+            set of weights that meets every SLA (``--method itcp``); their shapes differ only in the batch.
         score_loader: Any iterable of ``(inputs, targets)`` batches: group scores, kept channels, BatchNorm
             re-estimation. Read once, up front; the first ``max(score_samples / batch, recipe.bn_batches)``
             batches are kept in memory (the built-in recipe iterates it again).
@@ -172,38 +195,18 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None
     shape = check_model_input(model, example_input)
     if finetune is not None and epochs:
         raise UsageError("give finetune= or epochs=, not both", "drop epochs= to use your own training loop")
-    config = _config(model, shape, _target(sla_ms, speedup, o), EngineSpec(backend, precision, o.engine, o.calib),
-                     out_dir, epochs, o)
+    config = _config(model, _targets(shape, _latency(sla_ms, speedup, o), backend, precision, targets, o), out_dir,
+                     epochs, o)
     inputs = _read_batches(ModelInputs(model, score_loader, loss_fn, finetune, o.eval_loader), config)
     if finetune is None and config.recipe.epochs > 0:
         inputs.finetune = builtin_finetune(inputs, config.recipe.epochs, config.recipe.lr)
-    ctx = run_stages(config, inputs, o.log, o.progress)
-    report = report_of(ctx)
-    final = ctx.state.done("final") or {}
-    return PruneResult(model=restore_pruned(model, ctx.space, ctx.folder),
-                       engine_path=Path(final.get("main_file") or final["artifact"]).resolve(),
-                       measured_ms=report.measured_over_sla * report.sla_ms,
-                       predicted_ms=report.predicted_latency_ms, sla_ms=report.sla_ms, met_sla=report.met_sla,
-                       widths=dict(report.widths), report=report)
-
-
-def prune_spec(config: RunConfig, log: Log | None = None, progress: Progress | None = None) -> RunReport:
-    """``itcp-deploy run`` (and ``profile-engines --sla-ms``): ``config``'s spec strings made into the model,
-    the loaders and the recipe's ``finetune``, then :func:`prune` with the rest of ``config`` as options."""
-    from itcp_deploy.pipeline.from_specs import config_inputs
-
-    config.validate()
-    inputs = config_inputs(config)
-    t, e = config.target, config.engine
-    options = PruneOptions(
-        name=config.model, data=config.data, weights=config.weights, num_classes=config.num_classes,
-        trust_code=config.trust_code, percentile=t.percentile, margin=t.margin, engine=e.options, calib=e.calib,
-        criterion=config.criterion, importance=config.importance, method=config.method, recipe=config.recipe,
-        profile=config.profile, loop=config.loop, score_samples=config.score_samples, seed=config.seed,
-        quiet=config.quiet, eval_loader=inputs.eval_loader, log=log, progress=progress)
-    return prune(inputs.model, torch.zeros(config.input_shape), sla_ms=t.sla_ms, speedup=t.speedup,
-                 backend=e.backend, precision=e.precision, score_loader=inputs.score_loader,
-                 finetune=inputs.finetune, out_dir=config.out_dir, options=options).report
+    ctx = driver.run_stages(config, inputs, o.log, o.progress)
+    report = driver.report_of(ctx)
+    first = report.targets[0]
+    return PruneResult(model=restore_pruned(model, config, ctx.folder),
+                       engine_path=(ctx.folder.root / first["engine"]).resolve(),
+                       measured_ms=first["measured_ms"], predicted_ms=report.predicted_latency_ms,
+                       sla_ms=report.sla_ms, met_sla=report.met_sla, widths=dict(report.widths), report=report)
 
 
 def plan(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget, *,
@@ -214,13 +217,14 @@ def plan(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget, *
     settings let a later :func:`prune` resume after them."""
     o = options or PruneOptions()
     shape = check_model_input(model, example_input)
-    config = _config(model, shape, target, EngineSpec(backend, precision, o.engine, o.calib), out_dir, None, o)
+    config = _config(model, _targets(shape, target, backend, precision, None, o), out_dir, None, o)
     inputs = _read_batches(ModelInputs(model, score_loader, loss_fn, None, o.eval_loader), config)
-    ctx = run_stages(config, inputs, o.log, o.progress, until="loop")
+    ctx = driver.run_stages(config, inputs, o.log, o.progress, until="loop")
     chosen = PruningPlan.load(ctx.folder.plan)
     loop = ctx.state.done("loop") or {}
     return Plan(widths=dict(chosen.widths), predicted_ms=float(chosen.predicted_ms or 0.0),
-                sla_ms=float(loop["sla_ms"]), pareto=list(chosen.pareto), pruning_plan=chosen, space=ctx.space)
+                sla_ms=float(loop["sla_ms"][config.targets[0].name]), pareto=list(chosen.pareto),
+                pruning_plan=chosen, space=ctx.space)
 
 
 def apply(model: nn.Module, plan: Plan, *, score_loader: Iterable[Any] | None = None,
@@ -273,5 +277,5 @@ def load(path: str | Path, model: nn.Module | None = None, *, weights: str | Non
     return load_pruned(state, folder.plan, weights=weights, trust_code=trust_code, base=model).eval()
 
 
-__all__ = ["EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load", "plan", "prune",
-           "prune_spec"]
+__all__ = ["DeployTarget", "EngineResult", "Plan", "PruneOptions", "PruneResult", "apply", "build_engine", "load",
+           "plan", "prune"]

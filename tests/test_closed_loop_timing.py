@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from itcp_deploy.pipeline.round_timing import measure_precise, rounds_needed
+from itcp_deploy.pipeline.meter import measure_precise, rounds_needed
 from itcp_deploy.profiling.engine_timing import EngineLatency
 from itcp_deploy.profiling.records import LatencyStats
 from itcp_deploy.profiling.timing import TimingConfig

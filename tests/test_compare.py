@@ -1,4 +1,4 @@
-"""The accuracy-vs-latency comparison (bench/accuracy_vs_latency.py, itcp_deploy.pipeline.compare) on tiny settings:
+"""The accuracy-vs-latency comparison (bench/accuracy_vs_latency.py, bench/comparison/) on tiny settings:
 every row complete, budgets kept, one interleaved measurement, resume, the progressive schedule's space."""
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):
     tmp, bench, _ = finished
     assert bench.main(_argv(tmp, "--lr", "0.5")) == 2
     assert "other settings" in capsys.readouterr().err
-    from itcp_deploy.pipeline.compare import CompareConfig, compare
+    from bench.comparison.compare import CompareConfig, compare
 
     with pytest.raises(UsageError):
         compare(CompareConfig(model="cifar_resnet20", data=DATA, out_dir=str(tmp / "x"), speedups=(0.5,)))
@@ -183,9 +183,9 @@ def test_other_recipe_in_same_out_dir_is_refused(finished, capsys):
 
 def test_restricted_space_predicts_like_the_dense_perf_model(finished):
     tmp, _, results = finished
+    from bench.comparison.progressive import restricted
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.pipeline.planning import restricted
     from itcp_deploy.pruning import apply_widths
 
     perf = PerfModel.load(tmp / "out" / "perf_model.json")
@@ -209,7 +209,7 @@ def test_distill_flag_finetunes_every_row_from_the_dense_model(monkeypatch, tmp_
     import torch
 
     import itcp_deploy.train as train_module
-    from itcp_deploy.pipeline import compare_rows
+    from bench.comparison import rows as compare_rows
 
     config = _bench_module().config_from(_bench_module().parse_args(_argv(tmp_path, "--distill")))
     assert config.recipe.distill and "distill" in json.dumps(config.fingerprint())

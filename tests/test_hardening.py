@@ -100,11 +100,13 @@ def test_output_checks_unit(tmp_path):
 
 # ------------------------------------------------------------ 2. resume with changed input contents
 def _run_config(tmp_path: Path, weights: Path, data: str = "digits"):
-    from itcp_deploy.pipeline.config import RunConfig
+    from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.pipeline.config import DeployTarget, RunConfig
     from itcp_deploy.target import LatencyTarget
 
-    return RunConfig(model="cifar_resnet20", data=data, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "run"),
-                     target=LatencyTarget(sla_ms=1.0), weights=str(weights))
+    target = DeployTarget.named(EngineSpec(), (1, 3, 32, 32), LatencyTarget(sla_ms=1.0))
+    return RunConfig(model="cifar_resnet20", data=data, out_dir=str(tmp_path / "run"), targets=(target,),
+                     weights=str(weights))
 
 
 def _state(config):
@@ -143,7 +145,8 @@ def test_resume_refuses_changed_data_file(tmp_path, weights_file):
 
 
 def test_comparison_fingerprint_holds_input_contents(tmp_path, weights_file, profile_file):
-    from itcp_deploy.pipeline.config import CompareConfig, ProfileSettings
+    from bench.comparison.config import CompareConfig
+    from itcp_deploy.pipeline.config import ProfileSettings
 
     config = CompareConfig(model="cifar_resnet20", data="digits", out_dir=str(tmp_path / "cmp"),
                            weights=str(weights_file), profile=ProfileSettings(profile_path=str(profile_file)))

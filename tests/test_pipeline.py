@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.pipeline import RunConfig, run
-from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSettings
+from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, LoopSettings, ProfileSettings
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
 from tests.conftest import run_cli
@@ -18,9 +19,17 @@ DATA = "synthetic:train=256,test=128"
 QUICK = TimingConfig(warmup=5, rounds=4, runs_per_round=25)
 
 
-def _config(tmp_path, max_builds: int = 10, holdout: int = 3, epochs: int = 1, **kw) -> RunConfig:
-    base = RunConfig(model="cifar_resnet20", data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(tmp_path / "out"),
-                     target=LatencyTarget(speedup=1.5),
+def one_target(latency: LatencyTarget | None = None, engine: EngineSpec | None = None,
+               input_shape: tuple[int, int, int, int] = (1, 3, 32, 32)) -> tuple[DeployTarget]:
+    """A run's one target (default: ONNX Runtime, speed-up 1.5)."""
+    return (DeployTarget.named(engine or EngineSpec(), input_shape, latency or LatencyTarget(speedup=1.5)),)
+
+
+def _config(tmp_path, max_builds: int = 10, holdout: int = 3, epochs: int = 1, engine: EngineSpec | None = None,
+            **kw) -> RunConfig:
+    """A quick run's config; ``engine``: the one target's engine (default ONNX Runtime, speed-up 1.5)."""
+    base = RunConfig(model="cifar_resnet20", data=DATA, out_dir=str(tmp_path / "out"),
+                     targets=one_target(engine=engine),
                      recipe=FinetuneRecipe(epochs=epochs, batch_size=32, train_subset=None),
                      profile=ProfileSettings(cache_dir=str(tmp_path / "engines"), max_builds=max_builds,
                                              holdout=holdout, timing=QUICK),
@@ -80,6 +89,16 @@ def test_interrupted_run_resumes_after_last_finished_stage(finished):
     assert ran == ["stage final ..."], logs
 
 
+def test_check_latency_gates_a_one_target_run_folder(finished):
+    """Every run's report has a row per target, so `check-latency --run` takes a one-target folder too."""
+    tmp, config, report, _ = finished
+    code, stdout, err = run_cli("check-latency", "--run", str(tmp / "out"))
+    lines = stdout.strip().splitlines()
+    assert code in (0, 1) and len(lines) == 1 and lines[0].startswith(f"{config.targets[0].name}: "), stdout + err
+    assert ("PASS" in lines[0]) == (code == 0) and "latency ratio" in lines[0]  # a speed-up SLA gates the ratio
+    assert [t["name"] for t in report.targets] == [config.targets[0].name]
+
+
 def test_other_settings_in_same_out_dir_are_refused(finished):
     tmp, config, _, _ = finished
     code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
@@ -91,7 +110,7 @@ def test_other_settings_in_same_out_dir_are_refused(finished):
 def test_sla_below_fastest_plan_names_the_minimum(finished):
     tmp, config, _, _ = finished
     with pytest.raises(InfeasibleError, match="fastest reachable plan"):
-        run(_config(tmp, out_dir=str(tmp / "infeasible"), target=LatencyTarget(sla_ms=1e-4)))
+        run(_config(tmp, out_dir=str(tmp / "infeasible"), targets=one_target(LatencyTarget(sla_ms=1e-4))))
     code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
                            "-o", str(tmp / "infeasible-cli"), "--sla-ms", "0.0001", "--quiet",
                            "--cache", str(tmp / "engines"), "--epochs", "0")
@@ -111,13 +130,22 @@ def test_bad_sla_is_one_line_exit_2(tmp_path, args):
 
 def test_run_on_torch_backend(tmp_path):
     """The torch backend goes through the same pipeline: isolated-layer profile, torch.export artifacts."""
-    from itcp_deploy.engines.build import EngineSpec
-
     report = run(_config(tmp_path, engine=EngineSpec(backend="torch"), epochs=0, max_builds=8, holdout=2))
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["backend"] == "torch" and report.macs_final < report.macs_dense
     assert json.loads((tmp_path / "out" / "profile.json").read_text())["layer_source"] == "isolated"
     assert (tmp_path / "out" / "engines" / "model").is_dir()
+
+
+def _loop_context(config, out, model, space):
+    """What the closed loop reads of a run: its config, a copy of a finished run folder, the dense model."""
+    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.pipeline.sources import ModelInputs
+    from itcp_deploy.pipeline.stages import RunContext
+    from itcp_deploy.pipeline.strategies import STRATEGIES
+
+    return RunContext(config, RunFolder(out), None, ModelInputs(model, []), space, STRATEGIES.get("itcp"),
+                      lambda m: None)
 
 
 def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finished, monkeypatch, tmp_path):
@@ -126,9 +154,9 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     import shutil
     from types import SimpleNamespace
 
-    import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
-    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.pipeline.closed_loop import closed_loop
+    from itcp_deploy.pipeline.meter import Measured, TargetMeter
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.engine_timing import EngineLatency
     from itcp_deploy.profiling.records import LatencyStats
@@ -138,25 +166,26 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     out = tmp_path / "loop"
     shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
     model = create_model("cifar_resnet20", num_classes=10).eval()
-    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
+    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20").with_removal(config.block_removal)
     stats = LatencyStats.from_samples([1.0])
-    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
-    monkeypatch.setattr(cl, "measure_pair", lambda c, a, d, t: (EngineLatency(stats, 0.99), stats))
+    monkeypatch.setattr(TargetMeter, "dense_ms", lambda self: 1.0)
+    monkeypatch.setattr(TargetMeter, "measure", lambda self, artifact, timing=None, precise=False:
+                        Measured(EngineLatency(stats, 0.99), stats, 4, 0.99))
     monkeypatch.setattr("itcp_deploy.engines.build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
-    folder = RunFolder(out)
-    inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))
-    result = cl.closed_loop(inputs, lambda m: None)
-    plan = PruningPlan.load(folder.plan)
+    t = config.targets[0]
+    result = closed_loop(_loop_context(config, out, model, space),
+                         [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)])
+    plan = PruningPlan.load(out / "widths.json")
     assert "gave up" in result["notes"][-1]
     assert plan.predicted_ms <= plan.budget_ms * (1 + 1e-9)
-    assert plan.budget_ms == pytest.approx(result["rounds"][-1]["budget_ms"])
+    assert plan.budget_ms == pytest.approx(result["rounds"][-1]["targets"][0]["budget_ms"])
 
 
 def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):
-    """`profile-engines --speedup` goes on through the very function `run` calls (`itcp_deploy.api.prune_spec`:
-    the specs made into objects, then `itcp_deploy.prune`), with the same config apart from the profiling
-    options it has and `run` lacks."""
-    import itcp_deploy.api as api
+    """`profile-engines --speedup` goes on through the very function `run` calls (`pipeline.driver.run`: the
+    specs made into the objects `itcp_deploy.prune` takes, then the same stages), with the same config apart
+    from the profiling options it has and `run` lacks."""
+    from itcp_deploy.pipeline import driver
 
     seen = []
 
@@ -167,7 +196,7 @@ def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_p
         seen.append(config)
         raise Stop
 
-    monkeypatch.setattr(api, "prune_spec", fake_run)
+    monkeypatch.setattr(driver, "run", fake_run)
     common = ("--input-shape", "1x3x32x32", "--data", DATA, "-o", str(tmp_path / "o"), "--speedup", "2",
               "--epochs", "0", "--json")
     with pytest.raises(Stop):
@@ -177,7 +206,7 @@ def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_p
     from_run, from_profile = seen
     assert from_profile.profile.max_builds == 12 and from_profile.profile.timing.rounds == 3
     assert replace(from_profile, profile=from_run.profile) == from_run
-    assert from_run.target == LatencyTarget(speedup=2.0)
+    assert [t.latency for t in from_run.targets] == [LatencyTarget(speedup=2.0)]
 
 
 @pytest.mark.parametrize("args", [["--speedup", "2"], ["--speedup", "2", "--data", DATA],
@@ -207,7 +236,7 @@ def test_run_exits_1_when_the_final_engine_misses_the_sla(monkeypatch, tmp_path,
     """Issue 14: the loop met the SLA but the final engine then measured above it; the report said MISSED yet
     `run` exited 0. A fake pipeline (returning a report whose final measurement is above or below the SLA)
     stands in for a real run: `run` must exit 1 on the miss, 0 on the pass, and print the report either way."""
-    import itcp_deploy.api as api
+    from itcp_deploy.pipeline import driver
     from itcp_deploy.pipeline.report import RunReport
 
     final = {"median_ms": 0.41, "p90_ms": 0.43, "p99_ms": 0.45}
@@ -216,8 +245,9 @@ def test_run_exits_1_when_the_final_engine_misses_the_sla(monkeypatch, tmp_path,
         dense_latency_ms=1.0, predicted_latency_ms=0.36, final_latency_ms=final, final_over_dense=0.41,
         met_sla=met, measured_over_sla=0.95 if met else 1.04, accuracy_dense=None, accuracy_pruned_bn=None,
         accuracy_final=None, macs_dense=2, macs_final=1, params_dense=2, params_final=1, rounds=[], widths={},
-        full_widths={}, criterion="taylor", method="itcp", epochs=0)
-    monkeypatch.setattr(api, "prune_spec", lambda config, log=None, progress=None: faked)
+        full_widths={}, criterion="taylor", method="itcp", epochs=0,
+        targets=[{"name": "cpu", "met": met, "measured_over_sla": 0.95 if met else 1.04, "sla_ms": 0.4}])
+    monkeypatch.setattr(driver, "run", lambda config, log=None, progress=None: faked)
     code, stdout, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
                                 "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "0", "--json")
     assert code == (0 if met else 1), err
@@ -229,33 +259,39 @@ def test_run_exits_1_when_the_final_engine_misses_the_sla(monkeypatch, tmp_path,
 def test_loop_lands_in_the_band_when_the_perf_model_is_off(finished, monkeypatch, tmp_path, bias):
     """Issue 14: the loop corrects its budget from every round. A fake measurement (the plan's predicted
     latency x ``bias``, as a ratio to a dense engine of 1 ms) stands in for building and timing each plan; the
-    loop must land in [accept_low * target, target] within its rounds, and save the plan it accepted."""
+    loop must land in [accept_low * aim, aim] within its rounds, and save the plan it accepted."""
     import shutil
+    from types import SimpleNamespace
 
-    import itcp_deploy.pipeline.closed_loop as cl
     from itcp_deploy.models import create_model
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.pipeline.closed_loop import closed_loop
+    from itcp_deploy.pipeline.meter import Measured, TargetMeter
     from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.profiling.engine_timing import EngineLatency
+    from itcp_deploy.profiling.records import LatencyStats
     from itcp_deploy.pruning import build_space
 
     tmp, config, _, _ = finished
     out = tmp_path / "loop"
     shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
-    folder = RunFolder(out)
-    perf_dense = PerfModel.load(folder.perf_model).dense_ms()
+    perf = PerfModel.load(out / "perf_model.json")
 
-    def fake_measure_round(inputs, solution, r, dense_ms):
-        ratio = solution.cost / perf_dense * bias
-        return ratio * dense_ms, ratio, 4
+    def fake_measure(self, artifact, timing=None, precise=False):  # artifact: the plan's widths (fake build)
+        ratio = perf.predict_ms(artifact) / perf.dense_ms() * bias
+        return Measured(EngineLatency(LatencyStats.from_samples([ratio]), ratio), None, 4, ratio)
 
     model = create_model("cifar_resnet20", num_classes=10).eval()
-    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20")
-    monkeypatch.setattr(cl, "_dense_latency_ms", lambda inputs: 1.0)
-    monkeypatch.setattr(cl, "_measure_round", fake_measure_round)
-    config = replace(config, target=LatencyTarget(speedup=1.6), loop=replace(config.loop, max_rounds=4))
-    inputs = cl.LoopInputs(model, space, folder, config, tmp_path, folder.read_arrays(folder.scores))
-    result = cl.closed_loop(inputs, lambda m: None)
-    last = result["rounds"][-1]
-    assert config.loop.accept_low * result["target_ms"] <= last["measured_ms"] <= result["target_ms"], result
-    assert PruningPlan.load(folder.plan).widths == {g.name: last["widths"][g.name] for g in space.prunable}
+    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20").with_removal(config.block_removal)
+    monkeypatch.setattr(TargetMeter, "dense_ms", lambda self: 1.0)
+    monkeypatch.setattr(TargetMeter, "measure", fake_measure)
+    monkeypatch.setattr("itcp_deploy.pruning.apply_widths", lambda model, space, widths, **k: widths)
+    monkeypatch.setattr("itcp_deploy.engines.build.build_engine",
+                        lambda pruned, *a, **k: SimpleNamespace(artifact=pruned))
+    config = replace(config, targets=one_target(LatencyTarget(speedup=1.6)), loop=replace(config.loop, max_rounds=4))
+    t = config.targets[0]
+    result = closed_loop(_loop_context(config, out, model, space),
+                         [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)])
+    last, aim = result["rounds"][-1], result["aim_ms"][t.name]
+    assert config.loop.accept_low * aim <= last["targets"][0]["measured_ms"] <= aim, result
+    assert PruningPlan.load(out / "widths.json").widths == {g.name: last["widths"][g.name] for g in space.prunable}

@@ -1,12 +1,11 @@
 """The Python API (issue 18): the two examples of docs/python_api.md run exactly as written, then checked
 (SLA met as measured, the module's widths are the plan's, engine parity); the boundary checks give one line;
-the CLI's `run` goes through `itcp_deploy.prune` with the config it built."""
+the CLI's `run` and `prune()` hand their configs to the same driver function."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,34 +112,9 @@ def test_bad_objects_are_one_line_errors(tmp_path, model, example, loader, probl
     assert "\n" not in str(err.value) and "Fix:" in str(err.value)
 
 
-def test_cli_run_is_prune_on_the_objects_its_specs_name(monkeypatch, tmp_path):
-    """`itcp-deploy run` builds the objects and calls `itcp_deploy.prune`, whose config is the CLI's own."""
-    import itcp_deploy.api as api
-
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_prune(model, example_input, **kwargs):
-        seen.update(kwargs, model=model, example_input=example_input)
-        raise Stop
-
-    monkeypatch.setattr(api, "prune", fake_prune)
-    with pytest.raises(Stop):
-        run_cli("run", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", "synthetic:train=64,test=32",
-                "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "1", "--json")
-    assert isinstance(seen["model"], nn.Module) and tuple(seen["example_input"].shape) == (1, 3, 32, 32)
-    assert seen["speedup"] == 2.0 and seen["sla_ms"] is None and callable(seen["finetune"])
-    x, y = next(iter(seen["score_loader"]))
-    assert isinstance(x, torch.Tensor) and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
-
-
-def test_prune_rebuilds_the_cli_config_exactly(monkeypatch, tmp_path):
-    """The options `prune_spec` passes make `prune` build the very RunConfig the CLI built (same state.json
-    fingerprint, so a run folder resumes whichever way it was started)."""
-    import itcp_deploy.api as api
-    from itcp_deploy.pipeline.config import FinetuneRecipe, RunConfig
+def _stop_at_stages(monkeypatch) -> tuple[list, type]:
+    """Patch the driver's one stage runner to record what it was given and stop."""
+    from itcp_deploy.pipeline import driver
 
     class Stop(Exception):
         pass
@@ -148,17 +122,52 @@ def test_prune_rebuilds_the_cli_config_exactly(monkeypatch, tmp_path):
     seen = []
 
     def fake_stages(config, inputs, log=None, progress=None, **kw):
-        seen.append(config)
+        seen.append((config, inputs))
         raise Stop
 
-    monkeypatch.setattr(api, "run_stages", fake_stages)
-    config = RunConfig(model="cifar_resnet20", data="synthetic:train=64,test=32", input_shape=(1, 3, 32, 32),
-                       out_dir=str(tmp_path / "o"), target=LatencyTarget(sla_ms=0.5, percentile=90),
-                       recipe=FinetuneRecipe(epochs=2, distill=True, train_subset=None), criterion="width", quiet=True)
+    monkeypatch.setattr(driver, "run_stages", fake_stages)
+    return seen, Stop
+
+
+def test_cli_run_and_prune_call_the_same_driver_function(monkeypatch, tmp_path):
+    """`itcp-deploy run` makes its specs into the objects `itcp_deploy.prune` takes, and both hand a RunConfig
+    (every option of the issue-23 bug included) to the same function, `pipeline.driver.run_stages`."""
+    seen, Stop = _stop_at_stages(monkeypatch)
     with pytest.raises(Stop):
-        api.prune_spec(config)
-    assert seen == [config]
-    assert replace(seen[0], recipe=config.recipe) == config
+        run_cli("run", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", "synthetic:train=64,test=32",
+                "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "1", "--ignore-layers", "layer3.0.conv1",
+                "--no-compensate", "--no-block-removal", "--json")
+    (cli_config, inputs), = seen
+    assert isinstance(inputs.model, nn.Module) and callable(inputs.finetune)
+    x, y = next(iter(inputs.score_loader))
+    assert isinstance(x, torch.Tensor) and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
+    options = itcp_deploy.PruneOptions(name="cifar_resnet20", ignore_layers=("layer3.0.conv1",), compensate=False,
+                                       block_removal=False)
+    with pytest.raises(Stop):
+        itcp_deploy.prune(inputs.model, torch.zeros(1, 3, 32, 32), speedup=2.0, score_loader=[(x, y)],
+                          out_dir=tmp_path / "p", options=options)
+    prune_config = seen[1][0]
+    for field in ("targets", "ignore_layers", "compensate", "block_removal", "method", "criterion", "importance"):
+        assert getattr(prune_config, field) == getattr(cli_config, field), field
+    assert cli_config.ignore_layers == ("layer3.0.conv1",) and not cli_config.compensate
+    assert not cli_config.block_removal and cli_config.targets[0].latency == LatencyTarget(speedup=2.0)
+
+
+def test_prune_takes_several_targets(monkeypatch, tmp_path):
+    """``targets=``: one config with every target (their own engines, shapes and SLAs), for the same stages."""
+    from itcp_deploy.engines.build import EngineSpec
+
+    seen, Stop = _stop_at_stages(monkeypatch)
+    targets = [itcp_deploy.DeployTarget("a", EngineSpec(), (1, 3, 8, 8), LatencyTarget(speedup=1.5)),
+               itcp_deploy.DeployTarget("b", EngineSpec(), (4, 3, 8, 8), LatencyTarget(sla_ms=2.0))]
+    loader = [(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))]
+    with pytest.raises(Stop):
+        itcp_deploy.prune(_TwoConvs().eval(), torch.randn(1, 3, 8, 8), targets=targets, score_loader=loader,
+                          out_dir=tmp_path / "o")
+    assert seen[0][0].targets == tuple(targets)
+    with pytest.raises(UsageError, match="not both"):
+        itcp_deploy.prune(_TwoConvs().eval(), torch.randn(1, 3, 8, 8), sla_ms=1.0, targets=targets,
+                          score_loader=loader, out_dir=tmp_path / "o")
 
 
 def test_plan_apply_build_engine_staged(example1, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from itcp_deploy.cli.targets import one_or_many, parse_targets
+from itcp_deploy.cli.targets import parse_targets, run_targets
 from itcp_deploy.engines import EngineOptions
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InputFileError, UsageError
@@ -53,13 +53,15 @@ def test_defaults_and_the_run_input_shape():
     assert t.name == "onnxruntime-b4-1t-1"
 
 
-def test_one_target_is_the_one_target_run():
-    """A single --target fills the options a one-target run has, and no targets: the run is today's."""
-    shape, latency, engine, targets = one_or_many(
-        ["backend=openvino,shape=2x3x32x32,threads=2,percentile=90,sla_ms=3"], None, None, (None, None))
-    assert (shape, latency, engine, targets) == (
-        (2, 3, 32, 32), LatencyTarget(sla_ms=3.0, percentile=90), EngineSpec("openvino", options=EngineOptions(2)),
-        ())
+def test_one_target_is_a_list_of_one():
+    """A single --target is a run's one target, like the target the plain options describe."""
+    (target,) = run_targets(["backend=openvino,shape=2x3x32x32,threads=2,percentile=90,sla_ms=3"], None, None,
+                            (None, None, 50), EngineSpec())
+    assert (target.input_shape, target.latency, target.engine) == (
+        (2, 3, 32, 32), LatencyTarget(sla_ms=3.0, percentile=90), EngineSpec("openvino", options=EngineOptions(2)))
+    engine = EngineSpec("openvino", options=EngineOptions(2))
+    (plain,) = run_targets(None, None, "2x3x32x32", ("3", None, 90), engine)
+    assert (plain.input_shape, plain.latency, plain.engine) == (target.input_shape, target.latency, target.engine)
 
 
 @pytest.mark.parametrize(("spec", "words"), [
@@ -140,8 +142,7 @@ def test_cli_run_with_two_targets_hands_them_to_the_pipeline(tmp_path, monkeypat
     assert code == 0, err
     (config,) = seen
     assert [t.name for t in config.targets] == ["edge", "server"]
-    assert (config.input_shape, config.target, config.engine) == (
-        (1, 3, 32, 32), config.targets[0].latency, config.targets[0].engine)
+    assert config.input_shape == (1, 3, 32, 32)  # the shape the shared stages use: the first target's
     seen.clear()
     run_cli("run", "cifar_resnet20", "--data", "synthetic", "-o", str(tmp_path / "o"), "--target", EDGE)
-    assert seen[0].targets == () and seen[0].target == LatencyTarget(speedup=1.67)
+    assert [t.latency for t in seen[0].targets] == [LatencyTarget(speedup=1.67)]

@@ -12,8 +12,9 @@ import json
 
 import pytest
 
+from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.pipeline import RunConfig, run
-from itcp_deploy.pipeline.config import FinetuneRecipe, LoopSettings, ProfileSettings
+from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, LoopSettings, ProfileSettings
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
 
@@ -31,8 +32,9 @@ CASES = CLASSIFIERS + DENSE
 
 def _config(spec: str, size: int, runs: int, tmp_path) -> RunConfig:
     timing = TimingConfig(warmup=3, rounds=5, runs_per_round=runs)
-    return RunConfig(model=spec, data=f"synthetic:size={size},train=128,test=64", input_shape=(1, 3, size, size),
-                     out_dir=str(tmp_path / "out"), target=LatencyTarget(speedup=1.3),
+    target = DeployTarget.named(EngineSpec(), (1, 3, size, size), LatencyTarget(speedup=1.3))
+    return RunConfig(model=spec, data=f"synthetic:size={size},train=128,test=64", out_dir=str(tmp_path / "out"),
+                     targets=(target,),
                      recipe=FinetuneRecipe(epochs=0, batch_size=32, train_subset=None),
                      # a 16-engine profile: keep the fit (force_fit); the loop measures every plan anyway
                      profile=ProfileSettings(cache_dir=str(tmp_path / "engines"), max_builds=16, holdout=4,

@@ -11,6 +11,8 @@ import typer
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import (
     BackendOpt,
+    BlockRemovalOpt,
+    CompensateOpt,
     EpochsOpt,
     PercentileOpt,
     PrecisionOpt,
@@ -47,10 +49,8 @@ def run_command(
     epochs: EpochsOpt = 1,
     distill: Annotated[bool, typer.Option("--distill/--no-distill",
                                           help="Distil from the dense model while finetuning.")] = True,
-    compensate: Annotated[bool, typer.Option("--compensate/--no-compensate",
-                                             help="Least-squares refit after pruning.")] = True,
-    block_removal: Annotated[bool, typer.Option("--block-removal/--no-block-removal",
-                                                help="Let residual branches be removed (width 0).")] = True,
+    compensate: CompensateOpt = True,
+    block_removal: BlockRemovalOpt = True,
     percentile: PercentileOpt = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
@@ -62,24 +62,17 @@ def run_command(
     """Prune MODEL to the most accurate plan that meets the SLA (or every --target's SLA with one set of
     weights), and build its engine(s) into OUT/; exit 1 if a final engine misses its SLA, 2 on bad input."""
     from itcp_deploy.cli.output import deliver
-    from itcp_deploy.cli.shapes import parse_input_shape, parse_target
-    from itcp_deploy.cli.targets import one_or_many
+    from itcp_deploy.cli.targets import run_targets
     from itcp_deploy.engines import EngineOptions
     from itcp_deploy.engines.build import EngineSpec
-    from itcp_deploy.errors import UsageError
     from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
 
-    if target or targets_file:
-        shape, latency, engine, targets = one_or_many(target, targets_file, input_shape, (sla_ms, speedup))
-    else:
-        if input_shape is None:
-            raise UsageError("missing --input-shape", "pass e.g. --input-shape 1x3x32x32, or give --target ...")
-        shape, latency, targets = parse_input_shape(input_shape), parse_target(sla_ms, speedup, percentile), ()
-        engine = EngineSpec(backend, precision, EngineOptions(threads=threads), calib)
+    engine = EngineSpec(backend, precision, EngineOptions(threads=threads), calib)
+    targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile), engine)
     config = RunConfig(
-        model=model, data=data, input_shape=shape, out_dir=str(out), target=latency, weights=weights,
-        trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()), engine=engine, targets=targets,
-        criterion=criterion, method=method, recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
+        model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,
+        ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,
+        recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
         profile=ProfileSettings(cache_dir=cache), compensate=compensate, block_removal=block_removal,
         quiet=quiet or json)
     deliver(config, json)
@@ -110,7 +103,7 @@ def demo_command(
 def check_latency_command(
     engine: Annotated[str | None, typer.Argument(help="Engine file or artifact directory to measure.")] = None,
     run_dir: Annotated[Path | None, typer.Option(
-        "--run", help="Gate every target of this run folder (a run with several --target), one line each.")] = None,
+        "--run", help="Gate every target of this run folder (one or several), one line each.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime, tensorrt or torch.")] = "onnxruntime",
     sla_ms: Annotated[str | None, typer.Option("--sla-ms", help="Absolute limit in ms.")] = None,
     reference: Annotated[str | None, typer.Option("--reference", help="Dense engine to compare with.")] = None,

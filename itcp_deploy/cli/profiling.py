@@ -12,6 +12,8 @@ import typer
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import (
     BackendOpt,
+    BlockRemovalOpt,
+    CompensateOpt,
     EpochsOpt,
     PercentileOpt,
     PrecisionOpt,
@@ -79,6 +81,8 @@ def profile_engines_cmd(
     percentile: PercentileOpt = 50,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
+    compensate: CompensateOpt = True,
+    block_removal: BlockRemovalOpt = True,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path; with an SLA, the output "
                                              "directory of the engine (as in `run`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -101,13 +105,13 @@ def profile_engines_cmd(
         _profile_only(ref, (input_shape, shape), engine, settings, shard, out, json_out)
         return
     from itcp_deploy.cli.output import deliver
-    from itcp_deploy.pipeline.config import FinetuneRecipe, RunConfig
+    from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, RunConfig
 
-    target = parse_target(sla_ms, speedup, percentile)
     _check_sla_options(data, out, shard)
-    deliver(RunConfig(model=model, data=str(data), input_shape=shape, out_dir=str(out), target=target,
-                      weights=weights, trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()),
-                      engine=engine, profile=settings,
+    target = DeployTarget.named(engine, shape, parse_target(sla_ms, speedup, percentile))
+    deliver(RunConfig(model=model, data=str(data), out_dir=str(out), targets=(target,), weights=weights,
+                      trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()), compensate=compensate,
+                      block_removal=block_removal, profile=settings,
                       recipe=FinetuneRecipe(epochs=epochs, train_subset=None), quiet=json_out), json_out)
 
 

@@ -12,6 +12,7 @@ the run's ``--input-shape``), ``threads`` (1), ``percentile`` (50), and exactly 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from itcp_deploy.engines import EngineOptions
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
 from itcp_deploy.names import check_engine
-from itcp_deploy.pipeline.targets import DeployTarget, check_targets
+from itcp_deploy.pipeline.config import DeployTarget, check_targets
 from itcp_deploy.target import LatencyTarget
 
 KEYS = ("name", "backend", "precision", "shape", "threads", "percentile", "sla_ms", "speedup")
@@ -67,8 +68,8 @@ def target_from_fields(fields: dict[str, Any], where: str, default_shape: tuple[
     threads = _int(where, "threads", fields.get("threads", 1))
     sla = {k: _positive(where, k, fields[k]) if k in fields else None for k in ("sla_ms", "speedup")}
     latency = LatencyTarget(**sla, percentile=_int(where, "percentile", fields.get("percentile", 50), (50, 90, 99)))
-    name = str(fields.get("name", f"{backend}-b{shape[0]}-{threads}t-{index}"))
-    return DeployTarget(name, EngineSpec(backend, precision, EngineOptions(threads=threads)), shape, latency)
+    target = DeployTarget.named(EngineSpec(backend, precision, EngineOptions(threads=threads)), shape, latency, index)
+    return target if "name" not in fields else replace(target, name=str(fields["name"]))
 
 
 def split_spec(text: str, where: str) -> dict[str, str]:
@@ -113,13 +114,17 @@ def parse_targets(specs: list[str] | None, file: str | Path | None,
     return targets
 
 
-def one_or_many(specs: list[str] | None, file: str | Path | None, input_shape: str | None,
-                sla_options: tuple[object, object]) -> tuple[tuple[int, int, int, int], LatencyTarget, EngineSpec,
-                                                             tuple[DeployTarget, ...]]:
-    """``run``'s shape, SLA and engine from its targets: one target is exactly the one-target run (its fields
-    fill the usual options); two or more also return the targets."""
-    if any(x is not None for x in sla_options):
-        raise UsageError("--sla-ms/--speedup and --target both give an SLA", "put the SLA in each --target")
-    targets = parse_targets(specs, file, parse_input_shape(input_shape) if input_shape else None)
-    first = targets[0]
-    return first.input_shape, first.latency, first.engine, tuple(targets) if len(targets) > 1 else ()
+def run_targets(specs: list[str] | None, file: str | Path | None, input_shape: str | None,
+                sla_options: tuple[object, object, int], engine: EngineSpec) -> tuple[DeployTarget, ...]:
+    """``run``'s targets: those of ``--target``/``--targets`` (one or more), else the one target that
+    ``--input-shape``, ``--sla-ms``/``--speedup``, ``--percentile`` and the engine options describe."""
+    from itcp_deploy.cli.shapes import parse_target
+
+    sla_ms, speedup, percentile = sla_options
+    if specs or file:
+        if sla_ms is not None or speedup is not None:
+            raise UsageError("--sla-ms/--speedup and --target both give an SLA", "put the SLA in each --target")
+        return tuple(parse_targets(specs, file, parse_input_shape(input_shape) if input_shape else None))
+    if input_shape is None:
+        raise UsageError("missing --input-shape", "pass e.g. --input-shape 1x3x32x32, or give --target ...")
+    return (DeployTarget.named(engine, parse_input_shape(input_shape), parse_target(sla_ms, speedup, percentile)),)

@@ -1,13 +1,17 @@
 """The pipeline wing: the only package that knows every stage.
 
-- :mod:`~itcp_deploy.pipeline.config`: :class:`RunConfig` and its nested settings (recipe, profile, loop)
-- :mod:`~itcp_deploy.pipeline.driver`: :func:`run` (``itcp-deploy run``), the report, the summary rows
-- :mod:`~itcp_deploy.pipeline.stages`: the stage functions ``run`` and ``compare`` share
-- :mod:`~itcp_deploy.pipeline.closed_loop`: search -> build -> measure -> correct, until the SLA is met
-- :mod:`~itcp_deploy.pipeline.run_dir`: the run folder's file names and ``state.json``
+- :mod:`~itcp_deploy.pipeline.config`: :class:`RunConfig` (always a list of deployment targets) and its settings
+- :mod:`~itcp_deploy.pipeline.driver`: :func:`run` (``itcp-deploy run``) and ``run_stages``, the one function
+  ``run``, ``profile-engines --sla-ms`` and :func:`itcp_deploy.prune` call; the report
+- :mod:`~itcp_deploy.pipeline.stages`: the stages, each over every target
+- :mod:`~itcp_deploy.pipeline.strategies`: each method's search (closed loop, or a peer's measured bisection)
+- :mod:`~itcp_deploy.pipeline.closed_loop`: search -> build -> measure -> correct, for one target or several
+- :mod:`~itcp_deploy.pipeline.meter`: one target's measuring (dense latency, a candidate interleaved, the verdict)
+- :mod:`~itcp_deploy.pipeline.run_dir`: the run folder's file names (per target too) and ``state.json``
 - :mod:`~itcp_deploy.pipeline.planning` (``search``, ``pareto``), :mod:`~itcp_deploy.pipeline.gate`
-  (``check-latency``), :mod:`~itcp_deploy.pipeline.compare` (ITCP against the baselines),
-  :mod:`~itcp_deploy.pipeline.demo`, :mod:`~itcp_deploy.pipeline.report`
+  (``check-latency``), :mod:`~itcp_deploy.pipeline.demo`, :mod:`~itcp_deploy.pipeline.report`
+
+The comparison of ITCP against the baselines is a benchmark, not a command: ``bench/comparison/``.
 
 Names load lazily, so importing one module of the wing does not import the others.
 """
@@ -18,6 +22,7 @@ from itcp_deploy.lazy import lazy_exports
 
 _EXPORTS = {
     "RunConfig": "config",
+    "DeployTarget": "config",
     "FinetuneRecipe": "config",
     "ProfileSettings": "config",
     "LoopSettings": "config",

@@ -1,153 +1,296 @@
-"""The closed SLA loop: solve -> prune -> build -> measure against the dense engine -> correct the budget.
+"""The closed SLA loop over a run's targets (one or several): solve -> prune -> build every target's engine ->
+measure each against its dense engine -> correct each target's budget from its own rounds.
 
-The perf model predicts; only a measured engine decides. Each round solves for a predicted budget, builds the
-plan's engine and measures it interleaved with the dense engine. A plan is accepted when its measured latency
-lies in ``[accept_low * target, target]`` (target = SLA minus a safety margin, see
-:class:`~itcp_deploy.target.LatencyTarget`). Otherwise the next budget comes from every round so far
-(:mod:`~itcp_deploy.pipeline.budget_search`: a bracket of met/missed budgets, secant or bisection inside it)
-and the DP re-solves; a plan that undershoots a lot is relaxed the same way, because over-pruning wastes
-accuracy. After ``max_rounds`` (or once the bracket has collapsed) the best plan that met the target is kept,
-or the loop gives up and says why.
+The perf model predicts; only a measured engine decides. Each round solves for predicted budgets (one per
+target) and measures the plan's engine on every target with its :class:`~itcp_deploy.pipeline.meter.TargetMeter`.
+A plan is accepted when every target is met and at least one lands in its acceptance band ``[accept_low * aim,
+aim]`` (aim = SLA less the safety margin; a plan far under every aim wastes accuracy). Otherwise each target that
+missed gets a new budget from its own rounds (:mod:`~itcp_deploy.pipeline.budget_search`: a bracket of met/missed
+budgets, secant or bisection inside it); when every target was met, every budget is relaxed that way. After
+``max_rounds`` (or once a bracket has collapsed) the best plan that met every target is kept, else the last one,
+with a note.
+
+One target solves with the run's method (``itcp`` or a baseline, :data:`~itcp_deploy.search.baselines.
+SEARCH_METHODS`); several use :func:`~itcp_deploy.search.vector.solve_targets` (the exact 2-D DP for two,
+Lagrangian relaxation for more). With several, the perf models choose the vector plan but measurement decides
+between it and each target's own plan: every single-target plan that scores higher is built and measured on
+every target like a round, best first, and the first that meets every target's aim is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
-from itcp_deploy.pipeline.config import RunConfig
-from itcp_deploy.pipeline.round_search import Rounds, RoundSearch, search_rounds
-from itcp_deploy.pipeline.round_timing import measure_precise
-from itcp_deploy.pipeline.run_dir import RunFolder
-from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
-from itcp_deploy.profiling.records import LatencyStats
-from itcp_deploy.profiling.timing import TimingConfig
-from itcp_deploy.space import PruningSpace
-from itcp_deploy.target import Measurement
+from itcp_deploy.pipeline.budget_search import Round, accepted, next_budget
+from itcp_deploy.pipeline.meter import TargetMeter
+from itcp_deploy.pipeline.stages import RunContext
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.search import Solution
+    from itcp_deploy.search.vector import VectorSolution
 
 Log = Callable[[str], None]
+Solve = Callable[[list[float]], "VectorSolution"]
+Measure = Callable[[dict[str, int], int], list[dict]]  # widths, round -> per target {"measured_ms": ..., ...}
 
 
 @dataclass
-class LoopInputs:
-    """The dense model and its space, the run's config and folder, the dense engine, the group scores."""
+class Rounds:
+    """Per target (in order): its name, its aim (what a measured plan must be at or under, same unit as
+    ``measure``), and the perf model's fastest plan (predicted ms: no budget below 1.01x of it is solved);
+    then every plan tried, its record, and the notes."""
 
-    model: nn.Module
-    space: PruningSpace
-    folder: RunFolder
-    config: RunConfig
-    dense_artifact: Path
-    scores: dict[str, np.ndarray]
+    names: list[str]
+    aims: list[float]
+    floors: list[float]
+    records: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    history: list[list[Round]] = field(default_factory=list)
+    solutions: list[VectorSolution] = field(default_factory=list)
+
+    def record(self, sol: VectorSolution, measured: list[dict], kind: str) -> dict:
+        """Append one measured plan (the report's record of everything tried)."""
+        rec = {"round": len(self.records), "kind": kind, "score": sol.score, "method": sol.method,
+               "bound": sol.bound if np.isfinite(sol.bound) else None,
+               "widths": {g: int(w) for g, w in sol.widths.items()}, "targets": [
+                   {"name": n, "budget_ms": b, "predicted_ms": p, "aim_ms": a, **m}
+                   for n, b, p, a, m in zip(self.names, sol.budgets, sol.costs, self.aims, measured, strict=True)]}
+        self.solutions.append(sol)
+        self.records.append(rec)
+        return rec
 
 
-def measure_pair(config: RunConfig, artifact: Path, dense_artifact: Path,
-                 timing: TimingConfig) -> tuple[EngineLatency, LatencyStats]:
-    """A candidate engine measured interleaved with the dense engine: its latency (with the median per-round
-    ratio to dense at the target's percentile) and the dense engine's stats."""
-    measured = measure_engines(config.engine.backend, [artifact], config.engine.options, timing,
-                               reference=dense_artifact, percentile=config.target.percentile)
-    return measured.engines[0], measured.reference
+def run_rounds(rounds: Rounds, budgets: list[float], solve: Solve, measure: Measure, *, accept_low: float,
+               max_rounds: int, log: Log) -> VectorSolution:
+    """The loop itself, for one target or many: solve, measure, correct; returns the accepted plan (else the
+    fallback). ``budgets``: the first round's predicted budgets."""
+    rounds.history = [[] for _ in rounds.names]
+    for r in range(max_rounds):
+        sol = solve(budgets)
+        measured = measure(sol.widths, r)
+        rounds.record(sol, measured, "plan")
+        for k, m in enumerate(measured):  # a miss is placed at its predicted cost, a hit at its budget
+            place = budgets[k] if m["measured_ms"] <= rounds.aims[k] else sol.costs[k]
+            rounds.history[k].append(Round(place, m["measured_ms"], sol.score))
+        log(f"round {r}: " + "; ".join(
+            f"{n} budget {b:.4f} predicted {p:.4f} measured {m['measured_ms']:.4f} (aim {a:.4f})"
+            for n, b, p, m, a in zip(rounds.names, budgets, sol.costs, measured, rounds.aims, strict=True)))
+        last = [h[-1] for h in rounds.history]
+        if all(x.measured <= a for x, a in zip(last, rounds.aims, strict=True)) and any(
+                accepted(x, a, accept_low) for x, a in zip(last, rounds.aims, strict=True)):
+            return sol
+        new = _next_budgets(rounds, budgets, sol, accept_low, r)
+        if new is None:
+            break
+        budgets = new
+    return _fallback(rounds, accept_low)
 
 
-def _dense_latency_ms(inputs: LoopInputs) -> float:
-    c = inputs.config
-    measured = measure_engines(c.engine.backend, [inputs.dense_artifact], c.engine.options, c.loop.timing)
-    return measured.engines[0].stats.percentile_ms(c.target.percentile)
+def _next_budgets(rounds: Rounds, budgets: list[float], sol: VectorSolution, accept_low: float,
+                  r: int) -> list[float] | None:
+    """Each missed target's budget from its own rounds; all of them when every target was met. None (with a
+    note) when a needed correction has no budget left: its bracket collapsed, or it is below the fastest plan."""
+    all_met = all(h[-1].measured <= a for h, a in zip(rounds.history, rounds.aims, strict=True))
+    new = list(budgets)
+    for k, (hist, aim, low) in enumerate(zip(rounds.history, rounds.aims, rounds.floors, strict=True)):
+        if not (all_met or hist[-1].measured > aim):
+            continue
+        who = f" ({rounds.names[k]})" if len(rounds.names) > 1 else ""
+        step = next_budget(hist, aim, accept_low)
+        if step is None:
+            rounds.notes.append(f"round {r}{who}: no budget left between the fastest plan that missed the target "
+                                "and the slowest that met it; stopped")
+            return None
+        floor = low * 1.01  # the DP's bins need a little room above the fastest plan
+        if step < floor < sol.costs[k]:
+            step = floor  # the fastest plans are not tried yet: try them
+        elif step < floor:
+            rounds.notes.append(f"round {r}{who}: the corrected budget {step:.4g} ms is below the perf model's "
+                                f"minimum {low:.4g} ms; stopped")
+            return None
+        new[k] = step
+    return new
 
 
-def _search_inputs(inputs: LoopInputs, perf: PerfModel):
-    from itcp_deploy.search.baselines import SearchInputs
+def _fallback(rounds: Rounds, accept_low: float) -> VectorSolution:
+    """No round landed in a band while meeting every target: the best-scoring plan that met every target,
+    else the last one."""
+    n = len(rounds.records)
+    met = [i for i, rec in enumerate(rounds.records) if not _misses(rec)]
+    if met:
+        best = max(met, key=lambda i: rounds.records[i]["score"] or 0.0)
+        rounds.notes.append(f"no round landed in [{accept_low:.0%}, 100%] of a target's aim while meeting every "
+                            f"target after {n} round(s); kept the best-scoring plan that met every target")
+        return rounds.solutions[best]
+    rounds.notes.append(f"gave up after {n} round(s): every plan measured above a target's aim ("
+                        + "; ".join(_misses(rounds.records[-1])) + "); the perf model underestimates this backend "
+                        "here, re-profile with more runs or relax the SLA")
+    return rounds.solutions[-1]
 
+
+def _misses(rec: dict) -> list[str]:
+    """The targets a measured plan missed (measured over its aim: the SLA less the margin), as text."""
+    return [f"{t['name']} measured {t['measured_ms']:.4f} ms > aim {t['aim_ms']:.4f}"
+            for t in rec["targets"] if t["measured_ms"] > t["aim_ms"]]
+
+
+def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], names: Sequence[str]) -> None:
+    """Refuse SLAs below what the fastest plan reaches, naming every target's minimum (measured ms, scaled by
+    each target's measured/predicted dense latency) and which targets are out of reach."""
+    from itcp_deploy.search.dp import min_latency_ms
+
+    parts, bad = [], []
+    for name, meter, p in zip(names, meters, perf, strict=True):
+        low = min_latency_ms(p) * meter.dense_ms() / p.dense_ms()
+        parts.append(f"{name}: SLA {meter.sla_ms:.4g} ms, minimum about {low:.4g} ms")
+        if meter.aim_ms < low:
+            bad.append(f"{name} to at least {low / (1 - meter.latency.margin):.4g} ms")
+    if bad:
+        raise InfeasibleError("an SLA is below the fastest reachable plan (" + "; ".join(parts) + ")",
+                              "relax " + ", ".join(bad) + ", or use a model with a smaller minimum width")
+
+
+__all__ = ["Rounds", "check_reachable", "run_rounds"]
+
+
+# ---------------------------------------------------------------- `run`'s loop: the budget strategy
+
+
+def _solver(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray],
+            fronts: list[list[tuple[float, float]]]) -> tuple[list, Solve]:
+    """The problems and the solve of one round: one target with the run's method (its Pareto front kept in
+    ``fronts``), several with the vector DP."""
+    from itcp_deploy.search.baselines import SearchInputs, run_method
+    from itcp_deploy.search.vector import solve_targets, vector_solution
+
+    c = ctx.config
     importance = None
-    if inputs.config.method == "global-magnitude":
+    if c.method == "global-magnitude":
         from itcp_deploy.pruning import channel_importance
 
-        importance = channel_importance(inputs.model, inputs.space, "l1")
-    return SearchInputs(inputs.space, perf, inputs.scores, importance)
+        importance = channel_importance(ctx.inputs.model, perf[0].space, "l1")
+    inputs = [SearchInputs(p.space, p, scores, importance) for p in perf]
+    problems = [i.problem() for i in inputs]
+    names = [t.name for t in c.targets]
+    if len(problems) > 1:
+        return problems, lambda budgets: solve_targets(problems, budgets, names, bins=c.loop.bins)
+
+    def solve_one(budgets: list[float]) -> VectorSolution:
+        sol = run_method(c.method, inputs[0], budgets[0], bins=c.loop.bins)
+        fronts.append([(float(a), float(b)) for a, b in sol.front])
+        return vector_solution(problems, budgets, sol.widths, exact=sol.exact, method=sol.method)
+
+    return problems, solve_one
 
 
-def _check_reachable(inputs: LoopInputs, perf: PerfModel, dense_ms: float) -> None:
-    from itcp_deploy.search.dp import min_latency_ms
-
-    t = inputs.config.target
-    sla_ms, target_ms = t.resolve_ms(dense_ms), t.target_ms(dense_ms)
-    min_predicted = min_latency_ms(perf)
-    min_ms = min_predicted * dense_ms / perf.dense_ms()  # in measured ms on this machine now
-    if target_ms < min_ms:
-        raise InfeasibleError(
-            f"SLA {sla_ms:.4g} ms (target {target_ms:.4g} ms with the {t.margin:.0%} margin) is below the "
-            f"fastest reachable plan, about {min_ms:.4g} ms measured ({min_predicted:.4g} ms predicted)",
-            f"ask for at least {min_ms / (1 - t.margin):.4g} ms, or a model with a smaller minimum width")
-
-
-def _measure_round(inputs: LoopInputs, solution: Solution, r: int, dense_ms: float) -> tuple[float, float, int]:
-    """Prune to the plan, build its engine and measure it against dense, long enough for the margin to cover
-    the noise: (judged latency ms, ratio, timing rounds used)."""
-    from itcp_deploy.engines.build import build_engine
-    from itcp_deploy.pruning import apply_widths
-
-    c = inputs.config
-    pruned = apply_widths(inputs.model, inputs.space, solution.widths, importance="l1")
-    built = build_engine(pruned, c.input_shape, inputs.folder.rounds, f"round{r}", c.engine)
-    latency, timing_rounds = measure_precise(
-        lambda t: measure_pair(c, built.artifact, inputs.dense_artifact, t)[0], c.loop.timing, c.target.margin,
-        c.loop.max_timing_rounds)
-    measurement = Measurement(latency.stats.percentile_ms(c.target.percentile), latency.ratio)
-    return c.target.measured_ms(measurement, dense_ms), float(latency.ratio), timing_rounds
-
-
-def _run_rounds(inputs: LoopInputs, perf: PerfModel, dense_ms: float, log: Log) -> tuple[Solution, float, Rounds]:
-    """Solve, measure, correct (:func:`~itcp_deploy.pipeline.round_search.search_rounds`, in measured ms)."""
-    from itcp_deploy.search.baselines import run_method
-    from itcp_deploy.search.dp import min_latency_ms
-
-    c = inputs.config
-    search_inputs = _search_inputs(inputs, perf)
-
-    def measure(solution: Solution, r: int) -> tuple[float, dict]:
-        measured, ratio, timing_rounds = _measure_round(inputs, solution, r, dense_ms)
-        return measured, {"measured_ms": measured, "ratio_to_dense": ratio, "timing_rounds": timing_rounds}
-
-    bounds = RoundSearch(target=c.target.target_ms(dense_ms), accept_low=c.loop.accept_low,
-                         first_budget=c.target.predicted_budget_ms(dense_ms, perf.dense_ms()),
-                         max_rounds=c.loop.max_rounds, min_predicted=min_latency_ms(perf))
-    return search_rounds(bounds, lambda budget: run_method(c.method, search_inputs, budget, bins=c.loop.bins),
-                         measure, log)
-
-
-def closed_loop(inputs: LoopInputs, log: Log) -> dict:
-    """Run the loop; writes the chosen plan (with its Pareto front) to ``folder.plan`` and returns the rounds.
+def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
+    """Run the loop on every target; writes the chosen plan (one target: with its Pareto front) to
+    ``folder.plan`` and returns the rounds.
 
     Raises:
-        InfeasibleError: the SLA is below the fastest plan the perf model can reach (names that latency).
+        InfeasibleError: an SLA is below its target's fastest plan (names every target's minimum).
     """
-    from itcp_deploy.perfmodel.model import PerfModel
+    from itcp_deploy.engines.build import build_engine
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pruning import apply_widths
+    from itcp_deploy.search.dp import min_latency_ms
+
+    c, targets = ctx.config, ctx.config.targets
+    perf = [PerfModel.load(ctx.folder.target(t.name).perf_model) for t in targets]
+    check_reachable(meters, perf, [t.name for t in targets])
+    for t, m, p in zip(targets, meters, perf, strict=True):
+        ctx.log(f"{t.name}: dense {m.dense_ms():.4f} ms measured, {p.dense_ms():.4f} ms predicted; "
+                f"{t.latency.describe(m.dense_ms())}, aim {m.aim_ms:.4f} ms")
+
+    def measure(widths: dict[str, int], r: int) -> list[dict]:
+        pruned = apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1")
+        out = []
+        for t, meter in zip(targets, meters, strict=True):
+            built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r), t.engine)
+            m = meter.measure(built.artifact, precise=True)
+            out.append({"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio, "timing_rounds": m.timing_rounds})
+        return out
+
+    fronts: list[list[tuple[float, float]]] = []
+    problems, solve = _solver(ctx, perf, ctx.folder.read_arrays(ctx.folder.scores), fronts)
+    rounds = Rounds([t.name for t in targets], [m.aim_ms for m in meters], [min_latency_ms(p) for p in perf])
+    budgets = [t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms()) for t, m, p in zip(targets, meters, perf,
+                                                                                            strict=True)]
+    chosen = run_rounds(rounds, budgets, solve, measure, accept_low=c.loop.accept_low, max_rounds=c.loop.max_rounds,
+                        log=ctx.log)
+    if len(targets) > 1:
+        chosen = _measure_candidates(rounds, problems, measure, chosen, ctx.log)
+    i = rounds.solutions.index(chosen)
+    _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
+    return loop_record(targets, meters, rounds.records, rounds.notes, i, chosen)
+
+
+def loop_record(targets, meters: list[TargetMeter], records: list[dict], notes: list[str], accepted_round: int,
+                chosen: VectorSolution | None = None) -> dict:
+    """What the loop stage records (``state.json``): per target its dense latency, SLA, aim, the plan's
+    predicted cost and whether it binds; the rounds and notes."""
+    names = [t.name for t in targets]
+    return {"dense_measured_ms": {n: m.dense_ms() for n, m in zip(names, meters, strict=True)},
+            "sla_ms": {n: m.sla_ms for n, m in zip(names, meters, strict=True)},
+            "aim_ms": {n: m.aim_ms for n, m in zip(names, meters, strict=True)}, "accepted_round": accepted_round,
+            "binding": dict(zip(names, chosen.binding, strict=True)) if chosen else {n: True for n in names},
+            "predicted_ms": dict(zip(names, chosen.costs, strict=True)) if chosen else {n: None for n in names},
+            "rounds": records, "notes": notes}
+
+
+def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front: list) -> None:
     from itcp_deploy.plan import PruningPlan
 
-    c = inputs.config
-    perf = PerfModel.load(inputs.folder.perf_model)
-    inputs = replace(inputs, space=perf.space)  # the space the perf model and scores were made on (block removal)
-    dense_ms = _dense_latency_ms(inputs)
-    _check_reachable(inputs, perf, dense_ms)
-    log(f"dense {dense_ms:.4f} ms measured, {perf.dense_ms():.4f} ms predicted; "
-        f"{c.target.describe(dense_ms)}, target {c.target.target_ms(dense_ms):.4f} ms")
-    accepted, budget, state = _run_rounds(inputs, perf, dense_ms, log)
-    plan = PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
-                       widths={g.name: accepted.widths[g.name] for g in inputs.space.prunable},
-                       method=c.method, criterion=c.criterion, importance=c.importance, budget_ms=budget,
-                       predicted_ms=accepted.cost, score=accepted.score, weights=c.weights,
-                       pareto=[(float(a), float(b)) for a, b in accepted.front])
-    plan.save(inputs.folder.plan)
-    return {"sla_ms": c.target.resolve_ms(dense_ms), "target_ms": state.target, "dense_measured_ms": dense_ms,
-            "rounds": state.records, "notes": state.notes}
+    c = ctx.config
+    PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
+                widths={g.name: chosen.widths[g.name] for g in ctx.space.prunable}, method=c.method,
+                criterion=c.criterion, importance=c.importance, budget_ms=budget_ms, predicted_ms=chosen.costs[0],
+                score=chosen.score, weights=c.weights, pareto=front).save(ctx.folder.plan)
+
+
+def _single_target_plans(names: list[str], problems, budgets: list[float], above: float) -> list[VectorSolution]:
+    """Each target's own 1-D DP plan at its budget that scores above ``above``, best first (one per target;
+    a plan two targets share is tried once)."""
+    from itcp_deploy.search.dp import solve
+    from itcp_deploy.search.vector import vector_solution
+
+    out: list[VectorSolution] = []
+    for name, problem, budget in zip(names, problems, budgets, strict=True):
+        try:
+            widths = solve(problem, budget).widths
+        except InfeasibleError:
+            continue
+        sol = vector_solution(problems, budgets, widths, exact=True, method=f"1-D DP for {name}")
+        if sol.score > above + 1e-9 and all(o.widths != sol.widths for o in out):
+            out.append(sol)
+    return sorted(out, key=lambda s: -s.score)
+
+
+def _measure_candidates(rounds: Rounds, problems, measure: Measure, chosen: VectorSolution,
+                        log: Log) -> VectorSolution:
+    """Step 5 of the method across plans: the perf models chose the vector plan, measurement decides. Each
+    single-target plan (the 1-D DP at that target's corrected budget, the chosen round's) that scores higher
+    than the chosen plan is built and measured on every target like a round, best first; the first that meets
+    every target's aim as measured replaces the chosen plan (a perf model that over-predicts one target makes
+    the vector DP give up score that the engines do not ask for). Every candidate is recorded with its verdict."""
+    i = rounds.solutions.index(chosen)
+    rec = rounds.records[i]
+    chosen_met = not _misses(rec)
+    budgets = [t["budget_ms"] for t in rec["targets"]]
+    for sol in _single_target_plans(rounds.names, problems, budgets, chosen.score if chosen_met else -np.inf):
+        cand = rounds.record(sol, measure(sol.widths, len(rounds.records)), f"candidate: {sol.method}")
+        missed = _misses(cand)
+        cand["verdict"] = ("rejected: " + "; ".join(missed)) if missed else (
+            f"accepted: meets every target as measured, score {sol.score:.4g} > {chosen.score:.4g} "
+            f"(round {i}'s plan)")
+        log(f"round {cand['round']} ({cand['kind']}, score {sol.score:.4g}): {cand['verdict']}")
+        if not missed:
+            rec["verdict"] = f"replaced by round {cand['round']} ({cand['kind']}), which scores higher"
+            return sol
+    rec.setdefault("verdict", "accepted" if chosen_met else "kept: no plan met every target")
+    return chosen

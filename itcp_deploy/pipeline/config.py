@@ -1,40 +1,20 @@
-"""What a pipeline run takes, as nested settings: the target, the engine, the finetuning recipe, the profile
-settings and the closed-loop settings. ``run`` (and ``profile-engines --sla-ms``) and ``compare``
-(:class:`CompareConfig`) share the recipe and profile settings, so a comparison is profiled like a run."""
+"""What a pipeline run takes, as nested settings: the deployment targets (engine, input shape, SLA; one or
+more), the finetuning recipe, the profile settings and the closed-loop settings. The comparison benchmark
+(``bench/comparison``) uses the same recipe and profile settings, so a comparison is profiled like a run."""
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from itcp_deploy.digest import input_digests
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
 from itcp_deploy.names import check_engine, check_search
-from itcp_deploy.pipeline.targets import DeployTarget, check_targets
 from itcp_deploy.profiling.timing import TimingConfig
 from itcp_deploy.target import LatencyTarget
 
-COMPENSATED = "+comp"  # compare's method suffix: least-squares compensation after pruning
-REMOVAL = "+rm"  # compare's method suffix: block removal (width 0 for residual branches) allowed
-
-
-@dataclass(frozen=True)
-class Levers:
-    """A comparison method read as its search method and the levers its suffixes switch on."""
-
-    base: str
-    compensate: bool = False
-    remove: bool = False
-
-
-def levers(method: str) -> Levers:
-    """``"itcp+rm+comp"`` -> ``Levers("itcp", compensate=True, remove=True)`` (suffixes in any order)."""
-    base, found = method, set()
-    while (suffix := next((s for s in (COMPENSATED, REMOVAL) if base.endswith(s)), None)) is not None:
-        base, found = base.removesuffix(suffix), found | {suffix}
-    return Levers(base, COMPENSATED in found, REMOVAL in found)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -87,21 +67,67 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class DeployTarget:
+    """Where the plan's engine runs and the latency it must meet there: one engine (backend, precision,
+    threads), one input shape (batch included) and one :class:`~itcp_deploy.target.LatencyTarget`. A run has
+    one or more; several share one set of weights, each profiled, fitted, built and measured on its own.
+
+    Example::
+
+        DeployTarget("edge", EngineSpec("onnxruntime"), (1, 3, 32, 32), LatencyTarget(speedup=1.67))
+    """
+
+    name: str
+    engine: EngineSpec
+    input_shape: tuple[int, int, int, int]
+    latency: LatencyTarget
+
+    @classmethod
+    def named(cls, engine: EngineSpec, input_shape: tuple[int, int, int, int], latency: LatencyTarget,
+              index: int = 1) -> DeployTarget:
+        """A target named after its engine, batch and threads (``onnxruntime-b1-1t-1``)."""
+        return cls(f"{engine.backend}-b{input_shape[0]}-{engine.options.threads}t-{index}", engine, input_shape,
+                   latency)
+
+    def describe(self) -> str:
+        e, shape = self.engine, "x".join(map(str, self.input_shape))
+        return f"{self.name} ({e.backend} {e.precision}, {shape}, {e.options.threads} thread(s))"
+
+
+def check_targets(targets: Sequence[DeployTarget]) -> None:
+    """One set of weights serves every target: at least one, names unique and usable as folder names, and every
+    input shape the same but for its batch."""
+    if not targets:
+        raise UsageError("no deployment target", "give --sla-ms or --speedup, or --target ...")
+    names = [t.name for t in targets]
+    for name in names:
+        if not _NAME.match(name):
+            raise UsageError(f"target name {name!r} is not a plain name",
+                             "use letters, digits, '-', '_' or '.', e.g. name=edge")
+    if len(set(names)) != len(names):
+        raise UsageError(f"two targets are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}",
+                         "give each --target its own name=...")
+    sample = {t.input_shape[1:] for t in targets}
+    if len(sample) > 1:
+        raise UsageError(f"the targets' input shapes differ beyond the batch: {sorted(sample)}",
+                         "one model serves every target: only the batch (the first dimension) may differ")
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything ``itcp-deploy run`` takes. ``target``: the SLA (its margin: the closed loop aims at
-    ``(1 - margin) * SLA``); ``criterion``: the group score; ``importance``: which channels pruning keeps;
-    ``method``: ``itcp`` or a baseline search; ``score_samples``: images the scores use."""
+    """Everything ``itcp-deploy run`` takes. ``targets``: where the engine runs and its SLA, one or more (each
+    SLA's margin: the closed loop aims at ``(1 - margin) * SLA``); ``criterion``: the group score;
+    ``importance``: which channels pruning keeps; ``method``: ``itcp``, a baseline search or a peer pruner;
+    ``score_samples``: images the scores use."""
 
     model: str
     data: str
-    input_shape: tuple[int, int, int, int]
     out_dir: str
-    target: LatencyTarget
+    targets: tuple[DeployTarget, ...]
     weights: str | None = None
     num_classes: int | None = None
     trust_code: bool = False
     ignore_layers: tuple[str, ...] = ()  # globs of layers whose output width is kept (pruning.build_space)
-    engine: EngineSpec = field(default_factory=EngineSpec)
     criterion: str = "taylor"
     importance: str = "taylor"
     method: str = "itcp"
@@ -117,81 +143,23 @@ class RunConfig:
     # width 0 for residual branches (pruning/removal.py); measured on ResNet-20 with compensation: +7.3 / +11.4
     # points one-shot at 2x / 3x (mean of 2 calibration seeds), docs/benchmarks.md section 10
     block_removal: bool = True
-    # two or more: one plan for every target (pipeline/vector_loop.py); ``target``, ``engine`` and
-    # ``input_shape`` then repeat the first target's, for the stages the targets share (dense accuracy, scores)
-    targets: tuple[DeployTarget, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The shape the shared stages trace, score and count MACs at: the first target's."""
+        return self.targets[0].input_shape
 
     def validate(self) -> None:
-        """Checks that need more than one field (the target checks itself when it is built)."""
-        if self.targets:
-            check_targets(self.targets)
-            for t in self.targets:
-                check_engine(t.engine.backend, t.engine.precision)
+        """Checks that need more than one field (each target checks its SLA when it is built)."""
+        check_targets(self.targets)
+        for t in self.targets:
+            check_engine(t.engine.backend, t.engine.precision)  # names, before minutes of work
+        if len(self.targets) > 1 and (self.profile.profile_path or self.profile.perf_model_path):
+            raise UsageError("a profile or perf model to reuse fits one target's engine, not several",
+                             "drop the profile or perf model path, or give one target")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
         if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1:
             raise UsageError(f"accept_low must be in (0, 1] and max_rounds >= 1, got {self.loop.accept_low} and "
                              f"{self.loop.max_rounds}", "use the defaults (0.9, 4)")
-        check_engine(self.engine.backend, self.engine.precision)  # names, before minutes of work
         check_search(self.method, self.criterion, self.importance)
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """What one comparison table needs (see :mod:`itcp_deploy.pipeline.compare`). ``speedups`` divide the
-    perf model's predicted dense latency: every method is pruned to the same predicted budget before any
-    engine is built."""
-
-    model: str
-    data: str
-    out_dir: str
-    weights: str | None = None
-    speedups: tuple[float, ...] = (1.5, 2.0, 3.0)
-    methods: tuple[str, ...] = ("itcp", "uniform", "flops", "global-magnitude", "knapsack-linear")
-    seeds: tuple[int, ...] = (0,)
-    criterion: str = "taylor"
-    importance: str = "taylor"
-    progressive_steps: int = 0
-    recipe: FinetuneRecipe = field(default_factory=FinetuneRecipe)
-    profile: ProfileSettings = field(default_factory=ProfileSettings)
-    measure_timing: TimingConfig = field(
-        default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50)
-    )
-    engine: EngineSpec = field(default_factory=EngineSpec)
-    score_samples: int = 512
-    bins: int = 1000
-    threads: int = 1
-    dense_finetune: bool = True  # False: the dense row keeps no finetuned accuracy (saves one epoch)
-    calib_seed: int = 0  # which calibration images the scores, channel importance and compensation read
-    measure_only: bool = False  # compute no row: measure every row already in OUT/rows, interleaved
-
-    def validate(self) -> None:
-        from itcp_deploy.pruning.tp_peer import is_peer
-        from itcp_deploy.search.baselines import SEARCH_METHODS
-
-        for m in self.methods:
-            lever = levers(m)
-            if is_peer(lever.base) and (lever.compensate or lever.remove):
-                raise UsageError(f"{m}: Torch-Pruning's own pruner takes neither compensation (it does not report "
-                                 "the kept channels) nor block removal", f"use {lever.base}")
-            if not is_peer(lever.base):
-                SEARCH_METHODS.get(lever.base)
-        bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
-        if bad or not self.speedups or not self.seeds:
-            raise UsageError(
-                f"need speed-ups >= 1 and at least one seed, got {self.speedups} / {self.seeds}",
-                "pass e.g. --speedups 1.5 2 3 --seeds 0 1",
-            )
-        if self.recipe.epochs < 0 or self.progressive_steps < 0:
-            raise UsageError("--epochs and --progressive must be >= 0",
-                             "pass e.g. --epochs 1 --progressive 4")
-
-    def fingerprint(self) -> dict:
-        """The settings every row of one output directory must share (speed-ups, methods, seeds may grow)."""
-        keep = ("model", "data", "weights", "criterion", "importance", "recipe", "score_samples", "bins",
-                "engine")
-        keep += ("calib_seed",) if self.calib_seed else ()  # 0: the fingerprint of tables made before it existed
-        kept = json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
-        return {**kept, "contents": input_digests({  # a path may hold other bytes on resume
-            "weights": self.weights, "profile": self.profile.profile_path, "perf model": self.profile.perf_model_path,
-            "data": self.data.partition(":")[2] or self.data})}

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.paths import check_output_dir
-from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
+from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, ProfileSettings, RunConfig
 from itcp_deploy.pipeline.driver import run
 from itcp_deploy.pipeline.report import RunReport
 from itcp_deploy.pipeline.stages import Log, Progress
@@ -54,8 +55,9 @@ def demo(config: DemoConfig | None = None, log: Log | None = None, progress: Pro
     config = config or DemoConfig()
     check_output_dir("--out", config.out_dir)  # before a minute of training, not after it
     weights = train_dense(config)
-    rc = RunConfig(model=MODEL, data=DATA, input_shape=(1, 3, 32, 32), out_dir=str(Path(config.out_dir) / "run"),
-                   target=LatencyTarget(speedup=1.0 / config.sla_fraction), weights=str(weights), num_classes=10,
+    target = DeployTarget.named(EngineSpec(), (1, 3, 32, 32), LatencyTarget(speedup=1.0 / config.sla_fraction))
+    rc = RunConfig(model=MODEL, data=DATA, out_dir=str(Path(config.out_dir) / "run"), targets=(target,),
+                   weights=str(weights), num_classes=10,
                    recipe=FinetuneRecipe(epochs=config.finetune_epochs, lr=0.02, train_subset=None),
                    profile=ProfileSettings(cache_dir=config.cache_dir, max_builds=28, holdout=10),
                    seed=config.seed, quiet=config.quiet)

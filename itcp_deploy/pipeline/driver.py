@@ -17,13 +17,12 @@ import time
 from dataclasses import asdict
 
 from itcp_deploy.errors import UsageError
-from itcp_deploy.pipeline.config import RunConfig
-from itcp_deploy.pipeline.report import RunReport
+from itcp_deploy.pipeline.config import DeployTarget, RunConfig
+from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
-from itcp_deploy.pipeline.stages import RUN_STAGES, Log, Progress, RunContext
-from itcp_deploy.pipeline.target_stages import TARGET_STAGES
-from itcp_deploy.target import Measurement
+from itcp_deploy.pipeline.stages import STAGES, Log, Progress, RunContext
+from itcp_deploy.pipeline.strategies import strategy_for
 
 
 def run(config: RunConfig, log: Log | None = None, progress: Progress | None = None) -> RunReport:
@@ -54,7 +53,8 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
     from itcp_deploy.pruning.output_kind import criteria_for
 
     config.validate()
-    folder = RunFolder(config.out_dir).create()
+    strategy = strategy_for(config.method, len(config.targets))
+    folder = RunFolder(config.out_dir, [t.name for t in config.targets]).create()
     state = RunState(folder, config)
     space = build_space(inputs.model, config.input_shape, model_spec=config.model,
                         ignore_layers=config.ignore_layers).with_removal(config.block_removal)
@@ -62,8 +62,8 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
             and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note):
         raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
                          "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
-    ctx = RunContext(config, folder, state, inputs, space, log or (lambda msg: None), progress)
-    for name, stage in (TARGET_STAGES if config.targets else RUN_STAGES):
+    ctx = RunContext(config, folder, state, inputs, space, strategy, log or (lambda msg: None), progress)
+    for name, stage in STAGES:
         if state.done(name) is None:
             ctx.log(f"stage {name} ...")
             t0 = time.perf_counter()
@@ -77,53 +77,70 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
 
 
 def report_of(ctx: RunContext) -> RunReport:
-    """The report of a finished run (saved as OUT/report.json and report.md, with its plots)."""
+    """The report of a finished run, one row per target (saved as OUT/report.json and report.md, with its
+    plots). The one-line fields are the first target's; ``met_sla`` is "every target met", ``measured_over_sla``
+    the worst target's."""
+    import os
+
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.plan import PruningPlan
 
-    if ctx.config.targets:
-        from itcp_deploy.pipeline.target_report import targets_report
-
-        return targets_report(ctx)
-    c, s = ctx.config, ctx.state
+    c, s, root = ctx.config, ctx.state, ctx.folder.root
     dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")
     plan = PruningPlan.load(ctx.folder.plan)
-    q = c.target.percentile
-    final_ms = {k: final["final"][k] for k in ("median_ms", "p90_ms", "p99_ms")}
-    # a --speedup target is judged by the interleaved ratio to the dense engine (drift cancels); --sla-ms by
-    # the final engine's own percentile
-    measured = Measurement(final["final"]["median_ms" if q == 50 else f"p{q}_ms"], final["ratio"])
-    verdict = c.target.judge(measured, dense_ms=loop["dense_measured_ms"])
-    perf = PerfModel.load(ctx.folder.perf_model)
+    entries = [target_entry(t, loop, final["targets"][t.name], dense["targets"][t.name]) for t in c.targets]
+    for e in entries:  # engine paths relative to the run folder: `check-latency --run OUT` finds them anywhere
+        e["engine"], e["dense_engine"] = (os.path.relpath(e[k], root) for k in ("engine", "dense_engine"))
+    first, perf = final["targets"][c.targets[0].name], PerfModel.load(ctx.folder.target(c.targets[0].name).perf_model)
     report = RunReport(
-        model=c.model, backend=c.engine.backend, precision=c.engine.precision, device=perf.meta.get("device", ""),
-        sla_ms=loop["sla_ms"], percentile=q, dense_latency_ms=final["dense"]["median_ms"],
-        predicted_latency_ms=float(plan.predicted_ms or 0.0), final_latency_ms=final_ms,
-        final_over_dense=final["ratio"], met_sla=bool(verdict.met), measured_over_sla=verdict.over,
-        accuracy_dense=dense["accuracy"], accuracy_pruned_bn=fin["accuracy_pruned_bn"],
-        accuracy_final=fin["accuracy_final"], macs_dense=dense["macs"], macs_final=final["macs"],
-        params_dense=dense["params"], params_final=final["params"], rounds=loop["rounds"],
-        widths=dict(plan.widths), full_widths={g: ctx.space.group(g).full_width for g in plan.widths},
-        criterion=c.criterion, method=c.method, epochs=c.recipe.epochs,
-        perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)}
-        if perf.report else {},
+        model=c.model, backend=", ".join(dict.fromkeys(t.engine.backend for t in c.targets)),
+        precision=", ".join(dict.fromkeys(t.engine.precision for t in c.targets)), device=perf.meta.get("device", ""),
+        sla_ms=entries[0]["sla_ms"], percentile=entries[0]["percentile"], dense_latency_ms=first["dense"]["median_ms"],
+        predicted_latency_ms=float(plan.predicted_ms or 0.0), final_latency_ms=entries[0]["final_latency_ms"],
+        final_over_dense=first["ratio"], met_sla=all(e["met"] for e in entries),
+        measured_over_sla=max(e["measured_over_sla"] for e in entries), accuracy_dense=dense["accuracy"],
+        accuracy_pruned_bn=fin["accuracy_pruned_bn"], accuracy_final=fin["accuracy_final"],
+        macs_dense=dense["macs"], macs_final=final["macs"], params_dense=dense["params"],
+        params_final=final["params"], rounds=loop["rounds"], widths=dict(plan.widths),
+        full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, criterion=c.criterion,
+        method=c.method, epochs=c.recipe.epochs,
+        perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)} if perf.report else {},
         notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
-        wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()},
-    )
-    report.save(ctx.folder.root)
-    _plots(ctx, report, plan, perf)
+        wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()}, targets=entries,
+        **levers_fields(c, fin))
+    report.save(ctx.folder)
+    _plots(ctx, report, plan)
     return report
 
 
-def _plots(ctx: RunContext, report: RunReport, plan, perf) -> None:
+def target_entry(t: DeployTarget, loop: dict, final: dict, dense_engine: str) -> dict:
+    """One target's row of the report."""
+    return {"name": t.name, "backend": t.engine.backend, "precision": t.engine.precision,
+            "input_shape": "x".join(map(str, t.input_shape)), "threads": t.engine.options.threads,
+            "percentile": t.latency.percentile, "sla": asdict(t.latency), "sla_ms": final["sla_ms"],
+            "dense_ms": loop["dense_measured_ms"][t.name], "predicted_ms": loop["predicted_ms"][t.name],
+            "measured_ms": final["measured_ms"], "measured_over_sla": final["measured_ms"] / final["sla_ms"],
+            "final_over_dense": final["ratio"], "final_latency_ms": {k: final["final"][k] for k in
+                                                                     ("median_ms", "p90_ms", "p99_ms")},
+            "met": bool(final["met"]), "binds": bool(loop["binding"][t.name]), "engine": final["main_file"]
+            or final["artifact"], "dense_engine": dense_engine}
+
+
+def _plots(ctx: RunContext, report: RunReport, plan) -> None:
+    """Each target's held-out check next to its profile; one target: its plan's Pareto front; the widths."""
+    from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pipeline.report import plot_front, plot_holdout, plot_widths
 
-    out = ctx.folder.root
-    plot_holdout(ctx.folder.profile, perf, out / "latency_pred_vs_measured.png", report.model)
-    plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
-               float(plan.budget_ms or report.sla_ms), out / "pareto.png",
-               title=f"{report.model} on {perf.meta.get('device', '')}")
-    plot_widths(report.widths, report.full_widths, out / "widths.png")
+    targets = ctx.config.targets
+    for t in targets:
+        files = ctx.folder.target(t.name)
+        plot_holdout(files.profile, PerfModel.load(files.perf_model), files.holdout_plot,
+                     report.model if len(targets) == 1 else f"{report.model} [{t.name}]")
+    if len(targets) == 1:  # several targets: every target's budget binds the plan; no single front
+        plot_front(plan.pareto, (float(plan.predicted_ms or 0.0), float(plan.score or 0.0)),
+                   float(plan.budget_ms or report.sla_ms), ctx.folder.pareto_plot,
+                   title=f"{report.model} on {report.device}")
+    plot_widths(report.widths, report.full_widths, ctx.folder.widths_plot)
 
 
 def summary_rows(report: RunReport) -> list[tuple[str, str, str]]:

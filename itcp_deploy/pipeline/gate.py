@@ -115,15 +115,16 @@ def check_latency(config: GateConfig) -> GateResult:
 
 
 def run_gates(run_dir: str | Path, timing: TimingConfig | None = None) -> list[tuple[str, GateConfig]]:
-    """One gate per target of a several-target run folder (``check-latency --run OUT``), read from its
-    ``report.json``: a speed-up SLA gates the ratio to that target's dense engine, an absolute one the
-    engine's own percentile."""
-    root = Path(run_dir)
-    report = read_json(root / "report.json", "run report")
+    """One gate per target of a run folder (``check-latency --run OUT``), read from its ``report.json``: a
+    speed-up SLA gates the ratio to that target's dense engine, an absolute one the engine's own percentile."""
+    from itcp_deploy.pipeline.run_dir import RunFolder
+
+    folder = RunFolder(run_dir)
+    root, report = folder.root, read_json(folder.report_json, "run report")
     entries = report.get("targets") if isinstance(report, dict) else None
     if not entries:
-        raise InputFileError(f"{root / 'report.json'} lists no targets (a one-target run)",
-                             "gate its engine with check-latency ENGINE --sla-ms or --reference/--max-ratio")
+        raise InputFileError(f"{folder.report_json} lists no targets (written by an older version)",
+                             "rerun `itcp-deploy run` into that folder to rewrite its report")
     gates = []
     try:
         for t in entries:
@@ -135,7 +136,7 @@ def run_gates(run_dir: str | Path, timing: TimingConfig | None = None) -> list[t
                                max_ratio=1.0 / float(sla["speedup"])))
             gates.append((str(t["name"]), gate))
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        raise InputFileError(f"{root / 'report.json'}: a target entry is malformed ({e!r})",
+        raise InputFileError(f"{folder.report_json}: a target entry is malformed ({e!r})",
                              "rerun `itcp-deploy run` into that folder to rewrite its report") from None
     return gates
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.perfmodel.model import PerfModel
@@ -106,32 +106,3 @@ def pareto_fronts(
         SEARCH_METHODS.get(name)
     inputs = search_inputs(config, with_channel_importance="global-magnitude" in methods)
     return method_fronts(inputs, methods, points=points, bins=config.bins), inputs.perf_model.dense_ms()
-
-
-def restricted(space, perf, model, current: dict[str, int], input_shape: tuple[int, ...]):
-    """The space of the pruned ``model`` (same group names) with each group's candidates cut to the dense
-    candidates <= its current width, and the perf model's tables sliced to match: the DP can then only
-    narrow groups further, and predicts exactly what the dense perf model predicts for such plans."""
-    import numpy as np
-
-    from itcp_deploy.pruning import build_space
-
-    pruned_space = build_space(model, input_shape, model_spec=space.model, grid=space.grid)
-    keep = {g.name: [i for i, w in enumerate(g.candidates) if w <= current[g.name]] for g in space.groups}
-    groups = []
-    for g in pruned_space.groups:
-        dense_group = space.group(g.name)
-        if g.full_width != current[g.name]:
-            raise UsageError(
-                f"group {g.name} is {g.full_width} wide, the plan says {current[g.name]}",
-                "the progressive schedule needs the space of the model it pruned",
-            )
-        groups.append(replace(g, candidates=tuple(dense_group.candidates[i] for i in keep[g.name])))
-    new_space = replace(pruned_space, groups=tuple(groups))
-    tables = {
-        layer.name: perf.tables[layer.name][np.ix_(keep[layer.in_group], keep[layer.out_group])]
-        for layer in space.layers
-    }
-    return new_space, PerfModel(
-        new_space, tables, perf.constant_ms, perf.method, perf.report, dict(perf.meta), perf.calibration
-    )

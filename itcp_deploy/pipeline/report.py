@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from itcp_deploy.atomic_io import atomic_path, write_json, write_text
+from itcp_deploy.pipeline.run_dir import RunFolder
 
 
 @dataclass
@@ -44,13 +45,26 @@ class RunReport:
     perf_model_error: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_s: dict[str, float] = field(default_factory=dict)
-    # a run with several targets: one entry per target (name, engine, SLA, predicted, measured, binds, ...);
-    # the single-target fields above then repeat the first target's, and ``met_sla`` is "every target met"
+    # the levers the run used: layers kept at full width, least-squares compensation (and the layers it
+    # refit), block removal (width 0 for residual branches)
+    ignore_layers: list[str] = field(default_factory=list)
+    compensate: bool = True
+    compensated_layers: list[str] = field(default_factory=list)
+    block_removal: bool = True
+    # one entry per target (name, engine, SLA, predicted, measured, binds, ...); the one-line fields above
+    # are the first target's, ``met_sla`` is "every target met" and ``measured_over_sla`` the worst target's
     targets: list[dict] = field(default_factory=list)
 
-    def save(self, out_dir: Path) -> None:
-        write_json(out_dir / "report.json", asdict(self))
-        write_text(out_dir / "report.md", self.markdown())
+    def save(self, folder: RunFolder) -> None:
+        write_json(folder.report_json, asdict(self))
+        write_text(folder.report_md, self.markdown())
+
+    def levers_line(self) -> str:
+        """Which levers were on: ignored layers, compensation, block removal."""
+        comp = f"on ({len(self.compensated_layers)} layer(s) refit)" if self.compensate else "off"
+        kept = ", ".join(f"`{g}`" for g in self.ignore_layers) or "none"
+        return (f"Compensation {comp}; block removal {'allowed' if self.block_removal else 'off'}; "
+                f"layers kept at full width: {kept}.")
 
     def markdown(self) -> str:
         f = self.final_latency_ms
@@ -62,9 +76,11 @@ class RunReport:
             f"SLA {self.sla_ms:.4f} ms at p{self.percentile}; "
             f"criterion `{self.criterion}`, method `{self.method}`, {self.epochs} finetuning epoch(s).",
             "",
+            self.levers_line(),
+            "",
             *([f"{len(self.targets)} targets, one set of weights: the table and the SLA line below are the first "
                f"target's (`{self.targets[0]['name']}`); every target is in the Targets table.", ""]
-              if self.targets else []),
+              if len(self.targets) > 1 else []),
             "| | dense | pruned |",
             "|---|---|---|",
             f"| latency median (ms) | {self.dense_latency_ms:.4f} | {f['median_ms']:.4f} "
@@ -79,7 +95,7 @@ class RunReport:
             f"pruned/dense latency = {self.final_over_dense:.3f} (measured interleaved; with --speedup the SLA "
             "is judged on this ratio, so machine drift between stages cancels).",
         ]
-        lines += targets_markdown(self.targets, self.rounds) if self.targets else rounds_markdown(self.rounds)
+        lines += targets_markdown(self.targets, self.rounds)
         if self.perf_model_error:
             lines += ["", "## Performance model", "",
                       "| metric | value |", "|---|---|"]
@@ -88,21 +104,21 @@ class RunReport:
         lines += [f"| {g} | {self.widths[g] or '0 (block removed)'} | {self.full_widths[g]} |" for g in self.widths]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        if not self.targets:  # several targets: each has its own perf model; no single front to plot
+        if len(self.targets) == 1:  # several targets: each has its own perf model; no single front to plot
             lines += ["", "Plots: `latency_pred_vs_measured.png`, `pareto.png`, `widths.png`."]
         lines.append("")
         return "\n".join(lines)
 
 
-def rounds_markdown(rounds: list[dict]) -> list[str]:
-    lines = ["", "## Closed loop rounds", "",
-             "| round | budget (ms) | predicted (ms) | measured (ms) | measured/predicted |", "|---|---|---|---|---|"]
-    for r in rounds:
-        predicted = r["predicted_ms"]  # None for a peer method (no latency model)
-        shown, ratio = (("n/a", "n/a") if predicted is None
-                        else (f"{predicted:.4f}", f"{r['measured_ms'] / predicted:.3f}"))
-        lines.append(f"| {r['round']} | {r['budget_ms']:.4f} | {shown} | {r['measured_ms']:.4f} | {ratio} |")
-    return lines
+def levers_fields(config, finetune: dict) -> dict:
+    """The report's record of the levers a run used (``config``: its RunConfig; ``finetune``: the finetune
+    stage's result, which names the layers compensation refit)."""
+    return {"ignore_layers": list(config.ignore_layers), "compensate": config.compensate,
+            "compensated_layers": list(finetune.get("compensated_layers", [])), "block_removal": config.block_removal}
+
+
+def _num(value: float | None, digits: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, digits)  # None: a peer method has no latency model or score
 
 
 def targets_markdown(targets: list[dict], rounds: list[dict]) -> list[str]:
@@ -112,19 +128,20 @@ def targets_markdown(targets: list[dict], rounds: list[dict]) -> list[str]:
              "engine file |", "|---|---|---|---|---|---|---|---|---|"]
     for t in targets:
         lines.append(f"| {t['name']} | {t['backend']} {t['precision']}, {t['input_shape']}, {t['threads']}t, "
-                     f"p{t['percentile']} | {t['sla_ms']:.4f} | {t['predicted_ms']:.4f} | {t['measured_ms']:.4f} | "
+                     f"p{t['percentile']} | {t['sla_ms']:.4f} | {_num(t['predicted_ms'])} | {t['measured_ms']:.4f} | "
                      f"{t['measured_over_sla']:.3f} | {'yes' if t['met'] else 'NO'} | "
                      f"{'yes' if t['binds'] else 'no'} | `{t['engine']}` |")
-    lines += ["", "Predicted: the perf model's latency of the plan (its own units); measured: the final engine "
-              "(ratio to the dense engine, measured interleaved, x the dense latency for a speed-up SLA). Binds: "
+    lines += ["", "Predicted: the perf model's latency of the plan (its own units; n/a for a peer method); "
+              "measured: the final engine (ratio to the dense engine, measured interleaved, x the dense latency "
+              "for a speed-up SLA). Binds: "
               "the plan's predicted cost is within 2% of that target's budget (the constraint that stops the "
               "plan from keeping more channels).", "", "## Closed loop rounds", "",
               "| round | plan (verdict) | score | target | budget (ms) | predicted (ms) | measured (ms) | aim (ms) |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rounds:
-        plan = r.get("kind", "vector plan") + (f" ({r['verdict']})" if r.get("verdict") else "")
-        lines += [f"| {r['round']} | {plan} | {r['score']:.4g} | {t['name']} | {t['budget_ms']:.4f} | "
-                  f"{t['predicted_ms']:.4f} | {t['measured_ms']:.4f} | {t['aim_ms']:.4f} |" for t in r["targets"]]
+        plan = r["kind"] + (f" ({r['verdict']})" if r.get("verdict") else "")
+        lines += [f"| {r['round']} | {plan} | {_num(r['score'], '.4g')} | {t['name']} | {t['budget_ms']:.4f} | "
+                  f"{_num(t['predicted_ms'])} | {t['measured_ms']:.4f} | {t['aim_ms']:.4f} |" for t in r["targets"]]
     return lines
 
 

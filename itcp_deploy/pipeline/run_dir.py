@@ -8,7 +8,8 @@ the last finished stage, and refuses a folder that holds a run with other settin
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,59 @@ from itcp_deploy.errors import UsageError
 from itcp_deploy.paths import check_output_dir
 
 
-class RunFolder:
-    """The paths of one run's outputs (see ``README``), and small readers/writers of the shared ones."""
+@dataclass(frozen=True)
+class TargetFiles:
+    """One target's files: its dense and final engines (built into ``root`` under the names ``DENSE`` and
+    ``FINAL``), profile, perf model, the closed loop's round engines and the perf model's held-out plot."""
 
-    def __init__(self, root: str | Path) -> None:
+    root: Path
+    DENSE = "dense"
+    FINAL = "model"
+
+    def round_engine(self, kind: str, r: int) -> tuple[Path, str]:
+        """Where the engine of the loop's ``r``-th plan of ``kind`` (``round``, ``peer``) is built, and its name."""
+        return self.rounds, f"{kind}{r}"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.json"
+
+    @property
+    def perf_model(self) -> Path:
+        return self.root / "perf_model.json"
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds"
+
+    @property
+    def holdout_plot(self) -> Path:
+        return self.root / "latency_pred_vs_measured.png"
+
+
+class RunFolder:
+    """The paths of one run's outputs (see ``README``), and small readers/writers of the shared ones. Each
+    target's files (:meth:`target`) are in the run folder itself when the run has one target, else in
+    ``targets/<name>/``."""
+
+    def __init__(self, root: str | Path, targets: Sequence[str] = ()) -> None:
         self.root = Path(root)
+        self.several = len(targets) > 1
         self.state = self.root / "state.json"
         self.space = self.root / "space.json"
-        self.profile = self.root / "profile.json"
-        self.perf_model = self.root / "perf_model.json"
         self.scores = self.root / "scores.json"
         self.sensitivity_cache = self.root / "sensitivity_cache.json"
         self.plan = self.root / "widths.json"
         self.pruned = self.root / "pruned.pt"
+        self.peer_model = self.root / "peer_pruned.pt"  # a peer pruner's own pruned model (its channel choice)
         self.finetune = self.root / "finetune"
-        self.rounds = self.root / "rounds"
+        self.pareto_plot = self.root / "pareto.png"
+        self.widths_plot = self.root / "widths.png"
+        self.report_json = self.root / "report.json"
+        self.report_md = self.root / "report.md"
+
+    def target(self, name: str) -> TargetFiles:
+        return TargetFiles(self.root / "targets" / name if self.several else self.root)
 
     def create(self) -> RunFolder:
         check_output_dir("-o", self.root)
@@ -58,10 +97,10 @@ class RunState:
         settings.get("recipe", {}).pop("train_time_s", None)  # a time limit does not change the result's kind
         self.fingerprint = {k: v for k, v in settings.items() if k not in volatile}
         # the same path may hold other bytes on resume: fingerprint the contents of every input file too
-        calib = config.engine.calib
+        calibs = {t.engine.calib for t in config.targets if t.engine.calib}
         self.fingerprint["contents"] = input_digests({
             "model": config.model, "weights": config.weights, "data": config.data.partition(":")[2] or config.data,
-            "calibration set": calib if not calib or calib.endswith(".npz") else f"calib/{calib}.npz"})
+            **{f"calibration set {c}": c if c.endswith(".npz") else f"calib/{c}.npz" for c in sorted(calibs)}})
         self.data: dict[str, Any] = {"config": self.fingerprint, "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, "run state")

@@ -1,8 +1,10 @@
-"""The pipeline's stages as plain functions, shared by ``run`` and ``compare`` so that a comparison runs
-exactly the pipeline's code: load the model and data, profile + fit the perf model, score the groups.
+"""The stages of ``run`` as plain functions over a :class:`RunContext`, in order (:data:`STAGES`): the dense
+engines, the profiles and perf models (one per target), the group scores, the method's search with measured
+engines (its :class:`Strategy`), finetuning, the final engines. Each returns the small record ``state.json``
+keeps; its files go where the :class:`~itcp_deploy.pipeline.run_dir.RunFolder` says (per target too).
 
-Each takes what it needs (settings dataclasses, the loaded :class:`Inputs`) and returns data; where results
-go on disk is the caller's business (``run`` uses a :class:`~itcp_deploy.pipeline.run_dir.RunFolder`).
+Above them: the pieces the comparison benchmark (``bench/comparison``) reuses, so that it runs the pipeline's
+own code: load the model and data, profile + fit the perf model.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from itcp_deploy.atomic_io import write_json
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.pipeline.config import ProfileSettings, RunConfig
-from itcp_deploy.pipeline.run_dir import RunFolder, RunState
+from itcp_deploy.pipeline.run_dir import RunFolder, RunState, TargetFiles
 from itcp_deploy.pipeline.sources import ModelInputs, check_finetuned
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
     from itcp_deploy.data import DatasetInfo
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.config import DeployTarget
+    from itcp_deploy.pipeline.meter import TargetMeter
+    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.profiler import ProfileConfig, ProfileSummary
     from itcp_deploy.profiling.records import Profile
     from itcp_deploy.space import PruningSpace
@@ -146,17 +149,17 @@ def fit_perf_model(profile: Profile, settings: ProfileSettings, path: Path) -> P
     return model
 
 
-def score_groups(inputs: Inputs, model: nn.Module, space: PruningSpace, criterion: str, *, batch_size: int,
-                 samples: int, seed: int = 0, cache_path: Path | None = None) -> dict[str, np.ndarray]:
-    """Group scores of ``model`` over ``samples`` training images (held-out test images for ``sensitivity``)."""
-    from itcp_deploy.pruning import group_scores
-
-    loader = inputs.loader(batch_size, train=True, seed=seed, max_samples=samples)
-    calib = inputs.loader(batch_size, train=False, max_samples=samples)
-    return group_scores(model, space, criterion, loader=loader, calib_loader=calib, cache_path=cache_path)
-
-
 # ---------------------------------------------------------------- the stages of `run`
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a method finds its plan (``pipeline/strategies.py`` registers one per method): ``loop(ctx,
+    meters)`` searches with measured engines, writes the plan and returns the loop's record; ``pruned(ctx,
+    plan)`` makes the plan into the model to finetune (BatchNorm re-estimated) and names the refit layers."""
+
+    loop: Callable[[RunContext, list[TargetMeter]], dict]
+    pruned: Callable[[RunContext, PruningPlan], tuple[nn.Module, list[str]]]
 
 
 @dataclass
@@ -168,50 +171,83 @@ class RunContext:
     state: RunState
     inputs: ModelInputs
     space: PruningSpace
+    strategy: Strategy
     log: Log
     progress: Progress | None = None
 
+    def target_space(self, target: DeployTarget) -> PruningSpace:
+        """The run's space traced at ``target``'s input shape (same groups, the target's batch)."""
+        from itcp_deploy.pruning import build_space
+
+        if target.input_shape == self.config.input_shape:
+            return self.space
+        c = self.config
+        return build_space(self.inputs.model, target.input_shape, model_spec=c.model,
+                           ignore_layers=c.ignore_layers).with_removal(c.block_removal)
+
+    def meter(self, target: DeployTarget, dense_ms: float | None = None) -> TargetMeter:
+        """``target``'s engines measured against its dense engine (built by the dense stage)."""
+        from itcp_deploy.pipeline.meter import TargetMeter
+
+        loop, dense = self.config.loop, Path(self.state.done("dense")["targets"][target.name])
+        return TargetMeter(target.engine, target.latency, dense, loop.timing, loop.max_timing_rounds, dense_ms)
+
 
 def stage_dense(ctx: RunContext) -> dict:
-    """Build the dense engine, count MACs and params, measure the dense accuracy, save the space."""
+    """Every target's dense engine; MACs, parameters and the dense accuracy once (at the first target's
+    shape); the space."""
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.pruning import count_macs_params
 
     c, model = ctx.config, ctx.inputs.model
-    built = build_engine(model, c.input_shape, ctx.folder.root, "dense", c.engine)
+    dense = {t.name: str(build_engine(model, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.DENSE,
+                                      t.engine).artifact) for t in c.targets}
     macs, params = count_macs_params(model, c.input_shape)
-    accuracy = ctx.inputs.accuracy(model)
     write_json(ctx.folder.space, ctx.space.to_dict())
-    return {"artifact": str(built.artifact), "macs": macs, "params": params, "accuracy": accuracy}
+    return {"targets": dense, "macs": macs, "params": params, "accuracy": ctx.inputs.accuracy(model)}
 
 
 def stage_profile(ctx: RunContext) -> dict:
-    c = ctx.config
-    space = ctx.space.with_removal(False)  # engines are profiled at widths > 0; removal costs 0 (on_space)
-    if c.profile.profile_path:
-        profile = obtain_profile(ctx.inputs.model, space, c.engine, c.profile, ctx.folder.profile, ctx.log)
-        profile.save(ctx.folder.profile)
-        return {"builds": profile.builds, "reused": c.profile.profile_path}
-    profile, summary = profile_engines(ctx.inputs.model, space, c.engine, c.profile, seed=c.seed,
-                                       progress=ctx.progress)
-    profile.save(ctx.folder.profile)
-    return {"builds": profile.builds, "builds_new": summary.builds_new, "noise_pct": summary.noise_pct,
-            "measurements_new": summary.measurements_new}
+    """Profile every target (engines cached across runs in ``--cache``; a target's finished profile is kept
+    when the stage resumes), or reuse the given profile."""
+    from itcp_deploy.profiling.records import Profile
+
+    c, out = ctx.config, {}
+    for t in c.targets:
+        path = ctx.folder.target(t.name).profile
+        space = ctx.target_space(t).with_removal(False)  # profiled at widths > 0; removal costs 0 (on_space)
+        if c.profile.profile_path:
+            obtain_profile(ctx.inputs.model, space, t.engine, c.profile, path, ctx.log).save(path)
+            out[t.name] = {"builds": Profile.load(path).builds, "reused": c.profile.profile_path}
+        elif path.exists():
+            out[t.name] = {"builds": Profile.load(path).builds, "resumed": True}
+        else:
+            ctx.log(f"profile {t.describe()}: {c.profile.max_builds} engines ...")
+            profile, summary = profile_engines(ctx.inputs.model, space, t.engine, c.profile, seed=c.seed,
+                                               progress=ctx.progress)
+            profile.save(path)
+            out[t.name] = {"builds": profile.builds, "builds_new": summary.builds_new,
+                           "noise_pct": summary.noise_pct, "measurements_new": summary.measurements_new}
+    return out
 
 
 def stage_fit(ctx: RunContext) -> dict:
-    """Fit (or reuse) the perf model, then put it on the run's space (width 0 where blocks may be removed)."""
+    """Fit (or reuse) every target's perf model on its own profile, then put it on the run's space at the
+    target's shape (width 0 where blocks may be removed, as the scores are)."""
     from itcp_deploy.perfmodel.model import on_space
     from itcp_deploy.profiling.records import Profile
 
-    settings = ctx.config.profile
-    if settings.perf_model_path:
-        model = reuse_perf_model(Path(settings.perf_model_path), ctx.config.engine, settings)
-    else:
-        model = fit_perf_model(Profile.load(ctx.folder.profile), settings, ctx.folder.perf_model)
-    model = on_space(model, ctx.space)
-    model.save(ctx.folder.perf_model)
-    return {"report": asdict(model.report) if model.report else None}
+    settings, out = ctx.config.profile, {}
+    for t in ctx.config.targets:
+        files = ctx.folder.target(t.name)
+        if settings.perf_model_path:
+            model = reuse_perf_model(Path(settings.perf_model_path), t.engine, settings)
+        else:
+            model = fit_perf_model(Profile.load(files.profile), settings, files.perf_model)
+        model = on_space(model, ctx.target_space(t))
+        model.save(files.perf_model)
+        out[t.name] = {"report": asdict(model.report) if model.report else None}
+    return out
 
 
 def score_batches(config: RunConfig) -> int:
@@ -219,7 +255,7 @@ def score_batches(config: RunConfig) -> int:
     return max(1, -(-config.score_samples // config.recipe.batch_size))
 
 
-def _criteria(ctx: RunContext):
+def criteria(ctx: RunContext):
     """The score and importance the run uses: data-free ones where the model gives no logits and no loss_fn."""
     from itcp_deploy.pruning.output_kind import Criteria, criteria_for
 
@@ -232,42 +268,31 @@ def _criteria(ctx: RunContext):
 def stage_scores(ctx: RunContext) -> dict:
     from itcp_deploy.pruning import group_scores
 
-    c, inputs, criteria = ctx.config, ctx.inputs, _criteria(ctx)
-    if criteria.note:
-        ctx.log(f"note: {criteria.note}")
+    c, inputs, chosen = ctx.config, ctx.inputs, criteria(ctx)
+    if chosen.note:
+        ctx.log(f"note: {chosen.note}")
     batches = inputs.batches(score_batches(c))
-    scores = group_scores(inputs.model, ctx.space, criteria.score, loader=batches,
+    scores = group_scores(inputs.model, ctx.space, chosen.score, loader=batches,
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
                           loss_fn=inputs.loss_fn)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
-    return {"criterion": criteria.score, "note": criteria.note}
+    return {"criterion": chosen.score, "note": chosen.note}
 
 
 def stage_loop(ctx: RunContext) -> dict:
-    from itcp_deploy.pipeline.closed_loop import LoopInputs, closed_loop
-    from itcp_deploy.pipeline.peer_loop import peer_loop
-    from itcp_deploy.pruning.tp_peer import is_peer
-
-    c = ctx.config
-    dense = Path(ctx.state.done("dense")["artifact"])
-    if is_peer(c.method):
-        batches = ctx.inputs.batches(score_batches(c))
-        return peer_loop(LoopInputs(ctx.inputs.model, ctx.space, ctx.folder, c, dense, {}), batches, ctx.log)
-    scores = ctx.folder.read_arrays(ctx.folder.scores)
-    return closed_loop(LoopInputs(ctx.inputs.model, ctx.space, ctx.folder, ctx.config, dense, scores), ctx.log)
+    """The method's search with measured engines (its :class:`Strategy`), every target measured by its meter."""
+    return ctx.strategy.loop(ctx, [ctx.meter(t) for t in ctx.config.targets])
 
 
 def stage_finetune(ctx: RunContext) -> dict:
-    """Prune to the accepted plan, re-estimate BatchNorm, finetune once (the user's callable or the recipe's),
-    save the pruned model."""
+    """Make the accepted plan into a model (the method's: the one-shot recipe, or a peer's own pruned model),
+    finetune once (the user's callable or the recipe's), save the pruned model."""
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import pruned_layer_widths, save_pruned
-    from itcp_deploy.train import recalibrate_bn
 
-    c, inputs, folder = ctx.config, ctx.inputs, ctx.folder
+    inputs, folder = ctx.inputs, ctx.folder
     plan = PruningPlan.load(folder.plan)
-    pruned, refit = _pruned_for_finetuning(ctx, plan)
-    recalibrate_bn(pruned, inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches)
+    pruned, refit = ctx.strategy.pruned(ctx, plan)
     acc_bn = inputs.accuracy(pruned)
     if inputs.finetune is not None:
         before = pruned_layer_widths(pruned, ctx.space)
@@ -279,61 +304,59 @@ def stage_finetune(ctx: RunContext) -> dict:
             "compensated_layers": refit}
 
 
-def restore_pruned(model: nn.Module, space: PruningSpace, folder: RunFolder) -> nn.Module:
-    """The saved pruned model rebuilt on the dense ``model`` (its structure cut to the plan's widths, then
-    the saved weights): works for any module object, spec or not."""
+def one_shot_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]]:
+    """The plan made into a model by the one-shot recipe: the channels of largest importance kept, least-squares
+    compensation (when configured), BatchNorm re-estimated; returns it and the refit layers."""
+    from itcp_deploy.pruning import channel_importance
+    from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
+
+    c, inputs, importance = ctx.config, ctx.inputs, criteria(ctx).importance
+    batches = inputs.batches(score_batches(c))
+    imp = channel_importance(inputs.model, ctx.space, importance, loader=batches if importance == "taylor" else None,
+                             loss_fn=inputs.loss_fn)
+    recipe = OneShot(batches, inputs.batches(c.recipe.bn_batches), c.recipe.bn_batches, c.compensate)
+    return prune_one_shot(inputs.model, ctx.space, plan.widths, imp, recipe)
+
+
+def restore_pruned(model: nn.Module, config: RunConfig, folder: RunFolder) -> nn.Module:
+    """The saved pruned model rebuilt on the dense ``model`` (its structure cut to the plan's widths, any width
+    a method chose, then the saved weights): works for any module object, spec or not."""
     import torch
 
     from itcp_deploy.plan import PruningPlan
-    from itcp_deploy.pruning import apply_widths
+    from itcp_deploy.pruning import apply_widths, build_space
+    from itcp_deploy.pruning.persist import ANY_WIDTH
 
+    space = build_space(model, config.input_shape, model_spec=config.model, grid=ANY_WIDTH,
+                        ignore_layers=config.ignore_layers).with_removal()
     pruned = apply_widths(model, space, PruningPlan.load(folder.plan).widths, importance="l1")
     pruned.load_state_dict(torch.load(folder.pruned, map_location="cpu", weights_only=True))
     return pruned.eval()
 
 
-def _pruned_for_finetuning(ctx: RunContext, plan) -> tuple[nn.Module, list[str]]:
-    """The accepted plan applied to the dense model, compensated by least squares when configured (a peer
-    method's own pruned model instead: its channel choice is kept); returns it and the refit layers."""
-    from itcp_deploy.pipeline.peer_loop import PEER_MODEL
-    from itcp_deploy.pruning import apply_widths, channel_importance, load_pruned
-    from itcp_deploy.pruning.compensate import compensate, kept_channels
-    from itcp_deploy.pruning.tp_peer import is_peer
-
-    c, inputs, importance = ctx.config, ctx.inputs, _criteria(ctx).importance
-    if is_peer(c.method):
-        return load_pruned(ctx.folder.root / PEER_MODEL, plan, weights=c.weights, trust_code=c.trust_code).eval(), []
-    loader = inputs.batches(score_batches(c)) if importance == "taylor" else None
-    if not c.compensate:
-        return apply_widths(inputs.model, ctx.space, plan.widths, importance=importance, loader=loader,
-                            loss_fn=inputs.loss_fn), []
-    imp = channel_importance(inputs.model, ctx.space, importance, loader=loader, loss_fn=inputs.loss_fn)
-    pruned = apply_widths(inputs.model, ctx.space, plan.widths, importance=imp)
-    calib = inputs.batches(score_batches(c))
-    return pruned, compensate(pruned, inputs.model, ctx.space, kept_channels(inputs.model, ctx.space, plan.widths,
-                                                                               imp), calib)
-
-
 def stage_final(ctx: RunContext) -> dict:
-    """Build the final engine and measure it interleaved with the dense engine."""
+    """Build the finetuned model's engine for every target and measure each interleaved with its dense engine,
+    judged by that target's SLA."""
     from itcp_deploy.engines.build import build_engine
-    from itcp_deploy.pipeline.closed_loop import measure_pair
-    from itcp_deploy.pruning import count_macs_params, load_pruned
-    from itcp_deploy.pruning.tp_peer import is_peer
+    from itcp_deploy.pruning import count_macs_params
 
-    c, folder = ctx.config, ctx.folder
-    pruned = (load_pruned(folder.pruned, folder.plan, weights=c.weights, trust_code=c.trust_code).eval()
-              if is_peer(c.method) else restore_pruned(ctx.inputs.model, ctx.space, folder))  # a peer's widths
-    built = build_engine(pruned, c.input_shape, folder.root, "model", c.engine)
+    c = ctx.config
+    pruned = restore_pruned(ctx.inputs.model, c, ctx.folder)
+    dense_ms = ctx.state.done("loop")["dense_measured_ms"]
+    out = {}
+    for t in c.targets:
+        built = build_engine(pruned, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.FINAL, t.engine)
+        meter = ctx.meter(t, dense_ms[t.name])
+        final = meter.measure(built.artifact, c.loop.final_timing)
+        verdict = meter.judge(final)
+        out[t.name] = {"artifact": str(built.artifact), "main_file": str(built.main_file or ""),
+                       "final": asdict(final.latency.stats), "dense": asdict(final.dense), "ratio": final.ratio,
+                       "measured_ms": verdict.measured_ms, "sla_ms": verdict.limit_ms, "met": verdict.met}
     macs, params = count_macs_params(pruned, c.input_shape)
-    dense = Path(ctx.state.done("dense")["artifact"])
-    final, dense_stats = measure_pair(c, built.artifact, dense, c.loop.final_timing)
-    return {"artifact": str(built.artifact), "main_file": str(built.main_file) if built.main_file else None,
-            "macs": macs, "params": params, "final": asdict(final.stats), "dense": asdict(dense_stats),
-            "ratio": final.ratio}
+    return {"targets": out, "macs": macs, "params": params}
 
 
-RUN_STAGES: list[tuple[str, Callable[[RunContext], dict]]] = [
+STAGES: list[tuple[str, Callable[[RunContext], dict]]] = [
     ("dense", stage_dense),
     ("profile", stage_profile),
     ("fit", stage_fit),

@@ -148,4 +148,30 @@ def compensate(pruned: nn.Module, dense: nn.Module, space: PruningSpace, kept: M
     return refit
 
 
-__all__ = ["CompensationSettings", "compensate", "kept_channels"]
+@dataclass(frozen=True)
+class OneShot:
+    """How a plan becomes a model without training: ``calib`` batches for compensation (``compensate``) and
+    ``bn_batches`` batches that re-estimate BatchNorm statistics (the first ``bn_count`` of them)."""
+
+    calib: Iterable[Batch]
+    bn_batches: Iterable[Batch]
+    bn_count: int = 20
+    compensate: bool = True
+
+
+def prune_one_shot(dense: nn.Module, space: PruningSpace, widths: Mapping[str, int],
+                   importance: Mapping[str, np.ndarray], recipe: OneShot) -> tuple[nn.Module, list[str]]:
+    """The one-shot recipe, said once (``run``'s finetuning stage and the benchmarks): a pruned copy of
+    ``dense`` keeping the channels of largest ``importance``, refit by least squares (``recipe.compensate``),
+    BatchNorm re-estimated. Returns it and the refit layers."""
+    from itcp_deploy.pruning.apply import apply_widths
+    from itcp_deploy.train import recalibrate_bn
+
+    pruned = apply_widths(dense, space, widths, importance=dict(importance))
+    refit = (compensate(pruned, dense, space, kept_channels(dense, space, widths, importance), recipe.calib)
+             if recipe.compensate else [])
+    recalibrate_bn(pruned, recipe.bn_batches, num_batches=recipe.bn_count)
+    return pruned, refit
+
+
+__all__ = ["CompensationSettings", "OneShot", "compensate", "kept_channels", "prune_one_shot"]

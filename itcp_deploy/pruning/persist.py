@@ -21,7 +21,7 @@ from itcp_deploy.space import OUTPUT_GROUP, CandidateGrid
 
 PLAN_FILE = "widths.json"
 # Every width is a candidate, so a plan made with any grid rebuilds.
-_ANY_WIDTH = CandidateGrid(step_small=1, step_large=1, small_max=1, min_width=1)
+ANY_WIDTH = CandidateGrid(step_small=1, step_large=1, small_max=1, min_width=1)
 
 
 def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: PruningPlan, *,
@@ -89,12 +89,12 @@ def load_pruned(state_dict_path: str | os.PathLike[str],
     given = base is not None
     if base is None:
         base = create_model(plan.model, num_classes=num_classes, weights=weights, trust_code=trust_code)
-    space = build_space(base, plan.input_shape, model_spec=plan.model, grid=_ANY_WIDTH)
+    space = build_space(base, plan.input_shape, model_spec=plan.model, grid=ANY_WIDTH)
     if num_classes is None and not given:  # plans may omit fixed groups: read the class count from the saved classifier
         head = f"{space.group(OUTPUT_GROUP).layers_out[0]}.weight"
         if head in state and state[head].shape[0] != space.group(OUTPUT_GROUP).full_width:
             base = create_model(plan.model, num_classes=int(state[head].shape[0]), weights=weights,
                                 trust_code=trust_code)
-            space = build_space(base, plan.input_shape, model_spec=plan.model, grid=_ANY_WIDTH)
+            space = build_space(base, plan.input_shape, model_spec=plan.model, grid=ANY_WIDTH)
     pruned = apply_widths(base, space.with_removal(), {k: v for k, v in plan.widths.items() if k != OUTPUT_GROUP})
     return load_state_dict_checked(pruned, state, str(path))

@@ -10,7 +10,7 @@ re-estimation, no finetuning) and finetuned accuracy; at the end every engine of
 engine are measured interleaved in ONE run, so their latencies and ratios to dense are comparable.
 
 Long runs die with the session: each (method, speed-up, seed) row is written to ``OUT/rows/`` as soon as it
-is done and skipped on rerun. ``itcp-progressive``: see :mod:`itcp_deploy.pipeline.progressive`.
+is done and skipped on rerun. ``itcp-progressive``: see bench.comparison.progressive.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.errors import InputFileError, UsageError
-from itcp_deploy.pipeline.compare_loop import measured_solution, search_inputs
-from itcp_deploy.pipeline.compare_rows import (
+from bench.comparison.config import CompareConfig, levers
+from bench.comparison.loop import measured_solution, search_inputs
+from bench.comparison.progressive import progressive_rows
+from bench.comparison.rows import (
     DENSE,
     Bench,
     cached_arrays,
     channel_importance_of,
+    dense_meter,
     evaluate,
     finetune,
     group_scores_of,
@@ -37,8 +38,8 @@ from itcp_deploy.pipeline.compare_rows import (
     tuned_fields,
     write_row,
 )
-from itcp_deploy.pipeline.config import CompareConfig, levers
-from itcp_deploy.pipeline.progressive import progressive_rows
+from itcp_deploy.atomic_io import read_json, write_json
+from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.pipeline.stages import (
     Log,
     ModelSource,
@@ -134,27 +135,25 @@ def _dense_rows(b: Bench) -> list[dict]:
 
 def _one_shot_row(b: Bench, method: str, speedup: float, budget: float) -> dict:
     """Solve, prune, re-estimate BN: the fields every seed of (method, speed-up) shares."""
-    from itcp_deploy.pipeline.compare_peer import peer_prune
-    from itcp_deploy.pruning import apply_widths
-    from itcp_deploy.pruning.compensate import compensate, kept_channels
+    from bench.comparison.peer import peer_prune
+    from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
     from itcp_deploy.pruning.tp_peer import group_widths, is_peer
     from itcp_deploy.train import recalibrate_bn
 
     t0 = time.perf_counter()
-    lever = levers(method)
+    c, lever = b.config, levers(method)
     if is_peer(lever.base):
         pruned, plan = peer_prune(b, lever.base, speedup)
+        recalibrate_bn(pruned, b.bn_loader(), num_batches=c.recipe.bn_batches)
     else:
         solution, plan = measured_solution(b, lever.base, search_inputs(b, lever.remove), speedup, budget,
                                            label=method)
-        pruned = apply_widths(b.model, b.space, solution.widths, importance=b.importance)
+        calib = b.inputs.loader(c.recipe.batch_size, train=True, seed=c.calib_seed, max_samples=c.score_samples)
+        pruned, refit = prune_one_shot(b.model, b.space, solution.widths, b.importance,
+                                       OneShot(calib, b.bn_loader(), c.recipe.bn_batches, lever.compensate))
         plan["score"] = solution.score
         if lever.compensate:
-            kept = kept_channels(b.model, b.space, solution.widths, b.importance)
-            calib = b.inputs.loader(b.config.recipe.batch_size, train=True, seed=b.config.calib_seed,
-                                    max_samples=b.config.score_samples)
-            plan["compensated"] = compensate(pruned, b.model, b.space, kept, calib)
-    recalibrate_bn(pruned, b.bn_loader(), num_batches=b.config.recipe.bn_batches)
+            plan["compensated"] = refit
     return {"method": method, "speedup": speedup, "budget_ms": budget, **plan,
             **structure(b, pruned, group_widths(pruned, b.space)), "accuracy_oneshot": evaluate(b, pruned),
             "search_and_prune_s": time.perf_counter() - t0, "model": pruned}
@@ -180,8 +179,6 @@ def _one_shot_rows(b: Bench) -> list[dict]:
 
 def _measure(b: Bench, rows: list[dict]) -> dict:
     """Every engine of the table against the dense engine, interleaved in one run (reused if unchanged)."""
-    from itcp_deploy.profiling.engine_timing import measure_engines
-
     ids = sorted({r["engine"] for r in rows} | {DENSE})
     path = b.out / "measured.json"
     timing = asdict(b.config.measure_timing)
@@ -193,12 +190,10 @@ def _measure(b: Bench, rows: list[dict]) -> dict:
     b.log(f"measurement: {len(ids)} engines interleaved in one run ...")
     engines = b.out / "engines" / "engines"
     others = [i for i in ids if i != DENSE]
-    e = b.config.engine
-    measured = measure_engines(e.backend, [engines / i for i in others], e.options, b.config.measure_timing,
-                               reference=engines / DENSE)
-    stats = {DENSE: {**asdict(measured.reference), "ratio_to_dense": 1.0}}
-    for engine_id, latency in zip(others, measured.engines, strict=True):
-        stats[engine_id] = {**asdict(latency.stats), "ratio_to_dense": latency.ratio}
+    measured = dense_meter(b).measure_all([engines / i for i in others])
+    stats = {DENSE: {**asdict(measured[0].dense), "ratio_to_dense": 1.0}}
+    for engine_id, m in zip(others, measured, strict=True):
+        stats[engine_id] = {**asdict(m.latency.stats), "ratio_to_dense": m.latency.ratio}
     saved = {"engines": ids, "timing": timing, "stats": stats}
     write_json(path, saved)
     return saved

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench.comparison.config import CompareConfig
 from itcp_deploy.atomic_io import read_json, write_json
-from itcp_deploy.pipeline.config import CompareConfig
-from itcp_deploy.pipeline.stages import Inputs, Log, score_groups
+from itcp_deploy.pipeline.meter import TargetMeter
+from itcp_deploy.pipeline.stages import Inputs, Log
 
 if TYPE_CHECKING:
     from torch import nn
@@ -60,6 +61,16 @@ def cached_arrays(path: Path, compute: Callable[[], dict]) -> dict[str, np.ndarr
     if not path.exists():
         write_json(path, {k: [float(x) for x in v] for k, v in compute().items()})
     return {k: np.asarray(v, dtype=float) for k, v in read_json(path, path.stem).items()}
+
+
+def score_groups(inputs: Inputs, model: nn.Module, space: PruningSpace, criterion: str, *, batch_size: int,
+                 samples: int, seed: int = 0, cache_path: Path | None = None) -> dict[str, np.ndarray]:
+    """Group scores of ``model`` over ``samples`` training images (held-out test images for ``sensitivity``)."""
+    from itcp_deploy.pruning import group_scores
+
+    loader = inputs.loader(batch_size, train=True, seed=seed, max_samples=samples)
+    calib = inputs.loader(batch_size, train=False, max_samples=samples)
+    return group_scores(model, space, criterion, loader=loader, calib_loader=calib, cache_path=cache_path)
 
 
 def group_scores_of(b: Bench, model: nn.Module, space: PruningSpace, seed: int = 0) -> dict[str, np.ndarray]:
@@ -119,6 +130,15 @@ def finetune(b: Bench, model: nn.Module, seed: int, info: DatasetInfo, with_accu
     tuned = tuned.cpu().eval()
     return {"model": tuned, "accuracy": evaluate(b, tuned) if with_accuracy else None,
             "images_per_epoch": len(info.dataset), "wall_s": time.perf_counter() - t0}
+
+
+def dense_meter(b: Bench, speedup: float = 1.0) -> TargetMeter:
+    """The bench's engines measured against the dense engine (the run's measuring, with no safety margin:
+    a row's target is 1 / speed-up of dense itself)."""
+    from itcp_deploy.target import LatencyTarget
+
+    dense = b.out / "engines" / "engines" / engine_of(b, b.model, b.space.full_widths())
+    return TargetMeter(b.config.engine, LatencyTarget(speedup=speedup, margin=0.0), dense, b.config.measure_timing)
 
 
 def engine_of(b: Bench, model: nn.Module, widths: dict[str, int]) -> str:

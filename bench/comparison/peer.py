@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from itcp_deploy.pipeline.compare_rows import Bench, engine_of
+from bench.comparison.rows import Bench, dense_meter, engine_of
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,18 +15,14 @@ if TYPE_CHECKING:
 def peer_prune(b: Bench, method: str, speedup: float) -> tuple[nn.Module, dict[str, Any]]:
     """The peer's pruned model and the row fields that say how it was found."""
     from itcp_deploy.engines.device import channel_block
-    from itcp_deploy.profiling.engine_timing import measure_engines
     from itcp_deploy.pruning.tp_peer import group_widths, peer_search
 
     engines = b.out / "engines" / "engines"
-    dense = engine_of(b, b.model, b.space.full_widths())
-    e = b.config.engine
+    meter = dense_meter(b, speedup)
 
     def measure(model: nn.Module) -> float:
         engine = engine_of(b, model, {**b.space.full_widths(), **group_widths(model, b.space)})
-        measured = measure_engines(e.backend, [engines / engine], e.options, b.config.measure_timing,
-                                   reference=engines / dense)
-        return float(measured.engines[0].ratio)
+        return meter.measure(engines / engine).ratio
 
     c = b.config
     calib = b.inputs.loader(c.recipe.batch_size, train=True, seed=c.calib_seed, max_samples=c.score_samples)

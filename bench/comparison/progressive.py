@@ -5,12 +5,10 @@ with ``1/K`` of the finetuning images after each step: the same total finetuning
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from itcp_deploy.atomic_io import read_json
-from itcp_deploy.errors import ItcpError
-from itcp_deploy.pipeline.compare_rows import (
+from bench.comparison.rows import (
     PROGRESSIVE,
     Bench,
     channel_importance_of,
@@ -22,6 +20,9 @@ from itcp_deploy.pipeline.compare_rows import (
     train_images,
     write_row,
 )
+from itcp_deploy.atomic_io import read_json
+from itcp_deploy.errors import ItcpError, UsageError
+from itcp_deploy.perfmodel.model import PerfModel
 
 if TYPE_CHECKING:
     from torch import nn
@@ -60,7 +61,6 @@ class _Walk:
 
 def _step(b: Bench, walk: _Walk, k: int, budget: float, seed: int, chunk) -> None:
     """Rescore, re-solve narrower, prune, re-estimate BN, finetune on this step's chunk."""
-    from itcp_deploy.pipeline.planning import restricted
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.baselines import SearchInputs, run_method
     from itcp_deploy.train import recalibrate_bn
@@ -106,3 +106,32 @@ def _progressive(b: Bench, speedup: float, seed: int) -> dict:
         f"{c.recipe.epochs} epoch(s); one-shot = after the last prune + BN re-estimation, before "
         "the last short finetune",
     }
+
+
+def restricted(space, perf, model, current: dict[str, int], input_shape: tuple[int, ...]):
+    """The space of the pruned ``model`` (same group names) with each group's candidates cut to the dense
+    candidates <= its current width, and the perf model's tables sliced to match: the DP can then only
+    narrow groups further, and predicts exactly what the dense perf model predicts for such plans."""
+    import numpy as np
+
+    from itcp_deploy.pruning import build_space
+
+    pruned_space = build_space(model, input_shape, model_spec=space.model, grid=space.grid)
+    keep = {g.name: [i for i, w in enumerate(g.candidates) if w <= current[g.name]] for g in space.groups}
+    groups = []
+    for g in pruned_space.groups:
+        dense_group = space.group(g.name)
+        if g.full_width != current[g.name]:
+            raise UsageError(
+                f"group {g.name} is {g.full_width} wide, the plan says {current[g.name]}",
+                "the progressive schedule needs the space of the model it pruned",
+            )
+        groups.append(replace(g, candidates=tuple(dense_group.candidates[i] for i in keep[g.name])))
+    new_space = replace(pruned_space, groups=tuple(groups))
+    tables = {
+        layer.name: perf.tables[layer.name][np.ix_(keep[layer.in_group], keep[layer.out_group])]
+        for layer in space.layers
+    }
+    return new_space, PerfModel(
+        new_space, tables, perf.constant_ms, perf.method, perf.report, dict(perf.meta), perf.calibration
+    )
