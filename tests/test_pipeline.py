@@ -69,6 +69,20 @@ def test_run_writes_every_promised_output(finished):
     assert data["final_over_dense"] < 1.0
 
 
+def test_report_says_how_the_perf_model_did_on_the_searchs_own_plan(finished):
+    """Issue 24: the held-out error (random plans) beside the first plan the search chose, measured/predicted
+    (ratios to dense); and the final verdict's measurements."""
+    tmp, _, report, _ = finished
+    t = json.loads((tmp / "out" / "report.json").read_text())["targets"][0]
+    first = report.rounds[0]["targets"][0]
+    assert t["first_plan_over_sla"] == pytest.approx(first["measured_ms"] / t["sla_ms"])
+    assert 0.5 < t["first_plan_measured_over_predicted"] < 2.0
+    assert t["perf_err_pct"] >= 0 and t["plan_rounds"] >= 1 and isinstance(t["fit_rejected"], bool)
+    assert "first plan measured/predicted" in (tmp / "out" / "report.md").read_text()
+    final = json.loads((tmp / "out" / "state.json").read_text())["stages"]["final"]["targets"]
+    assert 1 <= len(next(iter(final.values()))["measurements"]) <= 2
+
+
 def test_rerun_skips_finished_stages(finished):
     tmp, config, report, _ = finished
     logs: list[str] = []

@@ -88,10 +88,12 @@ def report_of(ctx: RunContext) -> RunReport:
     c, s, root = ctx.config, ctx.state, ctx.folder.root
     dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")
     plan = PruningPlan.load(ctx.folder.plan)
-    entries = [target_entry(t, loop, final["targets"][t.name], dense["targets"][t.name]) for t in c.targets]
+    perfs = {t.name: PerfModel.load(ctx.folder.target(t.name).perf_model) for t in c.targets}
+    entries = [{**target_entry(t, loop, final["targets"][t.name], dense["targets"][t.name]),
+                **perf_honesty(perfs[t.name], loop, t.name)} for t in c.targets]
     for e in entries:  # engine paths relative to the run folder: `check-latency --run OUT` finds them anywhere
         e["engine"], e["dense_engine"] = (os.path.relpath(e[k], root) for k in ("engine", "dense_engine"))
-    first, perf = final["targets"][c.targets[0].name], PerfModel.load(ctx.folder.target(c.targets[0].name).perf_model)
+    first, perf = final["targets"][c.targets[0].name], perfs[c.targets[0].name]
     report = RunReport(
         model=c.model, backend=", ".join(dict.fromkeys(t.engine.backend for t in c.targets)),
         precision=", ".join(dict.fromkeys(t.engine.precision for t in c.targets)), device=perf.meta.get("device", ""),
@@ -124,6 +126,23 @@ def target_entry(t: DeployTarget, loop: dict, final: dict, dense_engine: str) ->
                                                                      ("median_ms", "p90_ms", "p99_ms")},
             "met": bool(final["met"]), "binds": bool(loop["binding"][t.name]), "engine": final["main_file"]
             or final["artifact"], "dense_engine": dense_engine}
+
+
+def perf_honesty(perf, loop: dict, name: str) -> dict:
+    """How far to trust the perf model where the search used it: its held-out error (random plans) beside the
+    error on the first plan the search chose, measured/predicted as ratios to the dense engine (drift between
+    the profile and the loop cancels). The search picks plans *because* they look cheap, so the held-out error
+    flatters the model there (issue 24). ``None`` where the method predicts nothing (a peer's bisection)."""
+    report = perf.report
+    first = next((t for t in loop["rounds"][0]["targets"] if t["name"] == name), None) if loop["rounds"] else None
+    plan = None
+    if first and first.get("predicted_ms") and first.get("ratio_to_dense"):
+        plan = float(first["ratio_to_dense"]) / (float(first["predicted_ms"]) / perf.dense_ms())
+    return {"perf_err_pct": report.mape_pct if report else None, "noise_pct": report.noise_pct if report else None,
+            "fit_rejected": bool(report.rejected) if report else None,
+            "first_plan_measured_over_predicted": plan,
+            "first_plan_over_sla": first["measured_ms"] / loop["sla_ms"][name] if first else None,
+            "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan")}
 
 
 def _plots(ctx: RunContext, report: RunReport, plan) -> None:

@@ -100,6 +100,7 @@ class RunReport:
             lines += ["", "## Performance model", "",
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in self.perf_model_error.items()]
+            lines += honesty_markdown(self.targets)
         lines += ["", "## Widths", "", "| group | kept | full |", "|---|---|---|"]
         lines += [f"| {g} | {self.widths[g] or '0 (block removed)'} | {self.full_widths[g]} |" for g in self.widths]
         if self.notes:
@@ -115,6 +116,23 @@ def levers_fields(config, finetune: dict) -> dict:
     stage's result, which names the layers compensation refit)."""
     return {"ignore_layers": list(config.ignore_layers), "compensate": config.compensate,
             "compensated_layers": list(finetune.get("compensated_layers", [])), "block_removal": config.block_removal}
+
+
+def honesty_markdown(targets: list[dict]) -> list[str]:
+    """Each target's held-out error beside the error on the first plan the search chose (issue 24)."""
+    rows = [t for t in targets if t.get("perf_err_pct") is not None]
+    if not rows:
+        return []
+    lines = ["", "Where the search used the model: held-out engines are random plans, the search's plans sit where "
+             "the model looks cheapest.", "",
+             "| target | held-out mean error % | noise % | first plan measured/predicted | first plan measured/SLA "
+             "| plan rounds |", "|---|---|---|---|---|---|"]
+    for t in rows:
+        plan = t.get("first_plan_measured_over_predicted")
+        lines.append(f"| {t['name']} | {t['perf_err_pct']:.2f}{' (fit rejected)' if t.get('fit_rejected') else ''} "
+                     f"| {_num(t.get('noise_pct'), '.2f')} | {_num(plan, '.3f')} | "
+                     f"{_num(t.get('first_plan_over_sla'), '.3f')} | {t.get('plan_rounds', 'n/a')} |")
+    return lines
 
 
 def _num(value: float | None, digits: str = ".4f") -> str:
