@@ -309,3 +309,22 @@ def test_loop_lands_in_the_band_when_the_perf_model_is_off(finished, monkeypatch
     last, aim = result["rounds"][-1], result["aim_ms"][t.name]
     assert config.loop.accept_low * aim <= last["targets"][0]["measured_ms"] <= aim, result
     assert PruningPlan.load(out / "widths.json").widths == {g.name: last["widths"][g.name] for g in space.prunable}
+
+
+def test_int8_without_calib_draws_from_the_data_and_reports_the_engines_own_accuracy(tmp_path):
+    """Issue 25: `--precision int8` with --data needs no --calib (a seeded set from the run's data, said in the
+    report), and the report's accuracy includes the shipped INT8 engine's own top-1 and agreement with dense."""
+    out = tmp_path / "int8"
+    code, stdout, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", DATA,
+                                "--precision", "int8", "--speedup", "1.3", "--epochs", "0", "--cache",
+                                str(tmp_path / "engines"), "--max-builds", "8", "--holdout", "2", "--rounds", "3",
+                                "--runs-per-round", "20", "-o", str(out), "--json")
+    assert code in (0, 1), err  # 1: the SLA missed on a loaded machine; the report is written either way
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((out / "calibration.json").read_text())
+    assert manifest["num"] == 256 and manifest["seed"] == 0 and DATA in manifest["source"]
+    assert any("int8 calibration: 256 images" in n for n in report["notes"])
+    quality = report["targets"][0]["engine_accuracy"]
+    assert 0.0 <= quality["engine_top1"] <= 100.0 and 0.5 <= quality["agreement_with_dense"] <= 1.0
+    assert quality["images"] > 100
+    assert "measured on the engine" in (out / "report.md").read_text()

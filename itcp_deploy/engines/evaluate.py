@@ -66,3 +66,14 @@ def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, bat
                   for i in range(0, len(padded), size)]
     logits = np.concatenate(chunks).reshape(len(padded), -1)[:len(images)]
     return EngineOutputs(logits=logits.astype(np.float32), labels=labels)
+
+
+def engine_quality(backend: str, artifact: Artifact, dense_artifact: Artifact, options: EngineOptions,
+                   batches: Iterable[Any], limit: int = 1000) -> dict[str, float | int]:
+    """The shipped engine's top-1, the dense engine's on the same images, and how often the two agree (a drop
+    in agreement is what quantization or pruning cost, measured on the engines themselves)."""
+    batches = list(batches) if not isinstance(batches, list) else batches
+    final = engine_outputs(backend, artifact, options, batches, limit)
+    dense = engine_outputs(backend, dense_artifact, options, batches, limit)
+    return {"engine_top1": final.top1, "dense_engine_top1": dense.top1, "agreement_with_dense": final.agreement(dense),
+            "images": len(final.labels)}

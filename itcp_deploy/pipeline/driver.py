@@ -45,6 +45,30 @@ def run_with(config: RunConfig, inputs: ModelInputs, log: Log | None = None,
     return report_of(run_stages(config, inputs, log, progress))
 
 
+CALIBRATION_IMAGES = 256  # the int8 calibration set a run draws from its own data when given no --calib
+
+
+def with_calibration(config: RunConfig, inputs: ModelInputs, folder: RunFolder) -> RunConfig:
+    """``config`` with every int8 target that names no calibration set given one drawn from the run's own data:
+    :data:`CALIBRATION_IMAGES` of the score batches (un-augmented training images), with the run's seed, into
+    ``calibration.npz`` (kept on resume; its manifest says where it came from). The data is already given, so
+    ``run --precision int8`` needs no ``itcp-deploy calibrate`` first."""
+    from dataclasses import replace
+
+    from itcp_deploy.data.calibration import calibration_from_batches
+    from itcp_deploy.pipeline.stages import score_batches
+
+    needs = [t for t in config.targets if t.engine.precision == "int8" and t.engine.calib is None]
+    if not needs:
+        return config
+    if not folder.calibration.is_file():
+        calibration_from_batches(inputs.batches(score_batches(config)), folder.calibration, num=CALIBRATION_IMAGES,
+                                 seed=config.seed, source=f"{config.data} (the run's score batches)")
+    path = str(folder.calibration)
+    return replace(config, targets=tuple(replace(t, engine=replace(t.engine, calib=path)) if t in needs else t
+                                         for t in config.targets))
+
+
 def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, progress: Progress | None = None,
                *, until: str | None = None) -> RunContext:
     """Run the stages in order (``until``: stop after that one), each once: a rerun on the same folder resumes
@@ -55,6 +79,7 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
     config.validate()
     strategy = strategy_for(config.method, len(config.targets))
     folder = RunFolder(config.out_dir, [t.name for t in config.targets]).create()
+    config = with_calibration(config, inputs, folder)
     state = RunState(folder, config)
     space = build_space(inputs.model, config.input_shape, model_spec=config.model,
                         ignore_layers=config.ignore_layers).with_removal(config.block_removal)
@@ -107,7 +132,7 @@ def report_of(ctx: RunContext) -> RunReport:
         full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, criterion=c.criterion,
         method=c.method, epochs=c.recipe.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)} if perf.report else {},
-        notes=[n for n in [s.done("scores").get("note")] if n] + list(loop.get("notes", [])),
+        notes=[n for n in [s.done("scores").get("note"), _calibration_note(ctx)] if n] + list(loop.get("notes", [])),
         wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()}, targets=entries,
         **levers_fields(c, fin))
     report.save(ctx.folder)
@@ -124,8 +149,20 @@ def target_entry(t: DeployTarget, loop: dict, final: dict, dense_engine: str) ->
             "measured_ms": final["measured_ms"], "measured_over_sla": final["measured_ms"] / final["sla_ms"],
             "final_over_dense": final["ratio"], "final_latency_ms": {k: final["final"][k] for k in
                                                                      ("median_ms", "p90_ms", "p99_ms")},
+            "engine_accuracy": final.get("engine_accuracy"),
             "met": bool(final["met"]), "binds": bool(loop["binding"][t.name]), "engine": final["main_file"]
             or final["artifact"], "dense_engine": dense_engine}
+
+
+def _calibration_note(ctx: RunContext) -> str | None:
+    """Where the int8 calibration set came from, when the run drew it from its own data."""
+    from itcp_deploy.data.calibration import read_manifest
+
+    if not any(t.engine.calib == str(ctx.folder.calibration) for t in ctx.config.targets):
+        return None
+    m = read_manifest(ctx.folder.calibration)
+    return (f"int8 calibration: {m['num']} images drawn from {m['source']} with seed {m['seed']} "
+            f"({ctx.folder.calibration.name}; pass --calib NAME for your own set)")
 
 
 def perf_honesty(perf, loop: dict, name: str) -> dict:

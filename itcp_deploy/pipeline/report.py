@@ -88,6 +88,7 @@ class RunReport:
             f"| predicted (ms) | | {self.predicted_latency_ms:.4f} |",
             f"| accuracy | {acc(self.accuracy_dense)} | {acc(self.accuracy_final)} "
             f"(after pruning + BN re-estimation, before finetuning: {acc(self.accuracy_pruned_bn)}) |",
+            *engine_accuracy_rows(self.targets),
             f"| MACs | {self.macs_dense:,} | {self.macs_final:,} |",
             f"| parameters | {self.params_dense:,} | {self.params_final:,} |",
             "",
@@ -116,6 +117,19 @@ def levers_fields(config, finetune: dict) -> dict:
     stage's result, which names the layers compensation refit)."""
     return {"ignore_layers": list(config.ignore_layers), "compensate": config.compensate,
             "compensated_layers": list(finetune.get("compensated_layers", [])), "block_removal": config.block_removal}
+
+
+def engine_accuracy_rows(targets: list[dict]) -> list[str]:
+    """The top-1 of the engines themselves (what ships: INT8/FP16 included), per target, and their agreement."""
+    rows = []
+    for t in targets:
+        a = t.get("engine_accuracy")
+        if a:
+            who = f" `{t['name']}`" if len(targets) > 1 else ""
+            rows.append(f"| engine{who} top-1, measured on the engine ({a['images']} images) | "
+                        f"{a['dense_engine_top1']:.2f}% | {a['engine_top1']:.2f}% (agrees with the dense engine on "
+                        f"{100 * a['agreement_with_dense']:.1f}%) |")
+    return rows
 
 
 def honesty_markdown(targets: list[dict]) -> list[str]:

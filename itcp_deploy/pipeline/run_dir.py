@@ -71,6 +71,7 @@ class RunFolder:
         self.widths_plot = self.root / "widths.png"
         self.report_json = self.root / "report.json"
         self.report_md = self.root / "report.md"
+        self.calibration = self.root / "calibration.npz"  # int8 without --calib: drawn from the run's data
 
     def target(self, name: str) -> TargetFiles:
         return TargetFiles(self.root / "targets" / name if self.several else self.root)

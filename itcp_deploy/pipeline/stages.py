@@ -356,9 +356,21 @@ def stage_final(ctx: RunContext) -> dict:
                        "final": asdict(final.latency.stats), "dense": asdict(final.dense), "ratio": final.ratio,
                        "measured_ms": verdict.measured_ms, "sla_ms": verdict.limit_ms, "met": verdict.met,
                        "measurements": [{"ratio": m.ratio, "ratio_spread": m.latency.ratio_spread,
-                                         "timing_rounds": m.timing_rounds} for m in taken]}
+                                         "timing_rounds": m.timing_rounds} for m in taken],
+                       "engine_accuracy": _engine_accuracy(ctx, t, built.artifact)}
     macs, params = count_macs_params(pruned, c.input_shape)
     return {"targets": out, "macs": macs, "params": params}
+
+
+def _engine_accuracy(ctx: RunContext, target: DeployTarget, artifact: Path) -> dict | None:
+    """The engine's own top-1 and its agreement with the dense engine on the evaluation data (classifiers
+    with the default loss, as the model's accuracy), or None."""
+    from itcp_deploy.engines.evaluate import engine_quality
+
+    if ctx.state.done("dense").get("accuracy") is None or ctx.inputs.eval_loader is None:
+        return None
+    dense = Path(ctx.state.done("dense")["targets"][target.name])
+    return engine_quality(target.engine.backend, artifact, dense, target.engine.options, ctx.inputs.eval_loader)
 
 
 STAGES: list[tuple[str, Callable[[RunContext], dict]]] = [
