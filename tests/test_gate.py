@@ -71,3 +71,24 @@ def test_corrupt_engine_exits_2(tmp_path):
     garbage.write_bytes(b"not an onnx model")
     code, _, err = run_cli("check-latency", str(garbage), "--sla-ms", "1")
     assert code == 2 and "Traceback" not in err, err
+
+
+def test_min_agreement_gates_on_the_engines_own_predictions(engines):
+    """Issue 25: CI can gate on accuracy too: top-1 agreement with the reference on --data's test images. An
+    engine agrees with itself; a different (random) net of the same speed class does not, and fails the gate
+    although its latency passes."""
+    small, big = engines
+    agree = ["--min-agreement", "0.99", "--data", "digits", *FAST]
+    code, out, err = run_cli("check-latency", str(small), "--reference", str(small), "--max-ratio", "2", *agree)
+    assert code == 0, err
+    assert json.loads(out)["agreement"] == 1.0
+    code, out, _ = run_cli("check-latency", str(small), "--reference", str(big), "--max-ratio", "1.0", *agree)
+    result = json.loads(out)
+    assert code == 1 and result["measured"] < 1.0 and result["agreement"] < 0.99
+
+
+@pytest.mark.parametrize("extra", [["--min-agreement", "0.9"], ["--min-agreement", "1.5", "--data", "digits"]])
+def test_min_agreement_without_data_or_out_of_range_is_one_line(engines, extra):
+    small, big = engines
+    code, _, err = run_cli("check-latency", str(small), "--reference", str(big), "--max-ratio", "1", *extra)
+    assert code == 2 and "--min-agreement" in err and len(err.strip().splitlines()) == 1, err

@@ -113,6 +113,10 @@ def check_latency_command(
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="NxCxHxW, for an engine with dynamic input dims.")
     ] = None,
+    min_agreement: Annotated[str | None, typer.Option(
+        "--min-agreement", help="Also fail below this top-1 agreement with --reference (0..1) on --data's "
+        "test images.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Data for --min-agreement.")] = None,
     json: Json = False,
 ) -> None:
     """Measure ENGINE (or every target's engine of a --run folder); exit 0 if each meets its limit, 1 if not,
@@ -131,7 +135,9 @@ def check_latency_command(
         engine=str(engine), backend=backend, percentile=percentile, threads=threads, reference=reference,
         input_shape=parse_input_shape(input_shape) if input_shape is not None else None,
         sla_ms=positive_float(sla_ms, "--sla-ms") if sla_ms is not None else None,
-        max_ratio=positive_float(max_ratio, "--max-ratio") if max_ratio is not None else None)
+        max_ratio=positive_float(max_ratio, "--max-ratio") if max_ratio is not None else None,
+        min_agreement=positive_float(min_agreement, "--min-agreement") if min_agreement is not None else None,
+        data=data)
     result = check_latency(config)
     if json:
         emit_json(result.to_dict())

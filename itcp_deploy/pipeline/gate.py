@@ -35,6 +35,8 @@ class GateConfig:
     percentile: int = 50
     threads: int = 1
     input_shape: tuple[int, ...] | None = None  # for engines with dynamic input dimensions
+    min_agreement: float | None = None  # top-1 agreement with the reference on ``data``'s test images (0..1)
+    data: str | None = None
     timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
 
@@ -51,12 +53,19 @@ class GateResult:
     engine: LatencyStats
     reference: LatencyStats | None = None
     ratio_spread: tuple[float, float] | None = None  # p10, p90 of the per-round ratios
+    agreement: float | None = None  # top-1 agreement with the reference, when gated on it
+    min_agreement: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        agree = ("" if self.agreement is None else
+                 f"; top-1 agreement with the reference {self.agreement:.4f} vs min {self.min_agreement:.4f}")
+        return self._latency_line(verdict) + agree
+
+    def _latency_line(self, verdict: str) -> str:
         q, e = self.percentile, self.engine
         if self.form == "ratio":
             lo, hi = self.ratio_spread or (float("nan"), float("nan"))
@@ -82,6 +91,10 @@ def _target(config: GateConfig) -> LatencyTarget:
     if (config.sla_ms is None) == (not ratio_form) or (ratio_form and None in (config.reference, config.max_ratio)):
         raise UsageError("give either --sla-ms, or both --reference and --max-ratio",
                          "e.g. --sla-ms 2.0, or --reference dense.ort.onnx --max-ratio 0.6")
+    if config.min_agreement is not None and (config.reference is None or config.data is None
+                                             or not 0.0 <= config.min_agreement <= 1.0):
+        raise UsageError("--min-agreement needs --reference, --data and a share between 0 and 1",
+                         "e.g. --reference dense.ort.onnx --max-ratio 0.6 --min-agreement 0.99 --data digits")
     if config.max_ratio is not None:
         return LatencyTarget.from_ratio(config.max_ratio, config.percentile)
     return LatencyTarget(sla_ms=config.sla_ms, percentile=config.percentile, margin=0.0)
@@ -110,8 +123,23 @@ def check_latency(config: GateConfig) -> GateResult:
         return GateResult(verdict.met, verdict.measured_ms, verdict.limit_ms, "sla", q, one.stats)
     # ratio form: judged on the ratio, against a reference latency of 1
     verdict = target.judge(Measurement(one.stats.percentile_ms(q), one.ratio), dense_ms=1.0)
-    return GateResult(verdict.met, float(one.ratio), float(config.max_ratio), "ratio", q, one.stats,
-                      measured.reference, one.ratio_spread)
+    agreement = _agreement(config, engine, reference)
+    met = verdict.met and (agreement is None or agreement >= float(config.min_agreement or 0.0))
+    return GateResult(met, float(one.ratio), float(config.max_ratio), "ratio", q, one.stats,
+                      measured.reference, one.ratio_spread, agreement, config.min_agreement)
+
+
+def _agreement(config: GateConfig, engine: Path, reference: Path) -> float | None:
+    """How often the engine picks the reference's class on ``data``'s test images (``--min-agreement``)."""
+    if config.min_agreement is None:
+        return None
+    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.engines import EngineOptions
+    from itcp_deploy.engines.evaluate import engine_quality
+
+    loader = make_loader(load_dataset(str(config.data), "test"), 64, shuffle=False, max_samples=1000)
+    quality = engine_quality(config.backend, engine, reference, EngineOptions(threads=config.threads), loader)
+    return float(quality["agreement_with_dense"])
 
 
 def run_gates(run_dir: str | Path, timing: TimingConfig | None = None) -> list[tuple[str, GateConfig]]:
