@@ -279,3 +279,21 @@ def test_layer_names_map_to_onnx_nodes(tmp_path):
         "Reformatting CopyNode for Input Tensor 0 to /conv1/Conv": "/conv1/Conv",
         "/Relu": None,
     }
+
+
+@pytest.mark.parametrize("command", ["run", "profile-engines"])
+def test_workspace_and_device_reach_the_engine_options(command, tmp_path, monkeypatch):
+    """Issue 25: a failed TensorRT build names --workspace-mb; both commands that build engines take it (and
+    --device), and it reaches the engine options the builder reads (the fake build above shows the builder
+    passes it on to TensorRT)."""
+    import itcp_deploy.cli.output as output
+    from tests.conftest import run_cli
+
+    seen = []
+    monkeypatch.setattr(output, "deliver", lambda config, json_out: seen.append(config))
+    code, _, err = run_cli(command, "cifar_resnet20", "--data", "synthetic", "-o", str(tmp_path / "o"),
+                           "--input-shape", "1x3x32x32", "--speedup", "2", "--workspace-mb", "4096",
+                           "--device", "cuda", "--backend", "tensorrt", "--precision", "fp16")
+    assert code == 0, err
+    options = seen[0].targets[0].engine.options
+    assert (options.workspace_mb, options.device) == (4096, "cuda")

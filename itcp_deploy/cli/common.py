@@ -26,3 +26,6 @@ PercentileOpt = Annotated[int, typer.Option("--percentile", help="The SLA's late
 CompensateOpt = Annotated[bool, typer.Option("--compensate/--no-compensate", help="Least-squares refit after pruning.")]
 BlockRemovalOpt = Annotated[bool, typer.Option("--block-removal/--no-block-removal",
                                                help="Let residual branches be removed (width 0).")]
+WorkspaceOpt = Annotated[int, typer.Option("--workspace-mb", min=1,
+                                           help="TensorRT builder workspace (MiB): raise it when a build fails.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch backend device: cpu or cuda.")]

@@ -13,11 +13,13 @@ from itcp_deploy.cli.common import (
     BackendOpt,
     BlockRemovalOpt,
     CompensateOpt,
+    DeviceOpt,
     EpochsOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
     SpeedupOpt,
+    WorkspaceOpt,
     console,
     emit_json,
 )
@@ -53,6 +55,8 @@ def run_command(
     block_removal: BlockRemovalOpt = True,
     percentile: PercentileOpt = 50,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
+    device: DeviceOpt = "cpu",
+    workspace_mb: WorkspaceOpt = 1024,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow model specs that run code.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
@@ -67,7 +71,8 @@ def run_command(
     from itcp_deploy.engines.build import EngineSpec
     from itcp_deploy.pipeline.config import FinetuneRecipe, ProfileSettings, RunConfig
 
-    engine = EngineSpec(backend, precision, EngineOptions(threads=threads), calib)
+    engine = EngineSpec(backend, precision, EngineOptions(threads=threads, device=device, workspace_mb=workspace_mb),
+                        calib)
     targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile), engine)
     config = RunConfig(
         model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,

@@ -14,11 +14,13 @@ from itcp_deploy.cli.common import (
     BackendOpt,
     BlockRemovalOpt,
     CompensateOpt,
+    DeviceOpt,
     EpochsOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
     SpeedupOpt,
+    WorkspaceOpt,
     console,
     emit_json,
 )
@@ -70,7 +72,8 @@ def profile_engines_cmd(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
     perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
-    device: Annotated[str, typer.Option("--device", help="torch backend device: cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
+    workspace_mb: WorkspaceOpt = 1024,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds.")] = 10,
     runs: Annotated[int, typer.Option("--runs-per-round", min=1, help="Timed runs per engine per round.")] = 60,
     layer_runs: Annotated[int, typer.Option("--layer-runs", min=1, help="Profiled runs for per-layer times.")] = 300,
@@ -96,7 +99,8 @@ def profile_engines_cmd(
     from itcp_deploy.profiling.timing import TimingConfig
 
     shape = parse_input_shape(input_shape)
-    options = EngineOptions(threads=threads, provider=provider, device=device, perf_hint=perf_hint)
+    options = EngineOptions(threads=threads, provider=provider, device=device, perf_hint=perf_hint,
+                            workspace_mb=workspace_mb)
     engine = EngineSpec(backend, precision, options, calib)
     settings = ProfileSettings(cache_dir=str(cache), max_builds=max_builds, holdout=holdout, layer_runs=layer_runs,
                                timing=TimingConfig(rounds=rounds, runs_per_round=runs))

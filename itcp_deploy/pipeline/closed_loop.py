@@ -19,6 +19,7 @@ every target like a round, best first, and the first that meets every target's a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from itcp_deploy.search.vector import VectorSolution
 
 Log = Callable[[str], None]
+_detail = logging.getLogger("itcp_deploy")  # each round's measurement detail, shown by `itcp-deploy -v`
 Solve = Callable[[list[float]], "VectorSolution"]
 Measure = Callable[[dict[str, int], int], list[dict]]  # widths, round -> per target {"measured_ms": ..., ...}
 
@@ -214,6 +216,9 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
             built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r), t.engine)
             m = meter.measure(built.artifact, precise=True)
             out.append({"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio, "timing_rounds": m.timing_rounds})
+            _detail.debug("round %d %s: %.4f of dense (rounds p10-p90 %s), %d timing rounds, engine %s", r, t.name,
+                          m.ratio, m.latency.ratio_spread, m.timing_rounds, built.artifact)
+        _detail.debug("round %d widths: %s", r, widths)
         return out
 
     fronts: list[list[tuple[float, float]]] = []

@@ -70,7 +70,7 @@ class EngineFromOnnx(OnnxBuilder):
         if plan is None:
             raise InputFileError(
                 f"TensorRT could not build an engine from {self.onnx_path}",
-                "raise the workspace (--workspace-mb) or check the builder log above",
+                "raise the workspace (--workspace-mb on run and profile-engines) or check the builder log above",
             )
         if cache_path is not None:
             timing = config.get_timing_cache().serialize()
