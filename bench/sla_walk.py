@@ -1,0 +1,91 @@
+"""The walk of the SLA through the code (issue 23): which functions and modules ("rooms") one run hands the SLA
+to, from the CLI to the final report, and how often the walk goes back into a room it had left.
+
+A frame counts when, at its call, one of its arguments is the run's ``LatencyTarget`` or holds it within five
+levels of attributes and items (a RunConfig, a DeployTarget, a meter, the run context). Dataclass ``__init__``,
+``__post_init__``, comprehensions and lambdas are left out of the function walk; consecutive calls within one
+room are one step. Runs ``profile-engines --sla-ms`` (the same pipeline as ``run``) on a small synthetic set.
+
+Example (before/after: run it with PYTHONPATH at each checkout)::
+
+    PYTHONPATH=. python bench/sla_walk.py --out /tmp/walk-run --cache /tmp/walk-cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from itcp_deploy.target import LatencyTarget  # noqa: E402
+
+SKIP = re.compile(r"__create_fn__|<listcomp>|<dictcomp>|<genexpr>|<lambda>|__post_init__")
+
+
+def holds(value, depth: int = 0, seen: set[int] | None = None) -> bool:
+    """Whether ``value`` is the SLA or holds it within five levels."""
+    if isinstance(value, LatencyTarget):
+        return True
+    if depth >= 5 or value is None or isinstance(value, int | float | str | bytes | bool):
+        return False
+    seen = seen if seen is not None else set()
+    if id(value) in seen:
+        return False
+    seen.add(id(value))
+    if isinstance(value, tuple | list) and len(value) <= 8:
+        return any(holds(v, depth + 1, seen) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(holds(getattr(value, f.name, None), depth + 1, seen) for f in dataclasses.fields(value))
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and type(value).__module__.startswith("itcp_deploy"):
+        return any(holds(v, depth + 1, seen) for v in list(attrs.values())[:20])
+    return False
+
+
+def walk_counts(steps: list[str]) -> dict:
+    """Rooms entered, returns to a room already left, and the walk's length (consecutive repeats merged)."""
+    merged = [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s]
+    return {"rooms": len(dict.fromkeys(merged)), "returns": sum(1 for i, s in enumerate(merged) if s in merged[:i]),
+            "steps": len(merged)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache", required=True)
+    args = p.parse_args(argv)
+    modules: list[str] = []
+    functions: list[str] = []
+
+    def profile(frame, event, arg) -> None:
+        module = frame.f_globals.get("__name__", "")
+        if event != "call" or not module.startswith("itcp_deploy") or module.startswith("itcp_deploy.cli.common"):
+            return
+        if any(holds(v) for v in list(frame.f_locals.values())):
+            modules.append(module.removeprefix("itcp_deploy."))
+            name = f"{module.removeprefix('itcp_deploy.')}.{frame.f_code.co_qualname}"
+            if not SKIP.search(name):
+                functions.append(name)
+
+    from itcp_deploy.cli import main as cli
+
+    sys.setprofile(profile)
+    code = cli(["profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--data",
+                "synthetic:train=256,test=128", "--speedup", "1.5", "--epochs", "0", "--max-builds", "10",
+                "--holdout", "3", "--rounds", "4", "--runs-per-round", "25", "--cache", args.cache, "-o", args.out,
+                "--json"])
+    sys.setprofile(None)
+    result = {"exit": code, "modules": walk_counts(modules), "functions": walk_counts(functions),
+              "rounds": len(json.loads((Path(args.out) / "report.json").read_text())["rounds"]),
+              "module_walk": " -> ".join(s for i, s in enumerate(modules) if i == 0 or modules[i - 1] != s)}
+    print(json.dumps(result, indent=1), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
