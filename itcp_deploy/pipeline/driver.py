@@ -209,6 +209,9 @@ def summary_rows(report: RunReport) -> list[tuple[str, str, str]]:
         ("SLA (ms)", "", f"{report.sla_ms:.4f} ({'met' if report.met_sla else 'MISSED'})"),
         ("pruned / dense latency", "", f"{report.final_over_dense:.3f}"),
         ("accuracy", acc(report.accuracy_dense), acc(report.accuracy_final)),
+        *[(f"engine top-1 {t['name']}" if len(report.targets) > 1 else "engine top-1 (measured on the engine)",
+           acc(a["dense_engine_top1"]), f"{acc(a['engine_top1'])}, agrees {100 * a['agreement_with_dense']:.1f}%")
+          for t in report.targets if (a := t.get("engine_accuracy"))],
         ("MACs", f"{report.macs_dense:,}", f"{report.macs_final:,}"),
         ("params", f"{report.params_dense:,}", f"{report.params_final:,}"),
         ("closed-loop rounds", "", str(len(report.rounds))),
