@@ -56,11 +56,11 @@ def test_defaults_and_the_run_input_shape():
 def test_one_target_is_a_list_of_one():
     """A single --target is a run's one target, like the target the plain options describe."""
     (target,) = run_targets(["backend=openvino,shape=2x3x32x32,threads=2,percentile=90,sla_ms=3"], None, None,
-                            (None, None, 50), EngineSpec())
+                            (None, None, 50), EngineSpec(), "digits")
     assert (target.input_shape, target.latency, target.engine) == (
         (2, 3, 32, 32), LatencyTarget(sla_ms=3.0, percentile=90), EngineSpec("openvino", options=EngineOptions(2)))
     engine = EngineSpec("openvino", options=EngineOptions(2))
-    (plain,) = run_targets(None, None, "2x3x32x32", ("3", None, 90), engine)
+    (plain,) = run_targets(None, None, "2x3x32x32", ("3", None, 90), engine, "digits")
     assert (plain.input_shape, plain.latency, plain.engine) == (target.input_shape, target.latency, target.engine)
 
 
@@ -114,12 +114,27 @@ def test_cli_refuses_bad_targets_with_one_line(tmp_path):
         (("--target", "thread=1,speedup=2", "--input-shape", "1x3x32x32"), "unknown key 'thread'"),
         (("--target", EDGE, "--speedup", "2"), "put the SLA in each --target"),
         (("--targets", str(tmp_path / "missing.toml")), "does not exist"),
-        (("--speedup", "2"), "missing --input-shape"),
+        (("--speedup", "0"), "--speedup"),
     ]:
         code, _, err = run_cli(*base, *extra)
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert words in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_run_without_input_shape_takes_batch_1_at_the_datas_image_size(tmp_path, monkeypatch):
+    """Issue 25's command `run cifar_resnet20 --data digits --precision int8 --speedup 1.3 --epochs 0` names no
+    shape: the data's images give it (said in one line), --input-shape still chooses."""
+    import itcp_deploy.cli.output as output
+
+    seen = []
+    monkeypatch.setattr(output, "deliver", lambda config, json_out: seen.append(config))
+    base = ("run", "cifar_resnet20", "--data", "digits", "-o", str(tmp_path / "o"), "--speedup", "1.3")
+    code, _, err = run_cli(*base)
+    assert code == 0 and "input shape 1x3x32x32: batch 1 at the size of --data's images" in err, err
+    assert seen[-1].targets[0].input_shape == (1, 3, 32, 32)
+    run_cli(*base, "--input-shape", "2x3x32x32")
+    assert seen[-1].targets[0].input_shape == (2, 3, 32, 32)
 
 
 def test_check_latency_needs_an_engine_or_a_run(tmp_path):

@@ -73,7 +73,7 @@ def run_command(
 
     engine = EngineSpec(backend, precision, EngineOptions(threads=threads, device=device, workspace_mb=workspace_mb),
                         calib)
-    targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile), engine)
+    targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile), engine, data)
     config = RunConfig(
         model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,
         ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,

@@ -114,10 +114,23 @@ def parse_targets(specs: list[str] | None, file: str | Path | None,
     return targets
 
 
+def data_input_shape(data: str) -> tuple[int, int, int, int]:
+    """Batch 1 at the size of ``data``'s images: ``run``'s input shape when none is given (said in one line)."""
+    import logging
+
+    from itcp_deploy.data import load_dataset
+
+    shape = (1, *load_dataset(data, "test", augment=False).input_size)
+    logging.getLogger("itcp_deploy").info(f"input shape {'x'.join(map(str, shape))}: batch 1 at the size of "
+                                          "--data's images (--input-shape chooses another)")
+    return shape  # type: ignore[return-value]
+
+
 def run_targets(specs: list[str] | None, file: str | Path | None, input_shape: str | None,
-                sla_options: tuple[object, object, int], engine: EngineSpec) -> tuple[DeployTarget, ...]:
+                sla_options: tuple[object, object, int], engine: EngineSpec, data: str) -> tuple[DeployTarget, ...]:
     """``run``'s targets: those of ``--target``/``--targets`` (one or more), else the one target that
-    ``--input-shape``, ``--sla-ms``/``--speedup``, ``--percentile`` and the engine options describe."""
+    ``--input-shape`` (default: :func:`data_input_shape`), ``--sla-ms``/``--speedup``, ``--percentile`` and the
+    engine options describe."""
     from itcp_deploy.cli.shapes import parse_target
 
     sla_ms, speedup, percentile = sla_options
@@ -125,6 +138,6 @@ def run_targets(specs: list[str] | None, file: str | Path | None, input_shape: s
         if sla_ms is not None or speedup is not None:
             raise UsageError("--sla-ms/--speedup and --target both give an SLA", "put the SLA in each --target")
         return tuple(parse_targets(specs, file, parse_input_shape(input_shape) if input_shape else None))
-    if input_shape is None:
-        raise UsageError("missing --input-shape", "pass e.g. --input-shape 1x3x32x32, or give --target ...")
-    return (DeployTarget.named(engine, parse_input_shape(input_shape), parse_target(sla_ms, speedup, percentile)),)
+    latency = parse_target(sla_ms, speedup, percentile)
+    shape = parse_input_shape(input_shape) if input_shape is not None else data_input_shape(data)
+    return (DeployTarget.named(engine, shape, latency),)
