@@ -2,14 +2,14 @@
 
 Layers that cost the same (same op, kernel, stride, padding, groups, input size: a *layer class*) pool their
 samples: each measured engine gives one ``(w_in, w_out, ms)`` sample per layer. A class's table on a layer's
-candidate grid is a smooth staircase model, least squares on ``1, t_in * t_out, t_in, t_out`` with
-``t = ceil(w / T)`` rounded to a tile ``T`` chosen per side (input and output) by leave-one-out error, plus the
-mean residual of the samples that fall in the same tile (shrunk towards 0 when there are few). A side may
-also be *linear below its tile* (``t = w / T`` for ``w < T``): ONNX Runtime's blocked (NCHWc) convolutions read a narrow input (fewer channels than the block) directly,
-so their cost grows with every channel up to the block and by whole blocks above it (a 3x3 conv at 32x32 on
-AVX-512: 12, 19, 26, 31 us at 4, 8, 12, 16 input channels, then 59 us flat from 20 to 32). One tile for both
-sides and no sub-tile term (before issue 24) mispredicted such layers by up to 3x at cells the design missed.
-Steps at tile boundaries (e.g. 60 vs 64 channels) survive, which a FLOPs proxy cannot represent.
+candidate grid is a smooth staircase model, least squares on ``1, t_in * t_out, t_in, t_out`` with ``t = ceil(w /
+T)`` rounded to a tile ``T`` chosen per side (input and output) by leave-one-out error, plus the mean residual of
+the samples that fall in the same tile (shrunk towards 0 when there are few). A side may also be *linear below its
+tile* (``t = w / T`` for ``w < T``): ONNX Runtime's blocked (NCHWc) convolutions read a narrow input (fewer channels
+than the block) directly, so their cost grows with every channel up to the block and by whole blocks above it (a 3x3
+conv at 32x32 on AVX-512: 12, 19, 26, 31 us at 4, 8, 12, 16 input channels, then 59 us flat from 20 to 32). One tile
+for both sides and no sub-tile term (before issue 24) mispredicted such layers by up to 3x at cells the design
+missed. Steps at tile boundaries (e.g. 60 vs 64 channels) survive, which a FLOPs proxy cannot represent.
 """
 
 from __future__ import annotations
