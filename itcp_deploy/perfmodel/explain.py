@@ -2,8 +2,8 @@
 
 A whole-network error is the sum of per-layer errors (the model is additive, and in-context per-layer times add
 up to the engine's latency), so on each validation engine the prediction splits exactly into one term per layer
-(its table cell minus its profiled time) plus the rest (the constant minus the nodes mapped to no layer, and the
-calibration). Ranking layers by their share of the summed absolute error says where the model is wrong: a layer
+(its table cell minus its profiled time, both on the calibrated scale: profiled times x the calibration's
+scale) plus the rest (the constant minus the time mapped to no layer). Ranking layers by their share of the summed absolute error says where the model is wrong: a layer
 class the tables cannot represent, a width the design never covered, or time outside every layer.
 """
 
@@ -41,7 +41,7 @@ class LayerError:
 
 def layer_errors(model: PerfModel, engines: Sequence[EngineMeasurement]) -> list[LayerError]:
     """Per-layer error of ``model`` on ``engines`` (with per-layer times), largest share first."""
-    space = model.space
+    space, scale = model.space, model.calibration[0]
     errors: dict[str, list[float]] = defaultdict(list)
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     worst: dict[str, tuple[float, tuple[int, int]]] = {}
@@ -52,12 +52,12 @@ def layer_errors(model: PerfModel, engines: Sequence[EngineMeasurement]) -> list
         for layer in space.layers:
             i = space.group(layer.in_group).index(w[layer.in_group])
             j = space.group(layer.out_group).index(w[layer.out_group])
-            pred, got = float(model.tables[layer.name][i, j]), float(e.layer_ms.get(layer.name, 0.0))
+            pred, got = float(model.tables[layer.name][i, j]), scale * float(e.layer_ms.get(layer.name, 0.0))
             _add(layer.name, pred, got, (w[layer.in_group], w[layer.out_group]), errors, sums, worst)
         rest = model.predict_ms(e.widths) - sum(float(model.tables[la.name][
             space.group(la.in_group).index(w[la.in_group]), space.group(la.out_group).index(w[la.out_group])])
             for la in space.layers)
-        _add(OTHER, rest, e.latency.median_ms - sum(e.layer_ms.values()), (0, 0), errors, sums, worst)
+        _add(OTHER, rest, e.latency.median_ms - scale * sum(e.layer_ms.values()), (0, 0), errors, sums, worst)
     total = sum(float(np.sum(np.abs(v))) for v in errors.values()) or 1.0
     classes = {la.name: layer_class(la) for la in space.layers}
     rows = [LayerError(name, classes.get(name, ""), sums[name][0] / len(v), sums[name][1] / len(v),

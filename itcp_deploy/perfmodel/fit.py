@@ -9,16 +9,16 @@ into the tables and ``b`` into the constant. The model stays additive over layer
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from itcp_deploy.errors import FitRejectedError, InputFileError
 from itcp_deploy.paths import check_outputs
-from itcp_deploy.perfmodel.explain import layer_errors
+from itcp_deploy.perfmodel.explain import LayerError, layer_errors
 from itcp_deploy.perfmodel.flops_model import fit_flops, macs_tables
-from itcp_deploy.perfmodel.model import PerfModel
+from itcp_deploy.perfmodel.model import FitReport, PerfModel
 from itcp_deploy.perfmodel.tables import layer_tables
 from itcp_deploy.perfmodel.validate import validate
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
@@ -81,28 +81,38 @@ def fit_flops_model(space: PruningSpace, engines: Sequence[EngineMeasurement]) -
 
 
 def fit(profile: Profile, *, method: str = "table", force: bool = False) -> PerfModel:
-    """Fit, validate on the holdout engines, and reject a fit far above the noise floor.
+    """Fit, validate on the holdout engines, and reject a fit far above the noise floor. ``force``: return a
+    rejected fit (``model.report.rejected``) instead of raising, e.g. for a run that goes on with its closed loop.
 
     Raises:
         FitRejectedError: held-out mean error > max(3 x noise floor, 5%) and ``force`` is False.
         InputFileError: the profile lacks what ``method`` needs.
     """
+    model = _fit_validated(profile, method)
+    _check(model, force)
+    return model
+
+
+def _fit_validated(profile: Profile, method: str) -> PerfModel:
     fitter = FIT_METHODS.get(method)
     design = [e for e in profile.engines if e.role in FIT_ROLES]
     if not design:
         raise InputFileError("the profile has no design engines", "re-run `itcp-deploy profile-engines`")
     report = validate(profile.space, design, profile.by_role("holdout"), fitter, profile.noise_pct)
     model = fitter(profile.space, design)
-    rejected = report.mape_pct > report.threshold_pct
-    model.report = replace(report, rejected=rejected)
+    model.report = replace(report, rejected=report.mape_pct > report.threshold_pct)
     model.meta = profile.identity()
-    if rejected and not force:
+    return model
+
+
+def _check(model: PerfModel, force: bool) -> None:
+    report = model.report
+    if report is not None and report.rejected and not force:
         raise FitRejectedError(
             f"perf model held-out error {report.mape_pct:.1f}% (max {report.max_pct:.1f}%) is "
             f"above {report.threshold_pct:.1f}% (noise floor {report.noise_pct:.1f}%)",
-            "profile more design engines or with more runs, or pass --force",
+            "profile more design engines or with more runs, or pass --force (--explain: which layers err)",
         )
-    return model
 
 
 def judge(profile: Profile, method: str = "table") -> tuple[bool, dict[str, float]]:
@@ -127,9 +137,17 @@ def fit_file(
     *,
     method: str = "table",
     force: bool = False,
+    explain: Callable[[FitReport, list[LayerError]], None] | None = None,
 ) -> PerfModel:
-    """``itcp-deploy fit``: load a profile, fit (see :func:`fit`), write the perf model JSON atomically."""
+    """``itcp-deploy fit``: load a profile, fit (see :func:`fit`), write the perf model JSON atomically.
+
+    ``explain``: called with the fit's report and its per-layer held-out errors
+    (:func:`~itcp_deploy.perfmodel.explain.layer_errors`), before a rejected fit raises."""
     check_outputs({"-o": output}, {"profile": profile_path})
-    model = fit(Profile.load(profile_path), method=method, force=force)
+    profile = Profile.load(profile_path)
+    model = _fit_validated(profile, method)
+    if explain is not None:
+        explain(model.report, layer_errors(model, profile.by_role("holdout") or profile.by_role("design")))
+    _check(model, force)
     model.save(output)
     return model

@@ -1,0 +1,108 @@
+"""Adaptive profiling (issue 24): rounds of builds until the judge is satisfied or the budget is spent, resumable
+from the cache; and a user's small residual net whose fit meets max(1.5 x noise, 2%) with default settings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from itcp_deploy.profiling.design import FIRST_BUILDS, STEP_BUILDS, DesignConfig, first_round, next_round
+from itcp_deploy.profiling.profiler import run_profiling
+from tests.test_profiler import fast_config, tiny_setup
+
+
+class Judge:
+    """Satisfied once the profile has ``enough`` engines; records the profiles it saw."""
+
+    def __init__(self, enough: int) -> None:
+        self.enough, self.seen = enough, []
+
+    def __call__(self, profile):
+        self.seen.append(profile)
+        return len(profile.engines) >= self.enough, {}
+
+
+def _config(tmp_path, max_builds: int):
+    return fast_config(tmp_path, design=DesignConfig(max_builds=max_builds, holdout=10, tries=64))
+
+
+def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_path):
+    model, space = tiny_setup()
+    judge = Judge(FIRST_BUILDS + STEP_BUILDS)
+    profile, summary = run_profiling(model, space, _config(tmp_path, 32), judge=judge)
+    assert len(profile.engines) == FIRST_BUILDS + STEP_BUILDS and summary.rounds == 2
+    assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, FIRST_BUILDS + STEP_BUILDS]
+    first_holdouts = [e.engine_id for e in judge.seen[0].by_role("holdout")]
+    roles = {e.engine_id: e.role for e in profile.engines}
+    assert [roles[i] for i in first_holdouts[:2]] == ["design", "design"]  # the two oldest holdouts are fitted now
+    assert len(profile.by_role("holdout")) == 4 and all(e.layer_ms for e in profile.engines)
+    again, second = run_profiling(model, space, _config(tmp_path, 32), judge=Judge(FIRST_BUILDS + STEP_BUILDS))
+    assert second.builds_new == 0 and second.measurements_new == 0
+    assert [e.engine_id for e in again.engines] == [e.engine_id for e in profile.engines]
+
+
+def test_budget_caps_the_rounds_and_no_judge_means_the_fixed_design(tmp_path):
+    model, space = tiny_setup()
+    never = Judge(10**6)
+    profile, summary = run_profiling(model, space, _config(tmp_path, 18), judge=never)
+    assert len(profile.engines) == 18 and summary.rounds == 3 and len(never.seen) == 2
+    fixed, _ = run_profiling(model, space, fast_config(tmp_path / "fixed"))
+    assert len(fixed.engines) == 6  # fast_config's fixed 6 builds, 2 of them holdouts
+    assert len(fixed.by_role("holdout")) == 2
+
+
+def test_targeted_designs_measure_the_cells_of_the_layers_that_err():
+    from tests.synthetic_spaces import resnet_space
+
+    space = resnet_space(1)
+    config = DesignConfig(max_builds=40, holdout=4, tries=64)
+    plans = first_round(space, config)
+    layer = space.layers[-2]
+
+    def new_cells(weights):
+        more = next_round(space, plans, weights, config, 1)
+        known = {(w[layer.in_group], w[layer.out_group]) for w in
+                 (space.complete(p.widths) for p in more[:len(plans)] if p.role != "holdout")}
+        added = [space.complete(p.widths) for p in more[len(plans):] if p.role == "design"]
+        return len({(w[layer.in_group], w[layer.out_group]) for w in added} - known), len(more) - len(plans)
+
+    targeted, builds = new_cells({layer.name: 100.0})
+    assert builds == STEP_BUILDS and targeted == 2  # both targeted designs measure unseen cells of that layer
+
+
+class SmallResidual(nn.Module):
+    """Issue 24's user net: stem 3->48, a 48->64->48 residual block, a stride-2 48->96 conv, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(48, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                   nn.Conv2d(64, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48))
+        self.down = nn.Sequential(nn.Conv2d(48, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(96),
+                                  nn.ReLU())
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.head(self.down(x).mean((2, 3)))
+
+
+def test_small_residual_net_fit_meets_the_bar_with_default_settings(tmp_path):
+    """Before issue 24: 7.7-8.4% held-out error at 0.1-0.6% noise (the tables' residuals, interpolated across
+    ONNX Runtime's 16-channel steps, predicted 17 us for a 55 us conv)."""
+    from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.perfmodel import fit
+    from itcp_deploy.pipeline.config import ProfileSettings
+    from itcp_deploy.pipeline.stages import profile_engines
+    from itcp_deploy.pruning import build_space
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = SmallResidual().eval()
+    space = build_space(model, (1, 3, 32, 32))
+    profile, summary = profile_engines(model, space, EngineSpec(), ProfileSettings(cache_dir=str(tmp_path)))
+    report = fit(profile, force=True).report
+    assert report.mape_pct <= max(1.5 * profile.noise_pct, 2.0), (report, profile.builds)
+    assert report.mape_pct < report.flops_mape_pct and not report.rejected
+    assert profile.builds <= 32 and summary.rounds >= 1
