@@ -46,8 +46,9 @@ WALL_CAP_S = 3600
 
 
 def command(spec: str, out: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-c", "from itcp_deploy.cli import main; main()", "profile-engines", spec, "--input-shape", SHAPE,
-            "--speedup", str(SPEEDUP), "--epochs", "0", "--data", "synthetic", "-o", str(out), "--cache",
+    return [sys.executable, "-c", "from itcp_deploy.cli import main; main()", "profile-engines", spec,
+            "--input-shape", SHAPE, "--speedup", str(SPEEDUP), "--epochs", "0", "--data", "synthetic", "-o", str(out),
+            "--cache",
             str(cache), *PROFILE_TIMING, "--json"]
 
 
@@ -104,7 +105,8 @@ def run_model(spec: str, work: Path, cache: Path, label: str, code: Path) -> dic
            "status": "pass" if rc in (0, 1) and (out / "report.json").exists() else "fail",
            "error": lines[-1][:300] if rc != 0 and lines else "", "commit": _commit(code),
            "wall_s": round(time.perf_counter() - started, 1), "load_start": round(load, 2),
-           "load_end": round(os.getloadavg()[0], 2), "command": "itcp-deploy " + " ".join(cmd[3:]).replace(str(out), "OUT")}
+           "load_end": round(os.getloadavg()[0], 2),
+           "command": "itcp-deploy " + " ".join(cmd[3:]).replace(str(out), "OUT")}
     row.update(row_from_folder(out))
     return row
 

@@ -1,10 +1,11 @@
 """Which layers carry a perf model's held-out error: per layer, its table's prediction against its profiled time.
 
-A whole-network error is the sum of per-layer errors (the model is additive, and in-context per-layer times add
-up to the engine's latency), so on each validation engine the prediction splits exactly into one term per layer
-(its table cell minus its profiled time, both on the calibrated scale: profiled times x the calibration's
-scale) plus the rest (the constant minus the time mapped to no layer). Ranking layers by their share of the summed absolute error says where the model is wrong: a layer
-class the tables cannot represent, a width the design never covered, or time outside every layer.
+A whole-network error is the sum of per-layer errors (the model is additive, and in-context per-layer times add up
+to the engine's latency), so on each validation engine the prediction splits exactly into one term per layer (its
+table cell minus its profiled time, both on the calibrated scale: profiled times x the calibration's scale) plus the
+rest (the constant minus the time mapped to no layer). Ranking layers by their share of the summed absolute error
+says where the model is wrong: a layer class the tables cannot represent, a width the design never covered, or time
+outside every layer.
 """
 
 from __future__ import annotations
