@@ -18,7 +18,7 @@ import numpy as np
 
 from itcp_deploy.perfmodel.model import PerfModel
 from itcp_deploy.perfmodel.tables import layer_class
-from itcp_deploy.profiling.records import EngineMeasurement
+from itcp_deploy.profiling.records import ATTACHED_SUFFIX, EngineMeasurement
 
 OTHER = "(not in any layer)"
 
@@ -53,7 +53,8 @@ def layer_errors(model: PerfModel, engines: Sequence[EngineMeasurement]) -> list
         for layer in space.layers:
             i = space.group(layer.in_group).index(w[layer.in_group])
             j = space.group(layer.out_group).index(w[layer.out_group])
-            pred, got = float(model.tables[layer.name][i, j]), scale * float(e.layer_ms.get(layer.name, 0.0))
+            own = e.layer_ms.get(layer.name, 0.0) + e.layer_ms.get(layer.name + ATTACHED_SUFFIX, 0.0)
+            pred, got = float(model.tables[layer.name][i, j]), scale * float(own)
             _add(layer.name, pred, got, (w[layer.in_group], w[layer.out_group]), errors, sums, worst)
         rest = model.predict_ms(e.widths) - sum(float(model.tables[la.name][
             space.group(la.in_group).index(w[la.in_group]), space.group(la.out_group).index(w[la.out_group])])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from itcp_deploy.engines.backend import ATTACHED
+from itcp_deploy.profiling.records import ATTACHED_SUFFIX
+
 
 def split_layers(
     raw_ms: dict[str, float], node_module: dict[str, str | None], latency_ms: float, per_node_cost: bool = True
@@ -42,3 +45,13 @@ def split_layers(
         else:
             layer_ms[module] = layer_ms.get(module, 0.0) + ms
     return {"layer_ms": layer_ms, "other_ms": other_ms}
+
+
+def layer_of_node(node_to_module: dict[str, str], node: str | None) -> str | None:
+    """The module a backend node's time goes to: ``layer`` for the layer's own nodes, ``layer+`` for the ops
+    attached to its output (:data:`~itcp_deploy.engines.backend.ATTACHED`,
+    :data:`~itcp_deploy.profiling.records.ATTACHED_SUFFIX`), None for "other"."""
+    if node and node.startswith(ATTACHED):
+        module = node_to_module.get(node.removeprefix(ATTACHED))
+        return module + ATTACHED_SUFFIX if module else None
+    return node_to_module.get(node or "")

@@ -41,7 +41,7 @@ from itcp_deploy.profiling.design import (
     parse_shard,
     shard,
 )
-from itcp_deploy.profiling.layer_split import split_layers
+from itcp_deploy.profiling.layer_split import layer_of_node, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, summarize
 from itcp_deploy.space import PruningSpace
@@ -267,7 +267,7 @@ class _Run:
         with self.backend.runner(artifact, self._options()) as runner:
             raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
         nodes = self.backend.layer_nodes(list(raw or {}), artifact, artifact / "export.onnx")
-        node_module = {name: build["node_to_module"].get(nodes.get(name) or "") for name in raw or {}}
+        node_module = {name: layer_of_node(build["node_to_module"], nodes.get(name)) for name in raw or {}}
         entry = {"raw_ms": raw or {}, "node_module": node_module}
         self.cache.put(key, entry)
         self.summary.measurements_new += 1
