@@ -14,7 +14,8 @@ counts against the issue's bars.
 
 Example::
 
-    nohup python bench/zoo_224.py --out bench/results/zoo_224.jsonl > /tmp/zoo_224.log 2>&1 &
+    mkdir /tmp/code && git archive HEAD | tar -x -C /tmp/code && git rev-parse --short HEAD > /tmp/code/COMMIT
+    nohup python bench/zoo_224.py --code /tmp/code --out bench/results/zoo_224.jsonl > /tmp/zoo_224.log 2>&1 &
     python bench/zoo_224.py --out bench/results/zoo_224.jsonl --table
 """
 
@@ -84,6 +85,10 @@ def _dense_predicted(out: Path) -> float:
 
 
 def _commit(code: Path) -> str:
+    """The commit of ``code``: its git HEAD (``+dirty`` with uncommitted changes), or the ``COMMIT`` file of an
+    exported copy (``git archive``, so that commits made while a sweep runs do not change its code)."""
+    if (code / "COMMIT").exists():
+        return (code / "COMMIT").read_text().strip()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "itcp_deploy"], cwd=code, capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
