@@ -106,3 +106,31 @@ def test_small_residual_net_fit_meets_the_bar_with_default_settings(tmp_path):
     assert report.mape_pct <= max(1.5 * profile.noise_pct, 2.0), (report, profile.builds)
     assert report.mape_pct < report.flops_mape_pct and not report.rejected
     assert profile.builds <= 32 and summary.rounds >= 1
+
+
+def test_measured_plans_are_cached_and_refit_learns_them(tmp_path):
+    from dataclasses import replace
+
+    from itcp_deploy.perfmodel import fit
+    from itcp_deploy.perfmodel.fit import refit
+    from itcp_deploy.profiling.profiler import measure_plans
+    from tests.synthetic_spaces import resnet_space, synthetic_profile
+
+    model, space = tiny_setup()
+    plan = {g.name: g.candidates[1] for g in space.prunable}
+    engines = measure_plans(model, space, [plan, space.full_widths()], fast_config(tmp_path))
+    assert [e.role for e in engines] == ["plan"] and engines[0].layer_ms  # the dense plan is the reference
+    assert measure_plans(model, space, [plan], fast_config(tmp_path))[0].latency == engines[0].latency  # cached
+
+    space = resnet_space(2)
+    profile = synthetic_profile(space, n_design=4, noise=0.002, seed=4)
+    plans = [replace(e, role="plan", engine_id=f"plan{i}")
+             for i, e in enumerate(synthetic_profile(space, n_design=30, n_holdout=0, noise=0.002, seed=8).engines[1:])]
+    before = fit(profile, force=True)
+    merged, after = refit(profile, plans)
+    assert len(merged.engines) == len(profile.engines) + len(plans) and after.report.n_design == 5 + len(plans)
+
+    def error(m):
+        return sum(abs(m.predict_ms(e.widths) - e.latency.median_ms) for e in plans)
+
+    assert error(after) < 0.5 * error(before)

@@ -27,7 +27,7 @@ from itcp_deploy.space import PruningSpace
 
 FIT_METHODS: Registry = Registry("perf-model method")
 
-FIT_ROLES = ("design", "dense")  # engines the tables and calibration are fitted on
+FIT_ROLES = ("design", "dense", "plan")  # engines the tables and calibration are fitted on (plan: see refit)
 
 
 def _calibrate(
@@ -113,6 +113,17 @@ def _check(model: PerfModel, force: bool) -> None:
             f"above {report.threshold_pct:.1f}% (noise floor {report.noise_pct:.1f}%)",
             "profile more design engines or with more runs, or pass --force (--explain: which layers err)",
         )
+
+
+def refit(profile: Profile, engines: Sequence[EngineMeasurement], method: str = "table") -> tuple[Profile, PerfModel]:
+    """``profile`` with ``engines`` added (measured plans, e.g. the search's own choices:
+    ``profiling.profiler.measure_plans``; one already there is replaced) and the model fitted on it, never
+    rejected (``model.report.rejected`` says whether it would be). The held-out engines stay held out, so the
+    report still measures the model away from what it was fitted on."""
+    new = {e.engine_id for e in engines}
+    merged = replace(profile, engines=[e for e in profile.engines if e.engine_id not in new] + list(engines),
+                     builds=profile.builds + len(new - {e.engine_id for e in profile.engines}))
+    return merged, fit(merged, method=method, force=True)
 
 
 def judge(profile: Profile, method: str = "table") -> tuple[bool, dict[str, float]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from itcp_deploy.engines.backend import ATTACHED
 from itcp_deploy.profiling.records import ATTACHED_SUFFIX
 
@@ -55,3 +57,17 @@ def layer_of_node(node_to_module: dict[str, str], node: str | None) -> str | Non
         module = node_to_module.get(node.removeprefix(ATTACHED))
         return module + ATTACHED_SUFFIX if module else None
     return node_to_module.get(node or "")
+
+
+def layer_times(run, plans: list, builds: dict[str, dict], progress: Callable[[str, int, int], None]) -> dict:
+    """Per-layer times of every plan: in context where the backend profiles layers, else isolated."""
+    if not run.backend.in_context_layers:
+        from itcp_deploy.profiling.isolated import isolated_layer_ms
+
+        return isolated_layer_ms(run, plans)
+    layers = {}
+    for i, plan in enumerate(plans):
+        progress("layers", i, len(plans))
+        layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
+    progress("layers", len(plans), len(plans))
+    return layers

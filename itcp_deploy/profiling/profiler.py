@@ -36,12 +36,13 @@ from itcp_deploy.profiling.design import (
     DesignConfig,
     PlannedEngine,
     design_plans,
+    engine_id,
     first_round,
     next_round,
     parse_shard,
     shard,
 )
-from itcp_deploy.profiling.layer_split import layer_of_node, split_layers
+from itcp_deploy.profiling.layer_split import layer_of_node, layer_times, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, summarize
 from itcp_deploy.space import PruningSpace
@@ -274,20 +275,6 @@ class _Run:
         return entry
 
 
-def _layer_times(run: _Run, plans: list[PlannedEngine], builds: dict[str, dict], progress: Progress) -> dict:
-    """Per-layer times of every plan: in context where the backend profiles layers, else isolated."""
-    if not run.backend.in_context_layers:
-        from itcp_deploy.profiling.isolated import isolated_layer_ms
-
-        return isolated_layer_ms(run, plans)
-    layers = {}
-    for i, plan in enumerate(plans):
-        progress("layers", i, len(plans))
-        layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
-    progress("layers", len(plans), len(plans))
-    return layers
-
-
 def _measure_round(run: _Run, plans: list[PlannedEngine], started: float) -> Profile:
     """Build and measure every plan not in the cache yet; the profile of all of ``plans``."""
     run.summary.planned = len(plans)
@@ -297,7 +284,7 @@ def _measure_round(run: _Run, plans: list[PlannedEngine], started: float) -> Pro
         builds[plan.engine_id] = run.build(plan)
     run.progress("build", len(plans), len(plans))
     run.measure_latency(plans, builds)
-    layers = _layer_times(run, plans, builds, run.progress)
+    layers = layer_times(run, plans, builds, run.progress)
     engines = []
     for plan in plans:
         stats = summarize([run.samples(plan, plans[0])])
@@ -347,6 +334,23 @@ def run_profiling(
             plans = more
     run.summary.rounds = round_index
     return profile, run.summary
+
+
+def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], config: ProfileConfig | None = None,
+                  role: str = "plan") -> list[EngineMeasurement]:
+    """Build and measure width plans as a profile's engines (per-layer times; latency on the scale of the dense
+    engine's first session, which is measured with them), e.g. the plans the search chose, for
+    :func:`itcp_deploy.perfmodel.fit.refit`: the model is then fitted where it is used."""
+    config = config or ProfileConfig()
+    full = space.full_widths()
+    plans = [PlannedEngine(engine_id(full), "dense", full)]
+    for w in widths:
+        plan = {g.name: space.complete(w)[g.name] for g in space.groups}
+        plans += [PlannedEngine(engine_id(plan), role, plan)] if engine_id(plan) != plans[0].engine_id else []
+    with ProfileCache(config.cache_dir) as cache:
+        run = _Run(model, space, config, cache, lambda stage, done, total: None)
+        profile = _measure_round(run, plans, time.perf_counter())
+    return [e for e in profile.engines if e.role == role]
 
 
 def profile_engines(
