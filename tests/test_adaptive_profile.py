@@ -4,8 +4,8 @@ from the cache; and a user's small residual net whose fit meets max(1.5 x noise,
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from bench.small_residual import SmallResidual
 from itcp_deploy.profiling.design import FIRST_BUILDS, STEP_BUILDS, DesignConfig, first_round, next_round
 from itcp_deploy.profiling.profiler import run_profiling
 from tests.test_profiler import fast_config, tiny_setup
@@ -68,24 +68,6 @@ def test_targeted_designs_measure_the_cells_of_the_layers_that_err():
 
     targeted, builds = new_cells({layer.name: 100.0})
     assert builds == STEP_BUILDS and targeted == 2  # both targeted designs measure unseen cells of that layer
-
-
-class SmallResidual(nn.Module):
-    """Issue 24's user net: stem 3->48, a 48->64->48 residual block, a stride-2 48->96 conv, a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(48, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                   nn.Conv2d(64, 48, 3, padding=1, bias=False), nn.BatchNorm2d(48))
-        self.down = nn.Sequential(nn.Conv2d(48, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(96),
-                                  nn.ReLU())
-        self.head = nn.Linear(96, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = torch.relu(x + self.block(x))
-        return self.head(self.down(x).mean((2, 3)))
 
 
 def test_small_residual_net_fit_meets_the_bar_with_default_settings(tmp_path):

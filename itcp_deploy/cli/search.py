@@ -57,7 +57,7 @@ def fit_cmd(
             from itcp_deploy.perfmodel.explain import explain_lines
 
             console.print("\n".join(["held-out error by layer (predicted vs profiled, mean over engines):",
-                                       *explain_lines(rows)]), markup=False, highlight=False)
+                                       *explain_lines(rows)]), markup=False, highlight=False, soft_wrap=True)
 
     model = fit_file(profile, output, method=method, force=force, explain=show)
     report = model.report
