@@ -116,3 +116,28 @@ def test_measured_plans_are_cached_and_refit_learns_them(tmp_path):
         return sum(abs(m.predict_ms(e.widths) - e.latency.median_ms) for e in plans)
 
     assert error(after) < 0.5 * error(before)
+
+
+def test_a_later_session_is_scaled_by_the_dense_engines_drift(tmp_path):
+    """Rounds are measured in different windows: an engine is put on the first window's scale by how much slower
+    the dense engine, measured with it, ran in its window."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from itcp_deploy.profiling.cache import CacheKey, ProfileCache
+    from itcp_deploy.profiling.design import PlannedEngine
+    from itcp_deploy.profiling.profiler import _Run
+
+    def key(plan):
+        return CacheKey("latency", "cpu", "ort", "1", "fp32", (1, 3, 8, 8), "m", widths=tuple(plan.widths.items()))
+
+    dense, later, legacy = (PlannedEngine(i, "design", {"g": w}) for i, w in (("d", 4), ("l", 2), ("o", 3)))
+    with ProfileCache(tmp_path) as cache:
+        cache.put(key(dense), {"samples_ms": [[1.0, 1.0]], "reference": "d", "reference_ms": 1.0})
+        cache.put(key(later), {"samples_ms": [[0.6, 0.6]], "reference": "d", "reference_ms": 1.2})  # 20% slower
+        cache.put(key(legacy), {"samples_ms": [[0.5]]})  # measured before sessions had a reference: as is
+        run = SimpleNamespace(cache=cache, latency_key=key)
+        assert _Run.samples(run, later, dense) == [[pytest.approx(0.5), pytest.approx(0.5)]]
+        assert _Run.samples(run, dense, dense) == [[1.0, 1.0]]
+        assert _Run.samples(run, legacy, dense) == [[0.5]]
