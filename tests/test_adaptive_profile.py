@@ -31,6 +31,10 @@ def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_p
     judge = Judge(FIRST_BUILDS + STEP_BUILDS)
     profile, summary = run_profiling(model, space, _config(tmp_path, 32), judge=judge)
     assert len(profile.engines) == FIRST_BUILDS + STEP_BUILDS and summary.rounds == 2
+    # latency and layers of each new engine per round, then every engine's latency again in one session
+    n = FIRST_BUILDS + STEP_BUILDS
+    assert summary.measurements_new == 2 * FIRST_BUILDS + 2 * STEP_BUILDS + n
+    assert [e.latency for e in profile.engines] != [judge.seen[-1].engines[i].latency for i in range(n)]
     assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, FIRST_BUILDS + STEP_BUILDS]
     first_holdouts = [e.engine_id for e in judge.seen[0].by_role("holdout")]
     roles = {e.engine_id: e.role for e in profile.engines}
@@ -46,8 +50,8 @@ def test_budget_caps_the_rounds_and_no_judge_means_the_fixed_design(tmp_path):
     never = Judge(10**6)
     profile, summary = run_profiling(model, space, _config(tmp_path, 18), judge=never)
     assert len(profile.engines) == 18 and summary.rounds == 3 and len(never.seen) == 2
-    fixed, _ = run_profiling(model, space, fast_config(tmp_path / "fixed"))
-    assert len(fixed.engines) == 6  # fast_config's fixed 6 builds, 2 of them holdouts
+    fixed, once = run_profiling(model, space, fast_config(tmp_path / "fixed"))
+    assert len(fixed.engines) == 6 and once.measurements_new == 12  # fixed 6 builds, measured once
     assert len(fixed.by_role("holdout")) == 2
 
 
@@ -116,28 +120,3 @@ def test_measured_plans_are_cached_and_refit_learns_them(tmp_path):
         return sum(abs(m.predict_ms(e.widths) - e.latency.median_ms) for e in plans)
 
     assert error(after) < 0.5 * error(before)
-
-
-def test_a_later_session_is_scaled_by_the_dense_engines_drift(tmp_path):
-    """Rounds are measured in different windows: an engine is put on the first window's scale by how much slower
-    the dense engine, measured with it, ran in its window."""
-    from types import SimpleNamespace
-
-    import pytest
-
-    from itcp_deploy.profiling.cache import CacheKey, ProfileCache
-    from itcp_deploy.profiling.design import PlannedEngine
-    from itcp_deploy.profiling.profiler import _Run
-
-    def key(plan):
-        return CacheKey("latency", "cpu", "ort", "1", "fp32", (1, 3, 8, 8), "m", widths=tuple(plan.widths.items()))
-
-    dense, later, legacy = (PlannedEngine(i, "design", {"g": w}) for i, w in (("d", 4), ("l", 2), ("o", 3)))
-    with ProfileCache(tmp_path) as cache:
-        cache.put(key(dense), {"samples_ms": [[1.0, 1.0]], "reference": "d", "reference_ms": 1.0})
-        cache.put(key(later), {"samples_ms": [[0.6, 0.6]], "reference": "d", "reference_ms": 1.2})  # 20% slower
-        cache.put(key(legacy), {"samples_ms": [[0.5]]})  # measured before sessions had a reference: as is
-        run = SimpleNamespace(cache=cache, latency_key=key)
-        assert _Run.samples(run, later, dense) == [[pytest.approx(0.5), pytest.approx(0.5)]]
-        assert _Run.samples(run, dense, dense) == [[1.0, 1.0]]
-        assert _Run.samples(run, legacy, dense) == [[0.5]]

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from itcp_deploy.digest import damaged_files, tree_checksums
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
 from itcp_deploy.engines.build import ChainPaths, EngineSpec, build_chain
@@ -205,58 +203,35 @@ class _Run:
         self.calib = load_calibration(self.config.calib, self.space.input_shape)
         return self.calib
 
-    def latency_key(self, plan: PlannedEngine) -> CacheKey:
+    def latency_key(self, plan: PlannedEngine, session: str | None = None) -> CacheKey:
+        """``session``: measured in the session of exactly these engines (:func:`run_profiling`'s final one)."""
         t = self.config.timing
-        return self.key(
-            plan,
-            "latency",
-            {
-                "threads": self.config.engine.threads,
-                "warmup": t.warmup,
-                "rounds": t.rounds,
-                "runs_per_round": t.runs_per_round,
-            },
-        )
+        settings = {"threads": self.config.engine.threads, "warmup": t.warmup, "rounds": t.rounds,
+                    "runs_per_round": t.runs_per_round}
+        return self.key(plan, "latency", {**settings, **({"session": session} if session else {})})
 
     def layers_key(self, plan: PlannedEngine) -> CacheKey:
         return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs})
 
-    def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict]) -> None:
-        """Measure the plans not measured yet, interleaved, with ``plans[0]`` (the dense plan) among them as the
-        reference: its median in each session is stored with every engine of that session (see
-        :meth:`samples`)."""
-        todo = [p for p in plans if self.cache.get(self.latency_key(p)) is None]
+    def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict], session: str | None = None) -> None:
+        """Measure the plans not measured yet (in ``session``, when given), interleaved."""
+        todo = [p for p in plans if self.cache.get(self.latency_key(p, session)) is None]
         self.summary.measurements_cached += len(plans) - len(todo)
         if not todo:
             return
         self.progress("measure", 0, len(todo))
-        reference = plans[0]
-        measured = todo if reference in todo else [*todo, reference]
         with contextlib.ExitStack() as stack:
             runners = [
                 stack.enter_context(
                     self.backend.runner(self.cache.dir / builds[p.engine_id]["artifact"], self._options())
                 )
-                for p in measured
+                for p in todo
             ]
             result = measure_interleaved(runners, None, self.config.timing)
-        ref = {"reference": reference.engine_id, "reference_ms": result.stats[measured.index(reference)].median_ms}
-        for plan, samples in zip(todo, result.samples_ms, strict=False):
-            self.cache.put(self.latency_key(plan), {"samples_ms": samples, **ref})
+        for plan, samples in zip(todo, result.samples_ms, strict=True):
+            self.cache.put(self.latency_key(plan, session), {"samples_ms": samples})
         self.summary.measurements_new += len(todo)
         self.progress("measure", len(todo), len(todo))
-
-    def samples(self, plan: PlannedEngine, reference: PlannedEngine) -> list[list[float]]:
-        """``plan``'s timing samples on the time scale of ``reference``'s own session: an engine measured in a
-        later session (an adaptive profile's later round) is scaled by how much slower the reference ran there,
-        so that a shared machine's drift between rounds does not read as a difference between plans (the
-        same idea as the closed loop's ratio to the dense engine)."""
-        entry = self.cache.get(self.latency_key(plan))
-        own = self.cache.get(self.latency_key(reference))
-        factor = 1.0
-        if entry.get("reference") == reference.engine_id and own.get("reference") == reference.engine_id:
-            factor = float(np.median([x for rnd in own["samples_ms"] for x in rnd])) / entry["reference_ms"]
-        return [[x * factor for x in rnd] for rnd in entry["samples_ms"]]
 
     def measure_layers(self, plan: PlannedEngine, build: dict) -> dict:
         key = self.layers_key(plan)
@@ -275,19 +250,20 @@ class _Run:
         return entry
 
 
-def _measure_round(run: _Run, plans: list[PlannedEngine], started: float) -> Profile:
-    """Build and measure every plan not in the cache yet; the profile of all of ``plans``."""
+def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, session: str | None = None) -> Profile:
+    """Build and measure every plan not in the cache yet; the profile of all of ``plans`` (their latencies from
+    ``session``, when given)."""
     run.summary.planned = len(plans)
     builds = {}
     for i, plan in enumerate(plans):
         run.progress("build", i, len(plans))
         builds[plan.engine_id] = run.build(plan)
     run.progress("build", len(plans), len(plans))
-    run.measure_latency(plans, builds)
+    run.measure_latency(plans, builds, session)
     layers = layer_times(run, plans, builds, run.progress)
     engines = []
     for plan in plans:
-        stats = summarize([run.samples(plan, plans[0])])
+        stats = summarize([run.cache.get(run.latency_key(plan, session))["samples_ms"]])
         entry = layers[plan.engine_id]
         if "raw_ms" in entry:
             entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms,
@@ -312,7 +288,12 @@ def run_profiling(
 
     ``judge(profile) -> (good enough, weight per layer)``: with it (and ``config.design.adaptive``, no shard),
     profiling goes in rounds until the judge is satisfied or ``max_builds`` are spent
-    (:mod:`~itcp_deploy.profiling.design`); ``itcp_deploy.perfmodel.fit.judge`` is the perf model's."""
+    (:mod:`~itcp_deploy.profiling.design`); ``itcp_deploy.perfmodel.fit.judge`` is the perf model's. After more
+    than one round, every engine is measured again in one interleaved session, and the profile's latencies
+    are that session's: on a shared machine the load differs between the rounds' windows, and not alike for
+    every engine (under a load of 5-10 on 2 cores, ShuffleNet-V2's dense engine at 224 measured 2.9 ms in
+    one window and 4.8-22.8 ms in later ones while the small engines beside it kept their times; scaling later
+    rounds by the dense engine's drift, tried first, made the held-out error 43%)."""
     config = config or ProfileConfig()
     check_precision(config.precision)
     progress = progress or (lambda stage, done, total: None)
@@ -332,6 +313,9 @@ def run_profiling(
             if good or more == plans:
                 break
             plans = more
+        if round_index > 1:  # one window for all: the rounds' windows differed (see FINAL_SESSION)
+            session = engine_id({p.engine_id: 0 for p in plans})
+            profile = _measure_round(run, plans, t0, session)
     run.summary.rounds = round_index
     return profile, run.summary
 
