@@ -120,3 +120,44 @@ def test_measured_plans_are_cached_and_refit_learns_them(tmp_path):
         return sum(abs(m.predict_ms(e.widths) - e.latency.median_ms) for e in plans)
 
     assert error(after) < 0.5 * error(before)
+
+
+def test_the_build_budget_reaches_run_profile_engines_and_prune(monkeypatch, tmp_path):
+    import pytest
+
+    import itcp_deploy.api as api
+    import itcp_deploy.profiling.profiler as profiler
+    from tests.conftest import run_cli
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_stages(config, inputs, log=None, progress=None, **kw):
+        seen.append(config.profile)
+        raise Stop
+
+    def fake_profile_model(spec, shape, config, judge=None, **kw):
+        seen.append((config.design, judge))
+        raise Stop
+
+    monkeypatch.setattr(api, "run_stages", fake_stages)
+    monkeypatch.setattr(profiler, "profile_model", fake_profile_model)
+    common = ("cifar_resnet20", "--input-shape", "1x3x32x32", "--max-builds", "14")
+    sla = ("--data", "synthetic:train=64,test=32", "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "0")
+    for args in (("run", *common, *sla), ("profile-engines", *common, *sla),
+                 ("profile-engines", *common, "--no-adaptive", "-o", str(tmp_path / "p.json"))):
+        with pytest.raises(Stop):
+            run_cli(*args)
+    from itcp_deploy import PruneOptions
+    from itcp_deploy.pipeline.config import ProfileSettings
+
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]
+    with pytest.raises(Stop):
+        api.prune(SmallResidual().eval(), torch.randn(1, 3, 32, 32), speedup=2.0, score_loader=batches,
+                  out_dir=tmp_path / "api", options=PruneOptions(profile=ProfileSettings(max_builds=14)))
+    assert [s.max_builds for s in seen[:2]] == [14, 14] and seen[0].adaptive and seen[1].adaptive
+    design, judge = seen[2]
+    assert design.max_builds == 14 and not design.adaptive and judge is not None
+    assert seen[3].max_builds == 14 and seen[3].adaptive
