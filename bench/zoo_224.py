@@ -9,7 +9,8 @@ folder (``report.json``, ``profile.json``, ``perf_model.json``): builds, noise f
 error, whether the fit was above its rejection threshold, the first plan's measured / predicted latency and its
 measured / SLA, rounds, the final measured / SLA, wall time per stage, the code commit and the load average.
 
-A rerun skips models already recorded under the same ``--label``; ``--table`` prints the markdown table and the
+A rerun skips models already recorded under the same ``--label`` (``--rerun-failed``: unless their last row
+failed); ``--table`` prints the markdown table and the
 counts against the issue's bars.
 
 Example::
@@ -120,10 +121,11 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path) -> None:
+def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rerun_failed: bool = False) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in models:
-        if any(r["model"] == spec and r.get("label") == label for r in _records(out)):
+        done = [r for r in _records(out) if r["model"] == spec and r.get("label") == label]
+        if done and (done[-1]["status"] == "pass" or not rerun_failed):
             continue
         with tempfile.TemporaryDirectory(prefix="zoo224-") as work:
             row = run_model(spec, Path(work), cache, label, code)
@@ -185,12 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", help="profiling cache (default: a folder per label in the temp directory)")
     p.add_argument("--code", default=str(ROOT), help="the itcp_deploy checkout to run (e.g. main's, for 'before' rows)")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out for --label")
+    p.add_argument("--rerun-failed", action="store_true", help="run again the models whose last row failed")
     args = p.parse_args(argv)
     if args.table:
         table(_records(Path(args.out)), args.label)
         return
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"zoo224-engines-{args.label}")
-    sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code))
+    sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed)
 
 
 if __name__ == "__main__":
