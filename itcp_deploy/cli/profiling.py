@@ -66,7 +66,8 @@ def profile_engines_cmd(
     holdout: Annotated[int, typer.Option("--holdout", min=0, help="Random plans kept to check the perf model.")] = 10,
     cache: Annotated[Path, typer.Option("--cache", help="Cache directory (cache.sqlite + artifacts).")] = ENGINES,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set name or .npz (int8).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard of the fixed design "
+                                                               "(merge with --no-adaptive).")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
     perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
