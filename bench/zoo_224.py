@@ -47,9 +47,9 @@ PROFILE_TIMING = ["--rounds", "10", "--runs-per-round", "20", "--layer-runs", "1
 WALL_CAP_S = 3600
 
 
-def command(spec: str, out: Path, cache: Path) -> list[str]:
+def command(spec: str, out: Path, cache: Path, data: str = "synthetic") -> list[str]:
     return [sys.executable, "-c", "from itcp_deploy.cli import main; main()", "profile-engines", spec,
-            "--input-shape", SHAPE, "--speedup", str(SPEEDUP), "--epochs", "0", "--data", "synthetic", "-o", str(out),
+            "--input-shape", SHAPE, "--speedup", str(SPEEDUP), "--epochs", "0", "--data", data, "-o", str(out),
             "--cache",
             str(cache), *PROFILE_TIMING, "--json"]
 
@@ -95,9 +95,9 @@ def _commit(code: Path) -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def run_model(spec: str, work: Path, cache: Path, label: str, code: Path) -> dict:
+def run_model(spec: str, work: Path, cache: Path, label: str, code: Path, data: str = "synthetic") -> dict:
     out = work / "out"
-    cmd = command(spec, out, cache)
+    cmd = command(spec, out, cache, data)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
@@ -121,14 +121,15 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rerun_failed: bool = False) -> None:
+def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rerun_failed: bool = False,
+          data: str = "synthetic") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in models:
         done = [r for r in _records(out) if r["model"] == spec and r.get("label") == label]
         if done and (done[-1]["status"] == "pass" or not rerun_failed):
             continue
         with tempfile.TemporaryDirectory(prefix="zoo224-") as work:
-            row = run_model(spec, Path(work), cache, label, code)
+            row = run_model(spec, Path(work), cache, label, code, data)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{spec}: {row['status']} builds {row.get('builds')} err {row.get('perf_err_pct')} "
@@ -188,12 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--code", default=str(ROOT), help="the itcp_deploy checkout to run (e.g. main's, for 'before' rows)")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out for --label")
     p.add_argument("--rerun-failed", action="store_true", help="run again the models whose last row failed")
+    p.add_argument("--data", default="synthetic", help="--data of each run (synthetic images are 32x32 unless "
+                   "synthetic:size=224: AlexNet's pools need at least 63x63 for its scores)")
     args = p.parse_args(argv)
     if args.table:
         table(_records(Path(args.out)), args.label)
         return
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"zoo224-engines-{args.label}")
-    sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed)
+    sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed,
+          args.data)
 
 
 if __name__ == "__main__":
