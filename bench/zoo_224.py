@@ -48,7 +48,8 @@ WALL_CAP_S = 3600
 
 
 def command(spec: str, out: Path, cache: Path, data: str = "synthetic") -> list[str]:
-    return [sys.executable, "-c", "from itcp_deploy.cli import main; main()", "profile-engines", spec,
+    main = "import sys; from itcp_deploy.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", main, "profile-engines", spec,
             "--input-shape", SHAPE, "--speedup", str(SPEEDUP), "--epochs", "0", "--data", data, "-o", str(out),
             "--cache",
             str(cache), *PROFILE_TIMING, "--json"]
