@@ -201,3 +201,20 @@ def test_the_pruned_copy_shares_no_tensor_with_the_callers_model(importance):
             t.add_(1.0)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_saved_pruned_model_keeps_module_versions(tmp_path):
+    """torchvision's MNASNet checks its state_dict's version on load ("version should be set to 1 or 2"): the
+    saved file keeps the state_dict's metadata (issue 24's sweep: mnasnet1_0 failed at 224 without it)."""
+    import torchvision
+
+    from itcp_deploy.pruning import save_pruned
+
+    model = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    plan = PruningPlan(model="torchvision:mnasnet0_5", input_shape=(1, 3, 64, 64), widths={})
+    pt, _ = save_pruned(tmp_path / "model.pt", model, plan)
+    fresh = torchvision.models.mnasnet0_5(num_classes=10)
+    fresh.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model(x))

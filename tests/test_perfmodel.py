@@ -133,3 +133,37 @@ def test_cli_fit_prints_report_and_rejects_garbage(space, tmp_path):
     code, out, err = run_cli("fit", str(bad), "-o", str(tmp_path / "pm2.json"))
     assert code == 2 and err.count("\n") == 1 and "held-out error" in err
     assert not (tmp_path / "pm2.json").exists()
+
+
+def test_layer_errors_name_the_layer_that_carries_the_error(space):
+    """One layer costs 0.2 ms more on the held-out engines than the design showed: it carries the error."""
+    from itcp_deploy.perfmodel.explain import OTHER, explain_lines, layer_errors
+
+    profile = synthetic_profile(space, seed=3)
+    bad = space.layers[len(space.layers) // 2].name
+    for i, e in enumerate(profile.engines):
+        if e.role == "holdout":
+            total = e.latency.median_ms + 0.2
+            profile.engines[i] = replace(e, layer_ms={**e.layer_ms, bad: e.layer_ms[bad] + 0.2 * 1.4},
+                                         latency=replace(e.latency, median_ms=total))
+    model = fit(profile, force=True)
+    rows = layer_errors(model, profile.by_role("holdout"))
+    assert rows[0].layer == bad and rows[0].share_pct > 50
+    assert rows[0].mean_error_ms == pytest.approx(-0.2, rel=0.2)  # on the calibrated scale
+    assert {r.layer for r in rows} == {la.name for la in space.layers} | {OTHER}
+    assert sum(r.share_pct for r in rows) == pytest.approx(100)
+    assert bad in explain_lines(rows, top=1)[1]
+
+
+def test_cli_fit_explains_a_rejected_fit(space, tmp_path):
+    bad = tmp_path / "garbage.json"
+    synthetic_profile(space, garbage=True).save(bad)
+    code, _, err = run_cli("fit", str(bad), "-o", str(tmp_path / "pm.json"), "--explain")
+    assert code == 2 and "held-out error by layer" in err and "--explain" in err.splitlines()[-1]
+    assert not (tmp_path / "pm.json").exists()
+    good = tmp_path / "profile.json"
+    synthetic_profile(space, seed=5).save(good)
+    code, _, err = run_cli("fit", str(good), "-o", str(tmp_path / "pm2.json"))
+    assert code == 0 and "held-out error by layer" not in err
+    code, _, err = run_cli("fit", str(good), "-o", str(tmp_path / "pm3.json"), "--explain")
+    assert code == 0 and "held-out error by layer" in err and space.layers[0].name in err

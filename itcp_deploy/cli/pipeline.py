@@ -58,6 +58,8 @@ def run_command(
     device: DeviceOpt = "cpu",
     workspace_mb: WorkspaceOpt = 1024,
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
+    max_builds: Annotated[int, typer.Option("--max-builds", min=3, help="Profiling budget: engines to build at "
+                                            "most (fewer once the perf model meets its bar).")] = 32,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow model specs that run code.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
     json: Json = False,
@@ -78,8 +80,8 @@ def run_command(
         model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,
         ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,
         recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
-        profile=ProfileSettings(cache_dir=cache), compensate=compensate, block_removal=block_removal,
-        quiet=quiet or json)
+        profile=ProfileSettings(cache_dir=cache, max_builds=max_builds), compensate=compensate,
+        block_removal=block_removal, quiet=quiet or json)
     deliver(config, json)
 
 

@@ -64,11 +64,14 @@ def profile_engines_cmd(
     backend: BackendOpt = "onnxruntime",
     precision: PrecisionOpt = "fp32",
     weights: Annotated[str | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
-    max_builds: Annotated[int, typer.Option("--max-builds", help="Engines to build, holdouts included.")] = 32,
+    max_builds: Annotated[int, typer.Option("--max-builds", help="Engines to build at most, holdouts included.")] = 32,
+    adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Stop building once the perf model "
+                                           "meets max(1.5 x noise, 2%) on held-out engines.")] = True,
     holdout: Annotated[int, typer.Option("--holdout", min=0, help="Random plans kept to check the perf model.")] = 10,
     cache: Annotated[Path, typer.Option("--cache", help="Cache directory (cache.sqlite + artifacts).")] = ENGINES,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set name or .npz (int8).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard of the fixed design "
+                                                               "(merge with --no-adaptive).")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
     perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
@@ -103,6 +106,7 @@ def profile_engines_cmd(
                             workspace_mb=workspace_mb)
     engine = EngineSpec(backend, precision, options, calib)
     settings = ProfileSettings(cache_dir=str(cache), max_builds=max_builds, holdout=holdout, layer_runs=layer_runs,
+                               adaptive=adaptive,
                                timing=TimingConfig(rounds=rounds, runs_per_round=runs))
     if sla_ms is None and speedup is None:
         ref = ModelRef(model, weights, trust_code, tuple(ignore_layers or ()))
@@ -148,16 +152,18 @@ def _profile_only(ref: ModelRef, shapes: tuple[str, tuple[int, int, int, int]], 
 
     from itcp_deploy.atomic_io import write_json
     from itcp_deploy.cli.output import print_summary, progress_bar
+    from itcp_deploy.perfmodel.fit import judge
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig, profile_model
 
     config = ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
                            calib=engine.calib, shard=shard, timing=settings.timing, engine=engine.options,
-                           design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout),
+                           design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout,
+                                               adaptive=settings.adaptive),
                            layer_runs=settings.layer_runs)
     with progress_bar() as progress:
         profile, summary = profile_model(ref.spec, shape, config, weights=ref.weights, trust_code=ref.trust_code,
-                                         progress=progress, ignore_layers=ref.ignore_layers)
+                                         progress=progress, ignore_layers=ref.ignore_layers, judge=judge)
     name = Path(ref.spec).stem if ref.spec.endswith((".pt", ".pth")) else ref.spec.replace(":", "_")
     out = out or Path(settings.cache_dir) / f"{name}-{profile.backend}-{engine.precision}-{shape_text}.profile.json"
     profile.save(out)

@@ -40,6 +40,8 @@ def fit_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Keep a fit whose held-out error is too high.")
     ] = False,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Print which layers carry the held-out error (also before a rejection).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit the perf model on a profile and report its held-out error next to the noise floor and FLOPs."""
@@ -50,7 +52,14 @@ def fit_cmd(
     from itcp_deploy.cli.common import console, emit_json
     from itcp_deploy.perfmodel.fit import fit_file
 
-    model = fit_file(profile, output, method=method, force=force)
+    def show(report, rows) -> None:
+        if explain:
+            from itcp_deploy.perfmodel.explain import explain_lines
+
+            console.print("\n".join(["held-out error by layer (predicted vs profiled, mean over engines):",
+                                       *explain_lines(rows)]), markup=False, highlight=False, soft_wrap=True)
+
+    model = fit_file(profile, output, method=method, force=force, explain=show)
     report = model.report
     table = Table(title=f"perf model ({report.validation}: {report.n_validation} engines)")
     for col in ("model", "mean abs err %", "max abs err %"):

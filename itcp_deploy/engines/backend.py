@@ -9,6 +9,8 @@ from typing import Any
 
 from itcp_deploy.engines.base import Artifact, EngineOptions, Runner
 
+ATTACHED = "+"  # marks a node charged to the layer whose output it reads (see Backend.layer_nodes)
+
 
 class Backend(ABC):
     """One engine backend: how to build an artifact and which runner loads it.
@@ -52,5 +54,6 @@ class Backend(ABC):
 
     def layer_nodes(self, layer_names: list[str], artifact: Path, onnx_path: Path) -> dict[str, str | None]:
         """Map backend layer names (from :meth:`Runner.layer_times_ms`) to the ONNX Conv/Gemm node each
-        belongs to (``None``: not a Conv/Linear layer, counted as "other")."""
+        belongs to (``None``: not a Conv/Linear layer, counted as "other"; ``ATTACHED + node``: not that
+        layer, but an op whose cost follows its output width, kept as the layer's ``ATTACHED`` time)."""
         return dict.fromkeys(layer_names)

@@ -48,6 +48,7 @@ class FitReport:
     n_validation: int
     validation: str = "holdout"
     rejected: bool = False
+    bar_pct: float = float("nan")  # the error the model should reach (validate.bar_pct); above it, not rejected
 
     def rows(self) -> list[tuple[str, float, float]]:
         """(model, mean abs % error, max abs % error) for a report table."""

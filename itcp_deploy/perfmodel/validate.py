@@ -19,6 +19,7 @@ from itcp_deploy.space import PruningSpace
 
 ABSOLUTE_FLOOR_PCT = 5.0  # never reject below this mean error, however quiet the measurements
 NOISE_FACTOR = 3.0  # reject above this many times the noise floor
+BAR_FACTOR, BAR_FLOOR_PCT = 1.5, 2.0  # adaptive profiling stops at max(1.5 x noise floor, 2%) (issue 24)
 
 Fitter = Callable[[PruningSpace, Sequence[EngineMeasurement]], PerfModel]
 
@@ -28,6 +29,11 @@ def threshold_pct(noise_pct: float) -> float:
     return (
         max(NOISE_FACTOR * noise_pct, ABSOLUTE_FLOOR_PCT) if math.isfinite(noise_pct) else ABSOLUTE_FLOOR_PCT
     )
+
+
+def bar_pct(noise_pct: float) -> float:
+    """The held-out mean error a model should reach, and where adaptive profiling stops: max(1.5 x noise, 2%)."""
+    return max(BAR_FACTOR * noise_pct, BAR_FLOOR_PCT) if math.isfinite(noise_pct) else BAR_FLOOR_PCT
 
 
 def _folds(design: Sequence[EngineMeasurement], holdout: Sequence[EngineMeasurement]):
@@ -69,6 +75,7 @@ def validate(
         flops_max_pct=float(np.max(flops_err)),
         noise_pct=float(noise_pct),
         threshold_pct=threshold_pct(noise_pct),
+        bar_pct=bar_pct(noise_pct),
         n_design=len(design),
         n_validation=len(model_err),
         validation=how,

@@ -38,7 +38,9 @@ class FinetuneRecipe:
 @dataclass(frozen=True)
 class ProfileSettings:
     """How the perf model is obtained: reuse ``profile_path`` / ``perf_model_path`` when given, else profile
-    ``max_builds`` engines (``holdout`` of them held out; cached in ``cache_dir``) and fit."""
+    ``max_builds`` engines (``holdout`` of them held out; cached in ``cache_dir``) and fit. ``adaptive``:
+    ``max_builds`` is a budget; profiling stops once the perf model's held-out error meets its bar
+    (``profiling/design.py``)."""
 
     cache_dir: str = "engines"
     profile_path: str | None = None
@@ -48,6 +50,7 @@ class ProfileSettings:
     timing: TimingConfig = field(default_factory=TimingConfig)
     layer_runs: int = 300
     force_fit: bool = False
+    adaptive: bool = True
 
 
 @dataclass(frozen=True)

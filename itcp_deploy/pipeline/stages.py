@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,17 +95,20 @@ def profile_config(engine: EngineSpec, settings: ProfileSettings, seed: int = 0)
     from itcp_deploy.profiling.profiler import ProfileConfig
 
     return ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
-                         design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout, seed=seed),
+                         design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout, seed=seed,
+                                             adaptive=settings.adaptive),
                          timing=settings.timing, engine=engine.options, layer_runs=settings.layer_runs,
                          calib=engine.calib)
 
 
 def profile_engines(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings, *,
                     seed: int = 0, progress: Progress | None = None) -> tuple[Profile, ProfileSummary]:
-    """Build and measure the designed engines of ``space`` (cached in ``settings.cache_dir``)."""
+    """Build and measure the designed engines of ``space`` (cached in ``settings.cache_dir``), in rounds until
+    the perf model meets its bar or ``settings.max_builds`` are spent (``settings.adaptive``)."""
+    from itcp_deploy.perfmodel.fit import judge
     from itcp_deploy.profiling.profiler import run_profiling
 
-    return run_profiling(model, space, profile_config(engine, settings, seed), progress)
+    return run_profiling(model, space, profile_config(engine, settings, seed), progress, judge)
 
 
 def obtain_profile(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings,
@@ -242,8 +245,11 @@ def stage_fit(ctx: RunContext) -> dict:
         files = ctx.folder.target(t.name)
         if settings.perf_model_path:
             model = reuse_perf_model(Path(settings.perf_model_path), t.engine, settings)
-        else:
-            model = fit_perf_model(Profile.load(files.profile), settings, files.perf_model)
+        else:  # a fit above its bar does not stop the run: the closed loop measures every plan (issue 24)
+            model = fit_perf_model(Profile.load(files.profile), replace(settings, force_fit=True), files.perf_model)
+            if model.report and model.report.rejected:
+                ctx.log(f"note: {t.name}: perf model held-out error {model.report.mape_pct:.1f}% is above "
+                        f"{model.report.threshold_pct:.1f}%; going on, the closed loop measures every plan")
         model = on_space(model, ctx.target_space(t))
         model.save(files.perf_model)
         out[t.name] = {"report": asdict(model.report) if model.report else None}

@@ -12,6 +12,15 @@ Plans, in this order (deterministic for a seed):
 
 Example (ResNet-20, ``max_builds=32, holdout=10``): 1 dense + 1 all-minimum + 20 Latin-hypercube designs +
 10 holdouts = 32 builds.
+
+Adaptive (``DesignConfig.adaptive``, when the profiler is given a judge): ``max_builds`` is a budget. The first
+round is the design above with ``FIRST_BUILDS`` builds of which ``min(holdout, ROUND_HOLDOUT)`` are holdouts;
+after each round the judge (the perf model's held-out error against its bar) decides whether to stop. If not,
+:func:`next_round` adds ``STEP_BUILDS`` plans: the two oldest holdouts become design engines (the model has
+seen its errors there, and they are plans the design did not cover), two fresh random holdouts replace them,
+and the rest are *targeted* designs: of many random plans, those that measure the most (layer, input width,
+output width) cells not measured yet, each cell weighted by its layer's share of the held-out error. Every
+plan depends only on the seed and the measurements, so a rerun replays the rounds from the cache.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.space import PruningSpace
@@ -33,6 +42,12 @@ class DesignConfig:
     holdout: int = 10
     seed: int = 0
     tries: int = 64
+    adaptive: bool = True
+
+
+FIRST_BUILDS = 12  # an adaptive profile's first round: dense, all-minimum, 6 Latin-hypercube designs, 4 holdouts
+ROUND_HOLDOUT = 4
+STEP_BUILDS = 4  # each further round: 2 holdouts become designs, 2 new holdouts, 2 targeted designs
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,41 @@ def _add_random(
             seen.add(engine_id(plan))
             out.append(PlannedEngine(engine_id(plan), role, plan))
             added += 1
+
+
+def first_round(space: PruningSpace, config: DesignConfig) -> list[PlannedEngine]:
+    """The plans of an adaptive profile's first round (see the module docstring)."""
+    holdout = min(config.holdout, ROUND_HOLDOUT, config.max_builds // 3)
+    return design_plans(space, replace(config, max_builds=max(min(FIRST_BUILDS, config.max_builds), holdout + 2),
+                                       holdout=holdout))
+
+
+def next_round(space: PruningSpace, plans: list[PlannedEngine], weights: dict[str, float], config: DesignConfig,
+               round_index: int) -> list[PlannedEngine]:
+    """``plans`` with the next round's changes (see the module docstring); at most ``config.max_builds``."""
+    step = min(STEP_BUILDS, config.max_builds - len(plans))
+    rng = random.Random(f"{config.seed}:{round_index}")
+    holdouts = [p for p in plans if p.role == "holdout"]
+    moved = {p.engine_id for p in holdouts[: min(2, len(holdouts), step)]}
+    out = [replace(p, role="design") if p.engine_id in moved else p for p in plans]
+    seen = {p.engine_id for p in out}
+    _add_random(out, seen, space, rng, "holdout", len(moved))
+    cells = {c for p in out if p.role != "holdout" for c in _cells(space, p.widths)}
+    for _ in range(step - len(moved)):
+        pool = [{g.name: rng.choice(g.candidates) for g in space.groups} for _ in range(config.tries)]
+        pool = [w for w in pool if engine_id(w) not in seen]
+        if not pool:
+            break
+        best = max(pool, key=lambda w: sum(weights.get(c[0], 0.0) + 1e-3 for c in _cells(space, w) - cells))
+        seen.add(engine_id(best))
+        cells |= _cells(space, best)
+        out.append(PlannedEngine(engine_id(best), "design", best))
+    return out
+
+
+def _cells(space: PruningSpace, widths: dict[str, int]) -> set[tuple[str, int, int]]:
+    w = space.complete(widths)
+    return {(layer.name, w[layer.in_group], w[layer.out_group]) for layer in space.layers}
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -29,12 +30,23 @@ from itcp_deploy.engines.int8 import engine_int8_settings
 from itcp_deploy.engines.precision import check_precision
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.cache import CacheKey, ProfileCache
-from itcp_deploy.profiling.design import DesignConfig, PlannedEngine, design_plans, parse_shard, shard
+from itcp_deploy.profiling.design import (
+    DesignConfig,
+    PlannedEngine,
+    design_plans,
+    engine_id,
+    first_round,
+    next_round,
+    parse_shard,
+    shard,
+)
+from itcp_deploy.profiling.layer_split import layer_of_node, layer_times, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, summarize
 from itcp_deploy.space import PruningSpace
 
 Progress = Callable[[str, int, int], None]
+Judge = Callable[[Profile], tuple[bool, dict[str, float]]]  # see run_profiling
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class ProfileSummary:
     noise_pct: float = float("nan")
     wall_s: float = 0.0
     build_s: list[float] = field(default_factory=list)
+    rounds: int = 1  # adaptive profiling rounds
 
 
 def model_hash(model) -> str:
@@ -190,24 +203,19 @@ class _Run:
         self.calib = load_calibration(self.config.calib, self.space.input_shape)
         return self.calib
 
-    def latency_key(self, plan: PlannedEngine) -> CacheKey:
+    def latency_key(self, plan: PlannedEngine, session: str | None = None) -> CacheKey:
+        """``session``: measured in the session of exactly these engines (:func:`run_profiling`'s final one)."""
         t = self.config.timing
-        return self.key(
-            plan,
-            "latency",
-            {
-                "threads": self.config.engine.threads,
-                "warmup": t.warmup,
-                "rounds": t.rounds,
-                "runs_per_round": t.runs_per_round,
-            },
-        )
+        settings = {"threads": self.config.engine.threads, "warmup": t.warmup, "rounds": t.rounds,
+                    "runs_per_round": t.runs_per_round}
+        return self.key(plan, "latency", {**settings, **({"session": session} if session else {})})
 
     def layers_key(self, plan: PlannedEngine) -> CacheKey:
         return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs})
 
-    def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict]) -> None:
-        todo = [p for p in plans if self.cache.get(self.latency_key(p)) is None]
+    def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict], session: str | None = None) -> None:
+        """Measure the plans not measured yet (in ``session``, when given), interleaved."""
+        todo = [p for p in plans if self.cache.get(self.latency_key(p, session)) is None]
         self.summary.measurements_cached += len(plans) - len(todo)
         if not todo:
             return
@@ -221,7 +229,7 @@ class _Run:
             ]
             result = measure_interleaved(runners, None, self.config.timing)
         for plan, samples in zip(todo, result.samples_ms, strict=True):
-            self.cache.put(self.latency_key(plan), {"samples_ms": samples})
+            self.cache.put(self.latency_key(plan, session), {"samples_ms": samples})
         self.summary.measurements_new += len(todo)
         self.progress("measure", len(todo), len(todo))
 
@@ -235,125 +243,98 @@ class _Run:
         with self.backend.runner(artifact, self._options()) as runner:
             raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
         nodes = self.backend.layer_nodes(list(raw or {}), artifact, artifact / "export.onnx")
-        node_module = {name: build["node_to_module"].get(nodes.get(name) or "") for name in raw or {}}
+        node_module = {name: layer_of_node(build["node_to_module"], nodes.get(name)) for name in raw or {}}
         entry = {"raw_ms": raw or {}, "node_module": node_module}
         self.cache.put(key, entry)
         self.summary.measurements_new += 1
         return entry
 
 
-def split_layers(
-    raw_ms: dict[str, float], node_module: dict[str, str | None], latency_ms: float, per_node_cost: bool = True
-) -> dict:
-    """Sum backend nodes into layers, after removing the profiler's own per-node cost.
-
-    A profiled run costs more than an unprofiled one by a roughly fixed amount per node (timestamps and
-    bookkeeping inside each node event: ~4 us per node with onnxruntime 1.32 on one core, which doubled the
-    node sum of a ResNet-20 at width 4). When the node times add up to more than the measured latency, one
-    per-node cost ``c`` is removed from every node, ``max(0, t - c)``, with ``c`` chosen (by bisection) so
-    that ``sum(layer_ms) + other_ms`` equals the engine's measured median latency; differences between layers
-    and widths are kept. Otherwise the times are used as they are.
-
-    ``per_node_cost=False`` is for profilers that cost nothing per node (OpenVINO's performance counters:
-    counted and plain runs of one engine, interleaved, take the same time and the node times add up to it).
-    There an excess can only be drift between the profiling window and the timing window on a shared machine,
-    which slows every node alike, so the times are scaled down by one factor instead.
-
-    Returns:
-        ``{"layer_ms": {module: ms}, "other_ms": ms}``; nodes mapped to no module count as "other".
-    """
-    times = list(raw_ms.values())
-    excess = sum(times) > latency_ms > 0
-    lo, hi = 0.0, max(times, default=0.0)
-    if excess and per_node_cost:
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if sum(max(0.0, t - mid) for t in times) > latency_ms else (lo, mid)
-    overhead = lo if excess and per_node_cost else 0.0
-    scale = latency_ms / sum(times) if excess and not per_node_cost else 1.0
-    layer_ms: dict[str, float] = {}
-    other_ms = 0.0
-    for name, ms in raw_ms.items():
-        ms = max(0.0, ms - overhead) * scale
-        module = node_module.get(name)
-        if module is None:
-            other_ms += ms
-        else:
-            layer_ms[module] = layer_ms.get(module, 0.0) + ms
-    return {"layer_ms": layer_ms, "other_ms": other_ms}
-
-
-def _layer_times(run: _Run, plans: list[PlannedEngine], builds: dict[str, dict], progress: Progress) -> dict:
-    """Per-layer times of every plan: in context where the backend profiles layers, else isolated."""
-    if not run.backend.in_context_layers:
-        from itcp_deploy.profiling.isolated import isolated_layer_ms
-
-        return isolated_layer_ms(run, plans)
-    layers = {}
+def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, session: str | None = None) -> Profile:
+    """Build and measure every plan not in the cache yet; the profile of all of ``plans`` (their latencies from
+    ``session``, when given)."""
+    run.summary.planned = len(plans)
+    builds = {}
     for i, plan in enumerate(plans):
-        progress("layers", i, len(plans))
-        layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id])
-    progress("layers", len(plans), len(plans))
-    return layers
+        run.progress("build", i, len(plans))
+        builds[plan.engine_id] = run.build(plan)
+    run.progress("build", len(plans), len(plans))
+    run.measure_latency(plans, builds, session)
+    layers = layer_times(run, plans, builds, run.progress)
+    engines = []
+    for plan in plans:
+        stats = summarize([run.cache.get(run.latency_key(plan, session))["samples_ms"]])
+        entry = layers[plan.engine_id]
+        if "raw_ms" in entry:
+            entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms,
+                                 run.backend.per_node_profiler_cost)
+        engines.append(EngineMeasurement(engine_id=plan.engine_id, widths=plan.widths, role=plan.role,
+                                         latency=stats.stats[0], layer_ms=entry["layer_ms"],
+                                         other_ms=entry["other_ms"], round_medians_ms=stats.round_medians_ms[0]))
+    run.summary.noise_pct = noise_pct([e.round_medians_ms for e in engines])
+    run.summary.wall_s = time.perf_counter() - started
+    return Profile(model=run.space.model, input_shape=tuple(run.space.input_shape), backend=run.backend.name,
+                   backend_version=run.base.backend_version, precision=run.config.precision,
+                   quantization=run.base.quantization, device=run.base.device, space=run.space, engines=engines,
+                   layer_source="in-context" if run.backend.in_context_layers else "isolated",
+                   builds=len(engines), wall_s=run.summary.wall_s, noise_pct=run.summary.noise_pct)
 
 
 def run_profiling(
-    model, space: PruningSpace, config: ProfileConfig | None = None, progress: Progress | None = None
+    model, space: PruningSpace, config: ProfileConfig | None = None, progress: Progress | None = None,
+    judge: Judge | None = None,
 ) -> tuple[Profile, ProfileSummary]:
-    """:func:`profile_engines`, also returning what this run built and measured anew."""
+    """:func:`profile_engines`, also returning what this run built and measured anew.
+
+    ``judge(profile) -> (good enough, weight per layer)``: with it (and ``config.design.adaptive``, no shard),
+    profiling goes in rounds until the judge is satisfied or ``max_builds`` are spent
+    (:mod:`~itcp_deploy.profiling.design`); ``itcp_deploy.perfmodel.fit.judge`` is the perf model's. After more
+    than one round, every engine is measured again in one interleaved session, and the profile's latencies
+    are that session's: on a shared machine the load differs between the rounds' windows, and not alike for
+    every engine (under a load of 5-10 on 2 cores, ShuffleNet-V2's dense engine at 224 measured 2.9 ms in
+    one window and 4.8-22.8 ms in later ones while the small engines beside it kept their times; scaling later
+    rounds by the dense engine's drift, tried first, made the held-out error 43%)."""
     config = config or ProfileConfig()
     check_precision(config.precision)
     progress = progress or (lambda stage, done, total: None)
     t0 = time.perf_counter()
-    plans = shard(design_plans(space, config.design), *parse_shard(config.shard))
+    adaptive = judge is not None and config.design.adaptive and config.shard is None
+    plans = (first_round(space, config.design) if adaptive
+             else shard(design_plans(space, config.design), *parse_shard(config.shard)))
     with ProfileCache(config.cache_dir) as cache:
         run = _Run(model, space, config, cache, progress)
         run._calib()  # a missing or mismatched int8 calibration set fails before any build
-        run.summary.planned = len(plans)
-        builds = {}
-        for i, plan in enumerate(plans):
-            progress("build", i, len(plans))
-            builds[plan.engine_id] = run.build(plan)
-        progress("build", len(plans), len(plans))
-        run.measure_latency(plans, builds)
-        layers = _layer_times(run, plans, builds, progress)
-        engines = []
-        for plan in plans:
-            stats = summarize([cache.get(run.latency_key(plan))["samples_ms"]])
-            entry = layers[plan.engine_id]
-            if "raw_ms" in entry:
-                entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms,
-                                     run.backend.per_node_profiler_cost)
-            engines.append(
-                EngineMeasurement(
-                    engine_id=plan.engine_id,
-                    widths=plan.widths,
-                    role=plan.role,
-                    latency=stats.stats[0],
-                    layer_ms=entry["layer_ms"],
-                    other_ms=entry["other_ms"],
-                    round_medians_ms=stats.round_medians_ms[0],
-                )
-            )
-    summary = run.summary
-    summary.noise_pct = noise_pct([e.round_medians_ms for e in engines])
-    summary.wall_s = time.perf_counter() - t0
-    profile = Profile(
-        model=space.model,
-        input_shape=tuple(space.input_shape),
-        backend=run.backend.name,
-        backend_version=run.base.backend_version,
-        precision=config.precision,
-        quantization=run.base.quantization,
-        device=run.base.device,
-        space=space,
-        engines=engines,
-        layer_source="in-context" if run.backend.in_context_layers else "isolated",
-        builds=len(engines),
-        wall_s=summary.wall_s,
-        noise_pct=summary.noise_pct,
-    )
-    return profile, summary
+        for round_index in itertools.count(1):
+            profile = _measure_round(run, plans, t0)
+            if not adaptive or len(plans) >= config.design.max_builds:
+                break
+            good, weights = judge(profile)
+            more = next_round(space, plans, weights, config.design, round_index)
+            if good or more == plans:
+                break
+            plans = more
+        if round_index > 1:  # one window for all: the rounds' windows differed (see FINAL_SESSION)
+            session = engine_id({p.engine_id: 0 for p in plans})
+            profile = _measure_round(run, plans, t0, session)
+    run.summary.rounds = round_index
+    return profile, run.summary
+
+
+def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], config: ProfileConfig | None = None,
+                  role: str = "plan") -> list[EngineMeasurement]:
+    """Build and measure width plans as a profile's engines (per-layer times; latency on the scale of the dense
+    engine's first session, which is measured with them), e.g. the plans the search chose, for
+    :func:`itcp_deploy.perfmodel.fit.refit`: the model is then fitted where it is used."""
+    config = config or ProfileConfig()
+    full = space.full_widths()
+    plans = [PlannedEngine(engine_id(full), "dense", full)]
+    for w in widths:
+        plan = {g.name: space.complete(w)[g.name] for g in space.groups}
+        plans += [PlannedEngine(engine_id(plan), role, plan)] if engine_id(plan) != plans[0].engine_id else []
+    with ProfileCache(config.cache_dir) as cache:
+        run = _Run(model, space, config, cache, lambda stage, done, total: None)
+        profile = _measure_round(run, plans, time.perf_counter())
+    return [e for e in profile.engines if e.role == role]
 
 
 def profile_engines(
@@ -381,10 +362,11 @@ def profile_engines(
 def profile_model(
     spec: str, input_shape: tuple[int, int, int, int], config: ProfileConfig | None = None, *,
     weights: str | None = None, trust_code: bool = False, progress: Progress | None = None,
-    ignore_layers: tuple[str, ...] = (),
+    ignore_layers: tuple[str, ...] = (), judge: Judge | None = None,
 ) -> tuple[Profile, ProfileSummary]:
     """Create the model from a spec (``itcp_deploy.models.create_model``), build its pruning space (groups of
-    ``ignore_layers`` fixed), profile it (what ``itcp-deploy profile-engines`` runs)."""
+    ``ignore_layers`` fixed), profile it (what ``itcp-deploy profile-engines`` runs; ``judge``: see
+    :func:`run_profiling`)."""
     import torch
 
     from itcp_deploy.models import create_model
@@ -393,4 +375,4 @@ def profile_model(
     torch.set_num_threads((config or ProfileConfig()).engine.threads)
     model = create_model(spec, weights=weights, trust_code=trust_code).eval()
     space = build_space(model, input_shape, model_spec=spec, ignore_layers=ignore_layers)
-    return run_profiling(model, space, config, progress)
+    return run_profiling(model, space, config, progress, judge)

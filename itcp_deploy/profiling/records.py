@@ -17,6 +17,9 @@ from itcp_deploy.finite import check_number, check_numbers
 from itcp_deploy.space import PruningSpace
 
 PROFILE_SCHEMA = 2
+#: ``layer_ms["<layer>+"]``: the ops after a layer that read its output (pools, concatenations, shuffles), timed
+#: apart from the layer itself (issue 24)
+ATTACHED_SUFFIX = "+"
 #: INT8 settings every schema-1 profile was taken with (before they followed the ISA), by backend.
 _SCHEMA1_INT8 = {"tensorrt": "s8s8-symmetric"}
 
@@ -51,7 +54,8 @@ class EngineMeasurement:
     """One built whole-network engine at one width plan, measured.
 
     ``role``: ``design`` (used to fit the model), ``holdout`` (random plans, only for validating it) or
-    ``dense``. ``layer_ms``: per-layer time of each Conv/Linear layer (by module name) in this engine,
+    ``dense``. ``layer_ms``: per-layer time of each Conv/Linear layer (by module name; ``name+``: the ops
+    attached to its output, :data:`ATTACHED_SUFFIX`) in this engine,
     in context (ORT session profiling, TensorRT IProfiler) or from isolated-layer engines, per
     ``layer_source``. ``round_medians_ms``: the median of each interleaved measurement round, whose spread is
     the noise floor.

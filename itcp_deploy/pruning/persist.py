@@ -9,6 +9,7 @@ model's outputs.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -37,7 +38,9 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, plan: PruningPla
     Returns:
         ``(state_dict path, plan path)``.
     """
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    full = model.state_dict()
+    state = OrderedDict((k, v.detach().cpu()) for k, v in full.items())
+    state._metadata = getattr(full, "_metadata", None)  # module versions: MNASNet refuses a load without them
     pt = atomic_write(path, lambda f: torch.save(state, f))
     plan_file = Path(plan_path) if plan_path is not None else pt.parent / PLAN_FILE
     plan.save(plan_file)

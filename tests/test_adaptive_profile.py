@@ -1,0 +1,163 @@
+"""Adaptive profiling (issue 24): rounds of builds until the judge is satisfied or the budget is spent, resumable
+from the cache; and a user's small residual net whose fit meets max(1.5 x noise, 2%) with default settings."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.small_residual import SmallResidual
+from itcp_deploy.profiling.design import FIRST_BUILDS, STEP_BUILDS, DesignConfig, first_round, next_round
+from itcp_deploy.profiling.profiler import run_profiling
+from tests.test_profiler import fast_config, tiny_setup
+
+
+class Judge:
+    """Satisfied once the profile has ``enough`` engines; records the profiles it saw."""
+
+    def __init__(self, enough: int) -> None:
+        self.enough, self.seen = enough, []
+
+    def __call__(self, profile):
+        self.seen.append(profile)
+        return len(profile.engines) >= self.enough, {}
+
+
+def _config(tmp_path, max_builds: int):
+    return fast_config(tmp_path, design=DesignConfig(max_builds=max_builds, holdout=10, tries=64))
+
+
+def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_path):
+    model, space = tiny_setup()
+    judge = Judge(FIRST_BUILDS + STEP_BUILDS)
+    profile, summary = run_profiling(model, space, _config(tmp_path, 32), judge=judge)
+    assert len(profile.engines) == FIRST_BUILDS + STEP_BUILDS and summary.rounds == 2
+    # latency and layers of each new engine per round, then every engine's latency again in one session
+    n = FIRST_BUILDS + STEP_BUILDS
+    assert summary.measurements_new == 2 * FIRST_BUILDS + 2 * STEP_BUILDS + n
+    assert [e.latency for e in profile.engines] != [judge.seen[-1].engines[i].latency for i in range(n)]
+    assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, FIRST_BUILDS + STEP_BUILDS]
+    first_holdouts = [e.engine_id for e in judge.seen[0].by_role("holdout")]
+    roles = {e.engine_id: e.role for e in profile.engines}
+    assert [roles[i] for i in first_holdouts[:2]] == ["design", "design"]  # the two oldest holdouts are fitted now
+    assert len(profile.by_role("holdout")) == 4 and all(e.layer_ms for e in profile.engines)
+    again, second = run_profiling(model, space, _config(tmp_path, 32), judge=Judge(FIRST_BUILDS + STEP_BUILDS))
+    assert second.builds_new == 0 and second.measurements_new == 0
+    assert [e.engine_id for e in again.engines] == [e.engine_id for e in profile.engines]
+
+
+def test_budget_caps_the_rounds_and_no_judge_means_the_fixed_design(tmp_path):
+    model, space = tiny_setup()
+    never = Judge(10**6)
+    profile, summary = run_profiling(model, space, _config(tmp_path, 18), judge=never)
+    assert len(profile.engines) == 18 and summary.rounds == 3 and len(never.seen) == 2
+    fixed, once = run_profiling(model, space, fast_config(tmp_path / "fixed"))
+    assert len(fixed.engines) == 6 and once.measurements_new == 12  # fixed 6 builds, measured once
+    assert len(fixed.by_role("holdout")) == 2
+
+
+def test_targeted_designs_measure_the_cells_of_the_layers_that_err():
+    from tests.synthetic_spaces import resnet_space
+
+    space = resnet_space(1)
+    config = DesignConfig(max_builds=40, holdout=4, tries=64)
+    plans = first_round(space, config)
+    layer = space.layers[-2]
+
+    def new_cells(weights):
+        more = next_round(space, plans, weights, config, 1)
+        known = {(w[layer.in_group], w[layer.out_group]) for w in
+                 (space.complete(p.widths) for p in more[:len(plans)] if p.role != "holdout")}
+        added = [space.complete(p.widths) for p in more[len(plans):] if p.role == "design"]
+        return len({(w[layer.in_group], w[layer.out_group]) for w in added} - known), len(more) - len(plans)
+
+    targeted, builds = new_cells({layer.name: 100.0})
+    assert builds == STEP_BUILDS and targeted == 2  # both targeted designs measure unseen cells of that layer
+
+
+def test_small_residual_net_fit_meets_the_bar_with_default_settings(tmp_path):
+    """Before issue 24: 7.7-8.4% held-out error at 0.1-0.6% noise (the tables' residuals, interpolated across
+    ONNX Runtime's 16-channel steps, predicted 17 us for a 55 us conv)."""
+    from itcp_deploy.engines.build import EngineSpec
+    from itcp_deploy.perfmodel import fit
+    from itcp_deploy.pipeline.config import ProfileSettings
+    from itcp_deploy.pipeline.stages import profile_engines
+    from itcp_deploy.pruning import build_space
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = SmallResidual().eval()
+    space = build_space(model, (1, 3, 32, 32))
+    profile, summary = profile_engines(model, space, EngineSpec(), ProfileSettings(cache_dir=str(tmp_path)))
+    report = fit(profile, force=True).report
+    assert report.mape_pct <= max(1.5 * profile.noise_pct, 2.0), (report, profile.builds)
+    assert report.mape_pct < report.flops_mape_pct and not report.rejected
+    assert profile.builds <= 32 and summary.rounds >= 1
+
+
+def test_measured_plans_are_cached_and_refit_learns_them(tmp_path):
+    from dataclasses import replace
+
+    from itcp_deploy.perfmodel import fit
+    from itcp_deploy.perfmodel.fit import refit
+    from itcp_deploy.profiling.profiler import measure_plans
+    from tests.synthetic_spaces import resnet_space, synthetic_profile
+
+    model, space = tiny_setup()
+    plan = {g.name: g.candidates[1] for g in space.prunable}
+    engines = measure_plans(model, space, [plan, space.full_widths()], fast_config(tmp_path))
+    assert [e.role for e in engines] == ["plan"] and engines[0].layer_ms  # the dense plan is the reference
+    assert measure_plans(model, space, [plan], fast_config(tmp_path))[0].latency == engines[0].latency  # cached
+
+    space = resnet_space(2)
+    profile = synthetic_profile(space, n_design=4, noise=0.002, seed=4)
+    plans = [replace(e, role="plan", engine_id=f"plan{i}")
+             for i, e in enumerate(synthetic_profile(space, n_design=30, n_holdout=0, noise=0.002, seed=8).engines[1:])]
+    before = fit(profile, force=True)
+    merged, after = refit(profile, plans)
+    assert len(merged.engines) == len(profile.engines) + len(plans) and after.report.n_design == 5 + len(plans)
+
+    def error(m):
+        return sum(abs(m.predict_ms(e.widths) - e.latency.median_ms) for e in plans)
+
+    assert error(after) < 0.5 * error(before)
+
+
+def test_the_build_budget_reaches_run_profile_engines_and_prune(monkeypatch, tmp_path):
+    import pytest
+
+    import itcp_deploy.api as api
+    import itcp_deploy.profiling.profiler as profiler
+    from tests.conftest import run_cli
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_stages(config, inputs, log=None, progress=None, **kw):
+        seen.append(config.profile)
+        raise Stop
+
+    def fake_profile_model(spec, shape, config, judge=None, **kw):
+        seen.append((config.design, judge))
+        raise Stop
+
+    monkeypatch.setattr(api, "run_stages", fake_stages)
+    monkeypatch.setattr(profiler, "profile_model", fake_profile_model)
+    common = ("cifar_resnet20", "--input-shape", "1x3x32x32", "--max-builds", "14")
+    sla = ("--data", "synthetic:train=64,test=32", "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "0")
+    for args in (("run", *common, *sla), ("profile-engines", *common, *sla),
+                 ("profile-engines", *common, "--no-adaptive", "-o", str(tmp_path / "p.json"))):
+        with pytest.raises(Stop):
+            run_cli(*args)
+    from itcp_deploy import PruneOptions
+    from itcp_deploy.pipeline.config import ProfileSettings
+
+    batches = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]
+    with pytest.raises(Stop):
+        api.prune(SmallResidual().eval(), torch.randn(1, 3, 32, 32), speedup=2.0, score_loader=batches,
+                  out_dir=tmp_path / "api", options=PruneOptions(profile=ProfileSettings(max_builds=14)))
+    assert [s.max_builds for s in seen[:2]] == [14, 14] and seen[0].adaptive and seen[1].adaptive
+    design, judge = seen[2]
+    assert design.max_builds == 14 and not design.adaptive and judge is not None
+    assert seen[3].max_builds == 14 and seen[3].adaptive
