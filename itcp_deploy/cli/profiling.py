@@ -57,6 +57,12 @@ def calibrate_cmd(
         console.print(f"wrote {npz} ({manifest['num']} samples of {manifest['shape'][1:]} from {data}, seed {seed})")
 
 
+AdaptiveOpt = Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Stop building once the perf model "
+                                           "meets max(1.5 x noise, 2%) on held-out engines.")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard of the fixed design "
+                                                             "(merge with --no-adaptive).")]
+
+
 @app.command("profile-engines")
 def profile_engines_cmd(
     model: Annotated[str, typer.Argument(help="Zoo name, torchvision:NAME, timm:NAME, model file or module:factory.")],
@@ -65,13 +71,11 @@ def profile_engines_cmd(
     precision: PrecisionOpt = "fp32",
     weights: Annotated[str | None, typer.Option("--weights", help="Checkpoint to load.")] = None,
     max_builds: Annotated[int, typer.Option("--max-builds", help="Engines to build at most, holdouts included.")] = 32,
-    adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Stop building once the perf model "
-                                           "meets max(1.5 x noise, 2%) on held-out engines.")] = True,
+    adaptive: AdaptiveOpt = True,
     holdout: Annotated[int, typer.Option("--holdout", min=0, help="Random plans kept to check the perf model.")] = 10,
     cache: Annotated[Path, typer.Option("--cache", help="Cache directory (cache.sqlite + artifacts).")] = ENGINES,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration set name or .npz (int8).")] = None,
-    shard: Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard of the fixed design "
-                                                               "(merge with --no-adaptive).")] = None,
+    shard: ShardOpt = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: cpu, cuda, tensorrt.")] = "cpu",
     perf_hint: Annotated[str, typer.Option("--perf-hint", help="openvino hint: latency, throughput.")] = "latency",
@@ -102,12 +106,10 @@ def profile_engines_cmd(
     from itcp_deploy.profiling.timing import TimingConfig
 
     shape = parse_input_shape(input_shape)
-    options = EngineOptions(threads=threads, provider=provider, device=device, perf_hint=perf_hint,
-                            workspace_mb=workspace_mb)
-    engine = EngineSpec(backend, precision, options, calib)
+    engine = EngineSpec(backend, precision, EngineOptions(threads=threads, provider=provider, device=device,
+                                                         perf_hint=perf_hint, workspace_mb=workspace_mb), calib)
     settings = ProfileSettings(cache_dir=str(cache), max_builds=max_builds, holdout=holdout, layer_runs=layer_runs,
-                               adaptive=adaptive,
-                               timing=TimingConfig(rounds=rounds, runs_per_round=runs))
+                               adaptive=adaptive, timing=TimingConfig(rounds=rounds, runs_per_round=runs))
     if sla_ms is None and speedup is None:
         ref = ModelRef(model, weights, trust_code, tuple(ignore_layers or ()))
         _profile_only(ref, (input_shape, shape), engine, settings, shard, out, json_out)
