@@ -24,7 +24,10 @@ from itcp_deploy.models.copying import model_tensors, sharing_copy
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
-PARITY_RTOL = 1e-4
+# max |ORT - torch| / max |torch|: float32 summation order differs between the two (kernel choice, fused BN);
+# deep nets at 224 reach a few 1e-4 (pruned efficientnet_b2 and regnet_y_1_6gf: 6.4e-4, docs/benchmarks.md
+# section 13), a wrong export differs by O(0.1-1)
+PARITY_RTOL = 1e-3
 # protobuf's limit on one message: a model past it is written with its weights in external files, which the
 # engine chain (one ONNX file per engine, copied and optimised by each backend) does not carry
 SINGLE_FILE_BYTES = 2 << 30
@@ -108,7 +111,7 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     """ONNX Runtime (CPU) vs PyTorch on random inputs; returns max |diff| / max |torch output|.
 
     Raises:
-        ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-4) on any trial.
+        ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-3) on any trial.
     """
     import onnxruntime as ort
 
