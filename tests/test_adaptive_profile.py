@@ -126,6 +126,7 @@ def test_the_build_budget_reaches_run_profile_engines_and_prune(monkeypatch, tmp
     import pytest
 
     import itcp_deploy.api as api
+    import itcp_deploy.pipeline.driver as driver
     import itcp_deploy.profiling.profiler as profiler
     from tests.conftest import run_cli
 
@@ -142,7 +143,7 @@ def test_the_build_budget_reaches_run_profile_engines_and_prune(monkeypatch, tmp
         seen.append((config.design, judge))
         raise Stop
 
-    monkeypatch.setattr(api, "run_stages", fake_stages)
+    monkeypatch.setattr(driver, "run_stages", fake_stages)
     monkeypatch.setattr(profiler, "profile_model", fake_profile_model)
     common = ("cifar_resnet20", "--input-shape", "1x3x32x32", "--max-builds", "14")
     sla = ("--data", "synthetic:train=64,test=32", "-o", str(tmp_path / "o"), "--speedup", "2", "--epochs", "0")
