@@ -41,3 +41,16 @@ def test_agreement_counts_the_same_class_and_needs_the_same_images():
     assert a.agreement(b) == pytest.approx(2 / 3) and a.top1 == pytest.approx(200 / 3)
     with pytest.raises(UsageError, match="same batches"):
         a.agreement(EngineOutputs(a.logits[:2], a.labels[:2]))
+
+
+def test_no_engine_accuracy_when_the_data_is_not_at_the_engines_shape():
+    """The 224 sweep's efficientnet_b2: synthetic 32x32 images, an engine built at 224. The PyTorch model takes
+    any size; the engine does not, so the run reports no engine accuracy instead of failing its final stage."""
+    from types import SimpleNamespace
+
+    from itcp_deploy.pipeline.stages import _engine_accuracy
+
+    state = SimpleNamespace(done=lambda stage: {"accuracy": 10.0, "targets": {"t": "dense"}})
+    ctx = SimpleNamespace(state=state, inputs=SimpleNamespace(eval_loader=[(torch.zeros(2, 3, 32, 32), None)]))
+    target = SimpleNamespace(name="t", input_shape=(1, 3, 224, 224))
+    assert _engine_accuracy(ctx, target, "engine") is None

@@ -375,6 +375,9 @@ def _engine_accuracy(ctx: RunContext, target: DeployTarget, artifact: Path) -> d
 
     if ctx.state.done("dense").get("accuracy") is None or ctx.inputs.eval_loader is None:
         return None
+    images = next(iter(ctx.inputs.eval_loader))[0]
+    if tuple(images.shape[1:]) != tuple(target.input_shape[1:]):  # e.g. 32x32 data, an engine built at 224
+        return None
     dense = Path(ctx.state.done("dense")["targets"][target.name])
     return engine_quality(target.engine.backend, artifact, dense, target.engine.options, ctx.inputs.eval_loader)
 
