@@ -63,26 +63,16 @@ def calibrate(
             "pass the --input-shape the model runs at",
         )
     name = name or f"{info.name}-{len(indices)}-s{seed}".replace("/", "_").replace("\\", "_")
-    npz = Path(out_dir) / f"{name}.npz"
+    preprocessing = {"mean": list(info.mean), "std": list(info.std), "size": list(info.input_size), "augment": False}
+    return _write_set(Path(out_dir) / f"{name}.npz", inputs, indices,
+                      {"source": spec, "split": "train", "seed": seed, "preprocessing": preprocessing})
+
+
+def _write_set(npz: Path, inputs: np.ndarray, indices: np.ndarray, manifest: dict) -> Path:
+    """The set's ``.npz`` and its manifest (name, count, indices and shape added), each written atomically."""
     atomic_write(npz, lambda f: np.savez(f, inputs=inputs, indices=indices))
-    write_json(
-        npz.with_suffix(".json"),
-        {
-            "name": name,
-            "source": spec,
-            "split": "train",
-            "seed": seed,
-            "num": int(len(indices)),
-            "indices": indices.tolist(),
-            "shape": list(inputs.shape),
-            "preprocessing": {
-                "mean": list(info.mean),
-                "std": list(info.std),
-                "size": list(info.input_size),
-                "augment": False,
-            },
-        },
-    )
+    write_json(npz.with_suffix(".json"), {"name": npz.stem, **manifest, "num": int(len(indices)),
+                                          "indices": indices.tolist(), "shape": list(inputs.shape)})
     return npz
 
 
@@ -95,12 +85,7 @@ def calibration_from_batches(batches: list, path: str | os.PathLike[str], *, num
     if not images:
         raise UsageError("no images to draw an int8 calibration set from", "give data, or --calib NAME")
     inputs, indices = draw_calibration([(image,) for image in images], num, seed)
-    npz = Path(path)
-    atomic_write(npz, lambda f: np.savez(f, inputs=inputs, indices=indices))
-    write_json(npz.with_suffix(".json"), {"name": npz.stem, "source": source, "seed": seed,
-                                          "num": int(len(indices)), "indices": indices.tolist(),
-                                          "shape": list(inputs.shape)})
-    return npz
+    return _write_set(Path(path), inputs, indices, {"source": source, "seed": seed})
 
 
 def load_calibration(

@@ -51,12 +51,9 @@ def _images_and_labels(batches: Iterable[Any], limit: int) -> tuple[np.ndarray, 
     return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
-def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, batches: Iterable[Any],
-                   limit: int = 1000) -> EngineOutputs:
-    """The engine's logits on the first ``limit`` images of ``batches`` (``(inputs, labels)`` pairs)."""
+def _logits(backend: str, artifact: Artifact, options: EngineOptions, images: np.ndarray) -> np.ndarray:
     from itcp_deploy.engines import get_backend
 
-    images, labels = _images_and_labels(batches, limit)
     with get_backend(backend).runner(artifact, options) as runner:
         (name, (shape, dtype)), = runner.input_specs().items()
         size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else len(images)
@@ -64,16 +61,23 @@ def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, bat
         padded = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
         chunks = [next(iter(runner.infer({name: padded[i:i + size].astype(dtype)}).values()))
                   for i in range(0, len(padded), size)]
-    logits = np.concatenate(chunks).reshape(len(padded), -1)[:len(images)]
-    return EngineOutputs(logits=logits.astype(np.float32), labels=labels)
+    return np.concatenate(chunks).reshape(len(padded), -1)[:len(images)].astype(np.float32)
+
+
+def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, batches: Iterable[Any],
+                   limit: int = 1000) -> EngineOutputs:
+    """The engine's logits on the first ``limit`` images of ``batches`` (``(inputs, labels)`` pairs)."""
+    images, labels = _images_and_labels(batches, limit)
+    return EngineOutputs(logits=_logits(backend, artifact, options, images), labels=labels)
 
 
 def engine_quality(backend: str, artifact: Artifact, dense_artifact: Artifact, options: EngineOptions,
                    batches: Iterable[Any], limit: int = 1000) -> dict[str, float | int]:
     """The shipped engine's top-1, the dense engine's on the same images, and how often the two agree (a drop
-    in agreement is what quantization or pruning cost, measured on the engines themselves)."""
-    batches = list(batches) if not isinstance(batches, list) else batches
-    final = engine_outputs(backend, artifact, options, batches, limit)
-    dense = engine_outputs(backend, dense_artifact, options, batches, limit)
+    in agreement is what quantization or pruning cost, measured on the engines themselves). The batches are
+    read once, for both engines."""
+    images, labels = _images_and_labels(batches, limit)
+    final = EngineOutputs(_logits(backend, artifact, options, images), labels)
+    dense = EngineOutputs(_logits(backend, dense_artifact, options, images), labels)
     return {"engine_top1": final.top1, "dense_engine_top1": dense.top1, "agreement_with_dense": final.agreement(dense),
-            "images": len(final.labels)}
+            "images": len(labels)}
