@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setprofile(None)
     result = {"exit": code, "modules": walk_counts(modules), "functions": walk_counts(functions),
               "rounds": len(json.loads((Path(args.out) / "report.json").read_text())["rounds"]),
+              "function_rooms": list(dict.fromkeys(functions)),
               "module_walk": " -> ".join(s for i, s in enumerate(modules) if i == 0 or modules[i - 1] != s)}
     print(json.dumps(result, indent=1), file=sys.stderr)
     return 0

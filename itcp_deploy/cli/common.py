@@ -28,4 +28,7 @@ BlockRemovalOpt = Annotated[bool, typer.Option("--block-removal/--no-block-remov
                                                help="Let residual branches be removed (width 0).")]
 WorkspaceOpt = Annotated[int, typer.Option("--workspace-mb", min=1,
                                            help="TensorRT builder workspace (MiB): raise it when a build fails.")]
+AdaptiveOpt = Annotated[bool, typer.Option(
+    "--adaptive/--no-adaptive", help="Stop building once the perf model meets max(1.5 x noise, 2%) on held-out "
+    "engines, and profile the search's own plans before the closed loop (--no-adaptive: the fixed design).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch backend device: cpu or cuda.")]

@@ -10,6 +10,7 @@ import typer
 
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import (
+    AdaptiveOpt,
     BackendOpt,
     BlockRemovalOpt,
     CompensateOpt,
@@ -60,6 +61,7 @@ def run_command(
     cache: Annotated[str, typer.Option("--cache", help="Profiling cache directory.")] = "engines",
     max_builds: Annotated[int, typer.Option("--max-builds", min=3, help="Profiling budget: engines to build at "
                                             "most (fewer once the perf model meets its bar).")] = 32,
+    adaptive: AdaptiveOpt = True,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow model specs that run code.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
     json: Json = False,
@@ -80,7 +82,7 @@ def run_command(
         model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,
         ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,
         recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
-        profile=ProfileSettings(cache_dir=cache, max_builds=max_builds), compensate=compensate,
+        profile=ProfileSettings(cache_dir=cache, max_builds=max_builds, adaptive=adaptive), compensate=compensate,
         block_removal=block_removal, quiet=quiet or json)
     deliver(config, json)
 

@@ -11,6 +11,7 @@ import typer
 
 from itcp_deploy.cli.app import app
 from itcp_deploy.cli.common import (
+    AdaptiveOpt,
     BackendOpt,
     BlockRemovalOpt,
     CompensateOpt,
@@ -57,8 +58,6 @@ def calibrate_cmd(
         console.print(f"wrote {npz} ({manifest['num']} samples of {manifest['shape'][1:]} from {data}, seed {seed})")
 
 
-AdaptiveOpt = Annotated[bool, typer.Option("--adaptive/--no-adaptive", help="Stop building once the perf model "
-                                           "meets max(1.5 x noise, 2%) on held-out engines.")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="i/n: build and measure one shard of the fixed design "
                                                              "(merge with --no-adaptive).")]
 

@@ -6,6 +6,7 @@
 - :mod:`~itcp_deploy.pipeline.stages`: the stages, each over every target
 - :mod:`~itcp_deploy.pipeline.strategies`: each method's search (closed loop, or a peer's measured bisection)
 - :mod:`~itcp_deploy.pipeline.closed_loop`: search -> build -> measure -> correct, for one target or several
+- :mod:`~itcp_deploy.pipeline.probe`: the search's own plans profiled and the perf model refitted before the loop
 - :mod:`~itcp_deploy.pipeline.meter`: one target's measuring (dense latency, a candidate interleaved, the verdict)
 - :mod:`~itcp_deploy.pipeline.run_dir`: the run folder's file names (per target too) and ``state.json``
 - :mod:`~itcp_deploy.pipeline.planning` (``search``, ``pareto``), :mod:`~itcp_deploy.pipeline.gate`

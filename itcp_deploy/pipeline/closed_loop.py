@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from itcp_deploy.errors import InfeasibleError
+from itcp_deploy.pipeline import probe
 from itcp_deploy.pipeline.budget_search import Round, accepted, next_budget
 from itcp_deploy.pipeline.meter import TargetMeter
 from itcp_deploy.pipeline.stages import RunContext
@@ -221,18 +222,20 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
         _detail.debug("round %d widths: %s", r, widths)
         return out
 
+    scores = ctx.folder.read_arrays(ctx.folder.scores)
+    probes: list[dict] = []
+    if probe.wanted(ctx):
+        perf, probes = probe.probe_plans(ctx, meters, perf, lambda models: _solver(ctx, models, scores, [])[1])
     fronts: list[list[tuple[float, float]]] = []
-    problems, solve = _solver(ctx, perf, ctx.folder.read_arrays(ctx.folder.scores), fronts)
+    problems, solve = _solver(ctx, perf, scores, fronts)
     rounds = Rounds([t.name for t in targets], [m.aim_ms for m in meters], [min_latency_ms(p) for p in perf])
-    budgets = [t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms()) for t, m, p in zip(targets, meters, perf,
-                                                                                            strict=True)]
-    chosen = run_rounds(rounds, budgets, solve, measure, accept_low=c.loop.accept_low, max_rounds=c.loop.max_rounds,
-                        log=ctx.log)
+    chosen = run_rounds(rounds, probe.budgets(ctx, meters, perf), solve, measure, accept_low=c.loop.accept_low,
+                        max_rounds=c.loop.max_rounds, log=ctx.log)
     if len(targets) > 1:
         chosen = _measure_candidates(rounds, problems, measure, chosen, ctx.log)
     i = rounds.solutions.index(chosen)
     _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
-    return loop_record(targets, meters, rounds.records, rounds.notes, i, chosen)
+    return {**loop_record(targets, meters, rounds.records, rounds.notes, i, chosen), "probes": probes}
 
 
 def loop_record(targets, meters: list[TargetMeter], records: list[dict], notes: list[str], accepted_round: int,

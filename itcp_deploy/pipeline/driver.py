@@ -169,8 +169,11 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
     """How far to trust the perf model where the search used it: its held-out error (random plans) beside the
     error on the first plan the search chose, measured/predicted as ratios to the dense engine (drift between
     the profile and the loop cancels). The search picks plans *because* they look cheap, so the held-out error
-    flatters the model there (issue 24). ``None`` where the method predicts nothing (a peer's bisection)."""
+    flatters the model there (issue 24); the first probe's measured/predicted is that error before the model saw
+    any of the search's plans (``pipeline/probe.py``). ``None`` where the method predicts nothing (a peer's
+    bisection)."""
     report = perf.report
+    probes = [p for p in loop.get("probes", []) if p["target"] == name]
     first = next((t for t in loop["rounds"][0]["targets"] if t["name"] == name), None) if loop["rounds"] else None
     plan = None
     if first and first.get("predicted_ms") and first.get("ratio_to_dense"):
@@ -179,7 +182,9 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
             "fit_rejected": bool(report.rejected) if report else None,
             "first_plan_measured_over_predicted": plan,
             "first_plan_over_sla": first["measured_ms"] / loop["sla_ms"][name] if first else None,
-            "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan")}
+            "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan"),
+            "probe_measured_over_predicted": probes[0]["measured_over_predicted"] if probes else None,
+            "probes": len(probes)}
 
 
 def _plots(ctx: RunContext, report: RunReport, plan) -> None:

@@ -1,0 +1,83 @@
+"""Profile the search's own plans before the loop measures them (issue 24): the DP picks plans *because* the
+perf model finds them cheap, so the model errs most exactly there (held-out engines are random plans). Each
+probe solves at the targets' budgets, builds and profiles that plan like a design engine (per-layer times,
+interleaved with the dense engine), refits every target's perf model with it (``perfmodel.fit.refit``) and
+saves the profile and the model; the loop then starts from a model fitted where it is used. A probe stops
+once its plan measured within the model's bar (max(noise, 2%)) of its prediction.
+
+A width 0 (a removed residual branch) cannot be built in the profile's space: the probe builds that group at
+its narrowest width, which still times every other layer at the plan's widths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from itcp_deploy.pipeline.stages import RunContext, profile_config
+
+if TYPE_CHECKING:
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.pipeline.meter import TargetMeter
+    from itcp_deploy.search.vector import VectorSolution
+
+MAX_PROBES = 2
+MIN_TOLERANCE = 0.02
+
+
+def budgets(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel]) -> list[float]:
+    """Every target's SLA aim in its perf model's units."""
+    return [t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms())
+            for t, m, p in zip(ctx.config.targets, meters, perf, strict=True)]
+
+
+def wanted(ctx: RunContext) -> bool:
+    """Probes refit the run's own fitted models: adaptive profiling, no perf model given."""
+    return ctx.config.profile.adaptive and not ctx.config.profile.perf_model_path
+
+
+def probe_plans(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel],
+                solver: Callable[[list[PerfModel]], Callable[[list[float]], VectorSolution]]
+                ) -> tuple[list[PerfModel], list[dict]]:
+    """Up to :data:`MAX_PROBES` probes; returns the refitted models and one record per probe and target
+    (predicted, measured, their ratio, the held-out error before and after the refit)."""
+    records: list[dict] = []
+    for i in range(MAX_PROBES):
+        sol = solver(perf)(budgets(ctx, meters, perf))
+        new, close = [], True
+        for t, p in zip(ctx.config.targets, perf, strict=True):
+            refitted, rec = _probe_target(ctx, t, p, sol.widths)
+            records.append({"probe": i, **rec})
+            new.append(refitted)
+            close &= abs(rec["measured_over_predicted"] - 1) <= rec["tolerance"]
+            ctx.log(f"probe {i} {t.name}: the search's plan measured {rec['measured_ms']:.4f} ms, predicted "
+                    f"{rec['predicted_ms']:.4f} ({rec['measured_over_predicted']:.3f}); refit, held-out error "
+                    f"{rec['heldout_err_before_pct']:.1f}% -> {rec['heldout_err_after_pct']:.1f}%")
+        perf = new
+        if close:
+            break
+    return perf, records
+
+
+def _probe_target(ctx: RunContext, target, perf: PerfModel, widths: dict[str, int]) -> tuple[PerfModel, dict]:
+    from itcp_deploy.perfmodel.fit import refit
+    from itcp_deploy.perfmodel.model import on_space
+    from itcp_deploy.profiling.profiler import measure_plans
+    from itcp_deploy.profiling.records import Profile
+
+    c, files = ctx.config, ctx.folder.target(target.name)
+    space = ctx.target_space(target).with_removal(False)
+    built = {g.name: widths[g.name] or min(w for w in g.candidates if w) for g in perf.space.groups}
+    engines = measure_plans(ctx.inputs.model, space, [built], profile_config(target.engine, c.profile, c.seed))
+    profile = Profile.load(files.profile)
+    profile, model = refit(profile, engines)
+    model = on_space(model, ctx.target_space(target))
+    profile.save(files.profile)
+    model.save(files.perf_model)
+    predicted = perf.predict_ms(built)
+    measured = engines[0].latency.median_ms if engines else predicted  # the plan is the dense network
+    before, after = perf.report, model.report
+    return model, {"target": target.name, "widths": built, "predicted_ms": predicted, "measured_ms": measured,
+                   "measured_over_predicted": measured / predicted,
+                   "tolerance": max(MIN_TOLERANCE, (after.noise_pct if after else 0.0) / 100),
+                   "heldout_err_before_pct": before.mape_pct if before else float("nan"),
+                   "heldout_err_after_pct": after.mape_pct if after else float("nan")}

@@ -1,0 +1,64 @@
+"""Issue 24: the search's own plans are profiled and the perf model refitted before the closed loop
+(``pipeline/probe.py``), through ``run`` and ``prune()``; ``--no-adaptive`` (a fixed design) does not probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+DATA = "synthetic:train=256,test=128"
+COMMON = ("--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.5", "--epochs", "0", "--max-builds", "12",
+          "--json")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+def _run(tmp_path: Path, cache: Path, *extra: str) -> tuple[dict, dict]:
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", "cifar_resnet20", *COMMON, *extra, "--cache", str(cache), "-o", str(out))
+    assert code in (0, 1), err  # 1: the final engine missed the SLA (noise); the probes are what is checked
+    return json.loads((out / "report.json").read_text()), json.loads((out / "profile.json").read_text())
+
+
+def test_run_probes_the_searchs_plan_and_refits(tmp_path, cache):
+    report, profile = _run(tmp_path, cache)
+    row = report["targets"][0]
+    plans = [e for e in profile["engines"] if e["role"] == "plan"]
+    assert 1 <= row["probes"] <= 2 and len(plans) == row["probes"]
+    assert row["probe_measured_over_predicted"] > 0 and all(e["layer_ms"] for e in plans)
+    assert profile["builds"] == sum(1 for e in profile["engines"] if e["role"] != "dense") + 1
+    perf = json.loads((tmp_path / "out" / "perf_model.json").read_text())
+    assert perf["report"]["n_design"] >= len(plans) + 1  # the refit model is the one the loop used
+
+
+def test_no_adaptive_does_not_probe(tmp_path, cache):
+    report, profile = _run(tmp_path, cache, "--no-adaptive")
+    assert report["targets"][0]["probes"] == 0 and report["targets"][0]["probe_measured_over_predicted"] is None
+    assert not [e for e in profile["engines"] if e["role"] == "plan"]
+
+
+def test_prune_probes_and_its_option_turns_it_off(tmp_path, cache):
+    import itcp_deploy
+    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pipeline.config import ProfileSettings
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    loader = make_loader(load_dataset(DATA, "train", augment=False), 64, shuffle=True, seed=0)
+    rows = []
+    for adaptive in (True, False):
+        options = itcp_deploy.PruneOptions(name="cifar_resnet20", profile=ProfileSettings(
+            cache_dir=str(cache), max_builds=12, adaptive=adaptive))
+        result = itcp_deploy.prune(model, torch.zeros(1, 3, 32, 32), speedup=1.5, score_loader=loader,
+                                   out_dir=tmp_path / str(adaptive), options=options)
+        rows.append(result.report.targets[0])
+    assert rows[0]["probes"] >= 1 and rows[1]["probes"] == 0
