@@ -136,13 +136,14 @@ def _dense_rows(b: Bench) -> list[dict]:
 def _one_shot_row(b: Bench, method: str, speedup: float, budget: float) -> dict:
     """Solve, prune, re-estimate BN: the fields every seed of (method, speed-up) shares."""
     from bench.comparison.peer import peer_prune
+    from itcp_deploy.pipeline.strategies import PEER, STRATEGIES
     from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
-    from itcp_deploy.pruning.tp_peer import group_widths, is_peer
+    from itcp_deploy.pruning.tp_peer import group_widths
     from itcp_deploy.train import recalibrate_bn
 
     t0 = time.perf_counter()
     c, lever = b.config, levers(method)
-    if is_peer(lever.base):
+    if STRATEGIES.get(lever.base) is PEER:  # Torch-Pruning's own pruner finds its widths by measuring
         pruned, plan = peer_prune(b, lever.base, speedup)
         recalibrate_bn(pruned, b.bn_loader(), num_batches=c.recipe.bn_batches)
     else:

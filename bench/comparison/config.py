@@ -64,16 +64,13 @@ class CompareConfig:
     measure_only: bool = False  # compute no row: measure every row already in OUT/rows, interleaved
 
     def validate(self) -> None:
-        from itcp_deploy.pruning.tp_peer import is_peer
-        from itcp_deploy.search.baselines import SEARCH_METHODS
+        from itcp_deploy.pipeline.strategies import PEER, STRATEGIES
 
         for m in self.methods:
             lever = levers(m)
-            if is_peer(lever.base) and (lever.compensate or lever.remove):
+            if STRATEGIES.get(lever.base) is PEER and (lever.compensate or lever.remove):
                 raise UsageError(f"{m}: Torch-Pruning's own pruner takes neither compensation (it does not report "
                                  "the kept channels) nor block removal", f"use {lever.base}")
-            if not is_peer(lever.base):
-                SEARCH_METHODS.get(lever.base)
         bad = [s for s in self.speedups if not math.isfinite(s) or s < 1]
         if bad or not self.speedups or not self.seeds:
             raise UsageError(

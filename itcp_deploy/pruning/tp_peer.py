@@ -27,10 +27,6 @@ from itcp_deploy.space import OUTPUT_GROUP, PruningSpace
 PEER_METHODS = ("tp-taylor", "tp-taylor-round")
 
 
-def is_peer(method: str) -> bool:
-    return method in PEER_METHODS
-
-
 def peer_round_to(method: str, block: int) -> int | None:
     """``round_to`` of a peer method: none for ``tp-taylor``; for ``tp-taylor-round`` the engine's channel
     block (the caller's: :func:`itcp_deploy.engines.device.channel_block` for ONNX Runtime CPU)."""
@@ -155,5 +151,5 @@ def peer_search(model: nn.Module, space: PruningSpace, method: str, batches: Ite
     return bisect_measured(peer.prune, measure, target)
 
 
-__all__ = ["PEER_METHODS", "PeerResult", "TaylorPeer", "bisect_measured", "group_widths", "is_peer", "peer_round_to",
+__all__ = ["PEER_METHODS", "PeerResult", "TaylorPeer", "bisect_measured", "group_widths", "peer_round_to",
            "peer_search"]
