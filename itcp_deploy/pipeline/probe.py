@@ -1,9 +1,9 @@
 """Profile the search's own plans before the loop measures them (issue 24): the DP picks plans *because* the
 perf model finds them cheap, so the model errs most exactly there (held-out engines are random plans). Each
 probe solves at the targets' budgets, builds and profiles that plan like a design engine (per-layer times,
-interleaved with the dense engine), refits every target's perf model with it (``perfmodel.fit.refit``) and
-saves the profile and the model; the loop then starts from a model fitted where it is used. A probe stops
-once its plan measured within the model's bar (max(noise, 2%)) of its prediction.
+interleaved with the dense engine and put on the profile's scale), refits every target's perf model with it
+(``perfmodel.fit.refit``) and saves the profile and the model; the loop then starts from a model fitted where
+it is used. A probe stops once its plan measured within the model's bar (max(noise, 2%)) of its prediction.
 
 A width 0 (a removed residual branch) cannot be built in the profile's space: the probe builds that group at
 its narrowest width, which still times every other layer at the plan's widths."""
@@ -67,8 +67,9 @@ def _probe_target(ctx: RunContext, target, perf: PerfModel, widths: dict[str, in
     c, files = ctx.config, ctx.folder.target(target.name)
     space = ctx.target_space(target).with_removal(False)
     built = {g.name: widths[g.name] or min(w for w in g.candidates if w) for g in perf.space.groups}
-    engines = measure_plans(ctx.inputs.model, space, [built], profile_config(target.engine, c.profile, c.seed))
     profile = Profile.load(files.profile)
+    engines = measure_plans(ctx.inputs.model, space, [built], profile_config(target.engine, c.profile, c.seed),
+                            reference_ms=profile.by_role("dense")[0].latency.median_ms)
     profile, model = refit(profile, engines)
     model = on_space(model, ctx.target_space(target))
     profile.save(files.profile)

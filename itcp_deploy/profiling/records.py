@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -45,6 +45,11 @@ class LatencyStats:
                    p99_ms=float(np.percentile(a, 99)), min_ms=float(a.min()), mean_ms=float(a.mean()),
                    std_ms=float(a.std()), n=int(a.size))
 
+    def scaled(self, factor: float) -> LatencyStats:
+        """Every time times ``factor`` (a session's latencies put on another session's scale)."""
+        return LatencyStats(self.median_ms * factor, self.p90_ms * factor, self.p99_ms * factor,
+                            self.min_ms * factor, self.mean_ms * factor, self.std_ms * factor, self.n)
+
     def percentile_ms(self, percentile: int) -> float:
         return {50: self.median_ms, 90: self.p90_ms, 99: self.p99_ms}[percentile]
 
@@ -68,6 +73,12 @@ class EngineMeasurement:
     layer_ms: dict[str, float] = field(default_factory=dict)
     other_ms: float = 0.0
     round_medians_ms: list[float] = field(default_factory=list)
+
+    def scaled(self, factor: float) -> EngineMeasurement:
+        """This engine with every time (latency, layers, rounds) times ``factor``."""
+        return replace(self, latency=self.latency.scaled(factor),
+                       layer_ms={k: v * factor for k, v in self.layer_ms.items()}, other_ms=self.other_ms * factor,
+                       round_medians_ms=[m * factor for m in self.round_medians_ms])
 
 
 @dataclass
