@@ -76,3 +76,36 @@ def test_run_compensates_before_bn(tmp_path):
     run(_config(tmp_path, epochs=0))  # on by default
     stage = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["finetune"]
     assert "linear" in stage["compensated_layers"]
+
+
+class _TokenMLP(torch.nn.Module):
+    """A ConvNeXt/Swin-style MLP: linear layers over the last dimension of N x H x W x C tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1, self.fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.stem(x).permute(0, 2, 3, 1)
+        t = t + self.fc2(torch.nn.functional.gelu(self.fc1(t)))
+        return self.head(t.mean(dim=(1, 2)))
+
+
+def test_linear_layers_over_tokens_refit_on_their_last_dimension():
+    """The refit indexed a linear layer's output channels on dimension 1 (H of N x H x W x C tokens): an
+    IndexError on a tiny Swin, and torchvision's ConvNeXt-Tiny failed its 224 sweep run so."""
+    torch.manual_seed(0)
+    dense = _TokenMLP().eval()
+    space = build_space(dense, SHAPE)
+    assert not space.group("fc1").fixed
+    widths = {g.name: g.candidates[0] for g in space.prunable}
+    importance = channel_importance(dense, space, "l1")
+    plain = apply_widths(dense, space, widths, importance=importance).eval()
+    fitted = apply_widths(dense, space, widths, importance=importance).eval()
+    refit = compensate(fitted, dense, space, kept_channels(dense, space, widths, importance), _batches(2, 4),
+                       CompensationSettings(num_batches=4))
+    assert "fc2" in refit
+    held_out = _batches(3, 3)
+    assert _error(fitted, dense, held_out) < _error(plain, dense, held_out)

@@ -71,8 +71,11 @@ def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
 
 
-def _targets(y: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
-    """Dense outputs on the kept channels, one row per output position."""
+def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
+    """Dense outputs on the kept channels, one row per output position. A linear layer's channels are its last
+    dimension, whatever comes before (tokens: a Swin or ConvNeXt MLP reads N x H x W x C)."""
+    if isinstance(layer, nn.Linear):
+        return y.reshape(-1, y.shape[-1])[:, torch.as_tensor(kept)].double()
     y = y[:, torch.as_tensor(kept)]
     dims = (0, *range(2, y.dim()), 1)
     return y.permute(*dims).reshape(-1, y.shape[1]).double()
@@ -109,7 +112,7 @@ def _refit(pruned: nn.Module, dense: nn.Module, name: str, kept_out: np.ndarray,
         if bias is not None:
             rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
         gram += rows.T @ rows
-        cross += rows.T @ _targets(y, kept_out)
+        cross += rows.T @ _targets(layer, y, kept_out)
     lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
     solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
     with torch.no_grad():
