@@ -4,7 +4,8 @@ to, from the CLI to the final report, and how often the walk goes back into a ro
 A frame counts when, at its call, one of its arguments is the run's ``LatencyTarget`` or holds it within five
 levels of attributes and items (a RunConfig, a DeployTarget, a meter, the run context). Dataclass ``__init__``,
 ``__post_init__``, comprehensions and lambdas are left out of the function walk; consecutive calls within one
-room are one step. Runs ``profile-engines --sla-ms`` (the same pipeline as ``run``) on a small synthetic set.
+room are one step. ``reads``: the functions that read an attribute of the ``LatencyTarget`` itself (where the SLA
+is used rather than carried). Runs ``profile-engines --sla-ms`` (the same pipeline as ``run``) on a small synthetic set.
 
 Example (before/after: run it with PYTHONPATH at each checkout)::
 
@@ -54,6 +55,23 @@ def walk_counts(steps: list[str]) -> dict:
             "steps": len(merged)}
 
 
+def _spy_reads(log: list[str]) -> None:
+    """Record the function that reads each attribute of a ``LatencyTarget``: the rooms where the SLA is used,
+    not only carried inside a config or a context (dataclass-made methods left out)."""
+    original = LatencyTarget.__getattribute__
+
+    def spy(self, name: str):
+        if not name.startswith("__"):
+            frame = sys._getframe(1)
+            module = frame.f_globals.get("__name__", "")
+            where = f"{module.removeprefix('itcp_deploy.')}.{frame.f_code.co_qualname}"
+            if module.startswith("itcp_deploy") and not SKIP.search(where):
+                log.append(where)
+        return original(self, name)
+
+    LatencyTarget.__getattribute__ = spy  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -72,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             if not SKIP.search(name):
                 functions.append(name)
 
+    reads: list[str] = []
+    _spy_reads(reads)
     from itcp_deploy.cli import main as cli
 
     sys.setprofile(profile)
@@ -82,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setprofile(None)
     result = {"exit": code, "modules": walk_counts(modules), "functions": walk_counts(functions),
               "rounds": len(json.loads((Path(args.out) / "report.json").read_text())["rounds"]),
+              "reads": walk_counts(reads), "reading_rooms": list(dict.fromkeys(reads)),
               "function_rooms": list(dict.fromkeys(functions)),
               "module_walk": " -> ".join(s for i, s in enumerate(modules) if i == 0 or modules[i - 1] != s)}
     print(json.dumps(result, indent=1), file=sys.stderr)
