@@ -3,13 +3,15 @@ perf model finds them cheap, so the model errs most exactly there (held-out engi
 probe solves at the targets' budgets, builds and profiles that plan like a design engine (per-layer times,
 interleaved with the dense engine and put on the profile's scale), refits every target's perf model with it
 (``perfmodel.fit.refit``) and saves the profile and the model; the loop then starts from a model fitted where
-it is used. A probe stops once its plan measured within the model's bar (max(noise, 2%)) of its prediction.
+it is used. A probe stops once its plan measured within the model's bar (max(noise, 2%)) of its prediction, or
+once a refit was not kept (:func:`_better`).
 
 A width 0 (a removed residual branch) cannot be built in the profile's space: the probe builds that group at
 its narrowest width, which still times every other layer at the plan's widths."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,7 @@ from itcp_deploy.pipeline.stages import RunContext, profile_config
 
 if TYPE_CHECKING:
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.perfmodel.model import FitReport
     from itcp_deploy.pipeline.meter import TargetMeter
     from itcp_deploy.search.vector import VectorSolution
 
@@ -43,17 +46,18 @@ def probe_plans(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel
     records: list[dict] = []
     for i in range(MAX_PROBES):
         sol = solver(perf)(budgets(ctx, meters, perf))
-        new, close = [], True
+        new, done = [], True
         for t, p in zip(ctx.config.targets, perf, strict=True):
             refitted, rec = _probe_target(ctx, t, p, sol.widths)
             records.append({"probe": i, **rec})
             new.append(refitted)
-            close &= abs(rec["measured_over_predicted"] - 1) <= rec["tolerance"]
+            done &= not rec["kept"] or abs(rec["measured_over_predicted"] - 1) <= rec["tolerance"]
             ctx.log(f"probe {i} {t.name}: the search's plan measured {rec['measured_ms']:.4f} ms, predicted "
-                    f"{rec['predicted_ms']:.4f} ({rec['measured_over_predicted']:.3f}); refit, held-out error "
-                    f"{rec['heldout_err_before_pct']:.1f}% -> {rec['heldout_err_after_pct']:.1f}%")
+                    f"{rec['predicted_ms']:.4f} ({rec['measured_over_predicted']:.3f}); held-out error "
+                    f"{rec['heldout_err_before_pct']:.1f}% -> {rec['heldout_err_after_pct']:.1f}% refitted"
+                    + ("" if rec["kept"] else ": worse than before and above its bar, refit not kept"))
         perf = new
-        if close:
+        if done:
             break
     return perf, records
 
@@ -70,15 +74,29 @@ def _probe_target(ctx: RunContext, target, perf: PerfModel, widths: dict[str, in
     profile = Profile.load(files.profile)
     engines = measure_plans(ctx.inputs.model, space, [built], profile_config(target.engine, c.profile, c.seed),
                             reference_ms=profile.by_role("dense")[0].latency.median_ms)
-    profile, model = refit(profile, engines)
+    merged, model = refit(profile, engines)
     model = on_space(model, ctx.target_space(target))
-    profile.save(files.profile)
-    model.save(files.perf_model)
+    before, after = perf.report, model.report
+    kept = _better(before, after)
+    if kept:
+        merged.save(files.profile)
+        model.save(files.perf_model)
     predicted = perf.predict_ms(built)
     measured = engines[0].latency.median_ms if engines else predicted  # the plan is the dense network
-    before, after = perf.report, model.report
-    return model, {"target": target.name, "widths": built, "predicted_ms": predicted, "measured_ms": measured,
-                   "measured_over_predicted": measured / predicted,
-                   "tolerance": max(MIN_TOLERANCE, (after.noise_pct if after else 0.0) / 100),
-                   "heldout_err_before_pct": before.mape_pct if before else float("nan"),
-                   "heldout_err_after_pct": after.mape_pct if after else float("nan")}
+    return model if kept else perf, {
+        "target": target.name, "widths": built, "predicted_ms": predicted, "measured_ms": measured,
+        "measured_over_predicted": measured / predicted, "kept": kept,
+        "tolerance": max(MIN_TOLERANCE, (after.noise_pct if after else 0.0) / 100),
+        "heldout_err_before_pct": before.mape_pct if before else float("nan"),
+        "heldout_err_after_pct": after.mape_pct if after else float("nan")}
+
+
+def _better(before: FitReport | None, after: FitReport | None) -> bool:
+    """Keep a refit unless it raised the held-out error above both its previous value and its bar: one engine
+    that disagrees with every design engine was measured in a bad window (on two cores under a load of 8, a
+    probe's dense engine was slowed five-fold beside its plan), or the additive model cannot follow it there;
+    either way the refitted model is not the better one."""
+    if before is None or after is None:
+        return True
+    limits = [v for v in (before.mape_pct, after.bar_pct) if math.isfinite(v)]
+    return not limits or not math.isfinite(after.mape_pct) or after.mape_pct <= max(limits)
