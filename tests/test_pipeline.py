@@ -158,6 +158,7 @@ def _loop_context(config, out, model, space):
     from itcp_deploy.pipeline.stages import RunContext
     from itcp_deploy.pipeline.strategies import STRATEGIES
 
+    config = replace(config, profile=replace(config.profile, adaptive=False))  # no probes: they build real engines
     return RunContext(config, RunFolder(out), None, ModelInputs(model, []), space, STRATEGIES.get("itcp"),
                       lambda m: None)
 

@@ -35,8 +35,9 @@ def layer_module(layer: LayerSpec, w_in: int, w_out: int):
     return nn.Sequential(conv, nn.ReLU()), (1, w_in, *layer.in_hw)
 
 
-def isolated_layer_ms(run, plans: list[PlannedEngine]) -> dict[str, dict]:
-    """``engine_id -> {"layer_ms": {layer: ms}, "other_ms": ms}`` , measuring missing signatures."""
+def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = None) -> dict[str, dict]:
+    """``engine_id -> {"layer_ms": {layer: ms}, "other_ms": ms}`` , measuring missing signatures (``other_ms``:
+    the engine's latency in ``session`` less its layers)."""
     from itcp_deploy.engines.torch.runner import TorchRunner
 
     t = run.config.timing
@@ -91,7 +92,7 @@ def isolated_layer_ms(run, plans: list[PlannedEngine]) -> dict[str, dict]:
             for layer in run.space.layers
         }
         total = float(
-            np.median([s for rnd in run.cache.get(run.latency_key(plan))["samples_ms"] for s in rnd])
+            np.median([s for rnd in run.cache.get(run.latency_key(plan, session))["samples_ms"] for s in rnd])
         )
         out[plan.engine_id] = {"layer_ms": layer_ms, "other_ms": total - sum(layer_ms.values())}
     return out

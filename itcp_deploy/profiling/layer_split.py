@@ -59,12 +59,14 @@ def layer_of_node(node_to_module: dict[str, str], node: str | None) -> str | Non
     return node_to_module.get(node or "")
 
 
-def layer_times(run, plans: list, builds: dict[str, dict], progress: Callable[[str, int, int], None]) -> dict:
-    """Per-layer times of every plan: in context where the backend profiles layers, else isolated."""
+def layer_times(run, plans: list, builds: dict[str, dict], progress: Callable[[str, int, int], None],
+                session: str | None = None) -> dict:
+    """Per-layer times of every plan: in context where the backend profiles layers, else isolated (the rest of
+    the engine's latency in ``session``, as measured)."""
     if not run.backend.in_context_layers:
         from itcp_deploy.profiling.isolated import isolated_layer_ms
 
-        return isolated_layer_ms(run, plans)
+        return isolated_layer_ms(run, plans, session)
     layers = {}
     for i, plan in enumerate(plans):
         progress("layers", i, len(plans))

@@ -260,7 +260,7 @@ def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, sessio
         builds[plan.engine_id] = run.build(plan)
     run.progress("build", len(plans), len(plans))
     run.measure_latency(plans, builds, session)
-    layers = layer_times(run, plans, builds, run.progress)
+    layers = layer_times(run, plans, builds, run.progress, session)
     engines = []
     for plan in plans:
         stats = summarize([run.cache.get(run.latency_key(plan, session))["samples_ms"]])
