@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,8 @@ def to_int8(
     dst: str | os.PathLike[str],
     calib: np.ndarray,
     settings: Int8Settings | None = None,
+    nodes: Sequence[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Static INT8 quantization to a Q/DQ graph with per-channel weights, calibrated on ``calib``.
 
@@ -81,11 +84,52 @@ def to_int8(
         dst: where the Q/DQ model is written (atomically).
         calib: calibration inputs, (N, C, H, W) float32, preprocessed exactly as at inference.
         settings: Defaults to the onnxruntime settings for this machine's CPU.
+        nodes: quantize only these nodes (names in ``src``), one Q/DQ pair per consumer; every other node
+            reads float tensors (:func:`keep_float_inputs`). None: every node.
+        metadata: more ``metadata_props`` for the Q/DQ model.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, quant_pre_process, quantize_static
 
     settings = settings or int8_settings("onnxruntime", device.detect_isa())
+    input_name = _single_input(src, calib)
+    with tempfile.TemporaryDirectory(prefix="itcp-int8-") as tmp, atomic_path(dst) as out:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+        if nodes is not None:
+            _unshare_initializers(pre, set(nodes))
+        quantize_static(
+            os.fspath(pre),
+            os.fspath(out),
+            ArrayCalibrationReader(input_name, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=settings.reduce_range,
+            activation_type=_quant_type(settings.activations),
+            weight_type=_quant_type(settings.weights),
+            nodes_to_quantize=list(nodes) if nodes is not None else None,
+            extra_options={
+                "ActivationSymmetric": settings.symmetric_activations,
+                "WeightSymmetric": settings.symmetric_weights,
+                "DedicatedQDQPair": nodes is not None,
+            },
+        )
+        quantized = onnx.load(os.fspath(out))
+        if nodes is not None:
+            keep_float_inputs(quantized, set(nodes))
+        onnx.helper.set_model_props(
+            quantized,
+            {**{p.key: p.value for p in quantized.metadata_props},
+             META_SETTINGS: settings.label, META_ISA: device.detect_isa().label(), **(metadata or {})},
+        )
+        onnx.save(quantized, os.fspath(out))
+    return Path(dst)
+
+
+def _single_input(src: str | os.PathLike[str], calib: np.ndarray) -> str:
+    """The name of ``src``'s one input, after checking ``calib`` is a non-empty image batch."""
+    import onnx
+
     model = onnx.load(os.fspath(src), load_external_data=False)
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
@@ -98,31 +142,64 @@ def to_int8(
             f"calibration data must be a non-empty (N, C, H, W) array, got shape {calib.shape}",
             "create it with `itcp-deploy calibrate`",
         )
-    with tempfile.TemporaryDirectory(prefix="itcp-int8-") as tmp, atomic_path(dst) as out:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        quantize_static(
-            os.fspath(pre),
-            os.fspath(out),
-            ArrayCalibrationReader(inputs[0], calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=settings.reduce_range,
-            activation_type=_quant_type(settings.activations),
-            weight_type=_quant_type(settings.weights),
-            extra_options={
-                "ActivationSymmetric": settings.symmetric_activations,
-                "WeightSymmetric": settings.symmetric_weights,
-            },
-        )
-        quantized = onnx.load(os.fspath(out))
-        onnx.helper.set_model_props(
-            quantized,
-            {**{p.key: p.value for p in quantized.metadata_props},
-             META_SETTINGS: settings.label, META_ISA: device.detect_isa().label()},
-        )
-        onnx.save(quantized, os.fspath(out))
-    return Path(dst)
+    return inputs[0]
+
+
+def keep_float_inputs(quantized, quantized_nodes: Collection[str]) -> int:
+    """Rewire every node outside ``quantized_nodes`` (and not itself a Q/DQ node) that reads a float
+    activation (one no quantized node produced) through a QuantizeLinear -> DequantizeLinear pair back to the
+    float tensor, and drop pairs left unused. Returns how many inputs were rewired."""
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    weights = {t.name for t in quantized.graph.initializer}
+
+    def float_source(name: str) -> str | None:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            return None
+        source = producer.get(q.input[0])
+        return None if source is not None and source.name in quantized_nodes else q.input[0]
+
+    rewired = 0
+    for node in quantized.graph.node:
+        if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, name in enumerate(node.input):
+            if (source := float_source(name)) is not None:
+                node.input[k] = source
+                rewired += 1
+    _drop_unused(quantized)
+    return rewired
+
+
+def _unshare_initializers(path: Path, nodes: Collection[str]) -> None:
+    """Give each node of ``nodes`` its own copy of every initializer it shares with a node outside them (the
+    exporter shares equal biases), so quantizing it leaves the other node's float weights as they were."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    outside = {i for n in model.graph.node if n.name not in nodes for i in n.input}
+    for node in (n for n in model.graph.node if n.name in nodes):
+        for k, name in enumerate(node.input):
+            if name in inits and name in outside:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = node.input[k] = f"{name}/{node.name}"
+                model.graph.initializer.append(copy)
+    onnx.save(model, os.fspath(path))
+
+
+def _drop_unused(model) -> None:
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
 
 
 def _quant_type(name: str):
