@@ -30,13 +30,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from itcp_deploy.errors import UsageError
+from itcp_deploy.perfmodel.mixed import FP32, INT8, MIXED, SAME, Combo
 from itcp_deploy.search.problem import SearchProblem, Term, space_scores
 from itcp_deploy.space import PruningSpace
 
-FP32, INT8 = "fp32", "int8"
-MIXED = (FP32, INT8)
+__all__ = ["FP32", "INT8", "MIXED", "group_states", "int8_groups", "mixed_problem", "problem_from_mixed",
+           "split_plan", "state_scores"]
 State = tuple[int, str]
-Combo = tuple[str, str]  # (precision of a layer's input group, of its output group)
 _RANK = {INT8: 0, FP32: 1}  # within one width, the cheaper, lower-scoring state first (as widths ascend)
 
 
@@ -93,6 +93,22 @@ def mixed_problem(
         terms.append(Term(a.name, b.name, table.reshape(len(states[a.name]), len(states[b.name]))))
     scores = state_scores(space, states, width_scores, int8_cost or {})
     return SearchProblem(candidates=states, scores=scores, terms=terms, constant=float(constant))
+
+
+def problem_from_mixed(
+    space: PruningSpace,
+    perf_model,
+    width_scores: Mapping[str, np.ndarray],
+    int8_cost: Mapping[str, float | np.ndarray],
+) -> SearchProblem:
+    """The search over states on a mixed-precision :class:`~itcp_deploy.perfmodel.PerfModel` (fitted on a
+    profile of mixed engines: its ``precision_tables``)."""
+    if not perf_model.precision_tables:
+        raise UsageError("the perf model has no mixed-precision tables",
+                         "fit it on a profile taken with --precision mixed")
+    tables = {layer.name: {SAME: perf_model.layer_table(layer.name), **perf_model.precision_tables[layer.name]}
+              for layer in space.layers}
+    return mixed_problem(space, tables, perf_model.constant_ms, width_scores, int8_cost)
 
 
 def split_plan(states: Mapping[str, State | Sequence]) -> tuple[dict[str, int], dict[str, str]]:
