@@ -15,7 +15,8 @@ import torch
 
 from itcp_deploy.engines.export import export_onnx
 from itcp_deploy.engines.int8 import ORT_FULL_RANGE
-from itcp_deploy.engines.mixed import META_INT8_GROUPS, int8_nodes, node_groups, to_mixed
+from itcp_deploy.engines.mixed import META_INT8_LAYERS, group_layers, int8_nodes, node_layers
+from itcp_deploy.engines.precision import convert_precision
 from itcp_deploy.errors import UsageError
 from itcp_deploy.models.cifar_resnet import cifar_resnet
 from itcp_deploy.pruning.space_builder import build_space
@@ -48,24 +49,39 @@ def _optimized(path, tmp):
     return session, ops
 
 
-def test_every_node_takes_its_output_group(resnet8):
+def to_mixed(path, dst, calib, space, groups, settings=ORT_FULL_RANGE):
+    return convert_precision(path, dst, "int8", calib, settings, int8_layers=group_layers(space, groups))
+
+
+def node_groups(path, space):
+    """Each node's group: its layer's output group."""
+    out_group = {layer.name: layer.out_group for layer in space.layers}
+    return {node: out_group[layer] for node, layer in node_layers(onnx.load(path)).items()}
+
+
+def test_every_node_takes_its_layers_group(resnet8):
     _, space, path, _, _ = resnet8
-    groups = node_groups(onnx.load(path), space)
+    groups = node_groups(path, space)
     assert groups["/layer2/layer2.0/shortcut/Conv"] == groups["/layer2/layer2.0/Add"] == "layer2.0.conv2"
     assert groups["/layer2/layer2.0/Relu"] == "layer2.0.conv1"
     assert groups["/Flatten"] == "layer3.0.conv2" and groups["/linear/Gemm"] == "output"
+    assert group_layers(space, ["layer2.0.conv2"]) == ("layer2.0.conv2", "layer2.0.shortcut")
     with pytest.raises(UsageError, match="cannot be INT8"):
-        int8_nodes(onnx.load(path), space, ["output"])
+        group_layers(space, ["output"])
+    with pytest.raises(UsageError, match="not Conv/Linear layers"):
+        int8_nodes(onnx.load(path), ["layer9.conv"])
 
 
 @pytest.mark.parametrize("groups", [("layer2.0.conv1",), ("conv1", "layer2.0.conv2")])
 def test_int8_groups_run_int8_kernels_and_the_rest_fp32(resnet8, groups):
     model, space, path, calib, tmp = resnet8
-    mixed = to_mixed(path, tmp / "mixed.onnx", calib, space, groups, ORT_FULL_RANGE)
-    assert {p.key: p.value for p in onnx.load(mixed).metadata_props}[META_INT8_GROUPS] == ",".join(sorted(groups))
+    mixed = to_mixed(path, tmp / "mixed.onnx", calib, space, groups)
+    meta = {p.key: p.value for p in onnx.load(mixed).metadata_props}
+    assert meta[META_INT8_LAYERS] == ",".join(group_layers(space, groups))
     session, ops = _optimized(mixed, tmp)
-    convs = [n for n, group in node_groups(onnx.load(path), space).items() if n.endswith("Conv")]
-    int8 = {n for n in convs if node_groups(onnx.load(path), space)[n] in groups}
+    node_group = node_groups(path, space)
+    convs = [n for n in node_group if n.endswith("Conv")]
+    int8 = {n for n in convs if node_group[n] in groups}
     assert {n for n in convs if ops.get(n) == "QLinearConv"} == int8
     assert all(ops.get(n) in ("Conv", "FusedConv") for n in set(convs) - int8)
     x = np.random.default_rng(1).standard_normal((8, *SHAPE[1:])).astype(np.float32)
@@ -89,7 +105,7 @@ def test_openvino_runs_the_mixed_graph(resnet8):
     from itcp_deploy.engines import EngineOptions, get_backend
 
     _, space, path, calib, tmp = resnet8
-    mixed = to_mixed(path, tmp / "mixed_ov.onnx", calib, space, ("layer2.0.conv1", "layer3.0.conv2"), ORT_FULL_RANGE)
+    mixed = to_mixed(path, tmp / "mixed_ov.onnx", calib, space, ("layer2.0.conv1", "layer3.0.conv2"))
     backend = get_backend("openvino")
     artifact = backend.builder(mixed, tmp / "ov", EngineOptions())()
     x = {"input": np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)}
@@ -100,7 +116,7 @@ def test_openvino_runs_the_mixed_graph(resnet8):
             info = op.get_rt_info()
             if info["layerType"].astype(str) == "Convolution":
                 convs[op.get_friendly_name().removesuffix("/WithoutBiases")] = info["runtimePrecision"].astype(str)
-    groups = node_groups(onnx.load(path), space)
+    groups = node_groups(path, space)
     eight_bit = {n for n, p in convs.items() if p in ("u8", "i8")}
     # OpenVINO's low-precision passes choose per node: here they keep layer3.0.shortcut (an int8 group's 1x1
     # channel-selection conv) in f32. An FP32 group's conv never runs 8-bit.

@@ -1,79 +1,68 @@
-"""Mixed precision as a graph: Q/DQ on the nodes of the INT8 groups only (issue 27).
+"""Mixed precision as a graph: Q/DQ on the nodes of the INT8 layers only (issue 27).
 
-Every tensor of the network has a channel group (:class:`~itcp_deploy.space.PruningSpace`): a Conv or Gemm's
-output has its layer's output group; any other node's output (ReLU, residual Add, pooling, flatten) has its
-first input's group; the network input has ``input``. A node runs at INT8 when its output's group does, so a
-residual Add, whose inputs share a group, never mixes precisions, and the Q/DQ boundary falls on the layers
-whose input and output groups differ in precision, where the perf model's tables put its cost
-(:mod:`itcp_deploy.search.precision`).
+Every node of an exported float ONNX model belongs to a Conv/Linear layer (:func:`node_layers`): a Conv or Gemm
+to its own module, any other node (ReLU, residual Add, pooling, flatten) to the layer of its first input, the
+network input to none. The search decides precision per channel group, for every layer whose output group it
+is (:func:`group_layers`); a node runs at INT8 when its layer does. The other nodes of a group take their
+tensor from its layers, a residual Add's inputs share a group, so an Add never mixes precisions, and the Q/DQ
+boundary falls on the layers whose input and output groups differ in precision, where the perf model's tables
+put its cost (:mod:`itcp_deploy.perfmodel.mixed`).
 
-``quantize_static`` with ``nodes_to_quantize`` inserts the Q/DQ pairs; one Q/DQ pair per consumer
-(``DedicatedQDQPair``), and an FP32 node that would read a Q/DQ'd tensor of an FP32 group reads the float
-tensor again (:func:`~itcp_deploy.engines.precision.keep_float_inputs`): the FP32 groups compute exactly as in
-the FP32 graph.
+:func:`itcp_deploy.engines.precision.to_int8` with ``nodes`` inserts the Q/DQ pairs (``quantize_static`` with
+``nodes_to_quantize``, one pair per consumer) and rewires FP32 nodes to the float tensors, so the FP32 layers
+compute exactly as in the FP32 graph.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
-from pathlib import Path
 
-import numpy as np
-
-from itcp_deploy.engines.export import onnx_node_to_module
-from itcp_deploy.engines.int8 import Int8Settings
-from itcp_deploy.engines.precision import convert_precision, to_int8
 from itcp_deploy.errors import UsageError
-from itcp_deploy.space import INPUT_GROUP, PruningSpace
+from itcp_deploy.space import PruningSpace
 
-#: metadata_props key of a mixed Q/DQ model: its INT8 groups, comma-separated and sorted.
-META_INT8_GROUPS = "itcp_deploy.int8_groups"
+#: metadata_props key of a mixed Q/DQ model: its INT8 layers, comma-separated and sorted.
+META_INT8_LAYERS = "itcp_deploy.int8_layers"
 
 
-def node_groups(model, space: PruningSpace) -> dict[str, str]:
-    """The channel group of every node's output in an exported float ONNX model (see the module docstring);
-    nodes fed only by constants are left out."""
-    layers = {layer.name: layer.out_group for layer in space.layers}
+def node_layers(model) -> dict[str, str]:
+    """The layer (torch module name) of every node of an exported float ONNX ``ModelProto`` (see the module
+    docstring); nodes fed only by the network input or constants are left out."""
+    from itcp_deploy.engines.export import onnx_node_to_module
+
     modules = onnx_node_to_module(model)
-    tensor: dict[str, str] = {i.name: INPUT_GROUP for i in model.graph.input}
+    tensor: dict[str, str] = {}
     out: dict[str, str] = {}
     for node in model.graph.node:  # ONNX keeps nodes in topological order
-        group = layers.get(modules.get(node.name, ""))
-        if group is None:
-            group = next((tensor[t] for t in node.input if t in tensor), None)
-        if group is None:
+        layer = modules.get(node.name) or next((tensor[t] for t in node.input if t in tensor), None)
+        if layer is None:
             continue
-        out[node.name] = group
-        tensor.update((t, group) for t in node.output)
+        out[node.name] = layer
+        tensor.update((t, layer) for t in node.output)
     return out
 
 
-def int8_nodes(model, space: PruningSpace, groups: Collection[str]) -> list[str]:
-    """The nodes of ``model`` (a float ONNX ``ModelProto``) whose output lies in one of ``groups``."""
-    fixed = sorted(g.name for g in space.groups if g.fixed and g.name in groups)
-    unknown = sorted(set(groups) - {g.name for g in space.groups})
-    if fixed or unknown:
-        raise UsageError(f"groups {fixed + unknown} cannot be INT8 (fixed or not in {space.model})",
+def int8_nodes(model, layers: Collection[str]) -> list[str]:
+    """The nodes of ``model`` (a float ONNX ``ModelProto``) that belong to one of ``layers``.
+
+    Raises:
+        UsageError: a layer is not a Conv/Linear module of ``model``.
+    """
+    owners = node_layers(model)
+    unknown = sorted(set(layers) - set(owners.values()))
+    if unknown:
+        raise UsageError(f"layers {unknown} are not Conv/Linear layers of the exported model",
+                         "name INT8 layers by their module names (`itcp-deploy groups MODEL` lists them)")
+    return [name for name, layer in owners.items() if layer in layers]
+
+
+def group_layers(space: PruningSpace, groups: Collection[str]) -> tuple[str, ...]:
+    """The layers at INT8 when ``groups`` are: those whose output group is one of them, sorted.
+
+    Raises:
+        UsageError: a group is fixed (the network's ends stay FP32) or not in ``space``.
+    """
+    bad = sorted(set(groups) - {g.name for g in space.prunable})
+    if bad:
+        raise UsageError(f"groups {bad} cannot be INT8 (fixed or not in {space.model})",
                          "choose INT8 groups among the prunable groups (`itcp-deploy groups MODEL`)")
-    return [name for name, group in node_groups(model, space).items() if group in groups]
-
-
-def to_mixed(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    calib: np.ndarray,
-    space: PruningSpace,
-    groups: Collection[str],
-    settings: Int8Settings | None = None,
-) -> Path:
-    """``src`` with the nodes of ``groups`` at INT8 and every other node at FP32, calibrated on ``calib``
-    (:func:`~itcp_deploy.engines.precision.to_int8`); the INT8 groups go into the metadata
-    (:data:`META_INT8_GROUPS`). No group: a copy of ``src`` (an FP32 engine)."""
-    import onnx
-
-    if not groups:
-        return convert_precision(src, dst, "fp32")
-    nodes = int8_nodes(onnx.load(os.fspath(src), load_external_data=False), space, groups)
-    return to_int8(src, dst, calib, settings, nodes=nodes,
-                   metadata={META_INT8_GROUPS: ",".join(sorted(groups))})
+    return tuple(sorted(layer.name for layer in space.layers if layer.out_group in groups))

@@ -214,21 +214,32 @@ def convert_precision(
     precision: str,
     calib: np.ndarray | None = None,
     int8: Int8Settings | None = None,
+    int8_layers: Collection[str] | None = None,
 ) -> Path:
     """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 needs ``calib``; ``int8`` defaults to the
-    onnxruntime settings for this machine's CPU."""
+    onnxruntime settings for this machine's CPU. ``int8_layers``: quantize only these layers (module names), the
+    rest FP32 (:mod:`itcp_deploy.engines.mixed`); none: an FP32 copy."""
     import shutil
 
     check_precision(precision)
     if precision == "fp16":
         return to_fp16(src, dst)
+    if precision == "int8" and int8_layers is not None and not int8_layers:
+        precision = "fp32"
     if precision == "int8":
         if calib is None:
             raise UsageError(
                 "int8 needs a calibration set",
                 "create one with `itcp-deploy calibrate` and pass --calib NAME",
             )
-        return to_int8(src, dst, calib, int8)
+        if int8_layers is None:
+            return to_int8(src, dst, calib, int8)
+        import onnx
+
+        from itcp_deploy.engines.mixed import META_INT8_LAYERS, int8_nodes
+
+        nodes = int8_nodes(onnx.load(os.fspath(src), load_external_data=False), int8_layers)
+        return to_int8(src, dst, calib, int8, nodes=nodes, metadata={META_INT8_LAYERS: ",".join(sorted(int8_layers))})
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)

@@ -1,7 +1,7 @@
 """What INT8 costs each group: the held-out loss increase when that group alone is quantized (issue 27).
 
 For a set of groups, the model's Q/DQ graph with those groups at INT8 and every other node at FP32
-(:func:`itcp_deploy.engines.mixed.to_mixed`, calibrated on ``calib``, the INT8 settings of this CPU's ISA) runs on
+(:mod:`itcp_deploy.engines.mixed`, calibrated on ``calib``, the INT8 settings of this CPU's ISA) runs on
 ONNX Runtime CPU over held-out images; its mean cross-entropy less the FP32 graph's is the increase. A group's
 INT8 cost is the increase with it alone at INT8, clipped at 0 (noise). These are loss units, as the ``taylor``
 and ``sensitivity`` width scores are (:mod:`itcp_deploy.pruning.scores`), so the search takes
@@ -58,11 +58,13 @@ class Int8Loss:
 
     def increase(self, groups: Sequence[str]) -> float:
         """Mean cross-entropy with ``groups`` at INT8, less the FP32 graph's."""
-        from itcp_deploy.engines.mixed import to_mixed
+        from itcp_deploy.engines.mixed import group_layers
+        from itcp_deploy.engines.precision import convert_precision
 
         if not groups:
             return 0.0
-        path = to_mixed(self.fp32, self.dir / "mixed.onnx", self.calib, self.space, groups, self.settings)
+        path = convert_precision(self.fp32, self.dir / "mixed.onnx", "int8", self.calib, self.settings,
+                                 int8_layers=group_layers(self.space, groups))
         return self._loss(path) - self.base
 
     def _loss(self, path: os.PathLike[str]) -> float:
