@@ -50,7 +50,7 @@ def _optimized(path, tmp):
 
 
 def to_mixed(path, dst, calib, space, groups, settings=ORT_FULL_RANGE):
-    return convert_precision(path, dst, "int8", calib, settings, int8_layers=group_layers(space, groups))
+    return convert_precision(path, dst, "mixed", calib, settings, int8_layers=group_layers(space, groups))
 
 
 def node_groups(path, space):

@@ -19,7 +19,8 @@ from itcp_deploy.engines import device
 from itcp_deploy.engines.int8 import META_ISA, META_SETTINGS, Int8Settings, int8_settings
 from itcp_deploy.errors import UsageError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+#: mixed: each channel group fp32 or int8, as the search decides (issue 27; :mod:`itcp_deploy.engines.mixed`)
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 
 def check_precision(precision: str) -> str:
@@ -216,23 +217,24 @@ def convert_precision(
     int8: Int8Settings | None = None,
     int8_layers: Collection[str] | None = None,
 ) -> Path:
-    """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 needs ``calib``; ``int8`` defaults to the
-    onnxruntime settings for this machine's CPU. ``int8_layers``: quantize only these layers (module names), the
-    rest FP32 (:mod:`itcp_deploy.engines.mixed`); none: an FP32 copy."""
+    """Write ``src`` at ``precision`` to ``dst`` (fp32: a copy). int8 and mixed need ``calib``; ``int8`` defaults
+    to the onnxruntime settings for this machine's CPU. mixed: ``int8_layers`` (module names) at INT8, every
+    other layer FP32 (:mod:`itcp_deploy.engines.mixed`); none of them: an FP32 copy."""
     import shutil
 
     check_precision(precision)
     if precision == "fp16":
         return to_fp16(src, dst)
-    if precision == "int8" and int8_layers is not None and not int8_layers:
-        precision = "fp32"
-    if precision == "int8":
+    if precision == "mixed" and int8_layers is None:
+        raise UsageError("a mixed-precision engine needs its INT8 layers",
+                         "build it from a plan with per-group precisions (--precision mixed)")
+    if precision == "int8" or (precision == "mixed" and int8_layers):
         if calib is None:
             raise UsageError(
-                "int8 needs a calibration set",
+                f"{precision} needs a calibration set",
                 "create one with `itcp-deploy calibrate` and pass --calib NAME",
             )
-        if int8_layers is None:
+        if precision == "int8":
             return to_int8(src, dst, calib, int8)
         import onnx
 

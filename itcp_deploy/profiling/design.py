@@ -52,15 +52,37 @@ STEP_BUILDS = 4  # each further round: 2 holdouts become designs, 2 new holdouts
 
 @dataclass(frozen=True)
 class PlannedEngine:
-    """One plan to build: ``engine_id`` is a short hash of the widths, stable across runs."""
+    """One plan to build: ``engine_id`` is a short hash of the widths (and INT8 groups), stable across runs.
+    ``int8_groups``: the groups a mixed-precision engine quantizes (``--precision mixed``), sorted."""
 
     engine_id: str
     role: str
     widths: dict[str, int]
+    int8_groups: tuple[str, ...] = ()
 
 
-def engine_id(widths: dict[str, int]) -> str:
-    return hashlib.sha1(json.dumps(sorted(widths.items())).encode()).hexdigest()[:12]
+def engine_id(widths: dict[str, int], int8_groups: tuple[str, ...] = ()) -> str:
+    payload = sorted(widths.items()) if not int8_groups else [sorted(widths.items()), sorted(int8_groups)]
+    return hashlib.sha1(json.dumps(payload).encode()).hexdigest()[:12]
+
+
+def with_precisions(plans: list[PlannedEngine], space: PruningSpace, config) -> list[PlannedEngine]:
+    """``plans`` as a profile with ``config`` (a :class:`~itcp_deploy.profiling.profiler.ProfileConfig`) builds
+    them. At precision mixed every plan but the dense (the FP32 reference) quantizes each prunable group with
+    probability 1/2, drawn from the design seed and its widths, so every layer is measured at every pair of input
+    and output precisions (:mod:`itcp_deploy.perfmodel.mixed`) and a plan keeps its groups across adaptive
+    rounds; plans that already have INT8 groups keep them. At any other precision: ``plans``."""
+    if config.precision != "mixed":
+        return plans
+    out = []
+    for p in plans:
+        if p.role == "dense" or p.int8_groups:
+            out.append(p)
+            continue
+        rng = random.Random(f"{config.design.seed}:{p.engine_id}")
+        groups = tuple(sorted(g.name for g in space.prunable if rng.random() < 0.5))
+        out.append(replace(p, engine_id=engine_id(p.widths, groups), int8_groups=groups))
+    return out
 
 
 def _lhs(space: PruningSpace, n: int, rng: random.Random) -> list[dict[str, int]]:

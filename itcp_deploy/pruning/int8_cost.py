@@ -63,7 +63,7 @@ class Int8Loss:
 
         if not groups:
             return 0.0
-        path = convert_precision(self.fp32, self.dir / "mixed.onnx", "int8", self.calib, self.settings,
+        path = convert_precision(self.fp32, self.dir / "mixed.onnx", "mixed", self.calib, self.settings,
                                  int8_layers=group_layers(self.space, groups))
         return self._loss(path) - self.base
 

@@ -1,0 +1,62 @@
+"""A mixed-precision profile (issue 27): the designs quantize random groups, the cache key says which, and the
+engines record their INT8 groups; the plans stay deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from itcp_deploy.profiling.design import DesignConfig, design_plans, engine_id, with_precisions
+from itcp_deploy.profiling.profiler import run_profiling
+from tests.test_profiler import fast_config, tiny_setup
+
+
+def _calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32),
+             indices=np.arange(8))
+    return str(path)
+
+
+def test_mixed_designs_quantize_random_groups_but_the_dense_plan(tmp_path):
+    _, space = tiny_setup()
+    config = fast_config(tmp_path, precision="mixed", design=DesignConfig(max_builds=12, holdout=3, tries=8))
+    plans = with_precisions(design_plans(space, config.design), space, config)
+    assert plans[0].role == "dense" and plans[0].int8_groups == ()
+    prunable = {g.name for g in space.prunable}
+    assert all(set(p.int8_groups) <= prunable for p in plans)
+    assert len({p.int8_groups for p in plans[1:]}) > 1  # not all alike
+    assert with_precisions(plans, space, config) == plans  # settled plans keep their groups
+    widths = plans[1].widths
+    assert engine_id(widths, ("conv1",)) != engine_id(widths) == engine_id(widths, ())  # fp32 ids as before
+    assert plans == with_precisions(design_plans(space, config.design), space, config)
+    fp32 = fast_config(tmp_path, design=config.design)
+    assert with_precisions(design_plans(space, config.design), space, fp32) == design_plans(space, config.design)
+
+
+def test_mixed_profile_records_int8_groups_and_caches_them_apart(tmp_path):
+    model, space = tiny_setup()
+    config = fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path))
+    profile, summary = run_profiling(model, space, config)
+    assert profile.precision == "mixed" and profile.quantization  # the ISA's INT8 settings
+    assert summary.builds_new == 6
+    quantized = [e for e in profile.engines if e.int8_groups]
+    assert quantized and all(e.role != "dense" for e in quantized)
+    again, second = run_profiling(model, space, config)
+    assert second.builds_new == 0 and [e.int8_groups for e in again.engines] == [e.int8_groups for e in profile.engines]
+    fp32, first_fp32 = run_profiling(model, space, fast_config(tmp_path))
+    assert first_fp32.builds_new == 6  # the precision is part of every key, the dense engine's too
+
+
+def test_cache_key_says_which_groups_are_int8(tmp_path):
+    from itcp_deploy.profiling.cache import ProfileCache
+    from itcp_deploy.profiling.design import PlannedEngine
+    from itcp_deploy.profiling.profiler import _Run
+
+    model, space = tiny_setup()
+    config = fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path))
+    widths = space.full_widths()
+    with ProfileCache(tmp_path / "cache") as cache:
+        run = _Run(model, space, config, cache, lambda *a: None)
+        keys = {run.key(PlannedEngine("x", "design", widths, groups), "build").digest()
+                for groups in ((), ("conv1",), ("conv3",), ("conv1", "conv3"))}
+    assert len(keys) == 4
