@@ -4,6 +4,7 @@ engines record their INT8 groups; the plans stay deterministic."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from itcp_deploy.profiling.design import DesignConfig, design_plans, engine_id, with_precisions
 from itcp_deploy.profiling.profiler import run_profiling
@@ -21,13 +22,16 @@ def test_mixed_designs_quantize_random_groups_but_the_dense_plan(tmp_path):
     _, space = tiny_setup()
     config = fast_config(tmp_path, precision="mixed", design=DesignConfig(max_builds=12, holdout=3, tries=8))
     plans = with_precisions(design_plans(space, config.design), space, config)
-    assert plans[0].role == "dense" and plans[0].int8_groups == ()
+    assert plans[0].role == "dense" and plans[0].int8_groups == () and plans[0].engine_id == engine_id(plans[0].widths)
     prunable = {g.name for g in space.prunable}
     assert all(set(p.int8_groups) <= prunable for p in plans)
     assert len({p.int8_groups for p in plans[1:]}) > 1  # not all alike
     assert with_precisions(plans, space, config) == plans  # settled plans keep their groups
     widths = plans[1].widths
-    assert engine_id(widths, ("conv1",)) != engine_id(widths) == engine_id(widths, ())  # fp32 ids as before
+    assert len({engine_id(widths), engine_id(widths, ()), engine_id(widths, ("conv1",))}) == 3
+    cells = {(la.name, la.in_group in p.int8_groups, la.out_group in p.int8_groups)
+             for p in plans for la in space.layers}
+    assert {c[1:] for c in cells if c[0] == "conv3"} == {(False, False), (False, True), (True, False), (True, True)}
     assert plans == with_precisions(design_plans(space, config.design), space, config)
     fp32 = fast_config(tmp_path, design=config.design)
     assert with_precisions(design_plans(space, config.design), space, fp32) == design_plans(space, config.design)
@@ -60,3 +64,25 @@ def test_cache_key_says_which_groups_are_int8(tmp_path):
         keys = {run.key(PlannedEngine("x", "design", widths, groups), "build").digest()
                 for groups in ((), ("conv1",), ("conv3",), ("conv1", "conv3"))}
     assert len(keys) == 4
+
+
+def test_search_on_a_mixed_perf_model_plans_widths_and_precisions(tmp_path):
+    """profile --precision mixed -> fit -> search: the plan's INT8 groups and widths meet the budget as the
+    mixed perf model predicts them, and widths.json keeps them."""
+    from itcp_deploy.perfmodel import fit
+    from itcp_deploy.pipeline.planning import SearchConfig, plan_widths
+    from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.target import LatencyTarget
+
+    model, space = tiny_setup()
+    profile, _ = run_profiling(model, space, fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path)))
+    perf = fit(profile, force=True)
+    perf.save(tmp_path / "perf.json")
+    config = SearchConfig("tests.test_profiler:Tiny", str(tmp_path / "perf.json"), LatencyTarget(speedup=1.2),
+                          data="synthetic:classes=10,size=16,train=64,test=32", trust_code=True, bins=200)
+    plan = plan_widths(config)
+    assert set(plan.int8_groups) <= {g.name for g in space.prunable}
+    assert plan.predicted_ms == pytest.approx(perf.predict_ms(plan.widths, plan.int8_groups))
+    assert plan.predicted_ms <= plan.budget_ms
+    plan.save(tmp_path / "widths.json")
+    assert PruningPlan.load(tmp_path / "widths.json").int8_groups == plan.int8_groups

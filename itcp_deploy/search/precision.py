@@ -84,12 +84,13 @@ def mixed_problem(
     for layer in space.layers:
         a, b = space.group(layer.in_group), space.group(layer.out_group)
         by_combo = tables[layer.name]
-        missing = {(pa, pb) for _, pa in states[a.name] for _, pb in states[b.name]} - set(by_combo)
-        if missing:
-            raise UsageError(f"layer {layer.name} has no latency table for precisions {sorted(missing)}",
+        same = a.name == b.name  # a depthwise layer: only the diagonal counts (Term), one precision
+        needed = {(pa, pb) for _, pa in states[a.name] for _, pb in states[b.name] if pa == pb or not same}
+        if needed - set(by_combo):
+            raise UsageError(f"layer {layer.name} has no latency table for precisions {sorted(needed - set(by_combo))}",
                              "profile engines that mix precisions (--precision mixed)")
         table = np.array([[np.asarray(by_combo[(pa, pb)], dtype=float)[a.index(wa), b.index(wb)]
-                           for wb, pb in states[b.name]] for wa, pa in states[a.name]])
+                           if (pa, pb) in needed else 0.0 for wb, pb in states[b.name]] for wa, pa in states[a.name]])
         terms.append(Term(a.name, b.name, table.reshape(len(states[a.name]), len(states[b.name]))))
     scores = state_scores(space, states, width_scores, int8_cost or {})
     return SearchProblem(candidates=states, scores=scores, terms=terms, constant=float(constant))
