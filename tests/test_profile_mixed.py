@@ -86,3 +86,31 @@ def test_search_on_a_mixed_perf_model_plans_widths_and_precisions(tmp_path):
     assert plan.predicted_ms <= plan.budget_ms
     plan.save(tmp_path / "widths.json")
     assert PruningPlan.load(tmp_path / "widths.json").int8_groups == plan.int8_groups
+
+
+def test_cli_profile_engines_precision_mixed(tmp_path, monkeypatch):
+    """``--precision mixed`` reaches the profiler: its engines quantize groups; run and prune refuse it in one
+    line until the pipeline's search takes it."""
+    import json
+
+    from itcp_deploy.profiling.records import Profile
+    from tests.conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--cache", "eng",
+                             "--precision", "mixed", "--calib", _calib32(tmp_path), "--max-builds", "3",
+                             "--holdout", "1", "--rounds", "2", "--runs-per-round", "3", "--layer-runs", "20",
+                             "--json")
+    assert code == 0, err
+    profile = Profile.load(json.loads(out)["profile"])
+    assert profile.precision == "mixed" and any(e.int8_groups for e in profile.engines)
+    code, _, err = run_cli("run", "cifar_resnet20", "--data", "synthetic:train=64,test=32", "--precision", "mixed",
+                           "--speedup", "2", "-o", str(tmp_path / "run"))
+    assert code != 0 and "--precision mixed" in err and "Traceback" not in err
+
+
+def _calib32(tmp_path):
+    path = tmp_path / "calib32.npz"
+    np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32),
+             indices=np.arange(8))
+    return str(path)
