@@ -128,3 +128,36 @@ def test_int8_pays_where_it_is_cheap_in_score():
     assert not int8_groups(solve(dear, budget).widths)
     plan = {g: list(s) for g, s in solve(free, budget).widths.items()}  # as read back from JSON
     assert free.cost(plan) <= budget
+
+
+def _inverted_residual_space():
+    """input -> expand 1x1 (g1) -> depthwise 3x3 (g1 -> g1) -> project 1x1 (g2) -> linear: a layer reading and
+    writing one group, which can only be at one precision."""
+    from itcp_deploy.space import ChannelGroup, LayerSpec, PruningSpace
+
+    layers = (LayerSpec("expand", "conv", "input", "g1", 3, 32, (1, 1), in_hw=(16, 16), out_hw=(16, 16)),
+              LayerSpec("dw", "conv", "g1", "g1", 32, 32, (3, 3), (1, 1), (1, 1), 32, (16, 16), (16, 16)),
+              LayerSpec("project", "conv", "g1", "g2", 32, 16, (1, 1), in_hw=(16, 16), out_hw=(16, 16)),
+              LayerSpec("linear", "linear", "g2", "output", 16, 10))
+    groups = (ChannelGroup("input", 3, (3,), fixed=True), ChannelGroup("g1", 32, (8, 16, 24, 32)),
+              ChannelGroup("g2", 16, (8, 16)), ChannelGroup("output", 10, (10,), fixed=True))
+    return PruningSpace("ir", (1, 3, 16, 16), groups, layers)
+
+
+def test_a_layer_within_one_group_needs_one_precision_and_the_dp_stays_exact():
+    space = _inverted_residual_space()
+    rng = np.random.default_rng(3)
+    tables = combo_tables(space, rng)
+    for layer in ("dw",):  # only its same-precision tables exist, as a mixed fit gives them
+        tables[layer] = {c: t for c, t in tables[layer].items() if c[0] == c[1]}
+    problem = mixed_problem(space, tables, 10.0, random_scores(space), int8_costs(space, rng))
+    low = min_cost(problem)[0]
+    for frac in (0.3, 0.6):
+        budget = np.floor(low + (problem.cost(problem.widest()) - low) * frac) + 0.5
+        sol = solve(problem, budget, bins=8000)
+        assert sol.score == pytest.approx(brute_force(problem, budget), abs=1e-9)
+    plan = {"input": (3, FP32), "g1": (16, INT8), "g2": (8, FP32), "output": (10, FP32)}
+    dw = tables["dw"][(INT8, INT8)][1, 1]  # the depthwise layer at g1's state, from the diagonal
+    others = (tables["expand"][(FP32, INT8)][0, 1] + tables["project"][(INT8, FP32)][1, 0]
+              + tables["linear"][(FP32, FP32)][0, 0])
+    assert problem.cost(plan) == pytest.approx(10.0 + dw + others)
