@@ -99,10 +99,12 @@ def fit_both(args: argparse.Namespace) -> None:
 
 
 def plans(args: argparse.Namespace) -> None:
-    """The DP's plans over (width, precision) and over widths alone, at predicted speed-ups of the dense FP32."""
+    """The DP's plans over (width, precision) and over widths alone at predicted speed-ups of the dense FP32;
+    each mixed plan's engine (pruned, l1 channels, no compensation or finetuning) is built and measured
+    interleaved with the dense FP32 engine, and its top-1 agreement with the pruned FP32 model it came from."""
     from itcp_deploy.pruning import group_scores
     from itcp_deploy.search.dp import solve
-    from itcp_deploy.search.precision import int8_groups, problem_from_mixed
+    from itcp_deploy.search.precision import int8_groups, problem_from_mixed, split_plan
     from itcp_deploy.search.problem import problem_from
 
     out = Path(args.out)
@@ -112,15 +114,47 @@ def plans(args: argparse.Namespace) -> None:
     cost = json.loads((out / "int8_costs.json").read_text())
     mixed, fp32 = problem_from_mixed(perf.space, perf, scores, cost), problem_from(perf.space, perf, scores)
     dense = perf.predict_ms({})
-    print("| speed-up (predicted) | fp32 plan score | mixed plan score | INT8 groups | mixed predicted ms |")
-    print("|---|---|---|---|---|")
+    test = _batches(args.data, "test", args.images)
+    calib = torch.cat([x for x, _ in _batches(args.data, "train", args.calib, seed=1)]).numpy()
+    print("| speed-up (predicted) | fp32 plan score | mixed plan score | INT8 groups | predicted ms | measured ms "
+          "| measured speed-up | top-1 agreement with its FP32 model |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in args.speedups:
         m = solve(mixed, dense / s)
         try:
             f = f"{solve(fp32, dense / s).score:.4f}"
         except Exception as err:  # noqa: BLE001 (an infeasible FP32 budget is a result here)
             f = type(err).__name__
-        print(f"| {s} | {f} | {m.score:.4f} | {len(int8_groups(m.widths))}/{len(perf.space.prunable)} | {m.cost:.4f} |")
+        widths, _ = split_plan(m.widths)
+        ms, dense_ms, agree = _measure(model, perf.space, widths, int8_groups(m.widths), calib, test, out / f"x{s}")
+        print(f"| {s} | {f} | {m.score:.4f} | {len(int8_groups(m.widths))}/{len(perf.space.prunable)} | "
+              f"{m.cost:.4f} | {ms:.4f} | {dense_ms / ms:.2f} | {agree:.3f} |")
+
+
+def _measure(model, space, widths, groups, calib, test, folder: Path) -> tuple[float, float, float]:
+    """The mixed engine's median latency, the dense FP32 engine's (interleaved), and the engine's top-1 agreement
+    with the pruned FP32 model."""
+    from itcp_deploy.engines import EngineOptions, get_backend
+    from itcp_deploy.engines.build import EngineSpec, build_engine
+    from itcp_deploy.engines.mixed import group_layers
+    from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved
+    from itcp_deploy.pruning import apply_widths
+
+    pruned = apply_widths(model, space, widths).eval()
+    np.savez(folder.with_suffix(".npz"), inputs=calib, indices=np.arange(len(calib)))
+    spec = EngineSpec("onnxruntime", "mixed", EngineOptions(), str(folder.with_suffix(".npz")),
+                      group_layers(space, groups))
+    built = build_engine(pruned, SHAPE, folder, "mixed", spec)
+    ref = build_engine(model, SHAPE, folder, "dense", EngineSpec())
+    backend = get_backend("onnxruntime")
+    with backend.runner(built.artifact, EngineOptions()) as a, backend.runner(ref.artifact, EngineOptions()) as b:
+        timing = measure_interleaved([a, b], None, TimingConfig(warmup=50, rounds=10, runs_per_round=50))
+        got = np.concatenate([a.infer({"input": x[i:i + 1].numpy()})["output"] for x, _ in test
+                              for i in range(len(x))])
+    with torch.no_grad():
+        want = torch.cat([pruned(x) for x, _ in test]).numpy()
+    agree = float((got.argmax(1) == want.argmax(1)).mean())
+    return timing.stats[0].median_ms, timing.stats[1].median_ms, agree
 
 
 def main(argv: list[str] | None = None) -> None:
