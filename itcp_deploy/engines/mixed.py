@@ -10,12 +10,14 @@ put its cost (:mod:`itcp_deploy.perfmodel.mixed`).
 
 :func:`itcp_deploy.engines.precision.to_int8` with ``nodes`` inserts the Q/DQ pairs (``quantize_static`` with
 ``nodes_to_quantize``, one pair per consumer) and rewires FP32 nodes to the float tensors, so the FP32 layers
-compute exactly as in the FP32 graph.
+compute exactly as in the FP32 graph (:func:`keep_float_inputs`, :func:`unshare_initializers`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
+from pathlib import Path
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.space import PruningSpace
@@ -66,3 +68,57 @@ def group_layers(space: PruningSpace, groups: Collection[str]) -> tuple[str, ...
         raise UsageError(f"groups {bad} cannot be INT8 (fixed or not in {space.model})",
                          "choose INT8 groups among the prunable groups (`itcp-deploy groups MODEL`)")
     return tuple(sorted(layer.name for layer in space.layers if layer.out_group in groups))
+
+
+def keep_float_inputs(quantized, quantized_nodes: Collection[str]) -> None:
+    """Rewire every node outside ``quantized_nodes`` (and not itself a Q/DQ node) that reads a float
+    activation (one no quantized node produced) through a QuantizeLinear -> DequantizeLinear pair back to the
+    float tensor, and drop pairs left unused."""
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    weights = {t.name for t in quantized.graph.initializer}
+
+    def float_source(name: str) -> str | None:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            return None
+        source = producer.get(q.input[0])
+        return None if source is not None and source.name in quantized_nodes else q.input[0]
+
+    for node in quantized.graph.node:
+        if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, name in enumerate(node.input):
+            if (source := float_source(name)) is not None:
+                node.input[k] = source
+    _drop_unused(quantized)
+
+
+def unshare_initializers(path: Path, nodes: Collection[str]) -> None:
+    """Give each node of ``nodes`` its own copy of every initializer it shares with a node outside them (the
+    exporter shares equal biases), so quantizing it leaves the other node's float weights as they were."""
+    import onnx
+
+    model = onnx.load(os.fspath(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    outside = {i for n in model.graph.node if n.name not in nodes for i in n.input}
+    for node in (n for n in model.graph.node if n.name in nodes):
+        for k, name in enumerate(node.input):
+            if name in inits and name in outside:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = node.input[k] = f"{name}/{node.name}"
+                model.graph.initializer.append(copy)
+    onnx.save(model, os.fspath(path))
+
+
+def _drop_unused(model) -> None:
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)

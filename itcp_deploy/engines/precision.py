@@ -17,6 +17,7 @@ import numpy as np
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines import device
 from itcp_deploy.engines.int8 import META_ISA, META_SETTINGS, Int8Settings, int8_settings
+from itcp_deploy.engines.mixed import META_INT8_LAYERS, int8_nodes, keep_float_inputs, unshare_initializers
 from itcp_deploy.errors import UsageError
 
 #: mixed: each channel group fp32 or int8, as the search decides (issue 27; :mod:`itcp_deploy.engines.mixed`)
@@ -86,7 +87,7 @@ def to_int8(
         calib: calibration inputs, (N, C, H, W) float32, preprocessed exactly as at inference.
         settings: Defaults to the onnxruntime settings for this machine's CPU.
         nodes: quantize only these nodes (names in ``src``), one Q/DQ pair per consumer; every other node
-            reads float tensors (:func:`keep_float_inputs`). None: every node.
+            reads float tensors (:func:`~itcp_deploy.engines.mixed.keep_float_inputs`). None: every node.
         metadata: more ``metadata_props`` for the Q/DQ model.
     """
     import onnx
@@ -98,7 +99,7 @@ def to_int8(
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
         if nodes is not None:
-            _unshare_initializers(pre, set(nodes))
+            unshare_initializers(pre, set(nodes))
         quantize_static(
             os.fspath(pre),
             os.fspath(out),
@@ -146,63 +147,6 @@ def _single_input(src: str | os.PathLike[str], calib: np.ndarray) -> str:
     return inputs[0]
 
 
-def keep_float_inputs(quantized, quantized_nodes: Collection[str]) -> int:
-    """Rewire every node outside ``quantized_nodes`` (and not itself a Q/DQ node) that reads a float
-    activation (one no quantized node produced) through a QuantizeLinear -> DequantizeLinear pair back to the
-    float tensor, and drop pairs left unused. Returns how many inputs were rewired."""
-    producer = {o: n for n in quantized.graph.node for o in n.output}
-    weights = {t.name for t in quantized.graph.initializer}
-
-    def float_source(name: str) -> str | None:
-        dq = producer.get(name)
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
-            return None
-        source = producer.get(q.input[0])
-        return None if source is not None and source.name in quantized_nodes else q.input[0]
-
-    rewired = 0
-    for node in quantized.graph.node:
-        if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        for k, name in enumerate(node.input):
-            if (source := float_source(name)) is not None:
-                node.input[k] = source
-                rewired += 1
-    _drop_unused(quantized)
-    return rewired
-
-
-def _unshare_initializers(path: Path, nodes: Collection[str]) -> None:
-    """Give each node of ``nodes`` its own copy of every initializer it shares with a node outside them (the
-    exporter shares equal biases), so quantizing it leaves the other node's float weights as they were."""
-    import onnx
-
-    model = onnx.load(os.fspath(path))
-    inits = {t.name: t for t in model.graph.initializer}
-    outside = {i for n in model.graph.node if n.name not in nodes for i in n.input}
-    for node in (n for n in model.graph.node if n.name in nodes):
-        for k, name in enumerate(node.input):
-            if name in inits and name in outside:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(inits[name])
-                copy.name = node.input[k] = f"{name}/{node.name}"
-                model.graph.initializer.append(copy)
-    onnx.save(model, os.fspath(path))
-
-
-def _drop_unused(model) -> None:
-    outputs = {o.name for o in model.graph.output}
-    while True:
-        used = {i for n in model.graph.node for i in n.input} | outputs
-        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            model.graph.node.remove(n)
-
-
 def _quant_type(name: str):
     from onnxruntime.quantization import QuantType
 
@@ -237,8 +181,6 @@ def convert_precision(
         if precision == "int8":
             return to_int8(src, dst, calib, int8)
         import onnx
-
-        from itcp_deploy.engines.mixed import META_INT8_LAYERS, int8_nodes
 
         nodes = int8_nodes(onnx.load(os.fspath(src), load_external_data=False), int8_layers)
         return to_int8(src, dst, calib, int8, nodes=nodes, metadata={META_INT8_LAYERS: ",".join(sorted(int8_layers))})
