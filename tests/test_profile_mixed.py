@@ -114,3 +114,17 @@ def _calib32(tmp_path):
     np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32),
              indices=np.arange(8))
     return str(path)
+
+
+def test_prune_refuses_mixed_before_any_work(tmp_path):
+    import torch
+
+    from itcp_deploy import api
+    from itcp_deploy.errors import UsageError
+
+    model, _ = tiny_setup()
+    batches = [(torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(UsageError, match="--precision mixed"):
+        api.prune(model, torch.randn(1, 3, 16, 16), speedup=2, precision="mixed", score_loader=batches,
+                  out_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "profile.json").exists()
