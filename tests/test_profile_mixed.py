@@ -37,18 +37,24 @@ def test_mixed_designs_quantize_random_groups_but_the_dense_plan(tmp_path):
     assert with_precisions(design_plans(space, config.design), space, fp32) == design_plans(space, config.design)
 
 
-def test_mixed_profile_records_int8_groups_and_caches_them_apart(tmp_path):
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A 6-engine mixed profile of the tiny CNN, its config and its summary."""
+    tmp = tmp_path_factory.mktemp("mixed-profile")
     model, space = tiny_setup()
-    config = fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path))
+    config = fast_config(tmp, precision="mixed", calib=_calib(tmp))
     profile, summary = run_profiling(model, space, config)
+    return model, space, config, profile, summary, tmp
+
+
+def test_mixed_profile_records_int8_groups_and_reuses_them(mixed):
+    model, space, config, profile, summary, _ = mixed
     assert profile.precision == "mixed" and profile.quantization  # the ISA's INT8 settings
     assert summary.builds_new == 6
     quantized = [e for e in profile.engines if e.int8_groups]
     assert quantized and all(e.role != "dense" for e in quantized)
     again, second = run_profiling(model, space, config)
     assert second.builds_new == 0 and [e.int8_groups for e in again.engines] == [e.int8_groups for e in profile.engines]
-    fp32, first_fp32 = run_profiling(model, space, fast_config(tmp_path))
-    assert first_fp32.builds_new == 6  # the precision is part of every key, the dense engine's too
 
 
 def test_cache_key_says_which_groups_are_int8(tmp_path):
@@ -66,7 +72,7 @@ def test_cache_key_says_which_groups_are_int8(tmp_path):
     assert len(keys) == 4
 
 
-def test_search_on_a_mixed_perf_model_plans_widths_and_precisions(tmp_path):
+def test_search_on_a_mixed_perf_model_plans_widths_and_precisions(mixed):
     """profile --precision mixed -> fit -> search: the plan's INT8 groups and widths meet the budget as the
     mixed perf model predicts them, and widths.json keeps them."""
     from itcp_deploy.perfmodel import fit
@@ -74,8 +80,7 @@ def test_search_on_a_mixed_perf_model_plans_widths_and_precisions(tmp_path):
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.target import LatencyTarget
 
-    model, space = tiny_setup()
-    profile, _ = run_profiling(model, space, fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path)))
+    _, space, _, profile, _, tmp_path = mixed
     perf = fit(profile, force=True)
     perf.save(tmp_path / "perf.json")
     config = SearchConfig("tests.test_profiler:Tiny", str(tmp_path / "perf.json"), LatencyTarget(speedup=1.2),
