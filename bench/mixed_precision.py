@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from itcp_deploy.data import load_dataset, make_loader  # noqa: E402
 from itcp_deploy.models import create_model  # noqa: E402
 from itcp_deploy.perfmodel import fit  # noqa: E402
+from itcp_deploy.perfmodel.fit import judge  # noqa: E402
 from itcp_deploy.profiling.design import DesignConfig  # noqa: E402
 from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling  # noqa: E402
 from itcp_deploy.profiling.records import Profile  # noqa: E402
@@ -89,11 +90,13 @@ def fit_both(args: argparse.Namespace) -> None:
              indices=np.arange(32))
     for precision in args.precisions:
         config = ProfileConfig(precision=precision, cache_dir=args.cache, calib=str(calib),
-                               design=DesignConfig(max_builds=args.max_builds, holdout=args.holdout, adaptive=False))
-        profile, summary = run_profiling(model, space, config)
+                               design=DesignConfig(max_builds=args.max_builds, holdout=args.holdout,
+                                                   adaptive=args.adaptive))
+        profile, summary = run_profiling(model, space, config, judge=judge if args.adaptive else None)
         profile.save(out / f"{precision}.profile.json")
         report = fit(profile, force=True).report
-        print(f"{precision}: {summary.builds_new} new builds, noise {profile.noise_pct:.2f}%, held-out error "
+        print(f"{precision}: {len(profile.engines)} engines in {summary.rounds} round(s), noise "
+              f"{profile.noise_pct:.2f}%, held-out error "
               f"{report.mape_pct:.2f}% (max {report.max_pct:.2f}%) on {report.n_validation}, bar {report.bar_pct:.1f}%,"
               f" FLOPs model {report.flops_mape_pct:.2f}%")
 
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-builds", type=int, default=64)
     p.add_argument("--holdout", type=int, default=12)
     p.add_argument("--precisions", nargs="+", default=["mixed", "fp32"])
+    p.add_argument("--adaptive", action="store_true", help="profile in rounds until the held-out bar is met")
     p.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     args = p.parse_args(argv)
     {"costs": costs, "fit": fit_both, "plans": plans}[args.what](args)
