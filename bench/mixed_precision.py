@@ -120,8 +120,8 @@ def plans(args: argparse.Namespace) -> None:
     test = _batches(args.data, "test", args.images)
     calib = torch.cat([x for x, _ in _batches(args.data, "train", args.calib, seed=1)]).numpy()
     print("| speed-up (predicted) | fp32 plan score | mixed plan score | INT8 groups | predicted ms | measured ms "
-          "| measured speed-up | top-1 agreement with its FP32 model |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| measured speed-up | top-1 agreement with its FP32 model | Q/DQ share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in args.speedups:
         m = solve(mixed, dense / s)
         try:
@@ -129,14 +129,17 @@ def plans(args: argparse.Namespace) -> None:
         except Exception as err:  # noqa: BLE001 (an infeasible FP32 budget is a result here)
             f = type(err).__name__
         widths, _ = split_plan(m.widths)
-        ms, dense_ms, agree = _measure(model, perf.space, widths, int8_groups(m.widths), calib, test, out / f"x{s}")
+        ms, dense_ms, agree, qdq = _measure(model, perf.space, widths, int8_groups(m.widths), calib, test,
+                                            out / f"x{s}")
         print(f"| {s} | {f} | {m.score:.4f} | {len(int8_groups(m.widths))}/{len(perf.space.prunable)} | "
-              f"{m.cost:.4f} | {ms:.4f} | {dense_ms / ms:.2f} | {agree:.3f} |")
+              f"{m.cost:.4f} | {ms:.4f} | {dense_ms / ms:.2f} | {agree:.3f} | {100 * qdq:.1f}% |")
 
 
-def _measure(model, space, widths, groups, calib, test, folder: Path) -> tuple[float, float, float]:
-    """The mixed engine's median latency, the dense FP32 engine's (interleaved), and the engine's top-1 agreement
-    with the pruned FP32 model."""
+def _measure(model, space, widths, groups, calib, test, folder: Path) -> tuple[float, float, float, float]:
+    """The mixed engine's median latency, the dense FP32 engine's (interleaved), the engine's top-1 agreement
+    with the pruned FP32 model, and the share of its profiled node time in QuantizeLinear/DequantizeLinear."""
+    import onnx
+
     from itcp_deploy.engines import EngineOptions, get_backend
     from itcp_deploy.engines.build import EngineSpec, build_engine
     from itcp_deploy.engines.mixed import group_layers
@@ -152,12 +155,15 @@ def _measure(model, space, widths, groups, calib, test, folder: Path) -> tuple[f
     backend = get_backend("onnxruntime")
     with backend.runner(built.artifact, EngineOptions()) as a, backend.runner(ref.artifact, EngineOptions()) as b:
         timing = measure_interleaved([a, b], None, TimingConfig(warmup=50, rounds=10, runs_per_round=50))
+        nodes = a.layer_times_ms(a.random_feeds(), 200, 20) or {}
         got = np.concatenate([a.infer({"input": x[i:i + 1].numpy()})["output"] for x, _ in test
                               for i in range(len(x))])
     with torch.no_grad():
         want = torch.cat([pruned(x) for x, _ in test]).numpy()
     agree = float((got.argmax(1) == want.argmax(1)).mean())
-    return timing.stats[0].median_ms, timing.stats[1].median_ms, agree
+    ops = {n.name: n.op_type for n in onnx.load(built.artifact / "model.opt.onnx").graph.node}
+    qdq = sum(ms for name, ms in nodes.items() if ops.get(name) in ("QuantizeLinear", "DequantizeLinear"))
+    return timing.stats[0].median_ms, timing.stats[1].median_ms, agree, qdq / max(sum(nodes.values()), 1e-12)
 
 
 def main(argv: list[str] | None = None) -> None:
