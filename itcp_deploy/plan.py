@@ -38,6 +38,7 @@ class PruningPlan:
     weights: str | None = None
     pareto: list[tuple[float, float]] = field(default_factory=list)  # (predicted latency ms, score)
     schema: int = SCHEMA_VERSION
+    int8_groups: tuple[str, ...] = ()  # a mixed-precision plan's INT8 groups (issue 27); the rest FP32
 
     def save(self, path: str | os.PathLike[str]) -> None:
         write_json(path, asdict(self))
@@ -51,7 +52,8 @@ class PruningPlan:
         try:
             return cls(**{**d, "input_shape": tuple(d["input_shape"]),
                           "widths": {str(k): int(v) for k, v in d["widths"].items()},
-                          "pareto": [tuple(p) for p in d.get("pareto", [])]})
+                          "pareto": [tuple(p) for p in d.get("pareto", [])],
+                          "int8_groups": tuple(str(g) for g in d.get("int8_groups", ()))})
         except (TypeError, ValueError) as err:
             raise InputFileError(f"{path} has malformed fields ({err})",
                                  "regenerate it with `itcp-deploy search`") from err

@@ -120,6 +120,8 @@ def search_cmd(
         f"{method}: predicted {plan.predicted_ms:.4f} ms <= budget {plan.budget_ms:.4f} ms, "
         f"score {plan.score:.4g}; wrote {output}"
     )
+    if plan.int8_groups:
+        console.print(f"INT8 groups ({len(plan.int8_groups)}): {', '.join(plan.int8_groups)}; the rest FP32")
     if json_out:
         emit_json(asdict(plan))
 

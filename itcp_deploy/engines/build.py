@@ -22,12 +22,14 @@ MAIN_FILE = {
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Which engine to build: backend, precision, run options and (int8) calibration set."""
+    """Which engine to build: backend, precision, run options and (int8, mixed) calibration set;
+    ``int8_layers``: a mixed engine's INT8 layers (module names, :mod:`itcp_deploy.engines.mixed`)."""
 
     backend: str = "onnxruntime"
     precision: str = "fp32"
     options: EngineOptions = field(default_factory=EngineOptions)
     calib: str | None = None
+    int8_layers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,13 @@ def build_chain(model, input_shape: tuple[int, ...], spec: EngineSpec, paths: Ch
         onnx_path = export_onnx(model, input_shape, paths.onnx)
         source = onnx_path
         if spec.precision != "fp32":
-            if calib is None and spec.precision == "int8":
+            if calib is None and spec.precision in ("int8", "mixed"):
                 from itcp_deploy.data.calibration import load_calibration
 
                 calib = load_calibration(spec.calib, input_shape)
             int8 = engine_int8_settings(spec.backend, spec.precision, spec.options.provider)
-            source = convert_precision(onnx_path, paths.converted, spec.precision, calib, int8=int8)
+            source = convert_precision(onnx_path, paths.converted, spec.precision, calib, int8=int8,
+                                       int8_layers=spec.int8_layers)
     else:
         source = model
     artifact = Path(backend.builder(source, paths.artifact, spec.options, tuple(input_shape))())

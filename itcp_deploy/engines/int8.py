@@ -72,7 +72,8 @@ def int8_settings(backend: str, isa: CpuIsa, provider: str = "cpu") -> Int8Setti
 def engine_int8_settings(
     backend: str, precision: str, provider: str = "cpu", isa: CpuIsa | None = None
 ) -> Int8Settings | None:
-    """:func:`int8_settings` for an engine at ``precision`` (None unless int8), on this machine's ISA by default."""
-    if precision != "int8":
+    """:func:`int8_settings` for an engine at ``precision`` (None unless int8 or mixed), on this machine's ISA
+    by default."""
+    if precision not in ("int8", "mixed"):
         return None
     return int8_settings(backend, isa or device.detect_isa(), provider)  # via the module: tests fake it

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from itcp_deploy.perfmodel.mixed import layer_combos
 from itcp_deploy.perfmodel.model import PerfModel
 from itcp_deploy.perfmodel.tables import layer_class
 from itcp_deploy.profiling.records import ATTACHED_SUFFIX, EngineMeasurement
@@ -49,16 +50,16 @@ def layer_errors(model: PerfModel, engines: Sequence[EngineMeasurement]) -> list
     for e in engines:
         if not e.layer_ms:
             continue
-        w = space.complete(e.widths)
+        w, combos = space.complete(e.widths), layer_combos(space, e.int8_groups)
+        summed = 0.0
         for layer in space.layers:
             i = space.group(layer.in_group).index(w[layer.in_group])
             j = space.group(layer.out_group).index(w[layer.out_group])
             own = e.layer_ms.get(layer.name, 0.0) + e.layer_ms.get(layer.name + ATTACHED_SUFFIX, 0.0)
-            pred, got = float(model.tables[layer.name][i, j]), scale * float(own)
+            pred, got = float(model.layer_table(layer.name, combos[layer.name])[i, j]), scale * float(own)
+            summed += pred
             _add(layer.name, pred, got, (w[layer.in_group], w[layer.out_group]), errors, sums, worst)
-        rest = model.predict_ms(e.widths) - sum(float(model.tables[la.name][
-            space.group(la.in_group).index(w[la.in_group]), space.group(la.out_group).index(w[la.out_group])])
-            for la in space.layers)
+        rest = model.predict_ms(e.widths, e.int8_groups) - summed
         _add(OTHER, rest, e.latency.median_ms - scale * sum(e.layer_ms.values()), (0, 0), errors, sums, worst)
     total = sum(float(np.sum(np.abs(v))) for v in errors.values()) or 1.0
     classes = {la.name: layer_class(la) for la in space.layers}

@@ -18,6 +18,7 @@ from itcp_deploy.errors import FitRejectedError, InputFileError
 from itcp_deploy.paths import check_outputs
 from itcp_deploy.perfmodel.explain import LayerError, layer_errors
 from itcp_deploy.perfmodel.flops_model import fit_flops, macs_tables
+from itcp_deploy.perfmodel.mixed import SAME, combo_tables
 from itcp_deploy.perfmodel.model import FitReport, PerfModel
 from itcp_deploy.perfmodel.tables import layer_tables
 from itcp_deploy.perfmodel.validate import validate
@@ -31,14 +32,16 @@ FIT_ROLES = ("design", "dense", "plan")  # engines the tables and calibration ar
 
 
 def _calibrate(
-    space: PruningSpace, tables: dict[str, np.ndarray], engines: Sequence[EngineMeasurement], method: str
+    space: PruningSpace, tables: dict[str, np.ndarray], engines: Sequence[EngineMeasurement], method: str,
+    precision_tables: dict | None = None,
 ) -> PerfModel:
-    raw = PerfModel(space, tables, 0.0, method)
-    sums = np.array([raw.predict_ms(e.widths) for e in engines])
+    raw = PerfModel(space, tables, 0.0, method, precision_tables=precision_tables or {})
+    sums = np.array([raw.predict_ms(e.widths, e.int8_groups) for e in engines])
     y = np.array([e.latency.median_ms for e in engines])
     scale, const = _calibration(sums, y)
     return PerfModel(
-        space, {k: v * scale for k, v in tables.items()}, const, method, calibration=(scale, const)
+        space, {k: v * scale for k, v in tables.items()}, const, method, calibration=(scale, const),
+        precision_tables={k: {c: t * scale for c, t in v.items()} for k, v in raw.precision_tables.items()},
     )
 
 
@@ -69,6 +72,9 @@ def fit_table_model(space: PruningSpace, engines: Sequence[EngineMeasurement]) -
             "the profile has no per-layer times (EngineMeasurement.layer_ms)",
             "re-run `itcp-deploy profile-engines` with per-layer timing, or fit --method flops",
         )
+    if any(e.int8_groups for e in engines):  # mixed precision: a table per precision pair (perfmodel.mixed)
+        by_combo = combo_tables(space, engines)
+        return _calibrate(space, {k: v[SAME] for k, v in by_combo.items()}, engines, "table", by_combo)
     return _calibrate(space, layer_tables(space, engines), engines, "table")
 
 

@@ -3,6 +3,10 @@
 ``predicted_ms(widths) = constant_ms + sum over layers of tables[layer][i_in, i_out]`` where ``i_in`` and
 ``i_out`` index the candidates of the layer's input and output groups. The whole-network calibration
 (scale and offset) is already folded into the tables and the constant.
+
+A model fitted on mixed-precision engines (issue 27) also holds ``precision_tables[layer][(p_in, p_out)]``,
+the layer's table when its input group is at ``p_in`` and its output group at ``p_out``
+(:mod:`itcp_deploy.perfmodel.mixed`); ``tables`` are then its all-fp32 tables.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.finite import check_number, check_numbers
+from itcp_deploy.perfmodel.mixed import SAME, Combo, combo_key, layer_combos
 from itcp_deploy.space import PruningSpace
 
 PERF_MODEL_SCHEMA = 1
@@ -26,6 +31,9 @@ def _check_numbers(model: PerfModel, path: str | os.PathLike[str]) -> None:
     fix = "regenerate it with `itcp-deploy fit`"
     for name, table in model.tables.items():
         check_numbers(table, f"perf model {path}", f"tables.{name}", fix)
+    for name, by_combo in model.precision_tables.items():
+        for combo, table in by_combo.items():
+            check_numbers(table, f"perf model {path}", f"precision_tables.{name}.{combo_key(combo)}", fix)
     check_number(model.constant_ms, f"perf model {path}", "constant_ms", fix, minimum=None)
     check_numbers(model.calibration, f"perf model {path}", "calibration", fix, minimum=None)
 
@@ -71,24 +79,33 @@ class PerfModel:
     meta: dict[str, str] = field(default_factory=dict)  # the identity of its profile (Profile.identity)
     calibration: tuple[float, float] = (1.0, 0.0)  # (scale, offset ms) of sum(layer times) -> network latency
     schema: int = PERF_MODEL_SCHEMA
+    precision_tables: dict[str, dict[Combo, np.ndarray]] = field(default_factory=dict)
 
-    def layer_table(self, layer_name: str) -> np.ndarray:
-        """Latency (ms) of one layer, shape (len C_in, len C_out) over its groups' candidates."""
-        try:
-            return self.tables[layer_name]
-        except KeyError:
+    def layer_table(self, layer_name: str, combo: Combo = SAME) -> np.ndarray:
+        """Latency (ms) of one layer, shape (len C_in, len C_out) over its groups' candidates; ``combo``: the
+        precisions of its input and output groups (a mixed-precision model only)."""
+        if layer_name not in self.tables:
             raise UsageError(
                 f"layer {layer_name!r} is not in the perf model of {self.space.model}",
                 "fit the perf model on a profile of this model",
-            ) from None
+            )
+        if combo == SAME:
+            return self.tables[layer_name]
+        table = self.precision_tables.get(layer_name, {}).get(combo)
+        if table is None:
+            raise UsageError(f"the perf model has no table of {layer_name} at precisions {combo_key(combo)}",
+                             "fit it on a mixed-precision profile (profile-engines --precision mixed)")
+        return table
 
-    def predict_ms(self, widths: Mapping[str, int]) -> float:
+    def predict_ms(self, widths: Mapping[str, int], int8_groups: tuple[str, ...] = ()) -> float:
+        """Predicted latency of a width plan, with ``int8_groups`` quantized (a mixed-precision model)."""
         w = self.space.complete(widths)
+        combos = layer_combos(self.space, int8_groups)
         total = self.constant_ms
         for layer in self.space.layers:
             i = self.space.group(layer.in_group).index(w[layer.in_group])
             j = self.space.group(layer.out_group).index(w[layer.out_group])
-            total += float(self.tables[layer.name][i, j])
+            total += float(self.layer_table(layer.name, combos[layer.name])[i, j])
         return float(total)
 
     def dense_ms(self) -> float:
@@ -104,6 +121,8 @@ class PerfModel:
             "meta": dict(self.meta),
             "space": self.space.to_dict(),
             "tables": {k: np.asarray(v).tolist() for k, v in self.tables.items()},
+            "precision_tables": {k: {combo_key(c): np.asarray(t).tolist() for c, t in v.items()}
+                                 for k, v in self.precision_tables.items()},
             "report": asdict(self.report) if self.report else None,
         }
 
@@ -133,6 +152,8 @@ class PerfModel:
                 FitReport(**d["report"]) if d.get("report") else None,
                 dict(d.get("meta", {})),
                 tuple(d.get("calibration", (1.0, 0.0))),
+                precision_tables={k: {tuple(c.split(">")): np.asarray(t, dtype=float) for c, t in v.items()}
+                                  for k, v in d.get("precision_tables", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputFileError(
@@ -141,7 +162,8 @@ class PerfModel:
             ) from err
         for layer in space.layers:
             want = (len(space.group(layer.in_group).candidates), len(space.group(layer.out_group).candidates))
-            if tables.get(layer.name, np.empty(0)).shape != want:
+            mixed = model.precision_tables.get(layer.name, {})
+            if any(t.shape != want for t in [tables.get(layer.name, np.empty(0)), *mixed.values()]):
                 raise InputFileError(
                     f"perf model {path}: table of {layer.name} is not {want}",
                     "regenerate it with `itcp-deploy fit`",
@@ -158,7 +180,7 @@ def on_space(perf: PerfModel, space: PruningSpace) -> PerfModel:
     Raises:
         UsageError: ``space`` has a non-zero width ``perf`` was not fitted on.
     """
-    tables = {}
+    tables, precision_tables = {}, {}
     for layer in space.layers:
         old_in, old_out = perf.space.group(layer.in_group).candidates, perf.space.group(layer.out_group).candidates
         cin, cout = space.group(layer.in_group).candidates, space.group(layer.out_group).candidates
@@ -166,7 +188,15 @@ def on_space(perf: PerfModel, space: PruningSpace) -> PerfModel:
         if missing:
             raise UsageError(f"width {missing[0]} of layer {layer.name} is not in the perf model",
                              "fit the perf model on a profile of this space")
-        old = perf.layer_table(layer.name)
-        tables[layer.name] = np.array([[old[old_in.index(a), old_out.index(b)] if a and b else 0.0 for b in cout]
-                                       for a in cin], dtype=float).reshape(len(cin), len(cout))
-    return replace(perf, space=space, tables=tables)
+        old_cells = [[(old_in.index(a), old_out.index(b)) if a and b else None for b in cout] for a in cin]
+        tables[layer.name] = _moved(perf.layer_table(layer.name), old_cells)
+        if layer.name in perf.precision_tables:
+            precision_tables[layer.name] = {c: _moved(t, old_cells)
+                                            for c, t in perf.precision_tables[layer.name].items()}
+    return replace(perf, space=space, tables=tables, precision_tables=precision_tables)
+
+
+def _moved(old: np.ndarray, cells: list[list[tuple[int, int] | None]]) -> np.ndarray:
+    """``old``'s cell at each of ``cells`` (0 where None: a layer that is gone)."""
+    return np.array([[old[c] if c is not None else 0.0 for c in row] for row in cells],
+                    dtype=float).reshape(len(cells), len(cells[0]) if cells else 0)

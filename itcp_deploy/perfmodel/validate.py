@@ -66,7 +66,7 @@ def validate(
         model, flops = fitter(space, train), fit_flops(space, train)
         for e in test:
             y = e.latency.median_ms
-            model_err.append(abs(model.predict_ms(e.widths) - y) / y * 100)
+            model_err.append(abs(model.predict_ms(e.widths, e.int8_groups) - y) / y * 100)
             flops_err.append(abs(flops.predict_ms(space, e.widths) - y) / y * 100)
     return FitReport(
         mape_pct=float(np.mean(model_err)),

@@ -157,6 +157,9 @@ class RunConfig:
         check_targets(self.targets)
         for t in self.targets:
             check_engine(t.engine.backend, t.engine.precision)  # names, before minutes of work
+            if t.engine.precision == "mixed":
+                raise UsageError("--precision mixed does not reach the pipeline's search yet (issue 27)",
+                                 "profile it with `itcp-deploy profile-engines --precision mixed`, or use fp32/int8")
         if len(self.targets) > 1 and (self.profile.profile_path or self.profile.perf_model_path):
             raise UsageError("a profile or perf model to reuse fits one target's engine, not several",
                              "drop the profile or perf model path, or give one target")

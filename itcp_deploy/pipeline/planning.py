@@ -80,8 +80,15 @@ def plan_widths(config: SearchConfig, log: Callable[[str], None] | None = None) 
     SEARCH_METHODS.get(config.method)  # fail on a typo before loading anything
     perf_model = PerfModel.load(config.perf_model)
     budget, note = budget_ms(perf_model, config.target)
+    if perf_model.precision_tables and config.method != "itcp":
+        raise UsageError(f"a mixed-precision perf model is searched by itcp only, not {config.method}",
+                         "drop --method, or fit a perf model on a single-precision profile")
     inputs = search_inputs(config, with_channel_importance=config.method == "global-magnitude")
-    solution = run_method(config.method, inputs, budget, bins=config.bins)
+    int8_groups: tuple[str, ...] = ()
+    if perf_model.precision_tables:
+        solution, int8_groups = _solve_mixed(config, inputs, budget)
+    else:
+        solution = run_method(config.method, inputs, budget, bins=config.bins)
     (log or (lambda msg: None))(f"budget: {note}")  # after solving: a failure stays one line
     widths = {g.name: solution.widths[g.name] for g in inputs.space.prunable}
     return PruningPlan(
@@ -95,7 +102,36 @@ def plan_widths(config: SearchConfig, log: Callable[[str], None] | None = None) 
         score=solution.score,
         weights=config.weights,
         pareto=[(float(c), float(s)) for c, s in solution.front],
+        int8_groups=int8_groups,
     )
+
+
+def _solve_mixed(config: SearchConfig, inputs: SearchInputs, budget: float):
+    """Widths and precisions in one exact solve (:mod:`itcp_deploy.search.precision`): the width scores less
+    each group's INT8 cost, measured on the data's test split with calibration images from its training split
+    (:mod:`itcp_deploy.pruning.int8_cost`). Returns the solution over widths and the INT8 groups."""
+    from dataclasses import replace
+
+    import torch
+
+    from itcp_deploy.data import load_dataset, make_loader
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pruning.int8_cost import Int8Loss, int8_costs
+    from itcp_deploy.search.dp import solve
+    from itcp_deploy.search.precision import int8_groups, problem_from_mixed, split_plan
+
+    if config.data is None:
+        raise UsageError("a mixed-precision search measures each group's INT8 cost on data", "pass --data")
+    batches = {split: list(make_loader(load_dataset(config.data, split, augment=False), config.batch_size,
+                                       shuffle=True, max_samples=config.max_samples)) for split in ("train", "test")}
+    calib = torch.cat([x for x, _ in batches["train"]])[:128].numpy()
+    model = create_model(config.model, weights=config.weights, trust_code=config.trust_code).eval()
+    with Int8Loss(model, inputs.space, calib, batches["test"]) as loss:
+        costs = int8_costs(loss)
+    solution = solve(problem_from_mixed(inputs.space, inputs.perf_model, inputs.scores, costs), budget,
+                     bins=config.bins)
+    widths, _ = split_plan(solution.widths)
+    return replace(solution, widths=widths), int8_groups(solution.widths)
 
 
 def pareto_fronts(

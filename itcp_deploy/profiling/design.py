@@ -52,15 +52,56 @@ STEP_BUILDS = 4  # each further round: 2 holdouts become designs, 2 new holdouts
 
 @dataclass(frozen=True)
 class PlannedEngine:
-    """One plan to build: ``engine_id`` is a short hash of the widths, stable across runs."""
+    """One plan to build: ``engine_id`` is a short hash of the widths (and INT8 groups), stable across runs.
+    ``int8_groups``: the groups a mixed-precision engine quantizes (``--precision mixed``), sorted."""
 
     engine_id: str
     role: str
     widths: dict[str, int]
+    int8_groups: tuple[str, ...] = ()
 
 
-def engine_id(widths: dict[str, int]) -> str:
-    return hashlib.sha1(json.dumps(sorted(widths.items())).encode()).hexdigest()[:12]
+def engine_id(widths: dict[str, int], int8_groups: tuple[str, ...] | None = None) -> str:
+    """A plan's id; a mixed-precision plan's (``int8_groups`` given, even empty) also hashes its INT8 groups."""
+    payload = sorted(widths.items()) if int8_groups is None else [sorted(widths.items()), sorted(int8_groups)]
+    return hashlib.sha1(json.dumps(payload).encode()).hexdigest()[:12]
+
+
+def with_precisions(plans: list[PlannedEngine], space: PruningSpace, config) -> list[PlannedEngine]:
+    """``plans`` as a profile with ``config`` (a :class:`~itcp_deploy.profiling.profiler.ProfileConfig`) builds
+    them: at any precision but mixed, ``plans``. At mixed, each prunable group is INT8 in a random half of the
+    plans not settled yet (never in the dense one, the FP32 reference), and of ``config.design.tries`` such draws
+    the one whose fitted (not holdout) plans measure the most (layer, input precision, output precision) cells is
+    kept, since the perf model fits a table per precision pair (:mod:`itcp_deploy.perfmodel.mixed`).
+    A plan whose groups are settled (its id hashes them) keeps them, so adaptive rounds add plans, never redraw."""
+    if config.precision != "mixed":
+        return plans
+    todo = [i for i, p in enumerate(plans) if p.role != "dense" and p.engine_id == engine_id(p.widths)]
+    if not todo:
+        return plans
+    rng = random.Random(f"{config.design.seed}:" + ",".join(plans[i].engine_id for i in todo))
+    names = [g.name for g in space.prunable]
+
+    def draw() -> list[tuple[str, ...]]:
+        columns = {}
+        for g in names:
+            column = [k % 2 == 0 for k in range(len(todo))]
+            rng.shuffle(column)
+            columns[g] = column
+        return [tuple(sorted(g for g in names if columns[g][k])) for k in range(len(todo))]
+
+    fitted = [i for i, p in enumerate(plans) if p.role != "holdout"]
+    best = max((draw() for _ in range(max(1, config.design.tries))), key=lambda groups: _precision_cells(
+        space, [dict(zip(todo, groups, strict=True)).get(i, plans[i].int8_groups) for i in fitted]))
+    out = list(plans)
+    for i, groups in zip(todo, best, strict=True):
+        out[i] = replace(plans[i], engine_id=engine_id(plans[i].widths, groups), int8_groups=groups)
+    return out
+
+
+def _precision_cells(space: PruningSpace, assignments: list[tuple[str, ...]]) -> int:
+    """How many (layer, input group INT8, output group INT8) cells the assignments measure."""
+    return len({(layer.name, layer.in_group in a, layer.out_group in a) for a in assignments for layer in space.layers})
 
 
 def _lhs(space: PruningSpace, n: int, rng: random.Random) -> list[dict[str, int]]:

@@ -27,6 +27,7 @@ from itcp_deploy.digest import damaged_files, tree_checksums
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
 from itcp_deploy.engines.build import ChainPaths, EngineSpec, build_chain
 from itcp_deploy.engines.int8 import engine_int8_settings
+from itcp_deploy.engines.mixed import group_layers
 from itcp_deploy.engines.precision import check_precision
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.profiling.cache import CacheKey, ProfileCache
@@ -39,6 +40,7 @@ from itcp_deploy.profiling.design import (
     next_round,
     parse_shard,
     shard,
+    with_precisions,
 )
 from itcp_deploy.profiling.layer_split import layer_of_node, layer_times, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
@@ -137,7 +139,8 @@ class _Run:
 
     def key(self, plan: PlannedEngine, kind: str, settings: dict | None = None) -> CacheKey:
         widths = tuple(sorted(plan.widths.items()))
-        extra = {**json.loads(self.base.settings), **(settings or {})}
+        int8 = {"int8_groups": list(plan.int8_groups)} if plan.int8_groups else {}  # a mixed engine's
+        extra = {**json.loads(self.base.settings), **int8, **(settings or {})}
         return CacheKey(
             **{
                 **asdict(self.base),
@@ -163,7 +166,8 @@ class _Run:
         with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
             pruned = apply_widths(self.model, self.space, plan.widths)
             staging = Path(tmp) / "artifact"
-            spec = EngineSpec(self.backend.name, self.config.precision, self._options(), self.config.calib)
+            spec = EngineSpec(self.backend.name, self.config.precision, self._options(), self.config.calib,
+                              group_layers(self.space, plan.int8_groups) if self.config.precision == "mixed" else None)
             paths = ChainPaths(staging / "export.onnx", Path(tmp) / "model.onnx", staging)
             fp32, _ = build_chain(pruned, tuple(self.space.input_shape), spec, paths, calib=self._calib())
             node_to_module = onnx_node_to_module(fp32) if fp32 is not None else {}
@@ -196,7 +200,7 @@ class _Run:
         return EngineOptions(**opts)
 
     def _calib(self):
-        if self.config.precision != "int8" or self.calib is not None:
+        if self.config.precision not in ("int8", "mixed") or self.calib is not None:
             return self.calib
         from itcp_deploy.data.calibration import load_calibration
 
@@ -270,7 +274,8 @@ def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, sessio
                                  run.backend.per_node_profiler_cost)
         engines.append(EngineMeasurement(engine_id=plan.engine_id, widths=plan.widths, role=plan.role,
                                          latency=stats.stats[0], layer_ms=entry["layer_ms"],
-                                         other_ms=entry["other_ms"], round_medians_ms=stats.round_medians_ms[0]))
+                                         other_ms=entry["other_ms"], round_medians_ms=stats.round_medians_ms[0],
+                                         int8_groups=plan.int8_groups))
     run.summary.noise_pct = noise_pct([e.round_medians_ms for e in engines])
     run.summary.wall_s = time.perf_counter() - started
     return Profile(model=run.space.model, input_shape=tuple(run.space.input_shape), backend=run.backend.name,
@@ -299,8 +304,9 @@ def run_profiling(
     progress = progress or (lambda stage, done, total: None)
     t0 = time.perf_counter()
     adaptive = judge is not None and config.design.adaptive and config.shard is None
-    plans = (first_round(space, config.design) if adaptive
-             else shard(design_plans(space, config.design), *parse_shard(config.shard)))
+    plans = with_precisions(first_round(space, config.design) if adaptive else design_plans(space, config.design),
+                            space, config)
+    plans = plans if adaptive else shard(plans, *parse_shard(config.shard))
     with ProfileCache(config.cache_dir) as cache:
         run = _Run(model, space, config, cache, progress)
         run._calib()  # a missing or mismatched int8 calibration set fails before any build
@@ -309,7 +315,7 @@ def run_profiling(
             if not adaptive or len(plans) >= config.design.max_builds:
                 break
             good, weights = judge(profile)
-            more = next_round(space, plans, weights, config.design, round_index)
+            more = with_precisions(next_round(space, plans, weights, config.design, round_index), space, config)
             if good or more == plans:
                 break
             plans = more

@@ -63,7 +63,8 @@ class EngineMeasurement:
     attached to its output, :data:`ATTACHED_SUFFIX`) in this engine,
     in context (ORT session profiling, TensorRT IProfiler) or from isolated-layer engines, per
     ``layer_source``. ``round_medians_ms``: the median of each interleaved measurement round, whose spread is
-    the noise floor.
+    the noise floor. ``int8_groups``: the groups quantized in a mixed-precision engine (``--precision mixed``,
+    :mod:`itcp_deploy.engines.mixed`), sorted; empty for an engine at one precision.
     """
 
     engine_id: str
@@ -73,6 +74,7 @@ class EngineMeasurement:
     layer_ms: dict[str, float] = field(default_factory=dict)
     other_ms: float = 0.0
     round_medians_ms: list[float] = field(default_factory=list)
+    int8_groups: tuple[str, ...] = ()
 
     def scaled(self, factor: float) -> EngineMeasurement:
         """This engine with every time (latency, layers, rounds) times ``factor``."""
@@ -137,7 +139,8 @@ class Profile:
         try:
             engines = [EngineMeasurement(**{**e, "latency": LatencyStats(**e["latency"]),
                                             "layer_ms": _floats(e.get("layer_ms", {})),
-                                            "round_medians_ms": [float(x) for x in e.get("round_medians_ms", [])]})
+                                            "round_medians_ms": [float(x) for x in e.get("round_medians_ms", [])],
+                                            "int8_groups": tuple(e.get("int8_groups", ()))})
                        for e in d["engines"]]
             profile = cls(**{**d, "input_shape": tuple(d["input_shape"]), "engines": engines,
                              "space": PruningSpace.from_dict(d["space"])})
@@ -163,6 +166,9 @@ def _check_numbers(profile: Profile, path: str | os.PathLike[str]) -> None:
         if not (isinstance(e.widths, dict) and isinstance(e.layer_ms, dict) and isinstance(e.role, str)
                 and all(isinstance(k, str) for k in e.layer_ms) and type(e.latency.n) is int):
             raise InputFileError(f"{where}: {field} has malformed fields", fix)
+        prunable = {g.name for g in profile.space.prunable}
+        if not all(isinstance(g, str) and g in prunable for g in e.int8_groups):
+            raise InputFileError(f"{where}: {field}.int8_groups holds a name that is not a prunable group", fix)
         if not all(type(w) is int for w in e.widths.values()):
             raise InputFileError(f"{where}: {field}.widths holds a width that is not an integer", fix)
         try:

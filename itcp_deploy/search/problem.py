@@ -58,8 +58,10 @@ class SearchProblem:
                 raise ValueError(f"term {t.in_group}->{t.out_group} table {t.table.shape} != {want}")
 
     def indices(self, widths: Mapping[str, int]) -> dict[str, int]:
+        """Each group's candidate index; a candidate is a width, or a ``(width, precision)`` state
+        (:mod:`itcp_deploy.search.precision`), given as a tuple or, read from JSON, a list."""
         try:
-            return {g: c.index(int(widths[g])) for g, c in self.candidates.items()}
+            return {g: c.index(_state(widths[g])) for g, c in self.candidates.items()}
         except (KeyError, ValueError) as err:
             raise UsageError(
                 f"width plan does not match the candidates ({err})", "give one candidate width per group"
@@ -81,7 +83,12 @@ class SearchProblem:
         return {g: c[0] for g, c in self.candidates.items()}
 
 
-def _space_scores(space: PruningSpace, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _state(value) -> int | tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else int(value)
+
+
+def space_scores(space: PruningSpace, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One score per candidate width of every group: ``scores``'s, 0 for a group with nothing to choose."""
     out = {}
     for g in space.groups:
         if g.fixed or len(g.candidates) == 1:
@@ -103,7 +110,7 @@ def problem_from_tables(
     ]
     return SearchProblem(
         candidates={g.name: tuple(g.candidates) for g in space.groups},
-        scores=_space_scores(space, scores),
+        scores=space_scores(space, scores),
         terms=terms,
         constant=float(constant),
     )

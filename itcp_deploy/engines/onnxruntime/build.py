@@ -60,6 +60,12 @@ def session_options(options: EngineOptions, optimize: bool = True):
     return so
 
 
+#: onnxruntime's optimisers that change a graph's precision: WeightBiasQuantization quantizes the float weights
+#: of a Conv it finds between a DequantizeLinear and a QuantizeLinear, so an FP32 group between two INT8 groups of
+#: a mixed Q/DQ graph (:mod:`itcp_deploy.engines.mixed`) would run INT8. Precision lives in the graph.
+DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+
+
 def open_session(path: Path, so, options: EngineOptions):
     """An ``InferenceSession`` whose load failures (unparseable file, unsupported operator) are one line."""
     import onnxruntime as ort
@@ -78,7 +84,8 @@ def open_session(path: Path, so, options: EngineOptions):
         )
     )
     try:
-        return ort.InferenceSession(os.fspath(path), so, providers=providers(options))
+        return ort.InferenceSession(os.fspath(path), so, providers=providers(options),
+                                    disabled_optimizers=DISABLED_OPTIMIZERS)
     except load_errors as err:
         raise _load_error(path, err) from err
 

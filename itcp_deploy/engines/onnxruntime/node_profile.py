@@ -15,6 +15,11 @@ The optimised graph renames what it fuses. Found empirically (onnxruntime 1.32, 
   ``/conv1/Conv_token_1``);
 * nodes that keep their name (``/linear/Gemm``, ``/ReduceMean``) map directly.
 
+Precision boundaries (a QuantizeLinear or DequantizeLinear left unfused, and the layout Transposes of the INT8
+kernels next to them) are charged to the layer they feed: in a mixed-precision engine (issue 27) they exist
+because that layer's precision differs from its input's, which is where the perf model's per-pair tables put
+them (:mod:`itcp_deploy.perfmodel.mixed`).
+
 What is left (pools, concatenations, channel shuffles, unfused activations and adds: ops whose cost follows the
 width of the tensor they read) is charged to the layer that produced its first input, marked ``ATTACHED``
 (``"+/layer1/layer1.0/conv2/Conv"``): the profile keeps it apart from the layer's own time (issue 24; before,
@@ -129,8 +134,23 @@ def attribute_nodes(optimized_path: str | Path, original_path: str | Path) -> di
             mapping[n.name] = next(
                 (mapping[c] for o in n.output for c in opt_consumers[o] if mapping.get(c)), None
             )
+    _boundaries_to_consumers(opt, mapping, opt_consumers)
     for n in opt.node:  # topological order: a producer is settled before its consumers
         if mapping[n.name] is None:
             up = next((mapping[opt_producer[i]] for i in n.input if mapping.get(opt_producer.get(i, ""))), None)
             mapping[n.name] = ATTACHED + up.removeprefix(ATTACHED) if up else None
     return mapping
+
+
+_BOUNDARY = ("QuantizeLinear", "DequantizeLinear", "Transpose")
+
+
+def _boundaries_to_consumers(opt, mapping: dict[str, str | None], consumers: dict[str, list[str]]) -> None:
+    """Map each unmapped boundary node (:data:`_BOUNDARY`) to the one layer that its chain of boundary nodes
+    feeds (none when it feeds several layers or only the graph's outputs)."""
+    for n in reversed(opt.node):  # consumers first
+        if mapping[n.name] is not None or n.op_type not in _BOUNDARY:
+            continue
+        fed = {mapping[c] for o in n.output for c in consumers[o] if mapping.get(c)}
+        if len(fed) == 1:
+            mapping[n.name] = fed.pop().removeprefix(ATTACHED)

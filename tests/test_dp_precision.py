@@ -1,0 +1,163 @@
+"""Width and precision in one DP (issue 27): the solve over (width, precision) states equals brute force, and
+with fp32 alone it is exactly today's width solve."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from itcp_deploy.errors import UsageError
+from itcp_deploy.search.dp import min_cost, solve
+from itcp_deploy.search.precision import FP32, INT8, MIXED, group_states, int8_groups, mixed_problem, split_plan
+from itcp_deploy.search.problem import problem_from_tables
+from itcp_deploy.space import CandidateGrid
+from tests.synthetic_spaces import random_scores, resnet_space, staircase_tables
+
+#: 16 -> (8, 16), 32 -> (32,), 64 -> (32, 64): six prunable groups, 1024 mixed plans to enumerate
+SMALL = CandidateGrid(step_small=8, step_large=32, small_max=16, min_width=8)
+
+
+def combo_tables(space, rng, integer=True):
+    """Per layer and precision pair: int8 a random 40-90% of fp32, plus a Q/DQ cost on the input where the pair
+    changes precision (proportional to the input width)."""
+    fp32 = staircase_tables(space)
+    out = {}
+    for layer in space.layers:
+        cin = np.array(space.group(layer.in_group).candidates, dtype=float)[:, None]
+        speed, qdq = rng.uniform(0.4, 0.9), rng.uniform(0.5e-3, 3e-3)
+        tabs = {}
+        for p_in, p_out in itertools.product(MIXED, MIXED):
+            t = fp32[layer.name] * (speed if p_out == INT8 else 1.0) + (qdq * cin / 8 if p_in != p_out else 0.0)
+            tabs[(p_in, p_out)] = np.ceil(t * 1000) if integer else t  # integer: whole microseconds
+        out[layer.name] = tabs
+    return out
+
+
+def int8_costs(space, rng):
+    return {g.name: float(rng.uniform(0.0, 0.8)) for g in space.prunable}
+
+
+def brute_force(problem, budget):
+    best, groups = -np.inf, list(problem.candidates)
+    for combo in itertools.product(*(problem.candidates[g] for g in groups)):
+        plan = dict(zip(groups, combo, strict=True))
+        if problem.cost(plan) <= budget:
+            best = max(best, problem.score(plan))
+    return best
+
+
+def test_states_are_width_then_precision_and_fixed_groups_stay_fp32():
+    space = resnet_space(1, SMALL)
+    states = group_states(space)
+    assert states["conv1"] == ((8, INT8), (8, FP32), (16, INT8), (16, FP32))
+    assert states["input"] == ((3, FP32),) and states["output"] == ((10, FP32),)
+    with pytest.raises(UsageError, match="subset"):
+        group_states(space, ("fp16",))
+
+
+def test_mixed_dp_equals_brute_force():
+    """Integer costs, budget between integers: the exact DP over states finds the brute-force optimum."""
+    space = resnet_space(1, SMALL)
+    rng = np.random.default_rng(27)
+    mixed = 0
+    for trial in range(4):
+        tables = combo_tables(space, rng)
+        problem = mixed_problem(space, tables, 50.0, random_scores(space, seed=trial), int8_costs(space, rng))
+        low = min_cost(problem)[0]
+        for frac in (0.2, 0.5, 0.8):
+            budget = np.floor(low + (problem.cost(problem.widest()) - low) * frac) + 0.5
+            sol = solve(problem, budget, bins=8000)
+            assert sol.exact and sol.cost <= budget
+            assert sol.score == pytest.approx(brute_force(problem, budget), abs=1e-9)
+            mixed += 0 < len(int8_groups(sol.widths)) < len(space.prunable)
+    assert mixed > 0  # some optima really mix precisions
+
+
+def test_qdq_cost_sits_on_the_edge_where_precision_changes():
+    """A layer's cost is its output group's precision plus a boundary where the input group differs."""
+    space = resnet_space(1, SMALL)
+    tables = combo_tables(space, np.random.default_rng(0))
+    problem = mixed_problem(space, tables, 0.0, random_scores(space), int8_costs(space, np.random.default_rng(1)))
+    full = {g.name: (g.candidates[-1], FP32) for g in space.groups}
+    one = {**full, "layer1.0.conv1": (16, INT8)}  # conv1 of block 1 at int8: Q on its input, DQ after conv2's input
+    change = problem.cost(one) - problem.cost(full)
+    conv1, conv2 = tables["layer1.0.conv1"], tables["layer1.0.conv2"]
+    want = (conv1[(FP32, INT8)][-1, -1] - conv1[(FP32, FP32)][-1, -1]
+            + conv2[(INT8, FP32)][-1, -1] - conv2[(FP32, FP32)][-1, -1])
+    assert change == pytest.approx(want)
+
+
+def test_int8_cost_lowers_the_score_of_int8_states_only():
+    space = resnet_space(1, SMALL)
+    widths = random_scores(space)
+    problem = mixed_problem(space, combo_tables(space, np.random.default_rng(0)), 0.0, widths,
+                            {g.name: 0.25 for g in space.prunable})
+    states = problem.candidates["conv1"]
+    assert problem.scores["conv1"].tolist() == pytest.approx(
+        [widths["conv1"][space.group("conv1").index(w)] - (0.25 if p == INT8 else 0.0) for w, p in states])
+    with pytest.raises(UsageError, match="no INT8 cost"):
+        mixed_problem(space, combo_tables(space, np.random.default_rng(0)), 0.0, widths, {})
+
+
+def test_all_fp32_plan_is_exactly_todays_plan():
+    """fp32 alone: the same costs and scores as the width problem, so the same plan at every budget."""
+    space = resnet_space(3)
+    rng = np.random.default_rng(5)
+    tables, scores = combo_tables(space, rng, integer=False), random_scores(space)
+    today = problem_from_tables(space, {k: v[(FP32, FP32)] for k, v in tables.items()}, 0.05, scores)
+    fp32 = mixed_problem(space, tables, 0.05, scores, precisions=(FP32,))
+    for frac in (0.3, 0.6, 0.9):
+        budget = today.cost(today.widest()) * frac
+        want, got = solve(today, budget, bins=300), solve(fp32, budget, bins=300)
+        widths, precisions = split_plan(got.widths)
+        assert widths == want.widths and set(precisions.values()) == {FP32}
+        assert got.cost == pytest.approx(want.cost) and got.score == pytest.approx(want.score)
+
+
+def test_int8_pays_where_it_is_cheap_in_score():
+    """Free INT8 (no loss) and a budget only INT8 meets: the plan quantizes; a prohibitive cost: it prunes."""
+    space = resnet_space(1, SMALL)
+    tables = combo_tables(space, np.random.default_rng(2), integer=False)
+    scores = random_scores(space)
+    free = mixed_problem(space, tables, 0.0, scores, {g.name: 0.0 for g in space.prunable})
+    dear = mixed_problem(space, tables, 0.0, scores, {g.name: 1e3 for g in space.prunable})
+    budget = 0.8 * free.cost({g.name: (g.candidates[-1], FP32) for g in space.groups})
+    assert int8_groups(solve(free, budget).widths)
+    assert not int8_groups(solve(dear, budget).widths)
+    plan = {g: list(s) for g, s in solve(free, budget).widths.items()}  # as read back from JSON
+    assert free.cost(plan) <= budget
+
+
+def _inverted_residual_space():
+    """input -> expand 1x1 (g1) -> depthwise 3x3 (g1 -> g1) -> project 1x1 (g2) -> linear: a layer reading and
+    writing one group, which can only be at one precision."""
+    from itcp_deploy.space import ChannelGroup, LayerSpec, PruningSpace
+
+    layers = (LayerSpec("expand", "conv", "input", "g1", 3, 32, (1, 1), in_hw=(16, 16), out_hw=(16, 16)),
+              LayerSpec("dw", "conv", "g1", "g1", 32, 32, (3, 3), (1, 1), (1, 1), 32, (16, 16), (16, 16)),
+              LayerSpec("project", "conv", "g1", "g2", 32, 16, (1, 1), in_hw=(16, 16), out_hw=(16, 16)),
+              LayerSpec("linear", "linear", "g2", "output", 16, 10))
+    groups = (ChannelGroup("input", 3, (3,), fixed=True), ChannelGroup("g1", 32, (8, 16, 24, 32)),
+              ChannelGroup("g2", 16, (8, 16)), ChannelGroup("output", 10, (10,), fixed=True))
+    return PruningSpace("ir", (1, 3, 16, 16), groups, layers)
+
+
+def test_a_layer_within_one_group_needs_one_precision_and_the_dp_stays_exact():
+    space = _inverted_residual_space()
+    rng = np.random.default_rng(3)
+    tables = combo_tables(space, rng)
+    for layer in ("dw",):  # only its same-precision tables exist, as a mixed fit gives them
+        tables[layer] = {c: t for c, t in tables[layer].items() if c[0] == c[1]}
+    problem = mixed_problem(space, tables, 10.0, random_scores(space), int8_costs(space, rng))
+    low = min_cost(problem)[0]
+    for frac in (0.3, 0.6):
+        budget = np.floor(low + (problem.cost(problem.widest()) - low) * frac) + 0.5
+        sol = solve(problem, budget, bins=8000)
+        assert sol.score == pytest.approx(brute_force(problem, budget), abs=1e-9)
+    plan = {"input": (3, FP32), "g1": (16, INT8), "g2": (8, FP32), "output": (10, FP32)}
+    dw = tables["dw"][(INT8, INT8)][1, 1]  # the depthwise layer at g1's state, from the diagonal
+    others = (tables["expand"][(FP32, INT8)][0, 1] + tables["project"][(INT8, FP32)][1, 0]
+              + tables["linear"][(FP32, FP32)][0, 0])
+    assert problem.cost(plan) == pytest.approx(10.0 + dw + others)
