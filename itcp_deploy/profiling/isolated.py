@@ -41,13 +41,8 @@ def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = Non
     from itcp_deploy.engines.torch.runner import TorchRunner
 
     t = run.config.timing
-    settings = {
-        "threads": run.config.engine.threads,
-        "warmup": t.warmup,
-        "rounds": t.rounds,
-        "runs_per_round": t.runs_per_round,
-        "device": run.config.engine.device,
-    }
+    settings = {"threads": run.config.engine.threads, "warmup": t.warmup, "rounds": t.rounds,
+                "runs_per_round": t.runs_per_round, "device": run.config.engine.device}
     keys: dict[str, tuple[CacheKey, LayerSpec, int, int]] = {}
     for plan in plans:
         for layer in run.space.layers:
