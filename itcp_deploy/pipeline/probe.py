@@ -28,8 +28,12 @@ MIN_TOLERANCE = 0.02
 
 
 def budgets(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel]) -> list[float]:
-    """Every target's SLA aim in its perf model's units."""
-    return [t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms())
+    """Every target's SLA aim in its perf model's units, at least 1.01x its fastest plan (the DP's bins need a
+    little room: a reachable SLA whose predicted budget fell just under the fastest plan's prediction was
+    refused as infeasible on the tests' tiny Swin)."""
+    from itcp_deploy.search.dp import min_latency_ms
+
+    return [max(t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms()), 1.01 * min_latency_ms(p))
             for t, m, p in zip(ctx.config.targets, meters, perf, strict=True)]
 
 
