@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from itcp_deploy.data.detection import detection_batches
 from itcp_deploy.engines.detection_parity import detections_error
 from itcp_deploy.engines.export import export_onnx, verify_onnx
 from itcp_deploy.errors import ItcpError
 from itcp_deploy.models import create_model, list_models
 from itcp_deploy.models.detection import DEPLOY_SIZES, TensorDetector
 from itcp_deploy.pruning.apply import apply_widths
+from itcp_deploy.pruning.importance import accumulate_gradients
+from itcp_deploy.pruning.output_kind import own_loss_applies
 from itcp_deploy.pruning.space_builder import build_space
 
 SIZE = 128  # tests build the detectors at a small deploy size; docs/detection.md runs them at 320
@@ -140,3 +143,25 @@ def test_a_wrong_detector_engine_fails_verification(tmp_path):
         model.head.regression_head.module_list[0][1].bias.add_(3.0)  # the torch model's boxes move
     with pytest.raises(ItcpError, match="differs"):
         verify_onnx(model, path, SHAPE, trials=1)
+
+
+def test_synthetic_detection_set_is_deterministic_with_boxes_inside_the_image():
+    (x, targets), = detection_batches(1, batch_size=3, size=SIZE, seed=5)
+    (x2, targets2), = detection_batches(1, batch_size=3, size=SIZE, seed=5)
+    assert x.shape == (3, 3, SIZE, SIZE) and torch.equal(x, x2)
+    for t, t2 in zip(targets, targets2, strict=True):
+        assert torch.equal(t["boxes"], t2["boxes"]) and torch.equal(t["labels"], t2["labels"])
+        assert bool((t["boxes"] >= 0).all() and (t["boxes"] <= SIZE).all())
+        assert set(t["labels"].tolist()) <= {1, 2, 3}
+
+
+def test_detector_is_scored_with_its_own_loss_on_labelled_boxes():
+    model = _model(SSD, num_classes=4)
+    batches = detection_batches(1, batch_size=2, size=SIZE)
+    assert own_loss_applies(model, batches[0][1])
+    assert not own_loss_applies(model, torch.zeros(2, dtype=torch.long))  # class labels: no box loss
+    assert not own_loss_applies(torch.nn.Conv2d(3, 3, 1), batches[0][1])
+    accumulate_gradients(model, batches, 1)
+    grad = model.backbone.features[0][0][0].weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    assert not model.training  # scored in eval mode, as classifiers are

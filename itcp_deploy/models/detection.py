@@ -56,10 +56,13 @@ class TensorDetector(nn.Module):
     """A torchvision detector with ``forward(images: NCHW tensor)``.
 
     Eval mode: the detector's detections, flattened to ``(boxes_0, scores_0, labels_0, boxes_1, ...)``.
-    Train mode with ``targets`` (a list of ``{"boxes": (K, 4) xyxy, "labels": (K,)}``): the detector's loss dict.
+    With ``targets`` (a list of ``{"boxes": (K, 4) xyxy, "labels": (K,)}``): the detector's loss dict, with
+    BatchNorm left in its mode (eval mode: gradients for channel scores with the model's statistics).
     Train mode without targets, or within :meth:`network_only`: the raw head outputs (BatchNorm recalibration
     runs the network this way).
     """
+
+    loss_from_targets = True  # ``model(images, targets)`` is its training loss dict, in either mode
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
@@ -105,12 +108,27 @@ class TensorDetector(nn.Module):
         boxes = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes)))
         return (*objectness, *deltas, *boxes)
 
+    def _losses(self, images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]) -> dict:
+        """The detector's training losses; the BatchNorm layers keep their mode."""
+        modes = {m: m.training for m in self.modules()}
+        detector_mode = self.detector.training
+        for m in modes:
+            if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.training = True
+        self.detector.training = True
+        try:
+            return self.detector(list(images), list(targets))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+            self.detector.training = detector_mode
+
     def forward(self, images: torch.Tensor,
                 targets: Sequence[dict[str, torch.Tensor]] | None = None) -> tuple[torch.Tensor, ...] | dict:
         if self.__dict__.get("_network_only") or (self.training and targets is None):
             return self._network(images)
-        if self.training:
-            return self.detector(list(images), list(targets))
+        if targets is not None:
+            return self._losses(images, targets)
         detections = self.detector(list(images))
         return tuple(d[k] for d in detections for k in ("boxes", "scores", "labels"))
 
