@@ -165,3 +165,15 @@ def test_detector_is_scored_with_its_own_loss_on_labelled_boxes():
     grad = model.backbone.features[0][0][0].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
     assert not model.training  # scored in eval mode, as classifiers are
+
+
+def test_groupnorm_channels_keep_multiples_of_its_groups():
+    """FCOS's head normalises with GroupNorm(32): Torch-Pruning keeps num_groups, so a width that is not a
+    multiple of it fails in the pruned forward ("divisible by num_groups")."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.GroupNorm(8, 32), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 4, 1))
+    space = build_space(model, (1, 3, 8, 8), model_spec="groupnorm")
+    (group,) = space.prunable
+    assert group.candidates and all(w % 8 == 0 for w in group.candidates)
+    pruned = apply_widths(model, space, {group.name: group.candidates[0]})
+    assert pruned(torch.rand(1, 3, 8, 8)).shape == (1, 4, 6, 6)

@@ -38,7 +38,7 @@ class TracedGroup:
     layers_out: tuple[str, ...]
     layers_in: tuple[str, ...]
     in_offsets: dict[str, int]
-    conv_groups: tuple[int, ...]  # ``groups`` of every grouped, non-depthwise conv touching the channels
+    conv_groups: tuple[int, ...]  # ``groups`` of every grouped, non-depthwise conv and GroupNorm on the channels
 
 
 @contextlib.contextmanager
@@ -125,6 +125,8 @@ def traced_groups(graph: tp.DependencyGraph, model: nn.Module) -> list[TracedGro
         for item in group:
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
+            if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+                conv_groups.add(module.num_groups)  # TP keeps num_groups: widths must stay multiples of it
             if not isinstance(module, PRUNABLE_LAYERS) or module not in names:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
