@@ -95,7 +95,7 @@ def test_head_predictors_keep_their_width_and_outputs_their_shape(spec):
     assert all(_out_width(pruned.get_submodule(p)) == _out_width(model.get_submodule(p)) for p in PREDICTORS[spec])
 
 
-@pytest.mark.parametrize("spec,kwargs", [(SSD, {}), (RCNN, {"box_score_thresh": 0.0})])
+@pytest.mark.parametrize("spec,kwargs", [(SSD, {"score_thresh": 0.0}), (RCNN, {"box_score_thresh": 0.0})])
 def test_pruned_engine_boxes_match_the_pruned_model(spec, kwargs, tmp_path):
     model = _model(spec, **kwargs)
     space = build_space(model, SHAPE, model_spec=spec)
@@ -177,3 +177,13 @@ def test_groupnorm_channels_keep_multiples_of_its_groups():
     assert group.candidates and all(w % 8 == 0 for w in group.candidates)
     pruned = apply_widths(model, space, {group.name: group.candidates[0]})
     assert pruned(torch.rand(1, 3, 8, 8)).shape == (1, 4, 6, 6)
+
+
+def test_random_ssd_sends_a_trained_models_number_of_boxes_to_nms():
+    """At torchvision's zero classifier bias every class score of a random SSD passes its 0.001 threshold and
+    NMS dominates the engine; the background prior leaves about detections_per_img per image."""
+    model = _model(SSD)
+    with torch.no_grad(), model.network_only():
+        logits = model(torch.randn(1, *SHAPE[1:]))[1]
+    passing = int((logits.softmax(-1)[..., 1:] > model.detector.score_thresh).sum())
+    assert 0 < passing < 3 * model.detector.detections_per_img < logits[..., 1:].numel()

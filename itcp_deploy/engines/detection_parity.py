@@ -21,7 +21,7 @@ def _match(want: Sequence[np.ndarray], got: Sequence[np.ndarray], rtol: float) -
     """(worst relative box error over matched detections, number unmatched away from the cut-off)."""
     (wb, ws, wl), (gb, gs, gl) = want, got
     scale = max(float(np.abs(wb).max(initial=0.0)), 1.0)
-    score_tol = rtol * max(float(np.abs(ws).max(initial=0.0)), 1.0)
+    score_tol = rtol * max(float(np.abs(ws).max(initial=0.0)), 1e-12)
     free = np.ones(len(gs), dtype=bool)
     worst, unmatched = 0.0, 0
     for i in range(len(ws)):
