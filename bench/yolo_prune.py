@@ -38,6 +38,7 @@ def prune_yolo(model_yaml: str, size: int, speedup: float, out: Path, max_builds
     import itcp_deploy
     from itcp_deploy.pipeline.config import ProfileSettings
 
+    torch.manual_seed(0)  # the same random weights on a rerun, which resumes from ``out``
     yolo = YOLO(model_yaml)
     detect = yolo.model.model[-1]
     detect.export, detect.format = True, "engine"  # the raw head Ultralytics exports for TensorRT: no NMS

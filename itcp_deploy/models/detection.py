@@ -161,8 +161,8 @@ def _background_prior(model: TensorDetector, images: torch.Tensor) -> None:
     """Raise an SSD's background bias until about ``detections_per_img`` class scores per image pass its
     score threshold on ``images`` (what NMS then sorts through, as on a trained model's image). At
     torchvision's zero bias every one of SSDLite's 3234 x 90 scores is about 1/91, over its 0.001 threshold,
-    and NMS over those boxes took 97%
-    of the engine (bench/detector_split.py): the latency of an untrained model, not of one anyone deploys.
+    and NMS over those boxes took 97% of the engine (bench/detector_split.py): the latency of an untrained
+    model, not of one anyone deploys.
     RetinaNet and FCOS start their classifiers at a prior probability of 0.01 in torchvision already."""
     from torchvision.models.detection.ssd import SSD
 
