@@ -31,3 +31,19 @@ def test_split_adds_up_and_the_fixed_part_grows_with_post_processing(constant_ms
     assert split["fixed_ms"] < split["minimum_ms"] < measured
     line = split_markdown({"dense_ms": measured, **split})[-1]
     assert f"{split['fixed_ms']:.4f} ms is fixed" in line and "out of reach" in line
+
+
+def test_an_sla_below_the_fastest_plan_is_refused_naming_the_fixed_part():
+    from types import SimpleNamespace
+
+    from itcp_deploy.errors import InfeasibleError
+    from itcp_deploy.pipeline.closed_loop import check_reachable
+
+    space = resnet_space(3)
+    tables = {ly.name: np.full((len(space.group(ly.in_group).candidates), len(space.group(ly.out_group).candidates)),
+                               0.1) for ly in space.layers}
+    perf = PerfModel(space, tables, 50.0)  # post-processing far over the SLA: no width can meet it
+    dense = perf.dense_ms()
+    meter = SimpleNamespace(dense_ms=lambda: dense, sla_ms=10.0, aim_ms=9.7, latency=SimpleNamespace(margin=0.03))
+    with pytest.raises(InfeasibleError, match=r"of which about 50(\.\d+)? ms no width changes"):
+        check_reachable([meter], [perf], ["edge"])

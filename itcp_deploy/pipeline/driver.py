@@ -190,9 +190,8 @@ def latency_split(perf, dense_ms: float) -> dict:
     out of reach. Predictions are scaled to the measured dense latency."""
     from itcp_deploy.search.dp import min_latency_ms
 
-    space, scale = perf.space, dense_ms / perf.dense_ms()
-    fixed = perf.constant_ms + sum(float(perf.tables[layer.name][0, 0]) for layer in space.layers
-                                   if space.group(layer.in_group).fixed and space.group(layer.out_group).fixed)
+    scale = dense_ms / perf.dense_ms()
+    fixed = perf.fixed_ms()
     return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
             "minimum_ms": min_latency_ms(perf) * scale}
 
