@@ -191,7 +191,7 @@ def latency_split(perf, dense_ms: float) -> dict:
     from itcp_deploy.search.dp import min_latency_ms
 
     scale = dense_ms / perf.dense_ms()
-    fixed = perf.fixed_ms()
+    fixed = max(perf.fixed_ms(), 0.0)  # a negative calibration offset is the fit's line, not a time: none
     return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
             "minimum_ms": min_latency_ms(perf) * scale}
 
