@@ -53,13 +53,17 @@ def prune_yolo(model_yaml: str, size: int, speedup: float, out: Path, max_builds
     reloaded = YOLO(str(weights))
     image = (torch.rand(size, size, 3) * 255).to(torch.uint8).numpy()
     results = reloaded.predict(image, imgsz=size, conf=0.0, verbose=False)
-    head = [m for m in reloaded.model.model[-1].modules() if isinstance(m, torch.nn.Conv2d)]
-    dense_head = [m for m in yolo.model.model[-1].modules() if isinstance(m, torch.nn.Conv2d)]
     return {"model": model_yaml, "size": size, "sla_ms": result.sla_ms, "measured_ms": result.measured_ms,
             "dense_ms": result.report.dense_latency_ms, "met_sla": result.met_sla,
             "params_dense": result.report.params_dense, "params_pruned": result.report.params_final,
             "reloaded_boxes": len(results[0].boxes), "engine": str(result.engine_path),
-            "head_out_channels_kept": [m.out_channels for m in head[-7:]] == [m.out_channels for m in dense_head[-7:]]}
+            "head_out_channels_kept": _predictor_widths(reloaded.model) == _predictor_widths(yolo.model)}
+
+
+def _predictor_widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output channels of the ``Detect`` head's final convs (``cv2.i.2`` boxes, ``cv3.i.2`` classes)."""
+    return {n: m.out_channels for n, m in model.model[-1].named_modules()
+            if isinstance(m, torch.nn.Conv2d) and n.endswith(".2")}
 
 
 def main() -> None:
