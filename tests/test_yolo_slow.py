@@ -4,12 +4,13 @@ Ultralytics (AGPL-3.0) is an optional test dependency: skipped without it. Minut
 
 from __future__ import annotations
 
-import pytest
+import importlib.util
 
-pytest.importorskip("ultralytics")
+import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="ultralytics (optional, AGPL) is absent")
 def test_yolov8n_prunes_to_its_sla_and_reloads_into_ultralytics(tmp_path):
     from bench.yolo_prune import prune_yolo
 
