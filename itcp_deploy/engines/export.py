@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from itcp_deploy.atomic_io import atomic_path
+from itcp_deploy.engines.detection_parity import detections_error
 from itcp_deploy.engines.exportable import exportable_pooling
 from itcp_deploy.errors import ItcpError, is_out_of_memory
 from itcp_deploy.models.copying import model_tensors, sharing_copy
+from itcp_deploy.models.detection import is_detector
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(7, 21)  # the TorchScript exporter writes 7..20; onnxruntime runs all of them
@@ -108,7 +110,8 @@ def _flat_outputs(output: object) -> list[np.ndarray]:
 
 def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, trials: int = 2,
                 seed: int = 0) -> float:
-    """ONNX Runtime (CPU) vs PyTorch on random inputs; returns max |diff| / max |torch output|.
+    """ONNX Runtime (CPU) vs PyTorch on random inputs; returns max |diff| / max |torch output| (a detector's
+    detections are matched as sets first, see :mod:`~itcp_deploy.engines.detection_parity`).
 
     Raises:
         ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-3) on any trial.
@@ -120,6 +123,7 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     reference = copy.deepcopy(model).cpu().float().eval()
+    compare = _detections_error if is_detector(model) else _outputs_error
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for _ in range(trials):
@@ -127,16 +131,33 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
         with torch.no_grad():
             expected = _flat_outputs(reference(x))
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        for want, have in zip(expected, got, strict=True):
-            if not (np.isfinite(want).all() and np.isfinite(have).all()):  # NaN compares False: never "0 error"
-                raise ItcpError(f"the model's outputs hold NaN or inf, so parity cannot hold, for {path}",
-                                "check the weights for NaN or inf values")
-            scale = max(float(np.abs(want).max()), 1e-12)
-            worst = max(worst, float(np.abs(want - have).max()) / scale)
+        worst = max(worst, compare(expected, got, path))
     if not worst <= PARITY_RTOL:
         raise ItcpError(f"ONNX Runtime output differs from PyTorch (relative error {worst:.2e} > "
                         f"{PARITY_RTOL:.0e}) for {path}", "report the model; try another --opset")
     return worst
+
+
+def _check_finite(arrays: list[np.ndarray], path: str | Path) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):  # NaN compares False: never "0 error"
+        raise ItcpError(f"the model's outputs hold NaN or inf, so parity cannot hold, for {path}",
+                        "check the weights for NaN or inf values")
+
+
+def _outputs_error(expected: list[np.ndarray], got: list[np.ndarray], path: str | Path) -> float:
+    """Max over outputs of max |diff| / max |torch output|."""
+    worst = 0.0
+    for want, have in zip(expected, got, strict=True):
+        _check_finite([want, have], path)
+        scale = max(float(np.abs(want).max()), 1e-12)
+        worst = max(worst, float(np.abs(want - have).max()) / scale)
+    return worst
+
+
+def _detections_error(expected: list[np.ndarray], got: list[np.ndarray], path: str | Path) -> float:
+    """Detections matched as sets (:mod:`~itcp_deploy.engines.detection_parity`): ties may swap places."""
+    _check_finite(expected + got, path)
+    return detections_error(expected, got, PARITY_RTOL)
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:

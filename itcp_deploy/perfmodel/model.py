@@ -111,6 +111,13 @@ class PerfModel:
     def dense_ms(self) -> float:
         return self.predict_ms({})
 
+    def fixed_ms(self) -> float:
+        """The predicted time no plan changes: the constant (work outside any layer, e.g. a detector's NMS)
+        plus the layers whose groups are all fixed."""
+        space = self.space
+        return self.constant_ms + sum(float(self.tables[layer.name][0, 0]) for layer in space.layers
+                                      if space.group(layer.in_group).fixed and space.group(layer.out_group).fixed)
+
     def to_dict(self) -> dict:
         return {
             "schema": self.schema,

@@ -149,8 +149,10 @@ def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], na
 
     parts, bad = [], []
     for name, meter, p in zip(names, meters, perf, strict=True):
-        low = min_latency_ms(p) * meter.dense_ms() / p.dense_ms()
-        parts.append(f"{name}: SLA {meter.sla_ms:.4g} ms, minimum about {low:.4g} ms")
+        scale = meter.dense_ms() / p.dense_ms()
+        low = min_latency_ms(p) * scale
+        parts.append(f"{name}: SLA {meter.sla_ms:.4g} ms, minimum about {low:.4g} ms, of which about "
+                     f"{p.fixed_ms() * scale:.4g} ms no width changes")
         if meter.aim_ms < low:
             bad.append(f"{name} to at least {low / (1 - meter.latency.margin):.4g} ms")
     if bad:

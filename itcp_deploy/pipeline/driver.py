@@ -115,7 +115,8 @@ def report_of(ctx: RunContext) -> RunReport:
     plan = PruningPlan.load(ctx.folder.plan)
     perfs = {t.name: PerfModel.load(ctx.folder.target(t.name).perf_model) for t in c.targets}
     entries = [{**target_entry(t, loop, final["targets"][t.name], dense["targets"][t.name]),
-                **perf_honesty(perfs[t.name], loop, t.name)} for t in c.targets]
+                **perf_honesty(perfs[t.name], loop, t.name),
+                **latency_split(perfs[t.name], loop["dense_measured_ms"][t.name])} for t in c.targets]
     for e in entries:  # engine paths relative to the run folder: `check-latency --run OUT` finds them anywhere
         e["engine"], e["dense_engine"] = (os.path.relpath(e[k], root) for k in ("engine", "dense_engine"))
     first, perf = final["targets"][c.targets[0].name], perfs[c.targets[0].name]
@@ -185,6 +186,19 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
             "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan"),
             "probe_measured_over_predicted": probes[0]["measured_over_predicted"] if probes else None,
             "probes": len(probes)}
+
+
+def latency_split(perf, dense_ms: float) -> dict:
+    """The dense engine's latency split by the perf model into the part no plan changes (``fixed_ms``: work
+    outside any layer, such as a detector's resize, box decoding and NMS, plus layers whose widths are all kept)
+    and the prunable network's share, and the latency of the fastest plan (``minimum_ms``): an SLA below it is
+    out of reach. Predictions are scaled to the measured dense latency."""
+    from itcp_deploy.search.dp import min_latency_ms
+
+    scale = dense_ms / perf.dense_ms()
+    fixed = max(perf.fixed_ms(), 0.0)  # a negative calibration offset is the fit's line, not a time: none
+    return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
+            "minimum_ms": min_latency_ms(perf) * scale}
 
 
 def _plots(ctx: RunContext, report: RunReport, plan) -> None:

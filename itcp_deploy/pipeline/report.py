@@ -96,6 +96,7 @@ class RunReport:
             f"pruned/dense latency = {self.final_over_dense:.3f} (measured interleaved; with --speedup the SLA "
             "is judged on this ratio, so machine drift between stages cancels).",
         ]
+        lines += split_markdown(self.targets[0]) if self.targets and "fixed_ms" in self.targets[0] else []
         lines += targets_markdown(self.targets, self.rounds)
         if self.perf_model_error:
             lines += ["", "## Performance model", "",
@@ -117,6 +118,14 @@ def levers_fields(config, finetune: dict) -> dict:
     stage's result, which names the layers compensation refit)."""
     return {"ignore_layers": list(config.ignore_layers), "compensate": config.compensate,
             "compensated_layers": list(finetune.get("compensated_layers", [])), "block_removal": config.block_removal}
+
+
+def split_markdown(target: dict) -> list[str]:
+    """Where the dense engine's time goes (perf model, scaled to its measured latency) and the fastest plan."""
+    return ["", f"Of the dense engine's {target['dense_ms']:.4f} ms, about {target['fixed_ms']:.4f} ms is fixed (work "
+            f"outside any layer, e.g. a detector's resize, box decoding and NMS, and layers kept at full width) and "
+            f"{target['prunable_ms']:.4f} ms is the prunable network; the fastest plan runs in about "
+            f"{target['minimum_ms']:.4f} ms, so an SLA below that is out of reach."]
 
 
 def engine_accuracy_rows(targets: list[dict]) -> list[str]:

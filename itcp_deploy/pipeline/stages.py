@@ -263,10 +263,11 @@ def score_batches(config: RunConfig) -> int:
 
 def criteria(ctx: RunContext):
     """The score and importance the run uses: data-free ones where the model gives no logits and no loss_fn."""
-    from itcp_deploy.pruning.output_kind import Criteria, criteria_for
+    from itcp_deploy.pruning.output_kind import Criteria, criteria_for, own_loss_applies
 
     c = ctx.config
-    if ctx.inputs.loss_fn is not None:  # the user's loss applies to any output
+    # the user's loss applies to any output; a detector's own training loss to labelled boxes
+    if ctx.inputs.loss_fn is not None or own_loss_applies(ctx.inputs.model, ctx.inputs.batches(1)[0][1]):
         return Criteria(c.criterion, c.importance)
     return criteria_for(ctx.inputs.model, c.input_shape, c.criterion, c.importance)
 

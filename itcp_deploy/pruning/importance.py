@@ -114,8 +114,7 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
             for start in range(0, len(x), step):
                 part = slice(start, start + step)
                 batch = (x[part], y[part]) if step < len(x) else (x, y)
-                took = _add_gradient(model, params, batch, loss_fn or nn.functional.cross_entropy,
-                                     len(batch[0]) / len(x))
+                took = _add_gradient(model, params, batch, loss_fn, len(batch[0]) / len(x))
                 fits = took if took < len(batch[0]) else fits
             seen += 1
     model.train(training)
@@ -132,7 +131,20 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
 _ONEDNN_NO_MEMORY = "could not create a primitive"
 
 
-def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, loss_fn: LossFn,
+def computes_own_loss(model: nn.Module) -> bool:
+    """Whether ``model(x, targets)`` returns its own loss dict (a torchvision detector's training losses)."""
+    return bool(getattr(model, "loss_from_targets", False))
+
+
+def batch_loss(model: nn.Module, x: Any, y: Any, loss_fn: LossFn | None) -> torch.Tensor:
+    """``loss_fn(model(x), y)``; without ``loss_fn``, the sum of the loss dict of a model that computes its own
+    (:func:`computes_own_loss`), else cross-entropy."""
+    if loss_fn is None and computes_own_loss(model):
+        return sum(model(x, y).values())
+    return (loss_fn or nn.functional.cross_entropy)(model(x), y)
+
+
+def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, loss_fn: LossFn | None,
                   weight: float) -> int:
     """Add ``weight`` x the batch's loss gradient into ``.grad``; halve the batch when it runs out of memory.
     Returns the size its passes were cut to (``len(x)`` when none was).
@@ -141,7 +153,7 @@ def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, lo
     half way has added nothing; the halves run after the failed pass's tensors are released."""
     x, y = batch
     try:
-        grads = torch.autograd.grad(loss_fn(model(x), y) * weight, params, allow_unused=True)
+        grads = torch.autograd.grad(batch_loss(model, x, y, loss_fn) * weight, params, allow_unused=True)
     except RuntimeError as err:  # torch's CPU allocator raises RuntimeError ("can't allocate memory")
         splittable = len(x) > 1 and isinstance(y, torch.Tensor) and len(y) == len(x)
         if not (is_out_of_memory(err) or (splittable and _ONEDNN_NO_MEMORY in str(err))):

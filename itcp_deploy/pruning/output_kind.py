@@ -4,6 +4,7 @@ The ``taylor`` and ``sensitivity`` group scores and the ``taylor`` channel impor
 a classification loss (cross-entropy of ``(N, classes)`` logits). A segmentation model (a dict of dense
 maps), a detector or a model with several outputs has no such loss here, so its groups are scored by the
 data-free ``magnitude`` score and its channels chosen by ``l1`` importance instead, and the run says so once.
+A detector given labelled boxes (:func:`own_loss_applies`) is scored with its own training loss.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def gives_logits(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
             return is_logits(model(torch.zeros(tuple(input_shape))))
     finally:
         model.train(training)
+
+
+def own_loss_applies(model: nn.Module, targets: object) -> bool:
+    """A model that computes its own loss (a detector) and a batch's targets that it reads: one
+    ``{"boxes", "labels"}`` dict per image, as torchvision's detectors take them."""
+    from itcp_deploy.pruning.importance import computes_own_loss
+
+    return computes_own_loss(model) and isinstance(targets, list | tuple) and bool(targets) and all(
+        isinstance(t, dict) and {"boxes", "labels"} <= set(t) for t in targets)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Torch-Pruning (TP) traces autograd, so it needs gradients enabled and parameters that require grad: a fixed
 layer (``requires_grad=False``, like the converted option-A shortcut of CIFAR ResNets) would otherwise vanish
 from the graph and not be pruned with its group. :func:`trace` turns ``requires_grad`` on for the trace and
-restores it (and the train/eval mode TP changes) afterwards. :func:`restore_requires_grad` puts the flags back
-after TP replaced pruned parameters with fresh ones.
+restores it (and the train/eval mode TP changes) afterwards. A model with a ``network_only()`` context (a
+detector, :class:`~itcp_deploy.models.detection.TensorDetector`) is traced within it.
+:func:`restore_requires_grad` puts the flags back after TP replaced pruned parameters with fresh ones.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class TracedGroup:
     layers_out: tuple[str, ...]
     layers_in: tuple[str, ...]
     in_offsets: dict[str, int]
-    conv_groups: tuple[int, ...]  # ``groups`` of every grouped, non-depthwise conv touching the channels
+    conv_groups: tuple[int, ...]  # ``groups`` of every grouped, non-depthwise conv and GroupNorm on the channels
 
 
 @contextlib.contextmanager
@@ -68,7 +69,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     example = torch.zeros(*input_shape)
     try:
         graph = tp.DependencyGraph()
-        with parameters_requiring_grad(model, True), record_channel_views(graph):
+        with parameters_requiring_grad(model, True), record_channel_views(graph), _network_only(model):
             graph.build_dependency(model, example_inputs=example, verbose=False)
     except Exception as err:  # TP and the model's forward raise anything; the user needs one line
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
@@ -79,6 +80,13 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
             "logits without torch.no_grad(), .item() or data-dependent Python control flow",
         ) from None
     return graph
+
+
+def _network_only(model: nn.Module) -> contextlib.AbstractContextManager:
+    """The model's ``network_only()`` context, where it has one (a detector: forward returns its raw head
+    outputs, without the box decoding and NMS that hold no channels), else nothing."""
+    network_only = getattr(model, "network_only", None)
+    return network_only() if callable(network_only) else contextlib.nullcontext()
 
 
 def free_graphs() -> None:
@@ -117,6 +125,8 @@ def traced_groups(graph: tp.DependencyGraph, model: nn.Module) -> list[TracedGro
         for item in group:
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
+            if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+                conv_groups.add(module.num_groups)  # TP keeps num_groups: widths must stay multiples of it
             if not isinstance(module, PRUNABLE_LAYERS) or module not in names:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
