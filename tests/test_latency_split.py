@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from itcp_deploy.perfmodel import PerfModel
-from itcp_deploy.pipeline.driver import latency_split
+from itcp_deploy.pipeline.closed_loop import latency_split
 from itcp_deploy.pipeline.report import split_markdown
 from itcp_deploy.search.dp import min_latency_ms
 from tests.synthetic_spaces import resnet_space, staircase_ms

@@ -11,9 +11,9 @@ from itcp_deploy.profiling.profiler import run_profiling
 from tests.test_profiler import fast_config, tiny_setup
 
 
-def _calib(tmp_path):
-    path = tmp_path / "calib.npz"
-    np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32),
+def _calib(tmp_path, size: int = 16):
+    path = tmp_path / f"calib{size}.npz"
+    np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32),
              indices=np.arange(8))
     return str(path)
 
@@ -103,7 +103,7 @@ def test_cli_profile_engines_precision_mixed(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("profile-engines", "cifar_resnet20", "--input-shape", "1x3x32x32", "--cache", "eng",
-                             "--precision", "mixed", "--calib", _calib32(tmp_path), "--max-builds", "3",
+                             "--precision", "mixed", "--calib", _calib(tmp_path, 32), "--max-builds", "3",
                              "--holdout", "1", "--rounds", "2", "--runs-per-round", "3", "--layer-runs", "20",
                              "--json")
     assert code == 0, err
@@ -112,13 +112,6 @@ def test_cli_profile_engines_precision_mixed(tmp_path, monkeypatch):
     code, _, err = run_cli("run", "cifar_resnet20", "--data", "synthetic:train=64,test=32", "--precision", "mixed",
                            "--speedup", "2", "-o", str(tmp_path / "run"))
     assert code != 0 and "--precision mixed" in err and "Traceback" not in err
-
-
-def _calib32(tmp_path):
-    path = tmp_path / "calib32.npz"
-    np.savez(path, inputs=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32),
-             indices=np.arange(8))
-    return str(path)
 
 
 def test_prune_refuses_mixed_before_any_work(tmp_path):

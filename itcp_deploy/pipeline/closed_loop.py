@@ -142,17 +142,28 @@ def _misses(rec: dict) -> list[str]:
             for t in rec["targets"] if t["measured_ms"] > t["aim_ms"]]
 
 
-def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], names: Sequence[str]) -> None:
-    """Refuse SLAs below what the fastest plan reaches, naming every target's minimum (measured ms, scaled by
-    each target's measured/predicted dense latency) and which targets are out of reach."""
+def latency_split(perf, dense_ms: float) -> dict:
+    """The dense engine's latency split by the perf model into the part no plan changes (``fixed_ms``: work
+    outside any layer, such as a detector's resize, box decoding and NMS, plus layers whose widths are all kept)
+    and the prunable network's share, and the latency of the fastest plan (``minimum_ms``): an SLA below it is
+    out of reach. Predictions are scaled to the measured dense latency."""
     from itcp_deploy.search.dp import min_latency_ms
 
+    scale = dense_ms / perf.dense_ms()
+    fixed = max(perf.fixed_ms(), 0.0)  # a negative calibration offset is the fit's line, not a time: none
+    return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
+            "minimum_ms": min_latency_ms(perf) * scale}
+
+
+def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], names: Sequence[str]) -> None:
+    """Refuse SLAs below what the fastest plan reaches, naming every target's minimum (measured ms, scaled by
+    each target's measured/predicted dense latency, :func:`latency_split`) and which targets are out of reach."""
     parts, bad = [], []
     for name, meter, p in zip(names, meters, perf, strict=True):
-        scale = meter.dense_ms() / p.dense_ms()
-        low = min_latency_ms(p) * scale
+        split = latency_split(p, meter.dense_ms())
+        low = split["minimum_ms"]
         parts.append(f"{name}: SLA {meter.sla_ms:.4g} ms, minimum about {low:.4g} ms, of which about "
-                     f"{p.fixed_ms() * scale:.4g} ms no width changes")
+                     f"{split['fixed_ms']:.4g} ms no width changes")
         if meter.aim_ms < low:
             bad.append(f"{name} to at least {low / (1 - meter.latency.margin):.4g} ms")
     if bad:
@@ -160,7 +171,7 @@ def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], na
                               "relax " + ", ".join(bad) + ", or use a model with a smaller minimum width")
 
 
-__all__ = ["Rounds", "check_reachable", "run_rounds"]
+__all__ = ["Rounds", "check_reachable", "latency_split", "run_rounds"]
 
 
 # ---------------------------------------------------------------- `run`'s loop: the budget strategy

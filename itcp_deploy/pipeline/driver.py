@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 
 from itcp_deploy.errors import UsageError
+from itcp_deploy.pipeline.closed_loop import latency_split
 from itcp_deploy.pipeline.config import DeployTarget, RunConfig
 from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
@@ -186,19 +187,6 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
             "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan"),
             "probe_measured_over_predicted": probes[0]["measured_over_predicted"] if probes else None,
             "probes": len(probes)}
-
-
-def latency_split(perf, dense_ms: float) -> dict:
-    """The dense engine's latency split by the perf model into the part no plan changes (``fixed_ms``: work
-    outside any layer, such as a detector's resize, box decoding and NMS, plus layers whose widths are all kept)
-    and the prunable network's share, and the latency of the fastest plan (``minimum_ms``): an SLA below it is
-    out of reach. Predictions are scaled to the measured dense latency."""
-    from itcp_deploy.search.dp import min_latency_ms
-
-    scale = dense_ms / perf.dense_ms()
-    fixed = max(perf.fixed_ms(), 0.0)  # a negative calibration offset is the fit's line, not a time: none
-    return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
-            "minimum_ms": min_latency_ms(perf) * scale}
 
 
 def _plots(ctx: RunContext, report: RunReport, plan) -> None:
