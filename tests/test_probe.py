@@ -78,3 +78,13 @@ def test_a_refit_that_worsens_the_heldout_error_past_its_bar_is_not_kept():
     assert _better(report(3.9), report(4.5, bar=5.0))  # still within its bar
     assert _better(report(3.9), report(3.0)) and _better(report(1.0), report(2.5))
     assert _better(None, report(10.0))
+
+
+def test_profile_engines_with_an_sla_takes_no_adaptive(tmp_path, cache):
+    """``profile-engines --sla-ms/--speedup`` runs the same pipeline: ``--no-adaptive`` reaches the probes too."""
+    out = tmp_path / "out"
+    code, _, err = run_cli("profile-engines", "cifar_resnet20", *COMMON, "--no-adaptive", "--cache", str(cache),
+                           "-o", str(out))
+    assert code in (0, 1), err
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"][0]["probes"] == 0
