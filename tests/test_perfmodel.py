@@ -121,6 +121,27 @@ def test_save_load_roundtrip_and_corrupt_file(space, model, tmp_path):
         PerfModel.load(path)
 
 
+def test_dense_reference_is_the_profiled_dense_engine(space, model, tmp_path):
+    """Speed-ups divide, and other windows are scaled by, the dense engine as profiled: the fit's error at the
+    dense plan must not shift every budget. A file written before the field existed falls back to predicted."""
+    profile = synthetic_profile(space, seed=1)
+    measured = profile.by_role("dense")[0].latency.median_ms
+    assert model.dense_measured_ms == pytest.approx(measured)
+    assert model.dense_reference_ms() == pytest.approx(measured)
+    assert abs(model.dense_ms() - measured) > 1e-9 * measured  # the fit does not pass through it exactly
+    path = tmp_path / "perf_model.json"
+    model.save(path)
+    assert PerfModel.load(path).dense_reference_ms() == pytest.approx(measured)
+    data = json.loads(path.read_text())
+    del data["dense_measured_ms"]
+    path.write_text(json.dumps(data))
+    assert PerfModel.load(path).dense_reference_ms() == pytest.approx(model.dense_ms())
+    data["dense_measured_ms"] = -1.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputFileError, match="dense_measured_ms"):
+        PerfModel.load(path)
+
+
 def test_cli_fit_prints_report_and_rejects_garbage(space, tmp_path):
     good, bad = tmp_path / "profile.json", tmp_path / "garbage.json"
     synthetic_profile(space, seed=5).save(good)

@@ -108,6 +108,8 @@ def _fit_validated(profile: Profile, method: str) -> PerfModel:
     model = fitter(profile.space, design)
     model.report = replace(report, rejected=report.mape_pct > report.threshold_pct)
     model.meta = profile.identity()
+    dense = profile.by_role("dense")
+    model.dense_measured_ms = dense[0].latency.median_ms if dense else None
     return model
 
 

@@ -146,10 +146,11 @@ def latency_split(perf, dense_ms: float) -> dict:
     """The dense engine's latency split by the perf model into the part no plan changes (``fixed_ms``: work
     outside any layer, such as a detector's resize, box decoding and NMS, plus layers whose widths are all kept)
     and the prunable network's share, and the latency of the fastest plan (``minimum_ms``): an SLA below it is
-    out of reach. Predictions are scaled to the measured dense latency."""
+    out of reach. Predictions are scaled by the measured over the profiled dense latency
+    (``PerfModel.dense_reference_ms``)."""
     from itcp_deploy.search.dp import min_latency_ms
 
-    scale = dense_ms / perf.dense_ms()
+    scale = dense_ms / perf.dense_reference_ms()
     fixed = max(perf.fixed_ms(), 0.0)  # a negative calibration offset is the fit's line, not a time: none
     return {"fixed_ms": fixed * scale, "prunable_ms": dense_ms - fixed * scale,
             "minimum_ms": min_latency_ms(perf) * scale}
@@ -157,7 +158,7 @@ def latency_split(perf, dense_ms: float) -> dict:
 
 def check_reachable(meters: Sequence[TargetMeter], perf: Sequence[PerfModel], names: Sequence[str]) -> None:
     """Refuse SLAs below what the fastest plan reaches, naming every target's minimum (measured ms, scaled by
-    each target's measured/predicted dense latency, :func:`latency_split`) and which targets are out of reach."""
+    each target's measured/profiled dense latency, :func:`latency_split`) and which targets are out of reach."""
     parts, bad = [], []
     for name, meter, p in zip(names, meters, perf, strict=True):
         split = latency_split(p, meter.dense_ms())
@@ -220,7 +221,8 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
     perf = [PerfModel.load(ctx.folder.target(t.name).perf_model) for t in targets]
     check_reachable(meters, perf, [t.name for t in targets])
     for t, m, p in zip(targets, meters, perf, strict=True):
-        ctx.log(f"{t.name}: dense {m.dense_ms():.4f} ms measured, {p.dense_ms():.4f} ms predicted; "
+        ctx.log(f"{t.name}: dense {m.dense_ms():.4f} ms measured, {p.dense_reference_ms():.4f} ms profiled, "
+                f"{p.dense_ms():.4f} ms predicted; "
                 f"{t.latency.describe(m.dense_ms())}, aim {m.aim_ms:.4f} ms")
 
     def measure(widths: dict[str, int], r: int) -> list[dict]:

@@ -179,7 +179,7 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
     first = next((t for t in loop["rounds"][0]["targets"] if t["name"] == name), None) if loop["rounds"] else None
     plan = None
     if first and first.get("predicted_ms") and first.get("ratio_to_dense"):
-        plan = float(first["ratio_to_dense"]) / (float(first["predicted_ms"]) / perf.dense_ms())
+        plan = float(first["ratio_to_dense"]) / (float(first["predicted_ms"]) / perf.dense_reference_ms())
     return {"perf_err_pct": report.mape_pct if report else None, "noise_pct": report.noise_pct if report else None,
             "fit_rejected": bool(report.rejected) if report else None,
             "first_plan_measured_over_predicted": plan,

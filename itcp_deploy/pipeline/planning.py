@@ -43,8 +43,8 @@ def budget_ms(perf_model: PerfModel, target: LatencyTarget | None) -> tuple[floa
     ``search`` has), and a line saying which dense latency a speed-up divided."""
     if target is None:
         raise UsageError("give exactly one of --sla-ms and --speedup", "e.g. --sla-ms 0.5 or --speedup 2")
-    dense = perf_model.dense_ms()
-    note = target.describe(dense, "predicted")
+    dense = perf_model.dense_reference_ms()
+    note = target.describe(dense, "profiled" if perf_model.dense_measured_ms else "predicted")
     if target.relative:
         note += " (search builds no engine; `run` divides the measured dense latency)"
     return target.resolve_ms(dense), note

@@ -33,7 +33,7 @@ def budgets(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel]) -
     refused as infeasible on the tests' tiny Swin)."""
     from itcp_deploy.search.dp import min_latency_ms
 
-    return [max(t.latency.predicted_budget_ms(m.dense_ms(), p.dense_ms()), 1.01 * min_latency_ms(p))
+    return [max(t.latency.predicted_budget_ms(m.dense_ms(), p.dense_reference_ms()), 1.01 * min_latency_ms(p))
             for t, m, p in zip(ctx.config.targets, meters, perf, strict=True)]
 
 
