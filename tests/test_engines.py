@@ -143,6 +143,28 @@ def test_ort_profile_attributes_every_layer(tiny_onnx, tmp_path):
     assert not fused or all(nodes[name] for name in fused)  # NCHWc convs trace back to a Conv
 
 
+def test_ort_profile_maps_a_gemm_fused_with_its_activation(tmp_path):
+    """onnxruntime renames a Gemm fused with its ReLU ``fused <node>`` (AlexNet's and VGG's classifiers): its
+    time is the Linear layer's own, not time attached to the conv before it."""
+    from itcp_deploy.engines.backend import ATTACHED
+    from itcp_deploy.engines.export import export_onnx, onnx_node_to_module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 64),
+                              torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
+    onnx_path = export_onnx(net, (1, 3, 8, 8), tmp_path / "fc.onnx")
+    backend = get_backend("onnxruntime")
+    artifact = backend.builder(onnx_path, tmp_path / "art", EngineOptions())()
+    with backend.runner(artifact, EngineOptions()) as runner:
+        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
+    nodes = backend.layer_nodes(list(raw), artifact, onnx_path)
+    fused = [name for name in raw if name.startswith("fused ")]
+    assert fused, f"onnxruntime no longer fuses Gemm+Relu under this name: {sorted(raw)}"
+    to_module = onnx_node_to_module(onnx_path)
+    assert {to_module.get(nodes[name] or "") for name in fused} == {"2"}
+    assert not any((n or "").startswith(ATTACHED) for n in (nodes[name] for name in fused))
+
+
 def test_device_name_is_specific():
     from itcp_deploy.engines.device import device_name
 
