@@ -133,13 +133,17 @@ def _f(v, spec=".2f") -> str:
     return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
-def table(records: list[dict], label: str) -> None:
-    rows = {r["model"]: r for r in records if r.get("label") == label}  # the last row per model
-    print("| model | builds | noise % | held-out % (max) | FLOPs % | bar % | first meas/pred | first /SLA | "
+def table(records: list[dict], labels: list[str]) -> None:
+    """The last row per model of the first of ``labels`` that has one (newest code first)."""
+    rows: dict[str, dict] = {}
+    for label in reversed(labels):
+        rows.update({r["model"]: r for r in records if r.get("label") == label})
+    print("| model | label | builds | noise % | held-out % (max) | FLOPs % | bar % | first meas/pred | first /SLA | "
           "rounds | final /SLA | met | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows.values():
-        print(f"| {r['model']} | {_f(r.get('builds'))} | {_f(r.get('noise_pct'))} | {_f(r.get('perf_err_pct'))} "
+        print(f"| {r['model']} | {r['label']} | {_f(r.get('builds'))} | {_f(r.get('noise_pct'))} | "
+              f"{_f(r.get('perf_err_pct'))} "
               f"({_f(r.get('perf_max_err_pct'), '.1f')}) | {_f(r.get('flops_err_pct'))} | {_f(r.get('bar_pct'))} | "
               f"{_f(r.get('first_plan_measured_over_predicted'), '.3f')} | {_f(r.get('first_plan_over_sla'), '.3f')} "
               f"| {_f(r.get('rounds'))} | {_f(r.get('final_over_sla'), '.3f')} | {_f(r.get('met_sla'))} | "
@@ -180,13 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default="adaptive", help="rows of one code variant (a rerun skips its models)")
     p.add_argument("--cache", help="profiling cache (default: a folder per label in the temp directory)")
     p.add_argument("--code", default=str(ROOT), help="the itcp_deploy checkout to run (e.g. main's, for 'before' rows)")
-    p.add_argument("--table", action="store_true", help="print the markdown table of --out for --label")
+    p.add_argument("--table", nargs="*", metavar="LABEL", help="print the markdown table of --out: per model, the "
+                   "last row of the first LABEL that has one (default: --label)")
     p.add_argument("--rerun-failed", action="store_true", help="run again the models whose last row failed")
     p.add_argument("--data", default="synthetic", help="--data of each run (synthetic images are 32x32 unless "
                    "synthetic:size=224: AlexNet's pools need at least 63x63 for its scores)")
     args = p.parse_args(argv)
-    if args.table:
-        table(_records(Path(args.out)), args.label)
+    if args.table is not None:
+        table(_records(Path(args.out)), args.table or [args.label])
         return
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"zoo224-engines-{args.label}")
     sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed,
