@@ -29,7 +29,7 @@ def test_random_weights_note_names_the_built_in_models_only(spec, weights, warns
 
 
 def test_run_inputs_warn_through_the_package_logger(caplog, monkeypatch):
-    from itcp_deploy.pipeline.stages import ModelSource, load_inputs
+    from itcp_deploy.pipeline.from_specs import ModelSource, load_inputs
 
     monkeypatch.setattr(logging.getLogger("itcp_deploy"), "propagate", True)  # the CLI turns it off
     monkeypatch.setattr(logging.getLogger("itcp_deploy"), "disabled", False)  # a library's dictConfig may

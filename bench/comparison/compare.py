@@ -40,14 +40,8 @@ from bench.comparison.rows import (
 )
 from itcp_deploy.atomic_io import read_json, write_json
 from itcp_deploy.errors import InputFileError, UsageError
-from itcp_deploy.pipeline.stages import (
-    Log,
-    ModelSource,
-    fit_perf_model,
-    load_inputs,
-    obtain_profile,
-    reuse_perf_model,
-)
+from itcp_deploy.pipeline.from_specs import ModelSource, load_inputs
+from itcp_deploy.pipeline.stages import Log, fit_perf_model, obtain_profile, reuse_perf_model
 from itcp_deploy.target import LatencyTarget
 
 

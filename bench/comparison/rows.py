@@ -17,8 +17,9 @@ import numpy as np
 
 from bench.comparison.config import CompareConfig
 from itcp_deploy.atomic_io import read_json, write_json
+from itcp_deploy.pipeline.from_specs import Inputs
 from itcp_deploy.pipeline.meter import TargetMeter
-from itcp_deploy.pipeline.stages import Inputs, Log
+from itcp_deploy.pipeline.stages import Log
 
 if TYPE_CHECKING:
     from torch import nn

@@ -4,15 +4,71 @@ as a ``finetune(model) -> model`` callable, then runs exactly what :func:`itcp_d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from itcp_deploy.pipeline.config import RunConfig
 from itcp_deploy.pipeline.run_dir import RunFolder
 from itcp_deploy.pipeline.sources import ModelInputs
-from itcp_deploy.pipeline.stages import ModelSource, load_inputs
+
+if TYPE_CHECKING:
+    from itcp_deploy.data import DatasetInfo
+
+
+@dataclass
+class Inputs:
+    """The dense model and the data every stage reads: the train split with and without augmentation
+    (``plain``: scores, BatchNorm statistics) and the test split."""
+
+    model: nn.Module
+    train: DatasetInfo
+    plain: DatasetInfo
+    test: DatasetInfo
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, *self.train.input_size)
+
+    def loader(self, batch_size: int, *, train: bool, seed: int = 0, max_samples: int | None = None):
+        """A loader over ``plain`` (shuffled, seeded) or ``test`` (in order)."""
+        from itcp_deploy.data import make_loader
+
+        info = self.plain if train else self.test
+        return make_loader(info, batch_size, shuffle=train, seed=seed, max_samples=max_samples)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the dense model comes from: a model spec, its weights, the data spec."""
+
+    model: str
+    data: str
+    weights: str | None = None
+    num_classes: int | None = None
+    trust_code: bool = False
+
+
+def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
+    """Load the data splits once and create the dense model (in eval mode)."""
+    import torch
+
+    from itcp_deploy.data import load_dataset
+    from itcp_deploy.models import create_model
+    from itcp_deploy.models.registry import random_weights_note
+
+    if note := random_weights_note(source.model, source.weights):
+        logging.getLogger("itcp_deploy").warning(note)
+    torch.manual_seed(seed)
+    train = load_dataset(source.data, "train")
+    plain = load_dataset(source.data, "train", augment=False)
+    test = load_dataset(source.data, "test")
+    model = create_model(source.model, num_classes=source.num_classes or train.num_classes,
+                         weights=source.weights, trust_code=source.trust_code).eval()
+    return Inputs(model, train, plain, test)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,11 @@ engines (its :class:`Strategy`), finetuning, the final engines. Each returns the
 keeps; its files go where the :class:`~itcp_deploy.pipeline.run_dir.RunFolder` says (per target too).
 
 Above them: the pieces the comparison benchmark (``bench/comparison``) reuses, so that it runs the pipeline's
-own code: load the model and data, profile + fit the perf model.
+own code: profile + fit the perf model.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +23,6 @@ from itcp_deploy.pipeline.sources import ModelInputs, check_finetuned
 if TYPE_CHECKING:
     from torch import nn
 
-    from itcp_deploy.data import DatasetInfo
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pipeline.config import DeployTarget
     from itcp_deploy.pipeline.meter import TargetMeter
@@ -35,58 +33,6 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class Inputs:
-    """The dense model and the data every stage reads: the train split with and without augmentation
-    (``plain``: scores, BatchNorm statistics) and the test split."""
-
-    model: nn.Module
-    train: DatasetInfo
-    plain: DatasetInfo
-    test: DatasetInfo
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (1, *self.train.input_size)
-
-    def loader(self, batch_size: int, *, train: bool, seed: int = 0, max_samples: int | None = None):
-        """A loader over ``plain`` (shuffled, seeded) or ``test`` (in order)."""
-        from itcp_deploy.data import make_loader
-
-        info = self.plain if train else self.test
-        return make_loader(info, batch_size, shuffle=train, seed=seed, max_samples=max_samples)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the dense model comes from: a model spec, its weights, the data spec."""
-
-    model: str
-    data: str
-    weights: str | None = None
-    num_classes: int | None = None
-    trust_code: bool = False
-
-
-def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
-    """Load the data splits once and create the dense model (in eval mode)."""
-    import torch
-
-    from itcp_deploy.data import load_dataset
-    from itcp_deploy.models import create_model
-    from itcp_deploy.models.registry import random_weights_note
-
-    if note := random_weights_note(source.model, source.weights):
-        logging.getLogger("itcp_deploy").warning(note)
-    torch.manual_seed(seed)
-    train = load_dataset(source.data, "train")
-    plain = load_dataset(source.data, "train", augment=False)
-    test = load_dataset(source.data, "test")
-    model = create_model(source.model, num_classes=source.num_classes or train.num_classes,
-                         weights=source.weights, trust_code=source.trust_code).eval()
-    return Inputs(model, train, plain, test)
 
 
 def profile_config(engine: EngineSpec, settings: ProfileSettings, seed: int = 0) -> ProfileConfig:
