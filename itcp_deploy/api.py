@@ -176,7 +176,8 @@ def prune(model: nn.Module, example_input: torch.Tensor, *, sla_ms: float | None
         model: The trained network (eval mode, or batch > 1 if it has BatchNorm).
         example_input: One input batch; its shape is the engine's input shape.
         sla_ms, speedup: The SLA in ms, or as dense latency / speedup (exactly one).
-        backend, precision: The engine (``onnxruntime``/``tensorrt``/``torch``; ``fp32``/``fp16``/``int8``).
+        backend, precision: The engine (``onnxruntime``/``tensorrt``/``torch``; ``fp32``/``fp16``/``int8``, or
+            ``mixed``: each group FP32 or INT8, chosen with the widths in one solve; ``report.int8_groups``).
         targets: Instead of the four above: several :class:`DeployTarget` s (engine, input shape, SLA), one
             set of weights that meets every SLA (``--method itcp``); their shapes differ only in the batch.
         score_loader: Any iterable of ``(inputs, targets)`` batches: group scores, kept channels, BatchNorm

@@ -18,7 +18,8 @@ def emit_json(data: Any) -> None:
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", help="onnxruntime, openvino, tensorrt or torch.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, fp16 or int8.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="fp32, fp16, int8, or mixed (each group fp32 or int8, chosen with the widths).")]
 SlaOpt = Annotated[str | None, typer.Option("--sla-ms", help="Latency SLA in ms.")]
 SpeedupOpt = Annotated[str | None, typer.Option("--speedup", help="SLA = measured dense latency / S.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")]

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from itcp_deploy.atomic_io import read_json
 from itcp_deploy.errors import InfeasibleError
 from itcp_deploy.pipeline import probe
 from itcp_deploy.pipeline.budget_search import Round, accepted, next_budget
 from itcp_deploy.pipeline.meter import TargetMeter
 from itcp_deploy.pipeline.stages import RunContext
+from itcp_deploy.search.precision import split_states
 
 if TYPE_CHECKING:
     from itcp_deploy.perfmodel import PerfModel
@@ -60,12 +62,17 @@ class Rounds:
         """Append one measured plan (the report's record of everything tried)."""
         rec = {"round": len(self.records), "kind": kind, "score": sol.score, "method": sol.method,
                "bound": sol.bound if np.isfinite(sol.bound) else None,
-               "widths": {g: int(w) for g, w in sol.widths.items()}, "targets": [
+               **_plan_record(sol.widths), "targets": [
                    {"name": n, "budget_ms": b, "predicted_ms": p, "aim_ms": a, **m}
                    for n, b, p, a, m in zip(self.names, sol.budgets, sol.costs, self.aims, measured, strict=True)]}
         self.solutions.append(sol)
         self.records.append(rec)
         return rec
+
+
+def _plan_record(states: dict) -> dict:
+    widths, int8 = split_states(states)
+    return {"widths": widths, **({"int8_groups": list(int8)} if int8 else {})}
 
 
 def run_rounds(rounds: Rounds, budgets: list[float], solve: Solve, measure: Measure, *, accept_low: float,
@@ -191,7 +198,9 @@ def _solver(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray
         from itcp_deploy.pruning import channel_importance
 
         importance = channel_importance(ctx.inputs.model, perf[0].space, "l1")
-    inputs = [SearchInputs(p.space, p, scores, importance) for p in perf]
+    # a mixed-precision run's INT8 costs: the search is over (width, precision) states
+    costs = read_json(ctx.folder.int8_cost, "int8 costs") if ctx.folder.int8_cost.is_file() else None
+    inputs = [SearchInputs(p.space, p, scores, importance, costs) for p in perf]
     problems = [i.problem() for i in inputs]
     names = [t.name for t in c.targets]
     if len(problems) > 1:
@@ -213,6 +222,7 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
         InfeasibleError: an SLA is below its target's fastest plan (names every target's minimum).
     """
     from itcp_deploy.engines.build import build_engine
+    from itcp_deploy.engines.mixed import group_layers
     from itcp_deploy.perfmodel import PerfModel
     from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.dp import min_latency_ms
@@ -225,11 +235,13 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
                 f"{p.dense_ms():.4f} ms predicted; "
                 f"{t.latency.describe(m.dense_ms())}, aim {m.aim_ms:.4f} ms")
 
-    def measure(widths: dict[str, int], r: int) -> list[dict]:
+    def measure(states: dict, r: int) -> list[dict]:
+        widths, int8 = split_states(states)
         pruned = apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1")
         out = []
         for t, meter in zip(targets, meters, strict=True):
-            built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r), t.engine)
+            built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r),
+                                 t.engine_at(group_layers(ctx.space, int8)))
             m = meter.measure(built.artifact, precise=True)
             out.append({"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio, "timing_rounds": m.timing_rounds})
             _detail.debug("round %d %s: %.4f of dense (rounds p10-p90 %s), %d timing rounds, engine %s", r, t.name,
@@ -270,10 +282,11 @@ def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front:
     from itcp_deploy.plan import PruningPlan
 
     c = ctx.config
+    widths, int8 = split_states(chosen.widths)
     PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
-                widths={g.name: chosen.widths[g.name] for g in ctx.space.prunable}, method=c.method,
+                widths={g.name: widths[g.name] for g in ctx.space.prunable}, method=c.method,
                 criterion=c.criterion, importance=c.importance, budget_ms=budget_ms, predicted_ms=chosen.costs[0],
-                score=chosen.score, weights=c.weights, pareto=front).save(ctx.folder.plan)
+                score=chosen.score, weights=c.weights, pareto=front, int8_groups=int8).save(ctx.folder.plan)
 
 
 def _single_target_plans(names: list[str], problems, budgets: list[float], above: float) -> list[VectorSolution]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import UsageError
@@ -92,6 +92,12 @@ class DeployTarget:
         return cls(f"{engine.backend}-b{input_shape[0]}-{engine.options.threads}t-{index}", engine, input_shape,
                    latency)
 
+    def engine_at(self, int8_layers: tuple[str, ...] = ()) -> EngineSpec:
+        """The engine of a plan that puts ``int8_layers`` (module names) at INT8: a mixed-precision target's
+        (the dense engine: none, FP32, the reference a speed-up divides); any other target's own."""
+        return replace(self.engine, int8_layers=tuple(int8_layers)) if self.engine.precision == "mixed" \
+            else self.engine
+
     def describe(self) -> str:
         e, shape = self.engine, "x".join(map(str, self.input_shape))
         return f"{self.name} ({e.backend} {e.precision}, {shape}, {e.options.threads} thread(s))"
@@ -157,9 +163,11 @@ class RunConfig:
         check_targets(self.targets)
         for t in self.targets:
             check_engine(t.engine.backend, t.engine.precision)  # names, before minutes of work
-            if t.engine.precision == "mixed":
-                raise UsageError("--precision mixed does not reach the pipeline's search yet (issue 27)",
-                                 "profile it with `itcp-deploy profile-engines --precision mixed`, or use fp32/int8")
+        mixed = [t.engine.precision == "mixed" for t in self.targets]
+        if any(mixed) and (self.method != "itcp" or not all(mixed)):
+            raise UsageError("--precision mixed chooses widths and precisions in ITCP's one solve, over one kind "
+                             "of plan for every target", "use --method itcp and give every target mixed, or "
+                             "use fp32/int8")
         if len(self.targets) > 1 and (self.profile.profile_path or self.profile.perf_model_path):
             raise UsageError("a profile or perf model to reuse fits one target's engine, not several",
                              "drop the profile or perf model path, or give one target")

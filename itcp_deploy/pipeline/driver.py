@@ -50,7 +50,7 @@ CALIBRATION_IMAGES = 256  # the int8 calibration set a run draws from its own da
 
 
 def with_calibration(config: RunConfig, inputs: ModelInputs, folder: RunFolder) -> RunConfig:
-    """``config`` with every int8 target that names no calibration set given one drawn from the run's own data:
+    """``config`` with every int8 or mixed target that names no calibration set given one drawn from the run's own data:
     :data:`CALIBRATION_IMAGES` of the score batches (un-augmented training images), with the run's seed, into
     ``calibration.npz`` (kept on resume; its manifest says where it came from). The data is already given, so
     ``run --precision int8`` needs no ``itcp-deploy calibrate`` first."""
@@ -59,7 +59,7 @@ def with_calibration(config: RunConfig, inputs: ModelInputs, folder: RunFolder) 
     from itcp_deploy.data.calibration import calibration_from_batches
     from itcp_deploy.pipeline.stages import score_batches
 
-    needs = [t for t in config.targets if t.engine.precision == "int8" and t.engine.calib is None]
+    needs = [t for t in config.targets if t.engine.precision in ("int8", "mixed") and t.engine.calib is None]
     if not needs:
         return config
     if not folder.calibration.is_file():
@@ -131,7 +131,8 @@ def report_of(ctx: RunContext) -> RunReport:
         accuracy_pruned_bn=fin["accuracy_pruned_bn"], accuracy_final=fin["accuracy_final"],
         macs_dense=dense["macs"], macs_final=final["macs"], params_dense=dense["params"],
         params_final=final["params"], rounds=loop["rounds"], widths=dict(plan.widths),
-        full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, criterion=c.criterion,
+        full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, int8_groups=list(plan.int8_groups),
+        criterion=c.criterion,
         method=c.method, epochs=c.recipe.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)} if perf.report else {},
         notes=[n for n in [s.done("scores").get("note"), _calibration_note(ctx)] if n] + list(loop.get("notes", [])),

@@ -66,18 +66,20 @@ def probe_plans(ctx: RunContext, meters: list[TargetMeter], perf: list[PerfModel
     return perf, records
 
 
-def _probe_target(ctx: RunContext, target, perf: PerfModel, widths: dict[str, int]) -> tuple[PerfModel, dict]:
+def _probe_target(ctx: RunContext, target, perf: PerfModel, states: dict) -> tuple[PerfModel, dict]:
     from itcp_deploy.perfmodel.fit import refit
     from itcp_deploy.perfmodel.model import on_space
     from itcp_deploy.profiling.profiler import measure_plans
     from itcp_deploy.profiling.records import Profile
+    from itcp_deploy.search.precision import split_states
 
     c, files = ctx.config, ctx.folder.target(target.name)
     space = ctx.target_space(target).with_removal(False)
+    widths, int8 = split_states(states)
     built = {g.name: widths[g.name] or min(w for w in g.candidates if w) for g in perf.space.groups}
     profile = Profile.load(files.profile)
     engines = measure_plans(ctx.inputs.model, space, [built], profile_config(target.engine, c.profile, c.seed),
-                            reference_ms=profile.by_role("dense")[0].latency.median_ms)
+                            reference_ms=profile.by_role("dense")[0].latency.median_ms, int8_groups=[int8])
     merged, model = refit(profile, engines)
     model = on_space(model, ctx.target_space(target))
     before, after = perf.report, model.report
@@ -85,10 +87,11 @@ def _probe_target(ctx: RunContext, target, perf: PerfModel, widths: dict[str, in
     if kept:
         merged.save(files.profile)
         model.save(files.perf_model)
-    predicted = perf.predict_ms(built)
+    predicted = perf.predict_ms(built, int8)
     measured = engines[0].latency.median_ms if engines else predicted  # the plan is the dense network
     return model if kept else perf, {
-        "target": target.name, "widths": built, "predicted_ms": predicted, "measured_ms": measured,
+        "target": target.name, "widths": built, **({"int8_groups": list(int8)} if int8 else {}),
+        "predicted_ms": predicted, "measured_ms": measured,
         "measured_over_predicted": measured / predicted, "kept": kept,
         "tolerance": max(MIN_TOLERANCE, (after.noise_pct if after else 0.0) / 100),
         "heldout_err_before_pct": before.mape_pct if before else float("nan"),

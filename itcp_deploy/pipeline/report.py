@@ -54,6 +54,8 @@ class RunReport:
     # one entry per target (name, engine, SLA, predicted, measured, binds, ...); the one-line fields above
     # are the first target's, ``met_sla`` is "every target met" and ``measured_over_sla`` the worst target's
     targets: list[dict] = field(default_factory=list)
+    # a mixed-precision plan's groups at INT8 (``--precision mixed``); every other group runs FP32
+    int8_groups: list[str] = field(default_factory=list)
 
     def save(self, folder: RunFolder) -> None:
         write_json(folder.report_json, asdict(self))
@@ -103,8 +105,10 @@ class RunReport:
                       "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in self.perf_model_error.items()]
             lines += honesty_markdown(self.targets)
-        lines += ["", "## Widths", "", "| group | kept | full |", "|---|---|---|"]
-        lines += [f"| {g} | {self.widths[g] or '0 (block removed)'} | {self.full_widths[g]} |" for g in self.widths]
+        lines += ["", "## Widths", "", "| group | kept | full | precision |", "|---|---|---|---|"]
+        lines += [f"| {g} | {self.widths[g] or '0 (block removed)'} | {self.full_widths[g]} | "
+                  f"{'int8' if g in self.int8_groups else 'fp32' if self.int8_groups else self.precision} |"
+                  for g in self.widths]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if len(self.targets) == 1:  # several targets: each has its own perf model; no single front to plot

@@ -150,7 +150,7 @@ def stage_dense(ctx: RunContext) -> dict:
 
     c, model = ctx.config, ctx.inputs.model
     dense = {t.name: str(build_engine(model, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.DENSE,
-                                      t.engine).artifact) for t in c.targets}
+                                      t.engine_at()).artifact) for t in c.targets}
     macs, params = count_macs_params(model, c.input_shape)
     write_json(ctx.folder.space, ctx.space.to_dict())
     return {"targets": dense, "macs": macs, "params": params, "accuracy": ctx.inputs.accuracy(model)}
@@ -229,7 +229,31 @@ def stage_scores(ctx: RunContext) -> dict:
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
                           loss_fn=inputs.loss_fn)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
-    return {"criterion": chosen.score, "note": chosen.note}
+    costs = int8_cost(ctx, batches)
+    if costs is not None:
+        write_json(ctx.folder.int8_cost, costs)
+    return {"criterion": chosen.score, "note": chosen.note, "int8_cost": costs}
+
+
+def int8_cost(ctx: RunContext, batches: list) -> dict[str, float] | None:
+    """A mixed-precision run's INT8 cost of each group (:mod:`itcp_deploy.pruning.int8_cost`): the loss
+    increase with that group alone at INT8, on the evaluation data (else the score batches), calibrated on
+    the targets' calibration set; None for a run at one precision."""
+    from itertools import islice
+
+    from itcp_deploy.data.calibration import load_calibration
+    from itcp_deploy.pruning.int8_cost import Int8Loss, int8_costs
+
+    mixed = [t for t in ctx.config.targets if t.engine.precision == "mixed"]
+    if not mixed:
+        return None
+    loader = ctx.inputs.eval_loader
+    held = list(islice(loader, len(batches))) if loader is not None else batches
+    calib = load_calibration(mixed[0].engine.calib, ctx.config.input_shape)
+    with Int8Loss(ctx.inputs.model, ctx.space, calib, held) as loss:
+        costs = int8_costs(loss)
+    ctx.log("int8 cost per group (loss increase): " + ", ".join(f"{g} {v:.3g}" for g, v in costs.items()))
+    return costs
 
 
 def stage_loop(ctx: RunContext) -> dict:
@@ -291,14 +315,17 @@ def stage_final(ctx: RunContext) -> dict:
     """Build the finetuned model's engine for every target and measure each interleaved with its dense engine,
     judged by that target's SLA."""
     from itcp_deploy.engines.build import build_engine
+    from itcp_deploy.engines.mixed import group_layers
+    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import count_macs_params
 
-    c = ctx.config
+    c, plan = ctx.config, PruningPlan.load(ctx.folder.plan)
     pruned = restore_pruned(ctx.inputs.model, c, ctx.folder)
     dense_ms = ctx.state.done("loop")["dense_measured_ms"]
     out = {}
     for t in c.targets:
-        built = build_engine(pruned, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.FINAL, t.engine)
+        built = build_engine(pruned, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.FINAL,
+                             t.engine_at(group_layers(ctx.space, plan.int8_groups)))
         meter = ctx.meter(t, dense_ms[t.name])
         final, taken = meter.settle(built.artifact, c.loop.final_timing)
         verdict = meter.judge(final)

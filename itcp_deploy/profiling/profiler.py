@@ -327,19 +327,23 @@ def run_profiling(
 
 
 def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], config: ProfileConfig | None = None,
-                  role: str = "plan", reference_ms: float | None = None) -> list[EngineMeasurement]:
+                  role: str = "plan", reference_ms: float | None = None,
+                  int8_groups: list[tuple[str, ...]] | None = None) -> list[EngineMeasurement]:
     """Build and measure width plans as a profile's engines (per-layer times), e.g. the plans the search chose,
     for :func:`itcp_deploy.perfmodel.fit.refit`: the model is then fitted where it is used. The plans and the
     dense engine are measured interleaved in a session of their own; ``reference_ms`` (the dense engine's
     latency in the profile they join) puts them on that profile's scale: times x ``reference_ms`` / the dense
     engine's latency in this session. The load differs between windows, and a plan measured in another window
-    than the profile's dense engine (before) came out 28% under its prediction on a MobileNet-V3 at 224."""
+    than the profile's dense engine (before) came out 28% under its prediction on a MobileNet-V3 at 224.
+    ``int8_groups``: per plan, its INT8 groups (``--precision mixed``)."""
     config = config or ProfileConfig()
+    mixed = config.precision == "mixed"  # a plan's id hashes its INT8 groups, as the design's do
     full = space.full_widths()
-    plans = [PlannedEngine(engine_id(full), "dense", full)]
-    for w in widths:
+    plans = [PlannedEngine(engine_id(full, () if mixed else None), "dense", full)]
+    for w, int8 in zip(widths, int8_groups or [()] * len(widths), strict=True):
         plan = {g.name: space.complete(w)[g.name] for g in space.groups}
-        plans += [PlannedEngine(engine_id(plan), role, plan)] if engine_id(plan) != plans[0].engine_id else []
+        pid = engine_id(plan, tuple(sorted(int8)) if mixed else None)
+        plans += [PlannedEngine(pid, role, plan, tuple(sorted(int8)))] if pid != plans[0].engine_id else []
     with ProfileCache(config.cache_dir) as cache:
         run = _Run(model, space, config, cache, lambda stage, done, total: None)
         session = "plans-" + engine_id({p.engine_id: 0 for p in plans})

@@ -37,8 +37,15 @@ class SearchInputs:
     perf_model: PerfModel
     scores: dict[str, np.ndarray]
     channel_importance: dict[str, np.ndarray] | None = None
+    int8_cost: dict[str, float] | None = None  # a mixed-precision perf model's: each group's INT8 cost
 
     def problem(self) -> SearchProblem:
+        """Over widths; over (width, precision) states when the perf model is mixed-precision
+        (:mod:`itcp_deploy.search.precision`)."""
+        if self.perf_model.precision_tables:
+            from itcp_deploy.search.precision import problem_from_mixed
+
+            return problem_from_mixed(self.space, self.perf_model, self.scores, self.int8_cost or {})
         return problem_from(self.space, self.perf_model, self.scores)
 
 

@@ -339,8 +339,13 @@ def min_cost(problem: SearchProblem) -> tuple[float, dict[str, int]]:
 
 def min_latency_ms(perf_model) -> float:
     """The minimum predicted latency of ``perf_model`` (a :class:`~itcp_deploy.perfmodel.PerfModel`) over
-    all plans of its space: exact, by min-sum elimination over the groups."""
+    all plans of its space (a mixed-precision model's: over widths and precisions): exact, by min-sum
+    elimination over the groups."""
     zeros = {g.name: np.zeros(len(g.candidates)) for g in perf_model.space.prunable}
+    if perf_model.precision_tables:
+        from itcp_deploy.search.precision import problem_from_mixed
+
+        return min_cost(problem_from_mixed(perf_model.space, perf_model, zeros, dict.fromkeys(zeros, 0.0)))[0]
     return min_cost(problem_from(perf_model.space, perf_model, zeros))[0]
 
 

@@ -35,7 +35,7 @@ from itcp_deploy.search.problem import SearchProblem, Term, space_scores
 from itcp_deploy.space import PruningSpace
 
 __all__ = ["FP32", "INT8", "MIXED", "group_states", "int8_groups", "mixed_problem", "problem_from_mixed",
-           "split_plan", "state_scores"]
+           "split_plan", "split_states", "state_scores"]
 State = tuple[int, str]
 _RANK = {INT8: 0, FP32: 1}  # within one width, the cheaper, lower-scoring state first (as widths ascend)
 
@@ -116,6 +116,14 @@ def split_plan(states: Mapping[str, State | Sequence]) -> tuple[dict[str, int], 
     """A plan of states as its widths and its precisions."""
     widths = {g: int(s[0]) for g, s in states.items()}
     return widths, {g: str(s[1]) for g, s in states.items()}
+
+
+def split_states(states: Mapping[str, State | Sequence | int]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """A solution's plan as its widths and INT8 groups: the states of a search over precisions, or plain
+    widths (a search at one precision: no INT8 group)."""
+    if not any(isinstance(s, (tuple, list)) for s in states.values()):
+        return {g: int(w) for g, w in states.items()}, ()  # type: ignore[arg-type]
+    return split_plan(states)[0], int8_groups(states)  # type: ignore[arg-type]
 
 
 def int8_groups(states: Mapping[str, State | Sequence]) -> tuple[str, ...]:
