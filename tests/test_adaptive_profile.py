@@ -74,6 +74,31 @@ def test_targeted_designs_measure_the_cells_of_the_layers_that_err():
     assert builds == STEP_BUILDS and targeted == 2  # both targeted designs measure unseen cells of that layer
 
 
+def test_a_focus_draws_half_the_designs_where_the_search_will_look():
+    """With the SLA's latency fraction known, half the first round's designs and every other targeted design
+    use widths near sqrt(focus) of each group's (uniform plans sit at a fraction of the latency a 1.5x SLA
+    asks for); the holdouts stay uniform, so the held-out error still measures the model everywhere."""
+    from tests.synthetic_spaces import resnet_space
+
+    space, focus = resnet_space(1), 1 / 1.5
+    config = DesignConfig(max_builds=40, holdout=4, tries=16, focus=focus)
+
+    def near(widths: dict[str, int]) -> bool:
+        dist = {g.name: abs(widths[g.name] / g.full_width - focus ** 0.5) for g in space.prunable}
+        return all(d <= 0.2 or d == min(abs(w / g.full_width - focus ** 0.5) for w in g.candidates)
+                   for g in space.prunable for d in [dist[g.name]])
+
+    plans = first_round(space, config)
+    designs = [p for p in plans if p.role == "design"][1:]  # after the all-minimum plan
+    assert sum(near(p.widths) for p in designs) >= len(designs) // 2
+    uniform = first_round(space, DesignConfig(max_builds=40, holdout=4, tries=16))
+    assert sum(near(p.widths) for p in uniform if p.role == "design") < len(designs) // 2
+    assert sum(p.role == "holdout" for p in plans) == sum(p.role == "holdout" for p in uniform) == 4
+    added = next_round(space, plans, {}, config, 1)[len(plans):]
+    assert any(near(p.widths) for p in added if p.role == "design")
+    assert first_round(space, config) == plans  # deterministic for a seed
+
+
 def test_small_residual_net_fit_meets_the_bar_with_default_settings(tmp_path):
     """Before issue 24: 7.7-8.4% held-out error at 0.1-0.6% noise (the tables' residuals, interpolated across
     ONNX Runtime's 16-channel steps, predicted 17 us for a 55 us conv)."""

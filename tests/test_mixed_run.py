@@ -17,6 +17,7 @@ import itcp_deploy
 from itcp_deploy.api import PruneOptions
 from itcp_deploy.pipeline.config import ProfileSettings
 from tests.conftest import run_cli
+from tests.test_probe import near_the_sla
 
 DATA = "synthetic:train=256,test=128"
 COMMON = ("--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.3", "--epochs", "0", "--max-builds", "12",
@@ -42,6 +43,7 @@ def _check_mixed_run(out: Path) -> dict:
     assert all(v >= 0 for v in state["scores"]["int8_cost"].values())
     profile = json.loads((out / "profile.json").read_text())
     assert any(e.get("int8_groups") for e in profile["engines"])  # the designs mixed precisions
+    assert near_the_sla(profile, 1.3) >= 3  # and half of them were drawn near the SLA's latency
     assert json.loads((out / "perf_model.json").read_text())["precision_tables"]
     assert set(report["int8_groups"]) <= prunable
     assert all(set(r.get("int8_groups", [])) <= prunable for r in report["rounds"])

@@ -39,6 +39,15 @@ def test_run_probes_the_searchs_plan_and_refits(tmp_path, cache):
     assert profile["builds"] == sum(1 for e in profile["engines"] if e["role"] != "dense") + 1
     perf = json.loads((tmp_path / "out" / "perf_model.json").read_text())
     assert perf["report"]["n_design"] >= len(plans) + 1  # the refit model is the one the loop used
+    assert near_the_sla(profile) >= 3  # the SLA focused the design (profiling.design: focus)
+
+
+def near_the_sla(profile: dict, speedup: float = 1.5) -> int:
+    """Design engines whose every prunable group keeps at least 0.6 of its width (sqrt(1/1.5) - 0.2): a
+    uniform design of ResNet-20's nine groups has one such plan with a chance of about 0.4 ** 9."""
+    full = {g["name"]: g["full_width"] for g in profile["space"]["groups"] if len(g["candidates"]) > 1}
+    return sum(all(e["widths"][g] >= (speedup ** -0.5 - 0.2) * w for g, w in full.items())
+               for e in profile["engines"] if e["role"] == "design")
 
 
 def test_no_adaptive_does_not_probe(tmp_path, cache):
@@ -64,6 +73,7 @@ def test_prune_probes_and_its_option_turns_it_off(tmp_path, cache):
                                    out_dir=tmp_path / str(adaptive), options=options)
         rows.append(result.report.targets[0])
     assert rows[0]["probes"] >= 1 and rows[1]["probes"] == 0
+    assert near_the_sla(json.loads((tmp_path / "True" / "profile.json").read_text())) >= 3
 
 
 def test_a_refit_that_worsens_the_heldout_error_past_its_bar_is_not_kept():

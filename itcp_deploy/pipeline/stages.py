@@ -35,26 +35,29 @@ Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 
 
-def profile_config(engine: EngineSpec, settings: ProfileSettings, seed: int = 0) -> ProfileConfig:
-    """The profiler's config for ``engine`` under ``settings``."""
+def profile_config(engine: EngineSpec, settings: ProfileSettings, seed: int = 0,
+                   focus: float | None = None) -> ProfileConfig:
+    """The profiler's config for ``engine`` under ``settings``; ``focus``: the latency fraction of the dense
+    engine the search will aim at (:class:`~itcp_deploy.profiling.design.DesignConfig`)."""
     from itcp_deploy.profiling.design import DesignConfig
     from itcp_deploy.profiling.profiler import ProfileConfig
 
     return ProfileConfig(backend=engine.backend, precision=engine.precision, cache_dir=settings.cache_dir,
                          design=DesignConfig(max_builds=settings.max_builds, holdout=settings.holdout, seed=seed,
-                                             adaptive=settings.adaptive),
+                                             adaptive=settings.adaptive, focus=focus),
                          timing=settings.timing, engine=engine.options, layer_runs=settings.layer_runs,
                          calib=engine.calib)
 
 
 def profile_engines(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings, *,
-                    seed: int = 0, progress: Progress | None = None) -> tuple[Profile, ProfileSummary]:
+                    seed: int = 0, progress: Progress | None = None,
+                    focus: float | None = None) -> tuple[Profile, ProfileSummary]:
     """Build and measure the designed engines of ``space`` (cached in ``settings.cache_dir``), in rounds until
     the perf model meets its bar or ``settings.max_builds`` are spent (``settings.adaptive``)."""
     from itcp_deploy.perfmodel.fit import judge
     from itcp_deploy.profiling.profiler import run_profiling
 
-    return run_profiling(model, space, profile_config(engine, settings, seed), progress, judge)
+    return run_profiling(model, space, profile_config(engine, settings, seed, focus), progress, judge)
 
 
 def obtain_profile(model: nn.Module, space: PruningSpace, engine: EngineSpec, settings: ProfileSettings,
@@ -171,13 +174,23 @@ def stage_profile(ctx: RunContext) -> dict:
         elif path.exists():
             out[t.name] = {"builds": Profile.load(path).builds, "resumed": True}
         else:
-            ctx.log(f"profile {t.describe()}: {c.profile.max_builds} engines ...")
+            focus = _focus(ctx, t)
+            ctx.log(f"profile {t.describe()}: up to {c.profile.max_builds} engines, half the designs near "
+                    f"{focus:.2f} of the dense latency (the SLA) ...")
             profile, summary = profile_engines(ctx.inputs.model, space, t.engine, c.profile, seed=c.seed,
-                                               progress=ctx.progress)
+                                               progress=ctx.progress, focus=focus)
             profile.save(path)
             out[t.name] = {"builds": profile.builds, "builds_new": summary.builds_new,
                            "noise_pct": summary.noise_pct, "measurements_new": summary.measurements_new}
     return out
+
+
+def _focus(ctx: RunContext, target: DeployTarget) -> float:
+    """The fraction of the dense engine's latency the SLA asks for: a speed-up's inverse, or the SLA in ms
+    over the dense engine measured."""
+    if target.latency.sla_ms is None:
+        return 1.0 / float(target.latency.speedup or 1.0)
+    return min(1.0, float(target.latency.sla_ms) / ctx.meter(target).dense_ms())
 
 
 def stage_fit(ctx: RunContext) -> dict:
