@@ -347,10 +347,28 @@ def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], conf
     with ProfileCache(config.cache_dir) as cache:
         run = _Run(model, space, config, cache, lambda stage, done, total: None)
         session = "plans-" + engine_id({p.engine_id: 0 for p in plans})
-        profile = _measure_round(run, plans, time.perf_counter(), session)
+        sessions = []
+        for attempt in range(PLAN_SESSIONS):
+            sessions.append(_measure_round(run, plans, time.perf_counter(), session + (f"-{attempt}" * bool(attempt))))
+            if _contention(sessions[-1]) <= CONTENDED:
+                break
+    profile = min(sessions, key=_contention)
     dense = profile.engines[0].latency.median_ms
     factor = reference_ms / dense if reference_ms else 1.0
     return [e.scaled(factor) for e in profile.engines if e.role == role]
+
+
+PLAN_SESSIONS = 3  # measure_plans' sessions at most, while the dense engine's runs are contended
+CONTENDED = 1.25  # its median over its fastest run: about 1.02-1.1 on an idle core
+
+
+def _contention(profile: Profile) -> float:
+    """How much slower the session's dense engine ran at its median than at its fastest. With more busy
+    processes than cores, a run is preempted with a chance that grows with its length: on two cores at a
+    load of 3, MNASNet 1.0's dense engine at 224 measured 7.0 ms at its median and 3.0 ms at its p10, the
+    plan beside it was slowed far less, and the probe put that plan at 0.48 of its prediction."""
+    latency = profile.engines[0].latency
+    return latency.median_ms / latency.min_ms if latency.min_ms > 0 else float("inf")
 
 
 def profile_engines(
