@@ -73,7 +73,7 @@ def row_from_folder(out: Path) -> dict:
            "stage_wall_s": {k: round(v, 1) for k, v in (report.get("wall_s") or {}).items()}}
     target = (report.get("targets") or [{}])[0]  # the report's own row says how the model did on the first plan
     for key in ("first_plan_measured_over_predicted", "first_plan_over_sla", "probe_measured_over_predicted",
-                "probes"):
+                "probes", "search_bias"):
         row[key] = target.get(key)
     return row
 

@@ -40,6 +40,16 @@ def test_run_probes_the_searchs_plan_and_refits(tmp_path, cache):
     perf = json.loads((tmp_path / "out" / "perf_model.json").read_text())
     assert perf["report"]["n_design"] >= len(plans) + 1  # the refit model is the one the loop used
     assert near_the_sla(profile) >= 3  # the SLA focused the design (profiling.design: focus)
+    # round 0 searched the model scaled by the last probe's measured / predicted, and said so
+    from itcp_deploy.perfmodel import PerfModel
+
+    loop = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["loop"]
+    bias = loop["search_bias"][row["name"]]
+    assert bias == pytest.approx(min(1.15, max(1 / 1.15, probes[-1]["measured_over_predicted"])))
+    assert row["search_bias"] == bias
+    first = loop["rounds"][0]
+    unscaled = PerfModel.load(tmp_path / "out" / "perf_model.json").predict_ms(first["widths"])
+    assert first["targets"][0]["predicted_ms"] == pytest.approx(bias * unscaled, rel=1e-6)
 
 
 def near_the_sla(profile: dict, speedup: float = 1.5) -> int:

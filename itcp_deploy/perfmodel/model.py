@@ -123,6 +123,14 @@ class PerfModel:
         on the same plan, 0.908 against 1.046 of prediction)."""
         return self.dense_measured_ms if self.dense_measured_ms else self.dense_ms()
 
+    def scaled(self, factor: float) -> PerfModel:
+        """Every prediction times ``factor`` (the measured dense latency kept): a model calibrated on random
+        plans, put on the scale of the plans a search picks (``pipeline/probe.py``)."""
+        return replace(self, tables={k: v * factor for k, v in self.tables.items()},
+                       constant_ms=self.constant_ms * factor,
+                       precision_tables={k: {c: t * factor for c, t in v.items()}
+                                         for k, v in self.precision_tables.items()})
+
     def fixed_ms(self) -> float:
         """The predicted time no plan changes: the constant (work outside any layer, e.g. a detector's NMS)
         plus the layers whose groups are all fixed."""

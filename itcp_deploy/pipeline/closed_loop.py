@@ -251,8 +251,10 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
 
     scores = ctx.folder.read_arrays(ctx.folder.scores)
     probes: list[dict] = []
+    biases = [1.0] * len(perf)
     if probe.wanted(ctx):
         perf, probes = probe.probe_plans(ctx, meters, perf, lambda models: _solver(ctx, models, scores, [])[1])
+        perf, biases = probe.debiased(ctx, perf, probes)
     fronts: list[list[tuple[float, float]]] = []
     problems, solve = _solver(ctx, perf, scores, fronts)
     rounds = Rounds([t.name for t in targets], [m.aim_ms for m in meters], [min_latency_ms(p) for p in perf])
@@ -262,7 +264,8 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
         chosen = _measure_candidates(rounds, problems, measure, chosen, ctx.log)
     i = rounds.solutions.index(chosen)
     _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
-    return {**loop_record(targets, meters, rounds.records, rounds.notes, i, chosen), "probes": probes}
+    return {**loop_record(targets, meters, rounds.records, rounds.notes, i, chosen), "probes": probes,
+            "search_bias": {t.name: b for t, b in zip(targets, biases, strict=True)}}
 
 
 def loop_record(targets, meters: list[TargetMeter], records: list[dict], notes: list[str], accepted_round: int,

@@ -187,7 +187,7 @@ def perf_honesty(perf, loop: dict, name: str) -> dict:
             "first_plan_over_sla": first["measured_ms"] / loop["sla_ms"][name] if first else None,
             "plan_rounds": sum(1 for r in loop["rounds"] if r["kind"] == "plan"),
             "probe_measured_over_predicted": probes[0]["measured_over_predicted"] if probes else None,
-            "probes": len(probes)}
+            "probes": len(probes), "search_bias": loop.get("search_bias", {}).get(name)}
 
 
 def _plots(ctx: RunContext, report: RunReport, plan) -> None:

@@ -329,13 +329,11 @@ def run_profiling(
 def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], config: ProfileConfig | None = None,
                   role: str = "plan", reference_ms: float | None = None,
                   int8_groups: list[tuple[str, ...]] | None = None) -> list[EngineMeasurement]:
-    """Build and measure width plans as a profile's engines (per-layer times), e.g. the plans the search chose,
-    for :func:`itcp_deploy.perfmodel.fit.refit`: the model is then fitted where it is used. The plans and the
-    dense engine are measured interleaved in a session of their own; ``reference_ms`` (the dense engine's
-    latency in the profile they join) puts them on that profile's scale: times x ``reference_ms`` / the dense
-    engine's latency in this session. The load differs between windows, and a plan measured in another window
-    than the profile's dense engine (before) came out 28% under its prediction on a MobileNet-V3 at 224.
-    ``int8_groups``: per plan, its INT8 groups (``--precision mixed``)."""
+    """Build and measure width plans (e.g. the search's) as a profile's engines, for :func:`~itcp_deploy.perfmodel.
+    fit.refit`, interleaved with the dense engine in a session of their own (measured again while that engine
+    runs contended, :meth:`LatencyStats.slowdown`); ``reference_ms``, the dense latency of the profile they join,
+    puts them on its scale (another window put a plan 28% under its prediction on a MobileNet-V3 at 224).
+    ``int8_groups``: per plan, its INT8 groups (mixed)."""
     config = config or ProfileConfig()
     mixed = config.precision == "mixed"  # a plan's id hashes its INT8 groups, as the design's do
     full = space.full_widths()
@@ -350,25 +348,15 @@ def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], conf
         sessions = []
         for attempt in range(PLAN_SESSIONS):
             sessions.append(_measure_round(run, plans, time.perf_counter(), session + (f"-{attempt}" * bool(attempt))))
-            if _contention(sessions[-1]) <= CONTENDED:
+            if sessions[-1].engines[0].latency.slowdown() <= CONTENDED:
                 break
-    profile = min(sessions, key=_contention)
-    dense = profile.engines[0].latency.median_ms
-    factor = reference_ms / dense if reference_ms else 1.0
+    profile = min(sessions, key=lambda p: p.engines[0].latency.slowdown())
+    factor = reference_ms / profile.engines[0].latency.median_ms if reference_ms else 1.0
     return [e.scaled(factor) for e in profile.engines if e.role == role]
 
 
 PLAN_SESSIONS = 3  # measure_plans' sessions at most, while the dense engine's runs are contended
-CONTENDED = 1.25  # its median over its fastest run: about 1.02-1.1 on an idle core
-
-
-def _contention(profile: Profile) -> float:
-    """How much slower the session's dense engine ran at its median than at its fastest. With more busy
-    processes than cores, a run is preempted with a chance that grows with its length: on two cores at a
-    load of 3, MNASNet 1.0's dense engine at 224 measured 7.0 ms at its median and 3.0 ms at its p10, the
-    plan beside it was slowed far less, and the probe put that plan at 0.48 of its prediction."""
-    latency = profile.engines[0].latency
-    return latency.median_ms / latency.min_ms if latency.min_ms > 0 else float("inf")
+CONTENDED = 1.25  # its median over its fastest run (LatencyStats.slowdown): about 1.02-1.1 on an idle core
 
 
 def profile_engines(
