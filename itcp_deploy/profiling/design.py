@@ -13,10 +13,10 @@ Plans, in this order (deterministic for a seed):
 With a ``focus`` (the latency, as a fraction of the dense engine's, that the search will aim at: ``run`` knows
 it from the SLA), half the design plans are Latin-hypercube plans over each group's candidates near
 ``sqrt(focus)`` of its width (a conv's cost goes with the product of its two widths), and half the targeted
-designs of later rounds are drawn there. Uniform plans sit at 0.1-0.5 of a network's latency, so a 1.5x SLA
-(0.67) was searched where no engine but the dense one had measured the wide cells it uses: on a RegNet-Y-400MF
-at 224 every search plan measured 5-6% above its prediction, and a probe's refit only moved the error to the
-next plan.
+designs and half the holdouts are drawn there: the model is validated where it is fitted and where it is
+searched, and an adaptive profile stops on its error in both places. Uniform plans sit at 0.1-0.5 of a
+network's latency, so a 1.5x SLA (0.67) was searched where no engine but the dense one had measured the wide
+cells it uses (a RegNet-Y-400MF at 224: seven designs at 0.08-0.47 of its latency).
 
 Example (ResNet-20, ``max_builds=32, holdout=10``): 1 dense + 1 all-minimum + 20 Latin-hypercube designs +
 10 holdouts = 32 builds.
@@ -178,7 +178,9 @@ def design_plans(space: PruningSpace, config: DesignConfig | None = None) -> lis
             seen.add(engine_id(plan))
             out.append(PlannedEngine(engine_id(plan), "design", plan))
     _add_random(out, seen, space, rng, "design", n_design + 2 - len(out))  # replace duplicate designs
-    _add_random(out, seen, space, rng, "holdout", config.holdout)
+    near_holdouts = config.holdout // 2 if config.focus else 0  # validated where it is fitted, and searched
+    _add_random(out, seen, space, rng, "holdout", config.holdout - near_holdouts)
+    _add_random(out, seen, near, rng, "holdout", near_holdouts)
     return out
 
 
@@ -213,9 +215,10 @@ def next_round(space: PruningSpace, plans: list[PlannedEngine], weights: dict[st
     moved = {p.engine_id for p in holdouts[: min(2, len(holdouts), step)]}
     out = [replace(p, role="design") if p.engine_id in moved else p for p in plans]
     seen = {p.engine_id for p in out}
-    _add_random(out, seen, space, rng, "holdout", len(moved))
-    cells = {c for p in out if p.role != "holdout" for c in _cells(space, p.widths)}
     near = _near(space, config.focus) if config.focus else space
+    _add_random(out, seen, space, rng, "holdout", len(moved) - len(moved) // 2)
+    _add_random(out, seen, near, rng, "holdout", len(moved) // 2)
+    cells = {c for p in out if p.role != "holdout" for c in _cells(space, p.widths)}
     for i in range(step - len(moved)):
         drawn = near if i % 2 else space  # with a focus, every other targeted design is drawn near it
         pool = [{g.name: rng.choice(g.candidates) for g in drawn.groups} for _ in range(config.tries)]
