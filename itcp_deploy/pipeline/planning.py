@@ -118,7 +118,7 @@ def _solve_mixed(config: SearchConfig, inputs: SearchInputs, budget: float):
     from itcp_deploy.models import create_model
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_costs
     from itcp_deploy.search.dp import solve
-    from itcp_deploy.search.precision import int8_groups, split_plan
+    from itcp_deploy.search.precision import split_states
 
     if config.data is None:
         raise UsageError("a mixed-precision search measures each group's INT8 cost on data", "pass --data")
@@ -129,8 +129,8 @@ def _solve_mixed(config: SearchConfig, inputs: SearchInputs, budget: float):
     with Int8Loss(model, inputs.space, calib, batches["test"]) as loss:
         costs = int8_costs(loss)
     solution = solve(replace(inputs, int8_cost=costs).problem(), budget, bins=config.bins)
-    widths, _ = split_plan(solution.widths)
-    return replace(solution, widths=widths), int8_groups(solution.widths)
+    widths, int8 = split_states(solution.widths)
+    return replace(solution, widths=widths), int8
 
 
 def pareto_fronts(

@@ -130,14 +130,12 @@ FOCUS_BAND = 0.2  # focused plans draw each group's width fraction within sqrt(f
 def _near(space: PruningSpace, focus: float) -> PruningSpace:
     """``space`` with each group's candidates cut to those near ``sqrt(focus)`` of its width (at least the
     one nearest), for drawing plans where the search will look."""
-    from dataclasses import replace as with_
-
     mid = focus ** 0.5
     groups = []
     for g in space.groups:
         near = tuple(w for w in g.candidates if abs(w / g.full_width - mid) <= FOCUS_BAND)
-        groups.append(with_(g, candidates=near or (min(g.candidates, key=lambda w: abs(w / g.full_width - mid)),)))
-    return with_(space, groups=tuple(groups))
+        groups.append(replace(g, candidates=near or (min(g.candidates, key=lambda w: abs(w / g.full_width - mid)),)))
+    return replace(space, groups=tuple(groups))
 
 
 def _coverage(space: PruningSpace, plans: list[dict[str, int]]) -> int:
