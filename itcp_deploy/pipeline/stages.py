@@ -245,7 +245,7 @@ def stage_scores(ctx: RunContext) -> dict:
     costs = int8_cost(ctx, batches)
     if costs is not None:
         write_json(ctx.folder.int8_cost, costs)
-    return {"criterion": chosen.score, "note": chosen.note, "int8_cost": costs}
+    return {"criterion": chosen.score, "note": chosen.note, "int8_cost_groups": len(costs or {})}
 
 
 def int8_cost(ctx: RunContext, batches: list) -> dict[str, float] | None:
