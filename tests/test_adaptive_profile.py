@@ -35,8 +35,9 @@ def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_p
     # latency and layers of each new engine per round, then every engine's latency again in one session
     n = FIRST_BUILDS + STEP_BUILDS
     assert summary.measurements_new == 2 * FIRST_BUILDS + 2 * STEP_BUILDS + n
-    assert [e.latency for e in profile.engines] != [judge.seen[-1].engines[i].latency for i in range(n)]
-    assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, FIRST_BUILDS + STEP_BUILDS]
+    assert [e.latency for e in profile.engines] != [judge.seen[1].engines[i].latency for i in range(n)]
+    assert [e.latency for e in profile.engines] == [e.latency for e in judge.seen[-1].engines]  # confirmed there
+    assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, n, n]
     first_holdouts = [e.engine_id for e in judge.seen[0].by_role("holdout")]
     roles = {e.engine_id: e.role for e in profile.engines}
     assert [roles[i] for i in first_holdouts[:2]] == ["design", "design"]  # the two oldest holdouts are fitted now
@@ -44,6 +45,23 @@ def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_p
     again, second = run_profiling(model, space, _config(tmp_path, 32), judge=Judge(FIRST_BUILDS + STEP_BUILDS))
     assert second.builds_new == 0 and second.measurements_new == 0
     assert [e.engine_id for e in again.engines] == [e.engine_id for e in profile.engines]
+
+
+def test_a_good_round_not_confirmed_in_the_one_window_profiles_on(tmp_path):
+    """The judge said good on the rounds' own windows, not on the one window the model is fitted on (MNASNet at
+    224: 1.9% then 2.6%): profiling goes on instead of stopping above the bar."""
+    model, space = tiny_setup()
+    verdicts = iter([False, True, False, True, True])  # round 1, round 2, its window, round 3, its window
+    seen = []
+
+    def judge(profile):
+        seen.append(len(profile.engines))
+        return next(verdicts), {}
+
+    profile, summary = run_profiling(model, space, _config(tmp_path, 32), judge=judge)
+    n = FIRST_BUILDS + 2 * STEP_BUILDS
+    assert seen == [FIRST_BUILDS, FIRST_BUILDS + STEP_BUILDS, FIRST_BUILDS + STEP_BUILDS, n, n]
+    assert summary.rounds == 3 and len(profile.engines) == n
 
 
 def test_budget_caps_the_rounds_and_no_judge_means_the_fixed_design(tmp_path):
