@@ -161,3 +161,21 @@ def test_a_layer_within_one_group_needs_one_precision_and_the_dp_stays_exact():
     others = (tables["expand"][(FP32, INT8)][0, 1] + tables["project"][(INT8, FP32)][1, 0]
               + tables["linear"][(FP32, FP32)][0, 0])
     assert problem.cost(plan) == pytest.approx(10.0 + dw + others)
+
+
+def test_a_removed_group_has_one_fp32_state_and_is_never_named_int8():
+    """Width 0 removes the residual branch: no layer is left to quantize, so the search offers (0, fp32) only and a
+    plan never names a removed group INT8 (its engine has none of the group's layers: the mixed build refused it)."""
+    from dataclasses import replace
+
+    plain = resnet_space(1, SMALL)  # its residual branches' inner groups, marked removable as build_space does
+    space = replace(plain, groups=tuple(replace(g, removable=g.name.endswith(".conv1") and g.name != "conv1")
+                                        for g in plain.groups)).with_removal()
+    removable = [g for g in space.groups if g.removable]
+    assert removable and all(g.candidates[0] == 0 for g in removable)
+    states = group_states(space)
+    for g in removable:
+        assert states[g.name][0] == (0, FP32) and (0, INT8) not in states[g.name]
+        assert (g.candidates[1], INT8) in states[g.name]
+    assert group_states(space, (INT8,))[removable[0].name][0] == (0, INT8)  # one state, whatever is searched
+    assert int8_groups({removable[0].name: (0, INT8), "conv1": (8, INT8), "x": (16, FP32)}) == ("conv1",)

@@ -92,6 +92,26 @@ def test_int8_groups_run_int8_kernels_and_the_rest_fp32(resnet8, groups):
     assert 0 < np.median(err) <= 0.05
 
 
+def test_a_removed_branch_has_no_int8_layer(resnet8):
+    """A plan that removes a residual branch (its inner group at width 0) with the stage's group at INT8: the
+    branch's second conv writes that group but is gone from the network, so it is no INT8 layer (the mixed build
+    refused such plans: "layers [...] are not Conv/Linear layers of the exported model", cifar_resnet56 at 3x)."""
+    from itcp_deploy.pruning import apply_widths
+
+    model, space, _, calib, tmp = resnet8
+    space = space.with_removal()
+    widths = {**space.full_widths(), "layer1.0.conv1": 0}
+    layers = group_layers(space, ("conv1",), widths)
+    assert "layer1.0.conv2" in group_layers(space, ("conv1",)) and "layer1.0.conv2" not in layers
+    assert "conv1" in layers
+    path = export_onnx(apply_widths(model, space, widths, importance="l1"), SHAPE, tmp / "removed.onnx")
+    with pytest.raises(UsageError, match="not Conv/Linear layers"):
+        convert_precision(path, tmp / "bad.onnx", "mixed", calib, ORT_FULL_RANGE,
+                          int8_layers=group_layers(space, ("conv1",)))
+    mixed = convert_precision(path, tmp / "removed.mixed.onnx", "mixed", calib, ORT_FULL_RANGE, int8_layers=layers)
+    assert {p.key: p.value for p in onnx.load(mixed).metadata_props}[META_INT8_LAYERS] == ",".join(layers)
+
+
 def test_no_int8_group_is_the_fp32_graph(resnet8):
     _, space, path, calib, tmp = resnet8
     out = to_mixed(path, tmp / "none.onnx", calib, space, ())

@@ -16,7 +16,7 @@ compute exactly as in the FP32 graph (:func:`keep_float_inputs`, :func:`unshare_
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from itcp_deploy.errors import UsageError
@@ -57,8 +57,12 @@ def int8_nodes(model, layers: Collection[str]) -> list[str]:
     return [name for name, layer in owners.items() if layer in layers]
 
 
-def group_layers(space: PruningSpace, groups: Collection[str]) -> tuple[str, ...]:
-    """The layers at INT8 when ``groups`` are: those whose output group is one of them, sorted.
+def group_layers(space: PruningSpace, groups: Collection[str],
+                 widths: Mapping[str, int] | None = None) -> tuple[str, ...]:
+    """The layers at INT8 when ``groups`` are: those whose output group is one of them, sorted. Given the plan's
+    ``widths``, none of a removed residual branch: a layer reading or writing a group at width 0 is gone from
+    the network (:mod:`itcp_deploy.pruning.removal`), e.g. a removed block's second conv, which writes the
+    stage's group.
 
     Raises:
         UsageError: a group is fixed (the network's ends stay FP32) or not in ``space``.
@@ -67,7 +71,9 @@ def group_layers(space: PruningSpace, groups: Collection[str]) -> tuple[str, ...
     if bad:
         raise UsageError(f"groups {bad} cannot be INT8 (fixed or not in {space.model})",
                          "choose INT8 groups among the prunable groups (`itcp-deploy groups MODEL`)")
-    return tuple(sorted(layer.name for layer in space.layers if layer.out_group in groups))
+    gone = {g for g, w in (widths or {}).items() if int(w) == 0}
+    return tuple(sorted(layer.name for layer in space.layers
+                        if layer.out_group in groups and not {layer.in_group, layer.out_group} & gone))
 
 
 def keep_float_inputs(quantized, quantized_nodes: Collection[str]) -> None:

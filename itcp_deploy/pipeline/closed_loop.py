@@ -241,7 +241,7 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
         out = []
         for t, meter in zip(targets, meters, strict=True):
             built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r),
-                                 t.engine_at(group_layers(ctx.space, int8)))
+                                 t.engine_at(group_layers(ctx.space, int8, widths)))
             m = meter.measure(built.artifact, precise=True)
             out.append({"measured_ms": m.measured_ms, "ratio_to_dense": m.ratio, "timing_rounds": m.timing_rounds})
             _detail.debug("round %d %s: %.4f of dense (rounds p10-p90 %s), %d timing rounds, engine %s", r, t.name,

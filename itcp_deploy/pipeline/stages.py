@@ -338,7 +338,7 @@ def stage_final(ctx: RunContext) -> dict:
     out = {}
     for t in c.targets:
         built = build_engine(pruned, t.input_shape, ctx.folder.target(t.name).root, TargetFiles.FINAL,
-                             t.engine_at(group_layers(ctx.space, plan.int8_groups)))
+                             t.engine_at(group_layers(ctx.space, plan.int8_groups, plan.widths)))
         meter = ctx.meter(t, dense_ms[t.name])
         final, taken = meter.settle(built.artifact, c.loop.final_timing)
         verdict = meter.judge(final)

@@ -41,14 +41,17 @@ _RANK = {INT8: 0, FP32: 1}  # within one width, the cheaper, lower-scoring state
 
 
 def group_states(space: PruningSpace, precisions: Sequence[str] = MIXED) -> dict[str, tuple[State, ...]]:
-    """Every group's states, ordered by width, then int8 before fp32; a fixed group: its width at fp32."""
+    """Every group's states, ordered by width, then int8 before fp32; a fixed group: its width at fp32. Width 0
+    (a removed residual branch) has one state, at fp32 when fp32 is searched: no layer is left to quantize (a
+    plan naming a removed group INT8 names layers its engine does not have)."""
     bad = [p for p in precisions if p not in _RANK]
     if bad or not precisions:
         raise UsageError(f"precisions {list(precisions)} are not a subset of {list(MIXED)}",
                          f"choose per-group precisions among {', '.join(MIXED)}")
     order = sorted(set(precisions), key=_RANK.get)
-    return {g.name: ((g.candidates[-1], FP32),) if g.fixed else tuple((w, p) for w in g.candidates for p in order)
-            for g in space.groups}
+    removed = (FP32,) if FP32 in order else tuple(order)
+    return {g.name: ((g.candidates[-1], FP32),) if g.fixed else
+            tuple((w, p) for w in g.candidates for p in (order if w > 0 else removed)) for g in space.groups}
 
 
 def state_scores(space: PruningSpace, states: Mapping[str, tuple[State, ...]],
@@ -127,5 +130,5 @@ def split_states(states: Mapping[str, State | Sequence | int]) -> tuple[dict[str
 
 
 def int8_groups(states: Mapping[str, State | Sequence]) -> tuple[str, ...]:
-    """The groups a plan puts at int8, sorted (what names a mixed engine)."""
-    return tuple(sorted(g for g, s in states.items() if s[1] == INT8))
+    """The groups a plan puts at int8, sorted (what names a mixed engine); a removed group (width 0) is none."""
+    return tuple(sorted(g for g, s in states.items() if s[1] == INT8 and int(s[0]) > 0))
