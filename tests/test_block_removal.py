@@ -5,6 +5,7 @@ the perf model's zero cost, and the solvers choosing removal exactly when it buy
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -170,6 +171,39 @@ def test_perf_model_gives_removed_layers_zero_latency(tiny):
     block2 = perf.layer_table("block2.conv1")[0, 0] + perf.layer_table("block2.conv2")[0, 0]
     assert perf.predict_ms(narrow) - removed == pytest.approx(block2)
     assert on_space(removal, space).predict_ms(narrow) == pytest.approx(perf.predict_ms(narrow))
+
+
+def test_what_a_removed_branch_leaves_costs_its_blocks_output_elements(tiny, tmp_path):
+    """ONNX Runtime keeps a removed branch's add and activation (no longer fused into its conv2): the reader's
+    cell costs ``removal_ms_per_element`` per element of its output; the writer's stays 0, and so does every
+    cell at the default 0. The probes measure it (:func:`removal_left`), and it survives save and load."""
+    from itcp_deploy.pipeline.probe import removal_left
+    from itcp_deploy.profiling.records import EngineMeasurement
+    from itcp_deploy.profiling.timing import LatencyStats
+
+    _, space = tiny
+    removal, k = space.with_removal(), 1e-6
+    perf = on_space(replace(_perf(space), removal_ms_per_element=k), removal)
+    narrow = {g.name: g.candidates[0] for g in space.prunable}
+    plan = {**narrow, "block2.conv1": 0}
+    conv2 = next(layer for layer in space.layers if layer.name == "block2.conv2")
+    w = removal.complete(plan)[conv2.out_group]
+    left = k * SHAPE[0] * w * conv2.out_hw[0] * conv2.out_hw[1]
+    zero = on_space(_perf(space), removal)
+    assert perf.predict_ms(plan) - zero.predict_ms(plan) == pytest.approx(left)
+    assert perf.layer_table("block2.conv1")[:, 0].sum() == 0.0  # the writer is gone
+    perf.save(tmp_path / "pm.json")
+    assert PerfModel.load(tmp_path / "pm.json").removal_ms_per_element == k
+
+    def engine(widths, ms, layer_ms):
+        stats = LatencyStats.from_samples([ms] * 5)
+        return EngineMeasurement(engine_id="x", widths=widths, role="plan", latency=stats, layer_ms=layer_ms)
+
+    full = removal.complete(plan)
+    built = engine({**full, "block2.conv1": narrow["block2.conv1"]}, 1.0, {"block2.conv1": 0.1, "block2.conv2": 0.2})
+    measured = removal_left(removal, full, [built, engine(full, 0.75, {})])
+    assert measured == pytest.approx(0.05 / (w * conv2.out_hw[0] * conv2.out_hw[1]))  # 0.75 - (1.0 - 0.3)
+    assert removal_left(removal, full, [built, engine(full, 0.6, {})]) == 0.0  # never negative
 
 
 @pytest.mark.parametrize("removal_cost, removes", [(0.3, True), (5.0, False)])

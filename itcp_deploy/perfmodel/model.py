@@ -38,6 +38,7 @@ def _check_numbers(model: PerfModel, path: str | os.PathLike[str]) -> None:
     check_numbers(model.calibration, f"perf model {path}", "calibration", fix, minimum=None)
     if model.dense_measured_ms is not None:
         check_number(model.dense_measured_ms, f"perf model {path}", "dense_measured_ms", fix)
+    check_number(model.removal_ms_per_element, f"perf model {path}", "removal_ms_per_element", fix)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class PerfModel:
     schema: int = PERF_MODEL_SCHEMA
     precision_tables: dict[str, dict[Combo, np.ndarray]] = field(default_factory=dict)
     dense_measured_ms: float | None = None  # the profile's dense engine (median): see dense_reference_ms
+    removal_ms_per_element: float = 0.0  # what a removed residual branch leaves: see on_space
 
     def layer_table(self, layer_name: str, combo: Combo = SAME) -> np.ndarray:
         """Latency (ms) of one layer, shape (len C_in, len C_out) over its groups' candidates; ``combo``: the
@@ -128,6 +130,7 @@ class PerfModel:
         plans, put on the scale of the plans a search picks (``pipeline/probe.py``)."""
         return replace(self, tables={k: v * factor for k, v in self.tables.items()},
                        constant_ms=self.constant_ms * factor,
+                       removal_ms_per_element=self.removal_ms_per_element * factor,
                        precision_tables={k: {c: t * factor for c, t in v.items()}
                                          for k, v in self.precision_tables.items()})
 
@@ -152,6 +155,7 @@ class PerfModel:
                                  for k, v in self.precision_tables.items()},
             "report": asdict(self.report) if self.report else None,
             "dense_measured_ms": self.dense_measured_ms,
+            "removal_ms_per_element": self.removal_ms_per_element,
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -183,6 +187,7 @@ class PerfModel:
                 precision_tables={k: {tuple(c.split(">")): np.asarray(t, dtype=float) for c, t in v.items()}
                                   for k, v in d.get("precision_tables", {}).items()},
                 dense_measured_ms=float(d["dense_measured_ms"]) if d.get("dense_measured_ms") else None,
+                removal_ms_per_element=float(d.get("removal_ms_per_element", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputFileError(
@@ -204,7 +209,10 @@ class PerfModel:
 def on_space(perf: PerfModel, space: PruningSpace) -> PerfModel:
     """``perf`` on ``space``: the same layers, candidates that differ only by width 0 (a removed residual
     branch, :meth:`PruningSpace.with_removal`). A layer reading or writing a group at width 0 is gone from
-    the network, so its latency there is 0; every other cell is ``perf``'s.
+    the network, but the branch's add and activation stay, no longer fused into its last conv (ONNX Runtime:
+    a standalone Add and Relu, and layout reorders around them): the reader's cell costs
+    ``removal_ms_per_element`` per element of its output (measured by the probes, ``pipeline/probe.py``;
+    0 until then); every other cell is ``perf``'s.
 
     Raises:
         UsageError: ``space`` has a non-zero width ``perf`` was not fitted on.
@@ -218,9 +226,11 @@ def on_space(perf: PerfModel, space: PruningSpace) -> PerfModel:
             raise UsageError(f"width {missing[0]} of layer {layer.name} is not in the perf model",
                              "fit the perf model on a profile of this space")
         old_cells = [[(old_in.index(a), old_out.index(b)) if a and b else None for b in cout] for a in cin]
-        tables[layer.name] = _moved(perf.layer_table(layer.name), old_cells)
+        left = [[perf.removal_ms_per_element * space.input_shape[0] * b * layer.out_hw[0] * layer.out_hw[1]
+                 if not a and b else 0.0 for b in cout] for a in cin]
+        tables[layer.name] = _moved(perf.layer_table(layer.name), old_cells) + np.array(left).reshape(len(cin), -1)
         if layer.name in perf.precision_tables:
-            precision_tables[layer.name] = {c: _moved(t, old_cells)
+            precision_tables[layer.name] = {c: _moved(t, old_cells) + np.array(left).reshape(len(cin), -1)
                                             for c, t in perf.precision_tables[layer.name].items()}
     return replace(perf, space=space, tables=tables, precision_tables=precision_tables)
 

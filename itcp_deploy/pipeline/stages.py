@@ -167,7 +167,7 @@ def stage_profile(ctx: RunContext) -> dict:
     c, out = ctx.config, {}
     for t in c.targets:
         path = ctx.folder.target(t.name).profile
-        space = ctx.target_space(t).with_removal(False)  # profiled at widths > 0; removal costs 0 (on_space)
+        space = ctx.target_space(t).with_removal(False)  # profiled at widths > 0; removal: on_space
         if c.profile.profile_path:
             obtain_profile(ctx.inputs.model, space, t.engine, c.profile, path, ctx.log).save(path)
             out[t.name] = {"builds": Profile.load(path).builds, "reused": c.profile.profile_path}

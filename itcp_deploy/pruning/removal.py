@@ -10,8 +10,8 @@ shift (after BatchNorm re-estimation, the branch's mean output on the calibratio
 replaced the same way at one channel (Torch-Pruning cannot prune a group to zero channels: it is cut to one
 first). Nothing of the branch depends on the data any more, so the exported graph holds no conv of it: the
 exporter folds the shape-only computation into a constant (``tests/test_block_removal.py`` checks the ONNX
-graph). The perf model gives the removed layers zero latency
-(:func:`itcp_deploy.perfmodel.model.on_space`).
+graph). The perf model gives the removed layers zero latency, less what the branch leaves (its add and
+activation, no longer fused into a conv), which the probes measure (:func:`itcp_deploy.perfmodel.model.on_space`).
 """
 
 from __future__ import annotations
