@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -101,6 +102,32 @@ def test_parity_failure_raises_and_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ItcpError, match="differs from PyTorch"):
         export_onnx(create_model("cifar_resnet20"), (1, 3, 32, 32), target)
     assert list(tmp_path.iterdir()) == []
+
+
+class _Rounding(torch.nn.Module):
+    """(x + 1e4) - 1e4: exact in float64, off by FP32's rounding at 1e4 (~5e-4 of |x|) in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 1e4) - 1e4
+
+
+def test_parity_of_an_ill_conditioned_net_is_judged_against_float64():
+    """Where PyTorch's own FP32 is off exact by more than ILL_CONDITIONED (EfficientNet-B1 at 224 after
+    BatchNorm re-estimation failed parity at 1.4e-3), the engine passes when it is as close to the float64
+    result as FP32_SLACK times PyTorch's FP32, and a wrong engine still fails; a well-conditioned net keeps the
+    plain check (test_parity_failure_raises_and_leaves_no_file)."""
+    from itcp_deploy.engines.export import FP32_SLACK, PARITY_RTOL, _against_float64
+
+    x = torch.linspace(-1, 1, 101).reshape(1, 101)
+    model = _Rounding()
+    with torch.no_grad():
+        fp32 = [model(x).numpy()]
+    exact = (x.double().numpy(),)
+    error, tol = _against_float64(model, x, fp32, [exact[0].astype(np.float32)], "x.onnx")
+    assert tol > PARITY_RTOL and error <= tol and tol == pytest.approx(FP32_SLACK * np.abs(fp32[0] - exact[0]).max())
+    wrong, tol = _against_float64(model, x, fp32, [1.1 * exact[0].astype(np.float32)], "x.onnx")
+    assert wrong > tol
+    assert _against_float64(torch.nn.Identity(), x, [x.numpy()], [x.numpy()], "x.onnx") is None
 
 
 def test_cli_export_json(tmp_path):

@@ -114,7 +114,8 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     detections are matched as sets first, see :mod:`~itcp_deploy.engines.detection_parity`).
 
     Raises:
-        ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-3) on any trial.
+        ItcpError: the relative error exceeds ``PARITY_RTOL`` (1e-3) on any trial, or, where PyTorch's own FP32
+            is that far from exact, :data:`FP32_SLACK` times its error (:func:`_against_float64`).
     """
     import onnxruntime as ort
 
@@ -125,17 +126,43 @@ def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     reference = copy.deepcopy(model).cpu().float().eval()
     compare = _detections_error if is_detector(model) else _outputs_error
     generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    checked = []  # (error, tolerance) per trial
     for _ in range(trials):
         x = torch.randn(input_shape, generator=generator)
         with torch.no_grad():
             expected = _flat_outputs(reference(x))
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        worst = max(worst, compare(expected, got, path))
-    if not worst <= PARITY_RTOL:
-        raise ItcpError(f"ONNX Runtime output differs from PyTorch (relative error {worst:.2e} > "
-                        f"{PARITY_RTOL:.0e}) for {path}", "report the model; try another --opset")
-    return worst
+        error, tol = compare(expected, got, path), PARITY_RTOL
+        if not error <= tol and compare is _outputs_error:
+            error, tol = _against_float64(reference, x, expected, got, path) or (error, tol)
+        checked.append((error, tol))
+    for error, tol in checked:
+        if not error <= tol:
+            raise ItcpError(f"ONNX Runtime output differs from PyTorch (relative error {error:.2e} > "
+                            f"{tol:.0e}) for {path}", "report the model; try another --opset")
+    return max(error for error, _ in checked)
+
+
+FP32_SLACK = 4.0  # an engine as far from exact as this many times PyTorch's own FP32 result is as good as it
+ILL_CONDITIONED = PARITY_RTOL / FP32_SLACK  # PyTorch's FP32 this far from exact: judge against float64
+
+
+def _against_float64(model: nn.Module, x: torch.Tensor, expected: list[np.ndarray], got: list[np.ndarray],
+                     path: str | Path) -> tuple[float, float] | None:
+    """(the engine's error, its tolerance) against an exact (float64) forward, when PyTorch's own FP32 result
+    is off exact by more than :data:`ILL_CONDITIONED`: a network can be ill-conditioned enough that two
+    FP32 summation orders differ by more than ``PARITY_RTOL`` (an EfficientNet-B1 at 224 after pruning and
+    BatchNorm re-estimation: 1.4e-3); a wrong export is off by far more than PyTorch's rounding. None when
+    the float64 forward fails or PyTorch's FP32 is close to exact (the plain check stands)."""
+    try:
+        with torch.no_grad():
+            exact = _flat_outputs(copy.deepcopy(model).double()(x.double()))
+    except (RuntimeError, TypeError):
+        return None
+    fp32 = _outputs_error(exact, expected, path)
+    if not fp32 > ILL_CONDITIONED:
+        return None
+    return _outputs_error(exact, got, path), FP32_SLACK * fp32
 
 
 def _check_finite(arrays: list[np.ndarray], path: str | Path) -> None:
