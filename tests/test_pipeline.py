@@ -196,6 +196,69 @@ def test_loop_that_never_meets_the_target_gives_up_with_a_consistent_plan(finish
     assert plan.budget_ms == pytest.approx(result["rounds"][-1]["targets"][0]["budget_ms"])
 
 
+def test_value_dependent_graphs_are_those_whose_work_moves_with_values(tmp_path):
+    """NMS, data-dependent indexing and control flow make an engine's latency depend on its weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from itcp_deploy.engines.export import value_dependent
+
+    def graph(op: str, inputs: list[str]):
+        node = helper.make_node(op, inputs, ["y"])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        path = tmp_path / f"{op}.onnx"
+        onnx.save(helper.make_model(helper.make_graph([node], op, [x], [y])), str(path))
+        return path
+
+    assert value_dependent(graph("NonZero", ["x"])) and not value_dependent(graph("Relu", ["x"]))
+
+
+def test_a_value_dependent_engine_is_measured_as_it_will_ship(finished, monkeypatch, tmp_path):
+    """Issue 26 (SSDLite accepted at 0.722 of dense, shipped at 0.846): where the dense engine's work depends on
+    its values, each round's engine is the one-shot model (compensated, BatchNorm re-estimated), its channels
+    ranked once; a static graph keeps the plain pruned weights (fake measurements, as above)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from itcp_deploy.models import create_model
+    from itcp_deploy.pipeline import closed_loop as loop_module
+    from itcp_deploy.pipeline.meter import Measured, TargetMeter
+    from itcp_deploy.profiling.engine_timing import EngineLatency
+    from itcp_deploy.profiling.records import LatencyStats
+    from itcp_deploy.pruning import build_space
+
+    tmp, config, _, _ = finished
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20").with_removal(config.block_removal)
+    stats = LatencyStats.from_samples([1.0])
+    monkeypatch.setattr(TargetMeter, "dense_ms", lambda self: 1.0)
+    monkeypatch.setattr(TargetMeter, "measure", lambda self, artifact, timing=None, precise=False:
+                        Measured(EngineLatency(stats, 0.5), stats, 4, 0.5))
+    monkeypatch.setattr("itcp_deploy.engines.build.build_engine", lambda *a, **k: SimpleNamespace(artifact=tmp_path))
+    calls = {"importance": 0, "one_shot": 0}
+
+    def importance(ctx):
+        calls["importance"] += 1
+        return {}
+
+    def one_shot(ctx, widths, imp):
+        calls["one_shot"] += 1
+        return model, []
+
+    monkeypatch.setattr(loop_module, "channel_importance_of", importance)
+    monkeypatch.setattr(loop_module, "one_shot", one_shot)
+    t = config.targets[0]
+    for dependent in (False, True):
+        monkeypatch.setattr("itcp_deploy.engines.export.value_dependent", lambda path, d=dependent: d)
+        out = tmp_path / f"loop-{dependent}"
+        shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
+        result = loop_module.closed_loop(_loop_context(config, out, model, space),
+                                         [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)])
+        rounds = len(result["rounds"])
+        assert calls == ({"importance": 1, "one_shot": rounds} if dependent else {"importance": 0, "one_shot": 0})
+
+
 def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):
     """`profile-engines --speedup` goes on through the very function `run` calls (`pipeline.driver.run`: the
     specs made into the objects `itcp_deploy.prune` takes, then the same stages), with the same config apart

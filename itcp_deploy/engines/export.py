@@ -330,3 +330,15 @@ def onnx_node_to_module(onnx_model: str | Path | object) -> dict[str, str]:
             if module:
                 mapping[node.name] = module
     return mapping
+
+
+VALUE_DEPENDENT_OPS = frozenset({"NonMaxSuppression", "NonZero", "Compress", "Loop", "If"})
+
+
+def value_dependent(path: str | Path) -> bool:
+    """Whether an ONNX graph's work depends on its values, not only on its shapes (non-max suppression,
+    data-dependent indexing, control flow): such an engine's latency moves with its weights (a detector's NMS
+    keeps more or fewer boxes)."""
+    import onnx
+
+    return any(n.op_type in VALUE_DEPENDENT_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)

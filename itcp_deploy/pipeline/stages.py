@@ -297,15 +297,27 @@ def stage_finetune(ctx: RunContext) -> dict:
 def one_shot_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]]:
     """The plan made into a model by the one-shot recipe: the channels of largest importance kept, least-squares
     compensation (when configured), BatchNorm re-estimated; returns it and the refit layers."""
-    from itcp_deploy.pruning import channel_importance
+    return one_shot(ctx, plan.widths, channel_importance_of(ctx))
+
+
+def one_shot(ctx: RunContext, widths: dict[str, int], importance: dict) -> tuple[nn.Module, list[str]]:
+    """:func:`one_shot_model` at ``widths``, the channels ranked by ``importance`` (:func:`channel_importance_of`,
+    computed once where many plans are made: the loop's rounds of a value-dependent engine)."""
     from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
 
+    c, inputs = ctx.config, ctx.inputs
+    recipe = OneShot(inputs.batches(score_batches(c)), inputs.batches(c.recipe.bn_batches), c.recipe.bn_batches,
+                     c.compensate)
+    return prune_one_shot(inputs.model, ctx.space, widths, importance, recipe)
+
+
+def channel_importance_of(ctx: RunContext) -> dict:
+    """Each group's channel importance under the run's criterion (Taylor on the score batches, else the weights)."""
+    from itcp_deploy.pruning import channel_importance
+
     c, inputs, importance = ctx.config, ctx.inputs, criteria(ctx).importance
-    batches = inputs.batches(score_batches(c))
-    imp = channel_importance(inputs.model, ctx.space, importance, loader=batches if importance == "taylor" else None,
-                             loss_fn=inputs.loss_fn)
-    recipe = OneShot(batches, inputs.batches(c.recipe.bn_batches), c.recipe.bn_batches, c.compensate)
-    return prune_one_shot(inputs.model, ctx.space, plan.widths, imp, recipe)
+    batches = inputs.batches(score_batches(c)) if importance == "taylor" else None
+    return channel_importance(inputs.model, ctx.space, importance, loader=batches, loss_fn=inputs.loss_fn)
 
 
 def restore_pruned(model: nn.Module, config: RunConfig, folder: RunFolder) -> nn.Module:
