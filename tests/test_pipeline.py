@@ -392,3 +392,20 @@ def test_int8_without_calib_draws_from_the_data_and_reports_the_engines_own_accu
     assert 0.0 <= quality["engine_top1"] <= 100.0 and 0.5 <= quality["agreement_with_dense"] <= 1.0
     assert quality["images"] > 100
     assert "measured on the engine" in (out / "report.md").read_text()
+
+
+def test_data_at_another_size_than_the_engine_is_said(caplog):
+    """BatchNorm re-estimated on 32x32 images for a 224 engine gave a 224 EfficientNet-B1 outputs of 3e10: a
+    run says when the data's images are not at the engine's input size, and is silent when they are."""
+    import torch
+
+    from itcp_deploy.pipeline.driver import _note_other_size
+    from itcp_deploy.pipeline.sources import ModelInputs
+
+    batches = [(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))]
+    with caplog.at_level("WARNING", logger="itcp_deploy"):
+        _note_other_size(ModelInputs(torch.nn.Identity(), batches), (1, 3, 32, 32))
+        assert not caplog.records
+        _note_other_size(ModelInputs(torch.nn.Identity(), batches), (1, 3, 224, 224))
+    (record,) = caplog.records
+    assert "32x32" in record.message and "224x224" in record.message and "size=224" in record.message

@@ -13,6 +13,7 @@ folder and records itself in ``state.json``; a rerun resumes after the last fini
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 
@@ -89,6 +90,7 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
         raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
                          "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
     ctx = RunContext(config, folder, state, inputs, space, strategy, log or (lambda msg: None), progress)
+    _note_other_size(inputs, config.input_shape)
     for name, stage in STAGES:
         if state.done(name) is None:
             ctx.log(f"stage {name} ...")
@@ -100,6 +102,21 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
         if name == until:
             break
     return ctx
+
+
+def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...]) -> None:
+    """Warn when the data's images are not at the engine's input size: BatchNorm re-estimation and finetuning
+    then see other activations than the engine does (an EfficientNet-B1 built at 224 and re-estimated on 32x32
+    synthetic images output 3e10 at 224)."""
+    import torch
+
+    batches = inputs.batches(1)
+    x = batches[0][0] if batches and isinstance(batches[0], (tuple, list)) else None
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and tuple(x.shape[2:]) != tuple(input_shape[2:]):
+        logging.getLogger("itcp_deploy").warning(
+            f"the data's images are {x.shape[2]}x{x.shape[3]} but the engine's input is {input_shape[2]}x"
+            f"{input_shape[3]}: BatchNorm is re-estimated (and the model finetuned) at the data's size; give data "
+            f"at the deploy size (e.g. --data synthetic:size={input_shape[2]})")
 
 
 def report_of(ctx: RunContext) -> RunReport:
