@@ -4,6 +4,8 @@ searches it; a profile at one precision fits exactly as before."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,27 @@ def test_dp_on_the_fitted_model_meets_the_true_latency(space, model):
     groups = int8_groups(plan)
     assert groups and problem.cost(plan) <= budget
     assert true_latency(space, widths, groups) <= budget * 1.05
+
+
+def test_a_layer_never_measured_at_a_pair_takes_its_class_table(space):
+    """ResNet-56 at 4x was refused because one of its alike layer3 convs had no engine at int8>int8: a layer whose
+    class (same kind, kernel and shape) was measured at a pair takes the class's table there; a pair no layer of
+    the class ran at is still refused."""
+    from itcp_deploy.perfmodel.mixed import at_combo, combo_tables
+    from itcp_deploy.perfmodel.tables import layer_class
+
+    engines = [e for e in mixed_profile(space, n_design=30, n_holdout=0).engines if e.role == "design"]
+    pair, full = (INT8, INT8), combo_tables(space, engines)
+    classes: dict[str, list[str]] = {}
+    for la in space.layers:
+        if pair in full[la.name]:
+            classes.setdefault(layer_class(la), []).append(la.name)
+    alike = next(names for names in classes.values() if len(names) > 1)
+
+    def without(names):
+        return [replace(e, layer_ms={k: v for k, v in e.layer_ms.items() if k not in names}) for e in engines]
+
+    assert not any(alike[0] in e.layer_ms for e in at_combo(space, without(alike[:1]), pair))
+    assert combo_tables(space, without(alike[:1]))[alike[0]][pair].shape  # from its class, not refused
+    with pytest.raises(UsageError, match="no engine measured layer"):
+        combo_tables(space, without(alike))
