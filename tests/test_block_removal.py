@@ -250,3 +250,21 @@ def test_cli_groups_shows_which_groups_can_be_removed():
     assert code == 0, err
     removable = {g["name"] for g in json.loads(out)["groups"] if g["removable"]}
     assert removable == {f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)}
+
+
+def test_a_mixed_probe_builds_a_plan_with_a_removed_branch(tiny, tmp_path):
+    """The probes build the plan as the loop does (ResNet-56 at 2x and 4x, mixed: the build asked for INT8 on a
+    removed block's second conv, which writes the stage's INT8 group, and the run failed): a mixed plan's INT8
+    layers leave out the removed branch's, in the profiler's builds too."""
+    from itcp_deploy.profiling.profiler import measure_plans
+    from tests.test_profile_mixed import _calib
+    from tests.test_profiler import fast_config
+
+    model, space = tiny
+    removal = space.with_removal()
+    plan = {**{g.name: g.candidates[0] for g in space.prunable}, "block2.conv1": 0}
+    stage = next(g.name for g in space.prunable if g.name not in {"block1.conv1", "block2.conv1", "down.conv1"}
+                 and "block2.conv2" in {la.name for la in space.layers if la.out_group == g.name})
+    engines = measure_plans(model, removal, [plan], fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path)),
+                            int8_groups=[(stage,)])
+    assert len(engines) == 1 and engines[0].widths["block2.conv1"] == 0 and engines[0].int8_groups == (stage,)

@@ -166,8 +166,9 @@ class _Run:
         with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
             pruned = apply_widths(self.model, self.space, plan.widths)
             staging = Path(tmp) / "artifact"
+            mixed = self.config.precision == "mixed"  # the plan's widths: a probe's plan may remove a branch
             spec = EngineSpec(self.backend.name, self.config.precision, self._options(), self.config.calib,
-                              group_layers(self.space, plan.int8_groups) if self.config.precision == "mixed" else None)
+                              group_layers(self.space, plan.int8_groups, plan.widths) if mixed else None)
             paths = ChainPaths(staging / "export.onnx", Path(tmp) / "model.onnx", staging)
             fp32, _ = build_chain(pruned, tuple(self.space.input_shape), spec, paths, calib=self._calib())
             node_to_module = onnx_node_to_module(fp32) if fp32 is not None else {}
