@@ -82,7 +82,8 @@ def _probe_target(ctx: RunContext, target, perf: PerfModel, states: dict) -> tup
     c, files, space = ctx.config, ctx.folder.target(target.name), ctx.target_space(target)
     widths, int8 = split_states(states)
     built = {g.name: widths[g.name] or min(w for w in g.candidates if w) for g in perf.space.groups}
-    plans = [built] + ([space.complete(widths)] if built != space.complete(widths) else [])  # and as the loop builds it
+    as_loop = space.complete(widths)  # the plan as the loop builds it, when a branch is removed
+    plans = [built] + ([as_loop] if as_loop != built else [])
     profile = Profile.load(files.profile)
     engines = measure_plans(ctx.inputs.model, space, plans, profile_config(target.engine, c.profile, c.seed),
                             reference_ms=profile.by_role("dense")[0].latency.median_ms, int8_groups=[int8] * len(plans))
