@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from itcp_deploy.errors import UsageError
 
@@ -103,6 +103,14 @@ class LatencyTarget:
     def target_ms(self, dense_ms: float | None = None) -> float:
         """What to aim at: the SLA after the safety margin."""
         return self.resolve_ms(dense_ms) * (1.0 - self.margin)
+
+    def tightened(self, factor: float) -> LatencyTarget:
+        """This SLA with its aim moved to ``factor`` x where it was (the margin grown, the SLA unchanged): the
+        final stage re-solves this way when the shipped engine measured above the loop's engine of the same plan.
+        Raises :class:`UsageError` when the grown margin would leave no aim (``factor`` <= 0.5 or so)."""
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"an aim is tightened by a factor in (0, 1], got {factor}")
+        return replace(self, margin=1.0 - (1.0 - self.margin) * factor) if factor < 1.0 else self
 
     def predicted_budget_ms(self, dense_measured_ms: float, dense_predicted_ms: float) -> float:
         """The target in the perf model's units: target x (predicted / measured dense latency), so that a

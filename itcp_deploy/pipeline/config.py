@@ -58,12 +58,15 @@ class LoopSettings:
     """The closed loop: accept a plan whose measured latency is within ``[accept_low * target, target]``,
     else re-solve with a budget corrected from every round (``pipeline/budget_search.py``), at most
     ``max_rounds`` times; ``bins``: budget resolution of the DP; ``timing`` measures each round,
-    ``final_timing`` the final engine."""
+    ``final_timing`` the final engine. ``final_retries``: how often a final engine that misses its SLA, though
+    the loop measured its plan under the aim, sends the run back to the loop aiming lower by the difference
+    (then finetuning and the final engine again; the method's step 5)."""
 
     accept_low: float = 0.9
     max_rounds: int = 4
     bins: int = 1000
     max_timing_rounds: int = 100  # a noisy round is re-measured with up to this many timing rounds
+    final_retries: int = 1
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50))
     final_timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
@@ -173,7 +176,8 @@ class RunConfig:
                              "drop the profile or perf model path, or give one target")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
-        if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1:
-            raise UsageError(f"accept_low must be in (0, 1] and max_rounds >= 1, got {self.loop.accept_low} and "
-                             f"{self.loop.max_rounds}", "use the defaults (0.9, 4)")
+        if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1 or self.loop.final_retries < 0:
+            raise UsageError(f"accept_low must be in (0, 1], max_rounds >= 1 and final_retries >= 0, got "
+                             f"{self.loop.accept_low}, {self.loop.max_rounds} and {self.loop.final_retries}",
+                             "use the defaults (0.9, 4, 1)")
         check_search(self.method, self.criterion, self.importance)

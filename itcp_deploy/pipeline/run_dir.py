@@ -119,3 +119,16 @@ class RunState:
         self.data["stages"][stage] = result
         write_json(self.path, self.data)
         return result
+
+    @property
+    def retries(self) -> list[dict]:
+        """The final stage's re-solves so far, oldest first (each: why, and every target's aim factor)."""
+        return list(self.data.get("retries", []))
+
+    def retry(self, stages: Sequence[str], record: dict) -> None:
+        """Forget ``stages`` (they run again) and keep ``record`` of why; written at once, so a resumed run
+        continues the re-solve instead of reporting the miss."""
+        for stage in stages:
+            self.data["stages"].pop(stage, None)
+        self.data["retries"] = [*self.retries, record]
+        write_json(self.path, self.data)

@@ -9,6 +9,7 @@ own code: profile + fit the perf model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -138,11 +139,14 @@ class RunContext:
                            ignore_layers=c.ignore_layers).with_removal(c.block_removal)
 
     def meter(self, target: DeployTarget, dense_ms: float | None = None) -> TargetMeter:
-        """``target``'s engines measured against its dense engine (built by the dense stage)."""
+        """``target``'s engines measured against its dense engine (built by the dense stage), aiming as much lower
+        as the final stage's re-solves asked (:meth:`RunState.retry`)."""
         from itcp_deploy.pipeline.meter import TargetMeter
 
         loop, dense = self.config.loop, Path(self.state.done("dense")["targets"][target.name])
-        return TargetMeter(target.engine, target.latency, dense, loop.timing, loop.max_timing_rounds, dense_ms)
+        factor = math.prod(r["aim_factor"].get(target.name, 1.0) for r in self.state.retries)
+        return TargetMeter(target.engine, target.latency.tightened(factor), dense, loop.timing,
+                           loop.max_timing_rounds, dense_ms)
 
 
 def stage_dense(ctx: RunContext) -> dict:
