@@ -112,9 +112,9 @@ def _pessimistic(model: PerfModel, keep: float) -> PerfModel:
 
 def test_measurement_keeps_a_single_target_plan_that_beats_the_vector_plan(two_targets, monkeypatch):
     """The server's perf model predicts a fifth of every saving (the fake above), so the vector DP, exact for
-    the predicted budgets, prunes far more than the engines need; the edge target's own plan (edge's model
-    predicts 80% of each saving, so its plan lands safely under its SLA) meets both SLAs as measured and
-    scores higher: the run must measure it and keep it, and record it among the rounds."""
+    the predicted budgets, prunes far more than the engines need; a target's own plan (edge's model predicts 80%
+    of each saving, so its plan lands safely under its SLA) meets both SLAs as measured and scores higher: the
+    run must measure the higher-scoring plans best first, keep the first that meets both, and record them."""
     tmp, _, _ = two_targets
     load = PerfModel.load
     keep = {"edge": 0.8, "server": 0.2}
@@ -128,11 +128,15 @@ def test_measurement_keeps_a_single_target_plan_that_beats_the_vector_plan(two_t
     rounds, kept = loop["rounds"], loop["rounds"][loop["accepted_round"]]
     assert rounds[0]["kind"] == "plan" and all(t["measured_ms"] <= t["aim_ms"] for t in rounds[0]["targets"])
     assert rounds[0]["verdict"].startswith("replaced by round"), rounds
-    assert kept["kind"] == "candidate: 1-D DP for edge" and kept["verdict"].startswith("accepted"), rounds
+    # which target's own plan wins depends on the profiled tables (the server's won once at a load of 4): any
+    # single-target plan that scores higher and meets both, the best-scoring one measured first
+    assert kept["kind"].startswith("candidate: 1-D DP for ") and kept["verdict"].startswith("accepted"), rounds
     assert kept["score"] > rounds[0]["score"] and all(t["measured_ms"] <= t["aim_ms"] for t in kept["targets"])
+    tried = [r for r in rounds if r["kind"].startswith("candidate")]
+    assert [r["score"] for r in tried] == sorted((r["score"] for r in tried), reverse=True) and tried[-1] is kept
     widths = json.loads((tmp / "pessimistic" / "widths.json").read_text())
     assert widths["score"] == pytest.approx(kept["score"])
-    assert "candidate: 1-D DP for edge (accepted" in (tmp / "pessimistic" / "report.md").read_text()
+    assert f"{kept['kind']} (accepted" in (tmp / "pessimistic" / "report.md").read_text()
 
 
 def test_one_target_and_two_targets_go_through_the_same_loop(two_targets, monkeypatch):
