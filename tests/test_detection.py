@@ -190,6 +190,7 @@ def test_random_ssd_sends_a_trained_models_number_of_boxes_to_nms():
     assert 0 < passing < logits[..., 1:].numel() // 10
 
 
+@pytest.mark.slow  # about 2 minutes: Torch-Pruning's grouping of SSDLite
 def test_tp_peer_prunes_a_detector_and_keeps_its_head_widths():
     """Torch-Pruning's own pruner (``tp-taylor-round``) traces the detector's network without its NMS, as the
     space was traced, and leaves every width the space keeps (the head predictors) whole."""
