@@ -188,3 +188,20 @@ def test_random_ssd_sends_a_trained_models_number_of_boxes_to_nms():
         logits = model(torch.randn(1, *SHAPE[1:]))[1]
     passing = int((logits.softmax(-1)[..., 1:] > model.detector.score_thresh).sum())
     assert 0 < passing < logits[..., 1:].numel() // 10
+
+
+@pytest.mark.slow  # about 2 minutes: Torch-Pruning's grouping of SSDLite
+def test_tp_peer_prunes_a_detector_and_keeps_its_head_widths():
+    """Torch-Pruning's own pruner (``tp-taylor-round``) traces the detector's network without its NMS, as the
+    space was traced, and leaves every width the space keeps (the head predictors) whole."""
+    from itcp_deploy.pruning.tp_peer import TaylorPeer, group_widths
+
+    model = _model(SSD, num_classes=4)
+    space = build_space(model, SHAPE, model_spec=SSD)
+    peer = TaylorPeer.prepare(model, space, detection_batches(1, batch_size=2, size=SIZE), round_to=8, num_batches=1)
+    pruned = peer.prune(0.5)
+    full, cut = group_widths(model, space), group_widths(pruned, space)
+    assert sum(cut.values()) < sum(full.values())
+    assert all(_out_width(pruned.get_submodule(p)) == _out_width(model.get_submodule(p)) for p in PREDICTORS[SSD])
+    boxes, scores, labels = pruned.eval()(torch.rand(*SHAPE))  # the whole forward still runs, NMS included
+    assert boxes.shape[1] == 4 and len(scores) == len(labels) == len(boxes)

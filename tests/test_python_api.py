@@ -194,3 +194,27 @@ def test_a_one_pass_generator_is_read_once_and_kept():
     inputs = ModelInputs(_TwoConvs().eval(), generator)
     first = inputs.batches(5)
     assert len(first) == 3 and inputs.batches(2) == first[:2] and inputs.batches(8) == first
+
+
+class _Reached(Exception):
+    """Raised where the run would start its stages: every check before them passed."""
+
+
+def test_a_finetune_callable_needs_no_classification_loss(monkeypatch, tmp_path):
+    """The built-in recipe trains with cross-entropy, so a model without logits is refused it in one line; the
+    user's own finetune callable (a detector's loop with its own loss) is not refused."""
+    from itcp_deploy.pipeline import driver
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    loader = [(torch.randn(2, 3, 8, 8), torch.zeros(2, 4, 8, 8))]
+    with pytest.raises(UsageError, match="cannot be finetuned with cross-entropy"):
+        itcp_deploy.prune(model, torch.randn(1, 3, 8, 8), speedup=1.3, score_loader=loader, epochs=1,
+                          out_dir=tmp_path / "builtin")
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise _Reached
+
+    monkeypatch.setattr(driver, "RunContext", reached)
+    with pytest.raises(_Reached):
+        itcp_deploy.prune(model, torch.randn(1, 3, 8, 8), speedup=1.3, score_loader=loader,
+                          finetune=lambda m: m, out_dir=tmp_path / "own")

@@ -85,7 +85,8 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
     state = RunState(folder, config)
     space = build_space(inputs.model, config.input_shape, model_spec=config.model,
                         ignore_layers=config.ignore_layers).with_removal(config.block_removal)
-    if (inputs.finetune is not None and inputs.loss_fn is None
+    # the built-in recipe (epochs > 0) trains with cross-entropy; the user's own finetune callable needs no loss
+    if (config.recipe.epochs > 0 and inputs.finetune is not None and inputs.loss_fn is None
             and criteria_for(inputs.model, config.input_shape, "taylor", "taylor").note):
         raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
                          "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")

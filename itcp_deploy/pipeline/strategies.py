@@ -71,7 +71,8 @@ def peer_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]
     from itcp_deploy.train import recalibrate_bn
 
     c = ctx.config
-    model = load_pruned(ctx.folder.peer_model, plan, weights=c.weights, trust_code=c.trust_code).eval()
+    model = load_pruned(ctx.folder.peer_model, plan, weights=c.weights, trust_code=c.trust_code,
+                        base=ctx.inputs.model).eval()  # prune()'s own module: its name is no spec to rebuild from
     return recalibrate_bn(model, ctx.inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches), []
 
 

@@ -21,8 +21,8 @@ from torch import nn
 
 from itcp_deploy.pruning.importance import Batch, accumulate_gradients
 from itcp_deploy.pruning.removal import is_removed
-from itcp_deploy.pruning.tracing import restore_requires_grad
-from itcp_deploy.space import OUTPUT_GROUP, PruningSpace
+from itcp_deploy.pruning.tracing import network_only, restore_requires_grad
+from itcp_deploy.space import PruningSpace
 
 PEER_METHODS = ("tp-taylor", "tp-taylor-round")
 
@@ -61,11 +61,13 @@ class TaylorPeer:
         flags = {n: p.requires_grad for n, p in work.named_parameters()}
         for p in work.parameters():  # TP traces autograd: fixed layers must be in the graph to be pruned along
             p.requires_grad_(True)
-        ignored = [work.get_submodule(n) for n in self.space.group(OUTPUT_GROUP).layers_out]
+        # every width ITCP keeps is kept here too: the classifier, a detector's head outputs, --ignore-layers
+        ignored = [work.get_submodule(n) for g in self.space.groups if g.fixed for n in g.layers_out]
         example = torch.zeros(*self.space.input_shape)
-        pruner = tp.pruner.MetaPruner(
-            work, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
-            pruning_ratio=pruning_ratio, ignored_layers=ignored, round_to=self.round_to)
+        with network_only(work):  # a detector is traced without its NMS, as the space was
+            pruner = tp.pruner.MetaPruner(
+                work, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
+                pruning_ratio=pruning_ratio, ignored_layers=ignored, round_to=self.round_to)
         for name, p in work.named_parameters():
             p.grad = self.grads[name].clone()
         pruner.step()

@@ -69,7 +69,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     example = torch.zeros(*input_shape)
     try:
         graph = tp.DependencyGraph()
-        with parameters_requiring_grad(model, True), record_channel_views(graph), _network_only(model):
+        with parameters_requiring_grad(model, True), record_channel_views(graph), network_only(model):
             graph.build_dependency(model, example_inputs=example, verbose=False)
     except Exception as err:  # TP and the model's forward raise anything; the user needs one line
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
@@ -82,7 +82,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], model_name: str) -> tp
     return graph
 
 
-def _network_only(model: nn.Module) -> contextlib.AbstractContextManager:
+def network_only(model: nn.Module) -> contextlib.AbstractContextManager:
     """The model's ``network_only()`` context, where it has one (a detector: forward returns its raw head
     outputs, without the box decoding and NMS that hold no channels), else nothing."""
     network_only = getattr(model, "network_only", None)
