@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,8 +115,22 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+KEPT = ("profile.json", "perf_model.json", "space.json", "state.json", "report.json", "report.md")
+
+
+def keep_folder(work: Path, keep: Path | None) -> None:
+    """The run's small files (profile, perf model, state, report) into ``keep``, so that a bad fit can be
+    explained afterwards (``itcp-deploy fit KEEP/profile.json --explain``) without rerunning the model."""
+    if keep is None:
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (work / "out" / name).is_file():
+            shutil.copy2(work / "out" / name, keep / name)
+
+
 def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rerun_failed: bool = False,
-          data: str = "synthetic") -> None:
+          data: str = "synthetic", keep: Path | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in models:
         done = [r for r in _records(out) if r["model"] == spec and r.get("label") == label]
@@ -123,6 +138,7 @@ def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rer
             continue
         with tempfile.TemporaryDirectory(prefix="zoo224-") as work:
             row = run_model(spec, Path(work), cache, label, code, data)
+            keep_folder(Path(work), keep / label / spec.replace(":", "_") if keep else None)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{spec}: {row['status']} builds {row.get('builds')} err {row.get('perf_err_pct')} "
@@ -189,13 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rerun-failed", action="store_true", help="run again the models whose last row failed")
     p.add_argument("--data", default="synthetic", help="--data of each run (synthetic images are 32x32 unless "
                    "synthetic:size=224: AlexNet's pools need at least 63x63 for its scores)")
+    p.add_argument("--keep", help="copy each run's profile, perf model, state and report under KEEP/LABEL/MODEL")
     args = p.parse_args(argv)
     if args.table is not None:
         table(_records(Path(args.out)), args.table or [args.label])
         return
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"zoo224-engines-{args.label}")
     sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed,
-          args.data)
+          args.data, Path(args.keep).resolve() if args.keep else None)
 
 
 if __name__ == "__main__":
