@@ -411,7 +411,7 @@ def test_data_at_another_size_than_the_engine_is_said(caplog):
     assert "32x32" in record.message and "224x224" in record.message and "size=224" in record.message
 
 
-def _missed_copy(finished, tmp_path, over_loop: float, final_retries: int = 1):
+def _missed_copy(finished, tmp_path, over_loop: float, final_retries: int = 1, loop_missed: bool = False):
     """A copy of the finished run whose final engine is recorded as measured ``over_loop`` x what the loop
     measured for the same plan, above the SLA: a named fake of a shipped engine that measured slower than the
     loop's build of its plan. Returns its config (``final_retries`` set) and the loop's accepted measurement."""
@@ -422,7 +422,10 @@ def _missed_copy(finished, tmp_path, over_loop: float, final_retries: int = 1):
     shutil.copytree(tmp / "out", out)
     state = json.loads((out / "state.json").read_text())
     loop = state["stages"]["loop"]
-    accepted = loop["rounds"][loop["accepted_round"]]["targets"][0]["measured_ms"]
+    record = loop["rounds"][loop["accepted_round"]]["targets"][0]
+    if loop_missed:  # the loop ran out of rounds and kept a plan over its aim
+        record["measured_ms"] = 1.02 * record["aim_ms"]
+    accepted = record["measured_ms"]
     final = next(iter(state["stages"]["final"]["targets"].values()))
     final.update(measured_ms=accepted * over_loop, sla_ms=accepted * over_loop / 1.01, met=False)
     state["config"]["loop"]["final_retries"] = final_retries
@@ -448,11 +451,12 @@ def test_a_final_engine_over_the_sla_sends_the_run_back_to_the_loop_aiming_lower
     assert any("re-solved after the final stage" in n for n in report.notes)
 
 
-@pytest.mark.parametrize(("over_loop", "retries"), [(1.05, 0), (1.5, 1)])
+@pytest.mark.parametrize(("over_loop", "retries", "loop_missed"), [(1.05, 0, False), (1.5, 1, False), (1.05, 1, True)])
 def test_no_re_solve_when_none_is_allowed_or_the_engines_differ_by_more_than_noise(finished, tmp_path, over_loop,
-                                                                                  retries):
-    """``final_retries=0`` reports the miss as it is; so does a final engine 1.5x the loop's (not noise)."""
-    config, _ = _missed_copy(finished, tmp_path, over_loop=over_loop, final_retries=retries)
+                                                                                  retries, loop_missed):
+    """``final_retries=0`` reports the miss as it is; so does a final engine 1.5x the loop's (not noise), and a
+    plan the loop itself kept over its aim (its rounds ran out: aiming lower is no correction)."""
+    config, _ = _missed_copy(finished, tmp_path, over_loop=over_loop, final_retries=retries, loop_missed=loop_missed)
     logs: list[str] = []
     report = run(config, log=logs.append)
     assert not [line for line in logs if line.startswith("stage") and "skipped" not in line], logs
