@@ -120,10 +120,10 @@ def _solve_again(ctx: RunContext) -> bool:
     final, loop = state.done("final")["targets"], state.done("loop")
     accepted = {t["name"]: t["measured_ms"] for t in loop["rounds"][loop["accepted_round"]]["targets"]}
     missed = [t for t in c.targets if not final[t.name]["met"]]
-    if any(accepted[t.name] > loop["aim_ms"][t.name] for t in missed):
-        return False  # the loop's own plan missed its aim (its rounds ran out): aiming lower is no correction
     if not missed or len(state.retries) >= c.loop.final_retries:
         return False
+    if any(accepted[t.name] > loop["aim_ms"][t.name] for t in missed):
+        return False  # the loop's own plan missed its aim (its rounds ran out): aiming lower is no correction
     factors = {t.name: accepted[t.name] / final[t.name]["measured_ms"] for t in missed}
     if any(not MIN_AIM_FACTOR <= f < 1.0 or 1.0 - (1.0 - t.latency.margin) * f >= 0.5
            for t, f in zip(missed, factors.values(), strict=True)):
