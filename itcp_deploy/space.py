@@ -108,8 +108,8 @@ class LayerSpec:
 
     def macs(self, w_in: int, w_out: int) -> int:
         """Multiply-accumulates of this layer at the given widths (batch 1)."""
-        if self.op == "linear":
-            return w_in * w_out
+        if self.op == "linear":  # per row: a classifier has one, ConvNeXt's NHWC Linear layers H x W
+            return w_in * w_out * self.out_hw[0] * self.out_hw[1]
         per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else w_in // self.groups)
         return per_out * w_out * self.out_hw[0] * self.out_hw[1]
 

@@ -180,3 +180,40 @@ def test_cli_groups_bad_inputs_exit_2_with_one_line():
     assert code == 2 and err.count("\n") == 1
     code, _, err = run_cli("groups", "cifar_resnet20", "--input-shape", "32x32")
     assert code == 2 and "input-shape" in err
+
+
+class _ChannelsLastMlp(nn.Module):
+    """A ConvNeXt stage in miniature: a conv, then Linear layers on (N, H, W, C), at two spatial sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mlp1 = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+        self.down = nn.Conv2d(8, 16, 2, stride=2)
+        self.mlp2 = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.mlp1(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.down(x)
+        x = x + self.mlp2(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_linear_on_a_feature_map_costs_its_rows_and_is_classed_by_its_size():
+    """ConvNeXt's Linear layers read (N, H, W, C): each row is a pixel, so their MACs are H x W times a
+    classifier's at the same widths, and the perf model must not pool a 16x16 stage with an 8x8 one (it did:
+    every Linear was one class at 1x1, and ConvNeXt-Tiny's fit erred 14.9% at 224)."""
+    from itcp_deploy.perfmodel.tables import layer_class
+    from itcp_deploy.profiling.isolated import layer_module
+
+    space = build_space(_ChannelsLastMlp().eval(), (1, 3, 16, 16))
+    layers = {layer.name: layer for layer in space.layers}
+    assert layers["mlp1.0"].in_hw == layers["mlp1.0"].out_hw == (16, 16)
+    assert layers["mlp2.2"].out_hw == (8, 8) and layers["head"].in_hw == (1, 1)
+    assert layers["mlp1.0"].macs(8, 32) == 8 * 32 * 256 and layers["head"].macs(16, 10) == 160
+    assert layer_class(layers["mlp1.0"]) != layer_class(layers["mlp2.0"])
+    module, shape = layer_module(layers["mlp1.0"], 8, 32)  # the torch backend times it at its rows
+    assert shape == (1, 16, 16, 8) and module(torch.zeros(shape)).shape == (1, 16, 16, 32)
+    assert layer_module(layers["head"], 16, 10)[1] == (1, 16)

@@ -27,7 +27,8 @@ def layer_module(layer: LayerSpec, w_in: int, w_out: int):
     import torch.nn as nn
 
     if layer.op == "linear":
-        return nn.Linear(w_in, w_out), (1, w_in)
+        rows = () if layer.in_hw == (1, 1) else layer.in_hw  # ConvNeXt's Linear layers read (N, H, W, C)
+        return nn.Linear(w_in, w_out), (1, *rows, w_in)
     groups = (
         w_in if layer.depthwise else (layer.groups if w_in % layer.groups == 0 == w_out % layer.groups else 1)
     )

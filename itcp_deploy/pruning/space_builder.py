@@ -53,7 +53,12 @@ def _padding(conv: nn.modules.conv._ConvNd) -> tuple[int, int]:
     return _pair(conv.padding)
 
 
-def _hw(shape: torch.Size) -> tuple[int, int]:
+def _hw(shape: torch.Size, linear: bool) -> tuple[int, int]:
+    """A conv's spatial size; a Linear's rows per sample (the dims between batch and features: ConvNeXt's
+    Linear layers run on (N, H, W, C), so they cost H x W times a classifier's at the same widths)."""
+    if linear:
+        rows = tuple(int(d) for d in shape[1:-1])
+        return (math.prod(rows[:-1]), rows[-1]) if rows else (1, 1)
     return (int(shape[-2]), int(shape[-1])) if len(shape) >= 4 else (1, 1)
 
 
@@ -63,8 +68,9 @@ def _record_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_LAYERS):
-            def hook(_m, inputs, output, name=name):
-                sizes.setdefault(name, (_hw(inputs[0].shape), _hw(output.shape)))
+            def hook(m, inputs, output, name=name):
+                linear = isinstance(m, nn.Linear)
+                sizes.setdefault(name, (_hw(inputs[0].shape, linear), _hw(output.shape, linear)))
             hooks.append(module.register_forward_hook(hook))
     training = model.training
     try:
@@ -107,7 +113,8 @@ def _layer_spec(name: str, module: nn.Module, in_group: str, out_group: str,
                 sizes: tuple[tuple[int, int], ...]) -> LayerSpec:
     if isinstance(module, nn.Linear):
         return LayerSpec(name=name, op="linear", in_group=in_group, out_group=out_group,
-                         in_channels=module.in_features, out_channels=module.out_features)
+                         in_channels=module.in_features, out_channels=module.out_features, in_hw=sizes[0],
+                         out_hw=sizes[1])
     return LayerSpec(name=name, op="conv", in_group=in_group, out_group=out_group,
                      in_channels=module.in_channels, out_channels=module.out_channels,
                      kernel=_pair(module.kernel_size), stride=_pair(module.stride),
