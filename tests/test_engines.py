@@ -165,6 +165,36 @@ def test_ort_profile_maps_a_gemm_fused_with_its_activation(tmp_path):
     assert not any((n or "").startswith(ATTACHED) for n in (nodes[name] for name in fused))
 
 
+class _PixelMlp(torch.nn.Module):
+    """ConvNeXt's block in miniature: a conv, then a Linear on (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).permute(0, 2, 3, 1))
+
+
+def test_ort_profile_maps_a_matmul_fused_with_its_bias_on_a_feature_map(tmp_path):
+    """onnxruntime turns a MatMul + Add on a 4-D tensor into a Gemm named ``<matmul>/MatMulAddFusion``: its time
+    is the Linear layer's own (it was charged to the conv before it, and ConvNeXt-Tiny's fit erred 22%)."""
+    from itcp_deploy.engines.backend import ATTACHED
+    from itcp_deploy.engines.export import export_onnx, onnx_node_to_module
+
+    onnx_path = export_onnx(_PixelMlp().eval(), (1, 3, 8, 8), tmp_path / "mlp.onnx")
+    backend = get_backend("onnxruntime")
+    artifact = backend.builder(onnx_path, tmp_path / "art", EngineOptions())()
+    with backend.runner(artifact, EngineOptions()) as runner:
+        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
+    nodes = backend.layer_nodes(list(raw), artifact, onnx_path)
+    fused = [name for name in raw if name.endswith("/MatMulAddFusion")]
+    assert fused, f"onnxruntime no longer fuses MatMul+Add under this name: {sorted(raw)}"
+    assert {onnx_node_to_module(onnx_path).get(nodes[name] or "") for name in fused} == {"fc"}
+    assert not any((nodes[name] or ATTACHED).startswith(ATTACHED) for name in fused)
+
+
 def test_device_name_is_specific():
     from itcp_deploy.engines.device import device_name
 

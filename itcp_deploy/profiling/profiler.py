@@ -239,20 +239,22 @@ class _Run:
         self.progress("measure", len(todo), len(todo))
 
     def measure_layers(self, plan: PlannedEngine, build: dict) -> dict:
+        """Node times (cached), each node's layer attributed anew: cached times outlive an attribution fix."""
         key = self.layers_key(plan)
+        artifact = self.cache.dir / build["artifact"]
         entry = self.cache.get(key)
         if entry is not None:
             self.summary.measurements_cached += 1
-            return entry
-        artifact = self.cache.dir / build["artifact"]
-        with self.backend.runner(artifact, self._options()) as runner:
-            raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
-        nodes = self.backend.layer_nodes(list(raw or {}), artifact, artifact / "export.onnx")
-        node_module = {name: layer_of_node(build["node_to_module"], nodes.get(name)) for name in raw or {}}
-        entry = {"raw_ms": raw or {}, "node_module": node_module}
-        self.cache.put(key, entry)
-        self.summary.measurements_new += 1
-        return entry
+            raw = entry["raw_ms"]
+        else:
+            with self.backend.runner(artifact, self._options()) as runner:
+                raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
+            raw = raw or {}
+            self.cache.put(key, {"raw_ms": raw})
+            self.summary.measurements_new += 1
+        nodes = self.backend.layer_nodes(list(raw), artifact, artifact / "export.onnx")
+        return {"raw_ms": raw, "node_module": {name: layer_of_node(build["node_to_module"], nodes.get(name))
+                                               for name in raw}}
 
 
 def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, session: str | None = None) -> Profile:
