@@ -214,6 +214,9 @@ def test_a_linear_on_a_feature_map_costs_its_rows_and_is_classed_by_its_size():
     assert layers["mlp2.2"].out_hw == (8, 8) and layers["head"].in_hw == (1, 1)
     assert layers["mlp1.0"].macs(8, 32) == 8 * 32 * 256 and layers["head"].macs(16, 10) == 160
     assert layer_class(layers["mlp1.0"]) != layer_class(layers["mlp2.0"])
+    from itcp_deploy.pruning.space_builder import _hw  # a windowed attention's Linear: (N x windows, tokens, C)
+
+    assert _hw(torch.Size([2 * 4, 49, 96]), True, 2) == (196, 1) and _hw(torch.Size([2, 96]), True, 2) == (1, 1)
     module, shape = layer_module(layers["mlp1.0"], 8, 32)  # the torch backend times it at its rows
     assert shape == (1, 16, 16, 8) and module(torch.zeros(shape)).shape == (1, 16, 16, 32)
     assert layer_module(layers["head"], 16, 10)[1] == (1, 16)

@@ -53,13 +53,14 @@ def _padding(conv: nn.modules.conv._ConvNd) -> tuple[int, int]:
     return _pair(conv.padding)
 
 
-def _hw(shape: torch.Size, linear: bool) -> tuple[int, int]:
-    """A conv's spatial size; a Linear's rows per sample (the dims between batch and features: ConvNeXt's
-    Linear layers run on (N, H, W, C), so they cost H x W times a classifier's at the same widths)."""
-    if linear:
-        rows = tuple(int(d) for d in shape[1:-1])
-        return (math.prod(rows[:-1]), rows[-1]) if rows else (1, 1)
-    return (int(shape[-2]), int(shape[-1])) if len(shape) >= 4 else (1, 1)
+def _hw(shape: torch.Size, linear: bool, batch: int) -> tuple[int, int]:
+    """A conv's spatial size; a Linear's rows per sample (ConvNeXt's Linear layers run on (N, H, W, C), so they
+    cost H x W times a classifier's at the same widths; a windowed attention's on (N x windows, tokens, C))."""
+    if not linear:
+        return (int(shape[-2]), int(shape[-1])) if len(shape) >= 4 else (1, 1)
+    if len(shape) == 4 and shape[0] == batch:
+        return (int(shape[1]), int(shape[2]))
+    return (max(1, math.prod(shape) // (batch * int(shape[-1]))), 1)
 
 
 def _record_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, int], ...]]:
@@ -69,8 +70,8 @@ def _record_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_LAYERS):
             def hook(m, inputs, output, name=name):
-                linear = isinstance(m, nn.Linear)
-                sizes.setdefault(name, (_hw(inputs[0].shape, linear), _hw(output.shape, linear)))
+                linear, n = isinstance(m, nn.Linear), input_shape[0]
+                sizes.setdefault(name, (_hw(inputs[0].shape, linear, n), _hw(output.shape, linear, n)))
             hooks.append(module.register_forward_hook(hook))
     training = model.training
     try:
