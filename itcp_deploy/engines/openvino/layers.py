@@ -9,6 +9,9 @@ exporter):
   bias keeps the ONNX node name; fused Relu/Add/Clip ops follow it in ``originalLayersNames``
   (``/layer1/layer1.0/conv2/Conv/WithoutBiases,/layer1/layer1.0/Add,/layer1/layer1.0/Relu_1``);
 * the op producing a graph output is renamed after the output tensor (the classifier's Gemm is ``output``);
+* a MatMul + bias Add on more than two dims (ConvNeXt's Linear layers on (N, H, W, C)) becomes a
+  ``FullyConnected`` named after the Add, whose original names list the Add but not the MatMul (``/fc1/Add``):
+  the Add of a constant to a layer's output is that layer's (it was "other", a constant to the perf model);
 * ``Reorder`` nodes (layout conversions to and from OpenVINO's blocked channel layouts) have no original op;
   like onnxruntime's ``ReorderInput``/``ReorderOutput``, each is charged to the Conv it feeds, else to the one
   that feeds it, since it exists only because of that Conv's layout.
@@ -30,12 +33,20 @@ def onnx_owner(onnx_path: str | Path):
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     layers = {n.name for n in graph.node if n.op_type in LAYER_OPS}
     tensors = {out: n.name for n in graph.node if n.op_type in LAYER_OPS for out in n.output}
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    biases = {}  # a bias Add, by its name and its output's (the graph output's op is named after the tensor)
+    for n in graph.node:
+        if n.op_type == "Add" and any(i in constants for i in n.input) and any(i in tensors for i in n.input):
+            biases.update(dict.fromkeys([n.name, *n.output], next(tensors[i] for i in n.input if i in tensors)))
 
     def owner(name: str) -> str | None:
         if name in layers:
             return name
         if name in tensors:
             return tensors[name]
+        if name in biases:
+            return biases[name]
         prefixes = [layer for layer in layers if name.startswith(layer + "/")]
         return max(prefixes, key=len) if prefixes else None
 
