@@ -35,7 +35,7 @@ def onnx_owner(onnx_path: str | Path):
     tensors = {out: n.name for n in graph.node if n.op_type in LAYER_OPS for out in n.output}
     constants = {t.name for t in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    biases = {}  # a bias Add, by its name and its output's (the graph output's op is named after the tensor)
+    biases: dict[str, str] = {}  # a bias Add by its name and its output (the graph output's op is named so)
     for n in graph.node:
         if n.op_type == "Add" and any(i in constants for i in n.input) and any(i in tensors for i in n.input):
             biases.update(dict.fromkeys([n.name, *n.output], next(tensors[i] for i in n.input if i in tensors)))
