@@ -33,7 +33,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output."
 @app.command("run")
 def run_command(
     model: Annotated[str, typer.Argument(help="Model name or spec (see `itcp-deploy models`).")],
-    data: Annotated[str, typer.Option("--data", help="Training/evaluation data spec (digits, cifar10:DIR, ...).")],
+    data: Annotated[str, typer.Option("--data", help="Training/evaluation data spec (digits, synthetic, "
+                                      "cifar10:DIR, ...; detection for a detector).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (resumable).")],
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="NxCxHxW, e.g. 1x3x32x32.")] = None,
     target: Annotated[list[str] | None, typer.Option(

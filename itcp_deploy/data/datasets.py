@@ -24,11 +24,11 @@ def load_dataset(
     """Load one split of a dataset named by a ``--data`` spec.
 
     Args:
-        spec: ``digits``, ``synthetic[:k=v,...]``, ``cifar10:DIR``, ``cifar100:DIR``, ``imagefolder:DIR``, a
-            single CIFAR batch file, or a bare path whose layout is detected.
-        split: ``train``, ``test`` or ``val`` (``val`` means ``test`` for CIFAR, digits and synthetic).
+        spec: ``digits``, ``synthetic[:k=v,...]``, ``detection[:k=v,...]``, ``cifar10:DIR``, ``cifar100:DIR``,
+            ``imagefolder:DIR``, a single CIFAR batch file, or a bare path whose layout is detected.
+        split: ``train``, ``test`` or ``val`` (``val`` means ``test`` for CIFAR, digits, synthetic, detection).
         augment: random crop (+ flip, except for digits and synthetic). Defaults to on for the train split
-            of every kind but ``synthetic``.
+            of every kind but ``synthetic``. Never for ``detection`` (its boxes would have to move too).
         normalize: ``(mean, std)`` per channel on the 0..1 scale. Defaults to the dataset's own: the ImageNet
             statistics for CIFAR and ImageFolder (the published CIFAR weights were trained with them),
             measured training-set statistics for digits, 0.5/0.25 for synthetic.
@@ -47,6 +47,8 @@ def load_dataset(
     if augment is None:  # synthetic prototypes are spatial patterns: shifting them blurs the classes
         augment = split == "train" and parsed.kind != "synthetic"
     eval_split = "train" if split == "train" else "test"
+    if parsed.kind == "detection":
+        return _detection(parsed, eval_split)
     if parsed.kind == "imagefolder":
         info = _image_folder(parsed, split, augment, normalize)
         _check_samples(info.name, len(info), len(info.dataset.classes), labelled)
@@ -83,6 +85,15 @@ def _in_memory(parsed: DataSpec, split: str, download: bool) -> tuple:
     path = download_cifar(parsed.kind, parsed.path) if download else parsed.path
     images, labels, num_classes = load_cifar(parsed.kind, path, split)
     return images, labels, num_classes, (IMAGENET_MEAN, IMAGENET_STD), True
+
+
+def _detection(parsed: DataSpec, split: str) -> DatasetInfo:
+    """The synthetic detection set's split, in [0, 1]: torchvision detectors normalise their images themselves."""
+    from itcp_deploy.data.detection import NUM_CLASSES, DetectionOptions, DetectionSet
+
+    options = DetectionOptions.from_dict(parsed.options)
+    return DatasetInfo(DetectionSet(options, split), NUM_CLASSES, (3, options.size, options.size), (0.0,) * 3,
+                       (1.0,) * 3, f"{parsed}[{split}]", split, task="detection")
 
 
 def _image_folder(

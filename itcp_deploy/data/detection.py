@@ -5,15 +5,68 @@ random size, position and colour on a background of random stripes and noise; it
 ``{"boxes": (K, 4) xyxy float, "labels": (K,) int64}``. Images are a pure function of ``(seed, index)``.
 Batches are ``(images (B, 3, S, S), [target, ...])``: what a torchvision detector's training forward takes,
 and what :func:`itcp_deploy.prune` scores a detector with (its own training loss, no ``loss_fn`` needed).
+``--data detection:size=320,train=64,test=32,seed=0`` feeds the CLI the same batches (:class:`DetectionSet`,
+:func:`collate_detection`); the train split is images ``0 .. train - 1``, the test split the next ``test``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Dataset
+
+from itcp_deploy.errors import UsageError
 
 SHAPES = ("rectangle", "ellipse", "triangle")  # label i + 1; 0 is the background
+NUM_CLASSES = len(SHAPES) + 1  # torchvision counts the background as a class
+MIN_SIZE = 16  # shapes are size/6 to size/2 wide: smaller images leave them a pixel or two
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """``detection:size=320,train=64,test=32,seed=0``; ``size`` defaults to the engine's (``run``)."""
+
+    size: int = 320
+    train: int = 64
+    test: int = 32
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, options: dict[str, int]) -> DetectionOptions:
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise UsageError(f"unknown detection dataset option {unknown[0]!r}", f"use some of: {', '.join(known)}")
+        made = cls(**options)
+        if made.size < MIN_SIZE or min(made.train, made.test) < 1:
+            raise UsageError(f"detection dataset options out of range: {options}",
+                             f"need size >= {MIN_SIZE}, train/test >= 1")
+        return made
+
+
+class DetectionSet(Dataset):
+    """One split of the set: ``(image, {"boxes", "labels"})`` for images ``first .. first + count - 1``."""
+
+    def __init__(self, options: DetectionOptions, split: str) -> None:
+        self.options = options
+        self.first = 0 if split == "train" else options.train
+        self.count = options.train if split == "train" else options.test
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return detection_sample(self.first + index, self.options.size, self.options.seed)
+
+
+def collate_detection(samples: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+                      ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Images stacked, targets kept as a list (each image has its own number of boxes)."""
+    return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
 
 
 def _background(size: int, g: torch.Generator) -> torch.Tensor:
@@ -59,8 +112,5 @@ def detection_sample(index: int, size: int = 128, seed: int = 0) -> tuple[torch.
 def detection_batches(batches: int, batch_size: int = 4, size: int = 128, seed: int = 0
                       ) -> list[tuple[torch.Tensor, list[dict[str, torch.Tensor]]]]:
     """``batches`` batches of ``(images, targets)`` from :func:`detection_sample`, in index order."""
-    out = []
-    for b in range(batches):
-        samples = [detection_sample(b * batch_size + i, size, seed) for i in range(batch_size)]
-        out.append((torch.stack([s[0] for s in samples]), [s[1] for s in samples]))
-    return out
+    return [collate_detection([detection_sample(b * batch_size + i, size, seed) for i in range(batch_size)])
+            for b in range(batches)]

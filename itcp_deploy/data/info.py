@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from itcp_deploy.errors import UsageError
+
 # Published CIFAR weights in ../shared were trained with these (ImageNet) statistics, so CIFAR uses them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -12,7 +14,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset of ``(CHW float tensor, int label)`` pairs, already normalised with ``mean``/``std``.
+    """A dataset of ``(CHW float tensor, int label)`` pairs, already normalised with ``mean``/``std``; or, with
+    ``task="detection"``, of ``(CHW image in [0, 1], {"boxes", "labels"})`` pairs (a torchvision detector
+    normalises its images itself; loaders batch them as ``(images, [target, ...])``).
 
     Example:
         ``DatasetInfo(dataset=..., num_classes=10, input_size=(3, 32, 32), mean=IMAGENET_MEAN,
@@ -26,6 +30,14 @@ class DatasetInfo:
     std: tuple[float, ...]
     name: str
     split: str | None = None  # "train"/"test" as read; None when the source has no splits (one file/folder)
+    task: str = "classification"  # or "detection": boxes and their labels per image
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def require_labels(self, purpose: str) -> None:
+        """Refuse boxes where ``purpose`` (training, top-1 agreement) needs one class label per image."""
+        if self.task != "classification":
+            raise UsageError(f"{purpose} needs one class label per image, but {self.name} holds {self.task} boxes",
+                             "pass --epochs 0 (scores use the detector's own loss), or finetune with your own "
+                             "loop through the Python API: itcp_deploy.prune(..., finetune=...)")

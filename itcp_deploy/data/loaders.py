@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
+from itcp_deploy.data.detection import collate_detection
 from itcp_deploy.data.info import DatasetInfo
 from itcp_deploy.errors import UsageError
 
@@ -80,5 +81,6 @@ def make_loader(
             sampler = ShardSampler(len(dataset), rank, world)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+                      collate_fn=collate_detection if info.task == "detection" else None,  # a list of targets
                       num_workers=num_workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)

@@ -1,8 +1,9 @@
 """Parse the ``--data`` option into a :class:`DataSpec`.
 
 Accepted forms: ``digits``, ``synthetic`` or ``synthetic:classes=10,size=32,train=1024,test=256,seed=0``,
-``cifar10:DIR``, ``cifar100:DIR``, ``imagefolder:DIR``, ``cifar10:FILE`` (one CIFAR batch file used as the
-whole split), or a bare path whose layout is detected.
+``detection`` or ``detection:size=320,train=64,test=32,seed=0`` (boxes, for a detector), ``cifar10:DIR``,
+``cifar100:DIR``, ``imagefolder:DIR``, ``cifar10:FILE`` (one CIFAR batch file used as the whole split), or a
+bare path whose layout is detected.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from itcp_deploy.data.cifar_format import CIFAR10_FILES, CIFAR100_FILES, LAYOUT_
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
 from itcp_deploy.registry import Registry
 
-KINDS = ("cifar10", "cifar100", "digits", "imagefolder", "synthetic")
+KINDS = ("cifar10", "cifar100", "detection", "digits", "imagefolder", "synthetic")
+GENERATED = ("detection", "synthetic")  # made here from a seed, with integer key=value options
 _KIND_NAMES: Registry[str] = Registry("dataset kind")
 for _kind in KINDS:
     _KIND_NAMES.add(_kind, _kind)
@@ -45,17 +47,17 @@ def parse_data_spec(text: str, *, download: bool = False) -> DataSpec:
         download: ``cifar10:DIR``/``cifar100:DIR`` may name a directory that does not exist yet.
 
     Raises:
-        UsageError: malformed ``synthetic:`` options.
+        UsageError: malformed ``synthetic:`` or ``detection:`` options.
         UnknownNameError: ``kind:...`` with an unknown kind.
         InputFileError: a path that does not exist or whose layout is not recognised.
     """
     text = text.strip()
-    if text in ("digits", "synthetic"):
+    if text in ("digits", *GENERATED):
         return DataSpec(text)
-    if text.startswith("synthetic:"):
-        return DataSpec("synthetic", options=_parse_options(text[len("synthetic:"):]))
     kind, sep, rest = text.partition(":")
-    if sep and kind.lower() in KINDS and kind.lower() not in ("digits", "synthetic"):
+    if sep and kind in GENERATED:
+        return DataSpec(kind, options=_parse_options(kind, rest))
+    if sep and kind.lower() in KINDS and kind.lower() not in ("digits", *GENERATED):
         return _with_path(kind.lower(), Path(rest).expanduser(), download)
     path = Path(text).expanduser()
     if path.exists():
@@ -98,12 +100,21 @@ def _batch_file_kind(path: Path) -> str:
     return "cifar100" if "fine_labels" in read_batch(path) else "cifar10"
 
 
-def _parse_options(text: str) -> dict[str, int]:
+def _parse_options(kind: str, text: str) -> dict[str, int]:
     options: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not value.strip().lstrip("-").isdigit():
             raise UsageError(f"malformed dataset option {item!r}",
-                             "write integer options as key=value, e.g. synthetic:classes=10,train=512")
+                             f"write integer options as key=value, e.g. {kind}:size=64,train=512")
         options[key.strip()] = int(value)
     return options
+
+
+def at_size(spec: str, size: int) -> str:
+    """``spec``, with ``size=`` set where it names a detection set without one: its images at the engine's
+    input size, which is what BatchNorm re-estimation should see (the detector resizes to its own size anyway)."""
+    parsed = parse_data_spec(spec)
+    if parsed.kind != "detection" or "size" in parsed.options:
+        return spec
+    return str(DataSpec("detection", options={**parsed.options, "size": size}))

@@ -68,7 +68,19 @@ def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
     test = load_dataset(source.data, "test")
     model = create_model(source.model, num_classes=source.num_classes or train.num_classes,
                          weights=source.weights, trust_code=source.trust_code).eval()
+    _check_task(model, train, source)
     return Inputs(model, train, plain, test)
+
+
+def _check_task(model: nn.Module, data: DatasetInfo, source: ModelSource) -> None:
+    """Boxes are for a model that computes its own detection loss from them (a torchvision detector)."""
+    from itcp_deploy.errors import UsageError
+    from itcp_deploy.pruning.importance import computes_own_loss
+
+    if data.task == "detection" and not computes_own_loss(model):
+        raise UsageError(f"--data {source.data} holds boxes for a detector, but {source.model} computes no "
+                         "detection loss from them", "use classification data (e.g. --data synthetic) for it, "
+                         "or a torchvision detector (e.g. torchvision:ssdlite320_mobilenet_v3_large)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,8 @@ def spec_inputs(source: ModelSource, recipe: SpecRecipe, seed: int = 0) -> Model
     from itcp_deploy.data import make_loader
 
     loaded = load_inputs(source, seed)
+    if recipe.epochs > 0:  # refused now, not after the profile: the recipe trains with class labels
+        loaded.train.require_labels(f"--epochs {recipe.epochs} (the built-in finetuning, cross-entropy)")
     score = make_loader(loaded.plain, recipe.batch_size, shuffle=True, seed=seed)
     test = make_loader(loaded.test, recipe.batch_size, shuffle=False)
 
@@ -112,5 +126,14 @@ def config_inputs(config: RunConfig) -> ModelInputs:
     r = config.recipe
     recipe = SpecRecipe(r.epochs, r.lr, r.batch_size, RunFolder(config.out_dir).finetune, r.distill,
                         r.train_time_s, config.quiet)
-    source = ModelSource(config.model, config.data, config.weights, config.num_classes, config.trust_code)
+    source = ModelSource(config.model, _data_at_engine_size(config), config.weights, config.num_classes,
+                         config.trust_code)
     return spec_inputs(source, recipe, config.seed)
+
+
+def _data_at_engine_size(config: RunConfig) -> str:
+    """``config.data``; a detection set without ``size=`` at the engine's (square) input size."""
+    from itcp_deploy.data.specs import at_size
+
+    height, width = config.input_shape[2:]
+    return at_size(config.data, height) if height == width else config.data

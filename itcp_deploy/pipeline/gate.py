@@ -137,7 +137,9 @@ def _agreement(config: GateConfig, engine: Path, reference: Path) -> float | Non
     from itcp_deploy.engines import EngineOptions
     from itcp_deploy.engines.evaluate import engine_quality
 
-    loader = make_loader(load_dataset(str(config.data), "test"), 64, shuffle=False, max_samples=1000)
+    info = load_dataset(str(config.data), "test")
+    info.require_labels("--min-agreement (top-1 agreement)")
+    loader = make_loader(info, 64, shuffle=False, max_samples=1000)
     quality = engine_quality(config.backend, engine, reference, EngineOptions(threads=config.threads), loader)
     return float(quality["agreement_with_dense"])
 

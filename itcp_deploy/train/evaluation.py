@@ -21,7 +21,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, *, device: torch.device | None = None) -> dict:
     """Top-1 accuracy (percent), mean cross-entropy and sample count, in eval mode (``None`` for a model
-    whose output is not ``(N, classes)`` logits, e.g. a segmentation model).
+    whose output is not ``(N, classes)`` logits, e.g. a segmentation model or a detector).
 
     The model's train/eval mode is restored afterwards. Under ``torch.distributed`` with a sharded loader
     (:func:`~itcp_deploy.data.make_loader` shards automatically) the numbers cover all ranks.
@@ -35,11 +35,10 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, device: torch.device
     correct = loss_sum = count = 0.0
     try:
         for images, labels in loader:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            logits = model(images)
-            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):  # dense maps, dicts: no accuracy
+            logits = model(images.to(device, non_blocking=True))
+            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):  # dense maps, detections: no top-1
                 return {"accuracy": None, "loss": None, "n": 0}
+            labels = labels.to(device, non_blocking=True)  # (not before: a detection set's are a list of boxes)
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += float((logits.argmax(dim=1) == labels).sum())
             count += labels.numel()

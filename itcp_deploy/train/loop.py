@@ -49,9 +49,11 @@ def train(
         "config"}`` (``test_*`` are ``None`` without ``test_info``).
 
     Raises:
+        UsageError: a detection set (boxes, not one class label per image).
         InputFileError: ``resume`` with a corrupt checkpoint or one written for another model, or a
             training set smaller than one batch.
     """
+    train_info.require_labels("the built-in training (cross-entropy)")
     session = _Session.create(model, train_info, config or TrainConfig())
     cfg, ctx = session.config, session.ctx
     start_epoch, history, elapsed_before_s = session.resume_or_seed()
