@@ -59,3 +59,4 @@ def test_run_meets_a_1_3x_sla(spec, size, runs, tmp_path):
     dense_output = (spec, size, runs) in DENSE
     fallback = [line for line in logs if "not classification logits" in line]
     assert len(fallback) == (1 if dense_output else 0)  # said once, and only where no loss applies
+    assert report.criterion == ("magnitude" if dense_output else "taylor")  # the report names what scored

@@ -184,7 +184,7 @@ def report_of(ctx: RunContext) -> RunReport:
         macs_dense=dense["macs"], macs_final=final["macs"], params_dense=dense["params"],
         params_final=final["params"], rounds=loop["rounds"], widths=dict(plan.widths),
         full_widths={g: ctx.space.group(g).full_width for g in plan.widths}, int8_groups=list(plan.int8_groups),
-        criterion=c.criterion,
+        criterion=s.done("scores").get("criterion", c.criterion),  # what scored: the data-free one where it fell back
         method=c.method, epochs=c.recipe.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)} if perf.report else {},
         notes=[n for n in [s.done("scores").get("note"), _calibration_note(ctx)] if n] + list(loop.get("notes", []))
