@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from itcp_deploy.data import load_dataset, make_loader, parse_data_spec
-from itcp_deploy.data.detection import NUM_CLASSES, DetectionOptions
+from itcp_deploy.data.detection import NUM_CLASSES, DetectionOptions, detection_batches
 from itcp_deploy.data.specs import at_size
 from itcp_deploy.engines.build import EngineSpec
+from itcp_deploy.errors import UsageError
 from itcp_deploy.models import detection
 from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, LatencyTarget, LoopSettings, RunConfig
 from itcp_deploy.profiling.timing import TimingConfig
+from itcp_deploy.pruning.importance import accumulate_gradients
 from tests.conftest import run_cli
 from tests.test_reliability import assert_user_error
 
@@ -57,12 +59,24 @@ def test_bad_detection_options_are_one_line_errors(data, words):
                               "--epochs", "0", "-o", "unused"), *words)
 
 
-def test_a_classifier_given_boxes_is_refused_in_one_line(tmp_path):
-    assert_user_error(run_cli("run", "cifar_resnet20", "--data", "detection:train=4,test=2", "--input-shape",
-                              "1x3x32x32", "--speedup", "1.3", "--epochs", "0", "-o", str(tmp_path / "out")),
+@pytest.mark.parametrize("command", ["run", "profile-engines"])
+def test_a_classifier_given_boxes_is_refused_in_one_line(command, tmp_path):
+    assert_user_error(run_cli(command, "cifar_resnet20", "--data", "detection:train=4,test=2", "--input-shape",
+                              "1x3x32x32", "--speedup", "1.3", "--epochs", "0", "-o", str(tmp_path / "out"),
+                              "--cache", str(tmp_path / "engines")),
                       "holds boxes for a detector", "cifar_resnet20", "--data synthetic")
+    assert not (tmp_path / "engines").exists()  # before any engine was built
+
+
+def test_train_refuses_boxes_and_scores_refuse_them_for_a_model_without_its_own_loss(tmp_path):
     assert_user_error(run_cli("train", "cifar_resnet20", "--data", "detection:size=32,train=4,test=2", "-o",
                               str(tmp_path / "train")), "one class label per image", "--epochs 0")
+    assert_user_error(run_cli("evaluate", "cifar_resnet20", "--data", "detection:size=32,train=4,test=2"),
+                      "top-1 accuracy needs one class label per image")
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                     torch.nn.Linear(4, NUM_CLASSES))
+    with pytest.raises(UsageError, match="targets are a list, not class labels"):  # search --data, prune()
+        accumulate_gradients(classifier, detection_batches(1, batch_size=2, size=32), 1)
 
 
 def test_builtin_finetuning_on_boxes_is_refused_before_the_profile(small_ssd, tmp_path):
@@ -119,7 +133,7 @@ def test_detection_data_reaches_the_detectors_own_loss(small_ssd, monkeypatch, t
 
 @pytest.mark.slow
 def test_run_prunes_a_detector_on_detection_data_end_to_end(small_ssd, tmp_path):
-    """The documented command at a tiny size: 315 s at load 4-5 on 2 cores (SSDLite at 64, 8 engines)."""
+    """The documented command at a tiny size (SSDLite at 64, 8 engines): 84 s at load 4-5 on 2 cores."""
     out = tmp_path / "out"
     code, _, err = run_cli("run", SSD, "--data", "detection:train=16,test=8", "--input-shape", SHAPE,
                            "--speedup", "1.1", "--epochs", "0", "--max-builds", "8", "--cache",

@@ -39,5 +39,5 @@ class DatasetInfo:
         """Refuse boxes where ``purpose`` (training, top-1 agreement) needs one class label per image."""
         if self.task != "classification":
             raise UsageError(f"{purpose} needs one class label per image, but {self.name} holds {self.task} boxes",
-                             "pass --epochs 0 (scores use the detector's own loss), or finetune with your own "
-                             "loop through the Python API: itcp_deploy.prune(..., finetune=...)")
+                             "use classification data (e.g. --data synthetic) for it; a detector runs with --epochs 0 "
+                             "(scored with its own loss) or is finetuned by your loop: prune(..., finetune=...)")

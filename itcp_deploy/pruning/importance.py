@@ -141,6 +141,9 @@ def batch_loss(model: nn.Module, x: Any, y: Any, loss_fn: LossFn | None) -> torc
     (:func:`computes_own_loss`), else cross-entropy."""
     if loss_fn is None and computes_own_loss(model):
         return sum(model(x, y).values())
+    if loss_fn is None and not isinstance(y, torch.Tensor):  # e.g. detection boxes given to a classifier
+        raise UsageError(f"the batches' targets are a {type(y).__name__}, not class labels, and the model computes "
+                         "no loss from them", "give class-label data, or a loss_fn for these targets")
     return (loss_fn or nn.functional.cross_entropy)(model(x), y)
 
 

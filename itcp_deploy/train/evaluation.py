@@ -36,9 +36,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, *, device: torch.device
     try:
         for images, labels in loader:
             logits = model(images.to(device, non_blocking=True))
-            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2):  # dense maps, detections: no top-1
-                return {"accuracy": None, "loss": None, "n": 0}
-            labels = labels.to(device, non_blocking=True)  # (not before: a detection set's are a list of boxes)
+            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and isinstance(labels, torch.Tensor)):
+                return {"accuracy": None, "loss": None, "n": 0}  # dense maps, detections, boxes: no top-1
+            labels = labels.to(device, non_blocking=True)
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             correct += float((logits.argmax(dim=1) == labels).sum())
             count += labels.numel()

@@ -117,6 +117,7 @@ def evaluate_model(
 
     started = time.perf_counter()
     info = load_dataset(data, split)
+    info.require_labels("top-1 accuracy")
     net = create_model(model, num_classes=info.num_classes, weights=weights, trust_code=trust_code)
     device = resolve_device(None)
     loader = make_loader(info, batch_size, shuffle=False, max_samples=max_samples)
