@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.config import RunConfig
 from itcp_deploy.pipeline.run_dir import RunFolder
 from itcp_deploy.pipeline.sources import ModelInputs
@@ -74,7 +75,6 @@ def load_inputs(source: ModelSource, seed: int = 0) -> Inputs:
 
 def _check_task(model: nn.Module, data: DatasetInfo, source: ModelSource) -> None:
     """Boxes are for a model that computes its own detection loss from them (a torchvision detector)."""
-    from itcp_deploy.errors import UsageError
     from itcp_deploy.pruning.importance import computes_own_loss
 
     if data.task == "detection" and not computes_own_loss(model):
