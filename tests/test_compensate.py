@@ -109,3 +109,17 @@ def test_linear_layers_over_tokens_refit_on_their_last_dimension():
     assert "fc2" in refit
     held_out = _batches(3, 3)
     assert _error(fitted, dense, held_out) < _error(plain, dense, held_out)
+
+
+def test_a_layer_is_refit_to_its_own_output_not_the_in_place_activation_after_it():
+    """timm's squeeze-excite applies SiLU in place to ``conv_reduce``'s output: a capture that let the forward go
+    on recorded the activated tensor as the layer's output (EfficientNet-B0's refit targets were off by up to
+    0.29). The capture stops the forward at the layer, so it records what the layer computed (and costs half)."""
+    from itcp_deploy.pruning.compensate import _capture
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    (captured,) = _capture(net, "0", True, [(x, None)])
+    with torch.no_grad():
+        assert torch.equal(captured, net[0](x)) and captured.min() < 0  # before the ReLU

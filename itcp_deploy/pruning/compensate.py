@@ -13,7 +13,7 @@ few calibration batches (``lam`` = ``ridge`` x the mean diagonal of the Gram mat
 time, each seeing the already refit layers before it, with BatchNorm in eval mode, so the dense statistics the
 pruned BatchNorms inherit stay valid for refit outputs. Re-estimate BatchNorm afterwards as usual. Fixed layers
 (``requires_grad=False``, e.g. an option-A shortcut) and grouped convs are left alone. Costs two forward passes
-per refit layer and calibration batch; no gradient.
+per refit layer and calibration batch, each stopped at the layer; no gradient.
 """
 
 from __future__ import annotations
@@ -81,17 +81,31 @@ def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray) ->
     return y.permute(*dims).reshape(-1, y.shape[1]).double()
 
 
+class _Captured(Exception):
+    """Raised by the capture hook: the rest of the forward is not needed."""
+
+
 def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) -> list[torch.Tensor]:
-    """The input (or output) of layer ``name`` for every batch, in eval mode, without gradients."""
+    """The input (or output) of layer ``name`` for every batch, in eval mode, without gradients. Each forward
+    stops at the layer, so the capture is what the layer computed (timm's squeeze-excite applied SiLU in place to
+    a captured output), and a refit in forward order costs about half the passes (timm EfficientNet-B0: 1.6x
+    faster at 224, 2.3x at 96)."""
     seen: list[torch.Tensor] = []
-    layer = model.get_submodule(name)
-    hook = layer.register_forward_hook(lambda _m, i, o: seen.append((o if output else i[0]).detach()))
+
+    def hook(_m: nn.Module, i: tuple, o: torch.Tensor) -> None:
+        seen.append((o if output else i[0]).detach())
+        raise _Captured
+
+    handle = model.get_submodule(name).register_forward_hook(hook)
     try:
         with torch.no_grad():
             for x, _ in batches:
-                model(x)
+                try:
+                    model(x)
+                except _Captured:
+                    pass
     finally:
-        hook.remove()
+        handle.remove()
     return seen
 
 
