@@ -407,8 +407,10 @@ def test_data_at_another_size_than_the_engine_is_said(caplog):
         _note_other_size(ModelInputs(torch.nn.Identity(), batches), (1, 3, 32, 32))
         assert not caplog.records
         _note_other_size(ModelInputs(torch.nn.Identity(), batches), (1, 3, 224, 224))
-    (record,) = caplog.records
-    assert "32x32" in record.message and "224x224" in record.message and "size=224" in record.message
+        _note_other_size(ModelInputs(torch.nn.Identity(), batches), (1, 3, 224, 224), "detection:size=32")
+    record, boxes = caplog.records
+    assert "32x32" in record.message and "224x224" in record.message and "synthetic:size=224" in record.message
+    assert "--data detection:size=224" in boxes.message  # the user's own kind, at the deploy size
 
 
 def _missed_copy(finished, tmp_path, over_loop: float, final_retries: int = 1, loop_missed: bool = False):

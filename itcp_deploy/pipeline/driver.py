@@ -91,7 +91,7 @@ def run_stages(config: RunConfig, inputs: ModelInputs, log: Log | None = None, p
         raise UsageError(f"{config.model} has no classification output, so it cannot be finetuned with "
                          "cross-entropy", "pass --epochs 0, or give prune() your loss_fn or finetune callable")
     ctx = RunContext(config, folder, state, inputs, space, strategy, log or (lambda msg: None), progress)
-    _note_other_size(inputs, config.input_shape)
+    _note_other_size(inputs, config.input_shape, config.data)
     while True:
         for name, stage in STAGES:
             if state.done(name) is None:
@@ -139,7 +139,7 @@ def _solve_again(ctx: RunContext) -> bool:
     return True
 
 
-def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...]) -> None:
+def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...], data: str | None = None) -> None:
     """Warn when the data's images are not at the engine's input size: BatchNorm re-estimation and finetuning
     then see other activations than the engine does (an EfficientNet-B1 built at 224 and re-estimated on 32x32
     synthetic images output 3e10 at 224)."""
@@ -151,7 +151,15 @@ def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...]) -> None:
         logging.getLogger("itcp_deploy").warning(
             f"the data's images are {x.shape[2]}x{x.shape[3]} but the engine's input is {input_shape[2]}x"
             f"{input_shape[3]}: BatchNorm is re-estimated (and the model finetuned) at the data's size; give data "
-            f"at the deploy size (e.g. --data synthetic:size={input_shape[2]})")
+            f"at the deploy size (e.g. --data {_generated_kind(data)}:size={input_shape[2]})")
+
+
+def _generated_kind(data: str | None) -> str:
+    """The built-in data kind to suggest at another size: the user's own when it is one (boxes stay boxes)."""
+    from itcp_deploy.data.specs import GENERATED
+
+    kind = (data or "").split(":")[0]
+    return kind if kind in GENERATED else "synthetic"
 
 
 def report_of(ctx: RunContext) -> RunReport:
