@@ -164,6 +164,22 @@ def test_evaluate_gives_no_accuracy_for_dense_outputs():
     assert evaluate(SegNet(), batches)["accuracy"] is None
 
 
+class SegNetFactory(SegNet):
+    """SegNet as a model spec builds it (with ``num_classes``)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+
+
+def test_the_evaluate_command_refuses_a_model_without_top1_in_one_line():
+    """It printed ``accuracy {None:.2f}``: a TypeError traceback for any segmentation model."""
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli("evaluate", "tests.test_zoo_constructs:SegNetFactory", "--data",
+                           "synthetic:size=16,train=8,test=8", "--trust-code")
+    assert code == 2 and "no top-1 accuracy" in err and "Traceback" not in err, err
+
+
 class PoolTo3(nn.Module):
     """VGG's head in small: adaptive pooling to 3x3 from a 2x2 map (3 is no factor of 2), then flatten."""
 

@@ -101,10 +101,14 @@ def evaluate_command(
 ) -> None:
     """Top-1 accuracy of MODEL (with --weights) on a split of --data."""
     from itcp_deploy.cli.common import console, emit_json
+    from itcp_deploy.errors import UsageError
     from itcp_deploy.train import evaluate_model
 
     result = evaluate_model(model, data, weights=weights, split=split, batch_size=batch_size,
                             max_samples=max_samples, trust_code=trust_code)
+    if result["accuracy"] is None:
+        raise UsageError(f"{model} outputs no (N, classes) logits, so it has no top-1 accuracy",
+                         "evaluate a classifier; a detector's mAP: bench/detection_map.py")
     if json:
         emit_json(result)
     else:
