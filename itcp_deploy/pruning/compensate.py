@@ -88,8 +88,8 @@ class _Captured(Exception):
 def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) -> list[torch.Tensor]:
     """The input (or output) of layer ``name`` for every batch, in eval mode, without gradients. Each forward
     stops at the layer, so the capture is what the layer computed (timm's squeeze-excite applied SiLU in place to
-    a captured output), and a refit in forward order costs about half the passes (timm EfficientNet-B0: 1.6x
-    faster at 224, 2.3x at 96)."""
+    a captured output), and a refit in forward order costs fewer passes (timm EfficientNet-B0 1.4x faster at 224,
+    2.3x at 96; ResNet-18 1.16x at 224, where the least squares dominate: bench/compensation_capture.py)."""
     seen: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, i: tuple, o: torch.Tensor) -> None:
