@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,19 +90,33 @@ def _commit(code: Path) -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def run_model(spec: str, work: Path, cache: Path, label: str, code: Path, data: str = "synthetic") -> dict:
-    out = work / "out"
-    cmd = command(spec, out, cache, data)
+@dataclass(frozen=True)
+class SweepSettings:
+    """What every run of one sweep shares: its label, profiling cache, code checkout, ``--data``, where to keep
+    each run's small files, and the wall-time cap per model (the big models at 224 need more than an hour on a
+    loaded two-core machine: ConvNeXt-Tiny's loop alone took 30 minutes at load 4)."""
+
+    label: str
+    cache: Path
+    code: Path
+    data: str = "synthetic"
+    keep: Path | None = None
+    wall_cap_s: float = WALL_CAP_S
+
+
+def run_model(spec: str, work: Path, settings: SweepSettings) -> dict:
+    out, code = work / "out", settings.code
+    cmd = command(spec, out, settings.cache, settings.data)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WALL_CAP_S, env=env, cwd=work)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.wall_cap_s, env=env, cwd=work)
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as e:
         rc, err = "timeout", (e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or "")
     lines = [ln.strip() for ln in err.splitlines() if ln.strip() and "Warning" not in ln]
-    row = {"model": spec, "label": label, "input_shape": SHAPE, "speedup": SPEEDUP, "exit": rc,
+    row = {"model": spec, "label": settings.label, "input_shape": SHAPE, "speedup": SPEEDUP, "exit": rc,
            "status": "pass" if rc in (0, 1) and (out / "report.json").exists() else "fail",
            "error": lines[-1][:300] if rc != 0 and lines else "", "commit": _commit(code),
            "wall_s": round(time.perf_counter() - started, 1), "load_start": round(load, 2),
@@ -129,15 +144,15 @@ def keep_folder(work: Path, keep: Path | None) -> None:
             shutil.copy2(work / "out" / name, keep / name)
 
 
-def sweep(models: list[str], out: Path, label: str, cache: Path, code: Path, rerun_failed: bool = False,
-          data: str = "synthetic", keep: Path | None = None) -> None:
+def sweep(models: list[str], out: Path, settings: SweepSettings, rerun_failed: bool = False) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    label, keep = settings.label, settings.keep
     for spec in models:
         done = [r for r in _records(out) if r["model"] == spec and r.get("label") == label]
         if done and (done[-1]["status"] == "pass" or not rerun_failed):
             continue
         with tempfile.TemporaryDirectory(prefix="zoo224-") as work:
-            row = run_model(spec, Path(work), cache, label, code, data)
+            row = run_model(spec, Path(work), settings)
             keep_folder(Path(work), keep / label / spec.replace(":", "_") if keep else None)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -206,13 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="synthetic", help="--data of each run (synthetic images are 32x32 unless "
                    "synthetic:size=224: AlexNet's pools need at least 63x63 for its scores)")
     p.add_argument("--keep", help="copy each run's profile, perf model, state and report under KEEP/LABEL/MODEL")
+    p.add_argument("--wall-cap", type=float, default=WALL_CAP_S, help="seconds a model may run (then: timeout row)")
     args = p.parse_args(argv)
     if args.table is not None:
         table(_records(Path(args.out)), args.table or [args.label])
         return
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"zoo224-engines-{args.label}")
-    sweep(args.models or MODELS, Path(args.out).resolve(), args.label, cache, Path(args.code), args.rerun_failed,
-          args.data, Path(args.keep).resolve() if args.keep else None)
+    settings = SweepSettings(args.label, cache, Path(args.code), args.data,
+                             Path(args.keep).resolve() if args.keep else None, args.wall_cap)
+    sweep(args.models or MODELS, Path(args.out).resolve(), settings, args.rerun_failed)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,13 @@ def test_keep_copies_the_runs_small_files_only(tmp_path):
     assert (keep / "profile.json").read_text() == "profile.json" and "model.onnx" not in KEPT
     keep_folder(tmp_path / "work", None)  # not asked: nothing written
     assert sorted(p.name for p in (tmp_path / "kept" / "probe").iterdir()) == ["torchvision_resnet18"]
+
+
+def test_a_run_past_the_wall_cap_is_a_timeout_row(tmp_path):
+    """The cap is the sweep's to set (--wall-cap): big models at 224 on a loaded machine need more than an hour."""
+    from bench.zoo_224 import ROOT, SweepSettings, run_model
+
+    (tmp_path / "work").mkdir()
+    settings = SweepSettings("t", tmp_path / "cache", ROOT, wall_cap_s=0.5)
+    row = run_model("torchvision:resnet18", tmp_path / "work", settings)
+    assert row["exit"] == "timeout" and row["status"] == "fail" and row["label"] == "t" and row["wall_s"] < 30
