@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from itcp_deploy.data.specs import check_option_names
 from itcp_deploy.errors import UsageError
 
 SHAPES = ("rectangle", "ellipse", "triangle")  # label i + 1; 0 is the background
@@ -35,10 +36,7 @@ class DetectionOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, int]) -> DetectionOptions:
-        known = cls.__dataclass_fields__
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise UsageError(f"unknown detection dataset option {unknown[0]!r}", f"use some of: {', '.join(known)}")
+        check_option_names("detection", options, cls.__dataclass_fields__)
         made = cls(**options)
         if made.size < MIN_SIZE or min(made.train, made.test) < 1:
             raise UsageError(f"detection dataset options out of range: {options}",

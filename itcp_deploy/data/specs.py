@@ -118,3 +118,10 @@ def at_size(spec: str, size: int) -> str:
     if parsed.kind != "detection" or "size" in parsed.options:
         return spec
     return str(DataSpec("detection", options={**parsed.options, "size": size}))
+
+
+def check_option_names(kind: str, options: dict[str, int], known: dict) -> None:
+    """A generated set's options (``synthetic:``, ``detection:``) must be among its dataclass's fields."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"unknown {kind} dataset option {unknown[0]!r}", f"use some of: {', '.join(known)}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from itcp_deploy.data.specs import check_option_names
 from itcp_deploy.errors import UsageError
 
 
@@ -27,11 +28,7 @@ class SyntheticOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, int]) -> SyntheticOptions:
-        known = cls.__dataclass_fields__
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise UsageError(f"unknown synthetic dataset option {unknown[0]!r}",
-                             f"use some of: {', '.join(known)}")
+        check_option_names("synthetic", options, cls.__dataclass_fields__)
         made = cls(**options)
         if min(made.classes - 1, made.size - 3, made.channels, made.train, made.test) < 1:
             raise UsageError(f"synthetic dataset options out of range: {options}",
