@@ -143,6 +143,15 @@ def test_ort_profile_attributes_every_layer(tiny_onnx, tmp_path):
     assert not fused or all(nodes[name] for name in fused)  # NCHWc convs trace back to a Conv
 
 
+def profiled_nodes(backend_name: str, onnx_path, out) -> tuple[dict, dict]:
+    """Build ``onnx_path`` on the backend, profile a few runs: the node times and each node's ONNX layer."""
+    backend = get_backend(backend_name)
+    artifact = backend.builder(onnx_path, out, EngineOptions())()
+    with backend.runner(artifact, EngineOptions()) as runner:
+        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
+    return raw, backend.layer_nodes(list(raw), artifact, onnx_path)
+
+
 def test_ort_profile_maps_a_gemm_fused_with_its_activation(tmp_path):
     """onnxruntime renames a Gemm fused with its ReLU ``fused <node>`` (AlexNet's and VGG's classifiers): its
     time is the Linear layer's own, not time attached to the conv before it."""
@@ -153,11 +162,7 @@ def test_ort_profile_maps_a_gemm_fused_with_its_activation(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 64),
                               torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
     onnx_path = export_onnx(net, (1, 3, 8, 8), tmp_path / "fc.onnx")
-    backend = get_backend("onnxruntime")
-    artifact = backend.builder(onnx_path, tmp_path / "art", EngineOptions())()
-    with backend.runner(artifact, EngineOptions()) as runner:
-        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
-    nodes = backend.layer_nodes(list(raw), artifact, onnx_path)
+    raw, nodes = profiled_nodes("onnxruntime", onnx_path, tmp_path / "art")
     fused = [name for name in raw if name.startswith("fused ")]
     assert fused, f"onnxruntime no longer fuses Gemm+Relu under this name: {sorted(raw)}"
     to_module = onnx_node_to_module(onnx_path)
@@ -184,11 +189,7 @@ def test_ort_profile_maps_a_matmul_fused_with_its_bias_on_a_feature_map(tmp_path
     from itcp_deploy.engines.export import export_onnx, onnx_node_to_module
 
     onnx_path = export_onnx(_PixelMlp().eval(), (1, 3, 8, 8), tmp_path / "mlp.onnx")
-    backend = get_backend("onnxruntime")
-    artifact = backend.builder(onnx_path, tmp_path / "art", EngineOptions())()
-    with backend.runner(artifact, EngineOptions()) as runner:
-        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
-    nodes = backend.layer_nodes(list(raw), artifact, onnx_path)
+    raw, nodes = profiled_nodes("onnxruntime", onnx_path, tmp_path / "art")
     fused = [name for name in raw if name.endswith("/MatMulAddFusion")]
     assert fused, f"onnxruntime no longer fuses MatMul+Add under this name: {sorted(raw)}"
     assert {onnx_node_to_module(onnx_path).get(nodes[name] or "") for name in fused} == {"fc"}

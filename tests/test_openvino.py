@@ -66,14 +66,10 @@ def test_counters_attribute_every_conv_and_linear(tiny_artifact):
 def test_counters_attribute_a_linear_on_a_feature_map(tmp_path):
     """OpenVINO makes ConvNeXt's MatMul + bias Add on (N, H, W, C) a FullyConnected named after the Add (the MatMul
     is not in its original names): its time is the Linear layer's, not "other"."""
-    from tests.test_engines import _PixelMlp
+    from tests.test_engines import _PixelMlp, profiled_nodes
 
     onnx_path = export_onnx(_PixelMlp().eval(), (1, 3, 8, 8), tmp_path / "mlp.onnx")
-    backend = get_backend("openvino")
-    artifact = backend.builder(onnx_path, tmp_path / "art", EngineOptions())()
-    with backend.runner(artifact, EngineOptions()) as runner:
-        raw = runner.layer_times_ms(runner.random_feeds(), runs=5, warmup=1)
-    nodes = backend.layer_nodes(list(raw), artifact, onnx_path)
+    _, nodes = profiled_nodes("openvino", onnx_path, tmp_path / "art")
     node_module = onnx_node_to_module(onnx_path)
     assert {node_module.get(n) for n in nodes.values() if n} == {"conv", "fc"}, nodes
 
