@@ -20,6 +20,17 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _quiet_busy_note(monkeypatch):
+    """The busy-machine warning depends on the CI machine's load, not on the code under test: each test starts
+    as if it had just been given (tests/test_gate.py fakes the load and resets it to see it)."""
+    import time
+
+    from itcp_deploy.profiling import timing
+
+    monkeypatch.setattr(timing, "_last_busy_note", time.monotonic())
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """``../shared`` beside the checkout; tests that need it are marked slow and skip without it."""

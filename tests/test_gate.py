@@ -92,3 +92,21 @@ def test_min_agreement_without_data_or_out_of_range_is_one_line(engines, extra):
     small, big = engines
     code, _, err = run_cli("check-latency", str(small), "--reference", str(big), "--max-ratio", "1", *extra)
     assert code == 2 and "--min-agreement" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("load, warned", [(64.0, True), (0.0, False)])
+def test_a_busy_machine_is_said_once_while_measuring(engines, monkeypatch, load, warned):
+    """Preemption on a machine with more runnable threads than cores adds a time slice to long runs, which the
+    noise floor cannot show: check-latency says so in one warning line, at most once per spell, and is silent
+    when the machine is quiet (the load average is faked: the test must not depend on the CI machine's)."""
+    from itcp_deploy.profiling import timing
+
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(timing, "_last_busy_note", -timing.BUSY_NOTE_EVERY_S)
+    small, big = engines
+    code, _, err = run_cli("check-latency", str(small), "--reference", str(big), "--max-ratio", "1.0", *FAST)
+    assert code == 0
+    notes = [line for line in err.splitlines() if "machine is busy" in line]
+    assert len(notes) == (1 if warned else 0)  # two engines, many rounds: still one line
+    if warned:
+        assert notes[0].startswith("warning: ") and "load average 64.0" in notes[0] and "Fix:" in notes[0]

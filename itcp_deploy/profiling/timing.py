@@ -8,11 +8,14 @@ replay), read after a synchronisation at the end of each round. Thread counts ar
 Interleaving: :func:`measure_interleaved` visits every engine once per round, in a fresh shuffled order each
 round, so slow drift on a shared machine (another process starting, thermal throttling) spreads over all
 engines instead of biasing whichever was measured last. The median of each round is kept: their spread is
-the noise floor (:func:`noise_pct`).
+the noise floor (:func:`noise_pct`). Preemption they cannot undo: a measurement on a machine whose load average
+exceeds its cores logs one warning (:func:`busy_note`), at most every ten minutes.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +25,35 @@ import numpy as np
 
 from itcp_deploy.engines.base import Runner
 from itcp_deploy.profiling.records import LatencyStats
+
+BUSY_NOTE_EVERY_S = 600.0  # one warning per busy spell, not one per measurement
+_last_busy_note = -BUSY_NOTE_EVERY_S
+
+
+def busy_note() -> str | None:
+    """One line when more threads are runnable than this process may use cores (the 1-minute load average above
+    them): then a run longer than a fraction of the scheduler's time slice gains a whole slice in most runs, a
+    step the noise floor cannot show (docs/reliability.md, "Measuring on a busy machine"). None when quiet."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= cores:
+        return None
+    return (f"the machine is busy while measuring (load average {load:.1f} on {cores} cores): latencies may include "
+            "time slices lost to other processes. Fix: measure when the load is below the core count, with "
+            "engine threads (--threads) at most the cores left free")
+
+
+def _warn_if_busy() -> None:
+    global _last_busy_note
+    now = time.monotonic()
+    if now - _last_busy_note < BUSY_NOTE_EVERY_S:
+        return
+    note = busy_note()
+    if note is not None:
+        _last_busy_note = now
+        logging.getLogger("itcp_deploy").warning(note)
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,7 @@ def measure_interleaved(
         :class:`Interleaved`, in the order of ``runners``.
     """
     config = config or TimingConfig()
+    _warn_if_busy()
     feeds = list(feeds) if feeds is not None else [r.random_feeds() for r in runners]
     calls = [r.prepare(f) for r, f in zip(runners, feeds, strict=True)]
     for runner, call in zip(runners, calls, strict=True):
