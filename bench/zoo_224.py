@@ -77,6 +77,9 @@ def row_from_folder(out: Path) -> dict:
     for key in ("first_plan_measured_over_predicted", "first_plan_over_sla", "probe_measured_over_predicted",
                 "probes", "search_bias"):
         row[key] = target.get(key)
+    profiled = [v for v in (_load(out / "state.json").get("stages") or {}).get("profile", {}).values()
+                if isinstance(v, dict)]  # the profile stage's own record, per target
+    row["session_noise_pct"] = profiled[0].get("session_noise_pct") if profiled else None
     return row
 
 

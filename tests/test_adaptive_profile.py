@@ -9,7 +9,7 @@ import torch
 from bench.small_residual import SmallResidual
 from itcp_deploy.profiling.design import FIRST_BUILDS, STEP_BUILDS, DesignConfig, first_round, next_round
 from itcp_deploy.profiling.profiler import run_profiling
-from tests.test_profiler import fast_config, tiny_setup
+from tests.test_profiler import EXTRA, fast_config, tiny_setup
 
 
 class Judge:
@@ -32,9 +32,10 @@ def test_rounds_stop_when_the_judge_is_satisfied_and_replay_from_the_cache(tmp_p
     judge = Judge(FIRST_BUILDS + STEP_BUILDS)
     profile, summary = run_profiling(model, space, _config(tmp_path, 32), judge=judge)
     assert len(profile.engines) == FIRST_BUILDS + STEP_BUILDS and summary.rounds == 2
-    # latency and layers of each new engine per round, then every engine's latency again in one session
+    # latency and layers of each new engine per round, then every engine's latency again in one session (the
+    # dense engine's extra sessions in the first round and in that one)
     n = FIRST_BUILDS + STEP_BUILDS
-    assert summary.measurements_new == 2 * FIRST_BUILDS + 2 * STEP_BUILDS + n
+    assert summary.measurements_new == 2 * FIRST_BUILDS + 2 * STEP_BUILDS + n + 2 * EXTRA
     assert [e.latency for e in profile.engines] != [judge.seen[1].engines[i].latency for i in range(n)]
     assert [e.latency for e in profile.engines] == [e.latency for e in judge.seen[-1].engines]  # confirmed there
     assert [len(p.engines) for p in judge.seen] == [FIRST_BUILDS, n, n]
@@ -70,7 +71,7 @@ def test_budget_caps_the_rounds_and_no_judge_means_the_fixed_design(tmp_path):
     profile, summary = run_profiling(model, space, _config(tmp_path, 18), judge=never)
     assert len(profile.engines) == 18 and summary.rounds == 3 and len(never.seen) == 2
     fixed, once = run_profiling(model, space, fast_config(tmp_path / "fixed"))
-    assert len(fixed.engines) == 6 and once.measurements_new == 12  # fixed 6 builds, measured once
+    assert len(fixed.engines) == 6 and once.measurements_new == 12 + EXTRA  # fixed 6 builds, measured once
     assert len(fixed.by_role("holdout")) == 2
 
 

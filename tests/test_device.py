@@ -82,7 +82,8 @@ def test_int8_labels_are_distinct():
 
 def test_profile_identity_and_keys_follow_the_isa(monkeypatch):
     """What the profiler keys on: a fake AVX2 CPU and a fake VNNI CPU get different devices and int8 settings."""
-    from itcp_deploy.profiling.profiler import ProfileConfig, profile_identity
+    from itcp_deploy.profiling.identity import profile_identity
+    from itcp_deploy.profiling.profiler import ProfileConfig
 
     config = ProfileConfig(precision="int8")
     identities = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn as nn
 from itcp_deploy.profiling.design import DesignConfig, design_plans, parse_shard, shard
 from itcp_deploy.profiling.profiler import ProfileConfig, run_profiling
 from itcp_deploy.profiling.records import Profile
-from itcp_deploy.profiling.timing import TimingConfig
+from itcp_deploy.profiling.timing import TimingConfig, noise_pct
 
 INPUT_SHAPE = (1, 3, 16, 16)
 
@@ -42,6 +43,9 @@ def tiny_setup():
     torch.manual_seed(0)
     model = Tiny().eval()
     return model, build_space(model, INPUT_SHAPE, model_spec="tiny")
+
+
+EXTRA = ProfileConfig().noise_sessions - 1  # the dense engine's extra sessions: measurements of their own
 
 
 def fast_config(cache_dir, **overrides) -> ProfileConfig:
@@ -86,7 +90,7 @@ def test_shards_are_disjoint_and_cover_all():
 def test_profile_has_layers_in_context_and_rerun_is_free(tmp_path):
     model, space = tiny_setup()
     profile, first = run_profiling(model, space, fast_config(tmp_path))
-    assert first.builds_new == 6 and first.builds_cached == 0 and first.measurements_new == 12
+    assert first.builds_new == 6 and first.builds_cached == 0 and first.measurements_new == 12 + EXTRA
     assert profile.layer_source == "in-context" and len(profile.engines) == 6
     assert {e.role for e in profile.engines} == {"dense", "design", "holdout"}
     layers = {layer.name for layer in space.layers}
@@ -96,9 +100,11 @@ def test_profile_has_layers_in_context_and_rerun_is_free(tmp_path):
         assert all(ms >= 0 for ms in e.layer_ms.values()) and sum(e.layer_ms.values()) > 0
         assert sum(e.layer_ms.values()) + e.other_ms <= e.latency.median_ms * (1 + 1e-6)  # see split_layers
         assert e.latency.n == 10 and len(e.round_medians_ms) == 2
+    split = noise_pct([e.round_medians_ms for e in profile.engines])
+    assert math.isfinite(first.session_noise_pct) and profile.noise_pct == max(split, first.session_noise_pct)
     again, second = run_profiling(model, space, fast_config(tmp_path))
     assert (second.builds_new, second.measurements_new) == (0, 0)
-    assert second.builds_cached == 6 and second.measurements_cached == 12
+    assert second.builds_cached == 6 and second.measurements_cached == 12 + EXTRA
     assert [e.latency for e in again.engines] == [e.latency for e in profile.engines]
     path = tmp_path / "p.json"
     profile.save(path)
@@ -111,7 +117,7 @@ def test_other_thread_count_is_measured_anew(tmp_path):
     from itcp_deploy.engines import EngineOptions
 
     _, summary = run_profiling(model, space, fast_config(tmp_path, engine=EngineOptions(threads=2)))
-    assert summary.builds_cached == 6 and summary.measurements_new == 12  # same engines, new timings
+    assert summary.builds_cached == 6 and summary.measurements_new == 12 + EXTRA  # same engines, new timings
 
 
 def test_shards_then_merge_measures_nothing_new(tmp_path):
@@ -133,7 +139,7 @@ def test_torch_backend_uses_isolated_layers(tmp_path):
         for e in profile.engines
         for layer in space.layers
     }
-    assert summary.measurements_new == 3 + len(signatures)  # identical signatures timed once
+    assert summary.measurements_new == 3 + EXTRA + len(signatures)  # identical signatures timed once
     dense = profile.by_role("dense")[0]
     assert set(dense.layer_ms) == {layer.name for layer in space.layers}
 

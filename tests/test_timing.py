@@ -97,3 +97,13 @@ def test_round_ratios_compare_engines_round_by_round():
     # drift doubles both engines in round 0: the ratio stays 0.5
     assert list(round_ratios(slow_round, fast_round)) == [0.5, 0.5]
     assert round_ratios([[1.0, 3.0]], [[1.0, 1.0]], 90)[0] == pytest.approx(2.8)
+
+
+def test_session_noise_is_the_spread_of_an_engines_medians_across_sessions():
+    """A new session of an engine is a re-measurement the split-half floor cannot see (AlexNet at 224: 2.0%
+    between sessions against 1.2% within one): the standard deviation of the session medians over their mean."""
+    from itcp_deploy.profiling.timing import session_noise_pct
+
+    assert session_noise_pct([10.0, 10.0, 10.0]) == 0.0
+    assert session_noise_pct([9.0, 10.0, 11.0]) == pytest.approx(10.0)  # sd 1 (ddof 1) over mean 10
+    assert math.isnan(session_noise_pct([10.0]))  # one session says nothing about the next

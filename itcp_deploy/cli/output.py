@@ -53,6 +53,10 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}%"
+
+
 def print_summary(profile, summary, out: Path, json_out: bool) -> None:
     """The end-of-run table (builds, measurements, noise floor, wall time), or JSON with ``--json``."""
     from rich.table import Table
@@ -66,9 +70,8 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
         "builds (new / cached / damaged, rebuilt)": f"{summary.builds_new} / {summary.builds_cached} / "
         f"{summary.builds_damaged}",
         "measurements (new / cached)": f"{summary.measurements_new} / {summary.measurements_cached}",
-        "noise floor (re-measurement, split-half)": "n/a"
-        if math.isnan(summary.noise_pct)
-        else f"{summary.noise_pct:.1f}%",
+        "noise floor (re-measurement)": f"{_pct(summary.noise_pct)} "
+        f"(new sessions {_pct(summary.session_noise_pct)})",
         "wall time": f"{summary.wall_s:.1f} s ({per_engine:.2f} s per engine)",
         "profile": str(out),
     }
@@ -83,6 +86,7 @@ def print_summary(profile, summary, out: Path, json_out: bool) -> None:
                 "measurements_new": summary.measurements_new,
                 "measurements_cached": summary.measurements_cached,
                 "noise_pct": summary.noise_pct,
+                "session_noise_pct": summary.session_noise_pct,
                 "wall_s": summary.wall_s,
                 "backend": profile.backend,
                 "precision": profile.precision,

@@ -65,7 +65,7 @@ def obtain_profile(model: nn.Module, space: PruningSpace, engine: EngineSpec, se
                    path: Path, log: Log, *, seed: int = 0, progress: Progress | None = None) -> Profile:
     """The profile at ``settings.profile_path`` (or ``path``) when it exists and was taken on this device with
     these settings (else :class:`InputFileError`), or a new one saved there."""
-    from itcp_deploy.profiling.profiler import profile_identity
+    from itcp_deploy.profiling.identity import profile_identity
     from itcp_deploy.profiling.records import Profile
 
     given = Path(settings.profile_path) if settings.profile_path else path
@@ -85,7 +85,7 @@ def reuse_perf_model(path: Path, engine: EngineSpec, settings: ProfileSettings) 
     """A perf model fitted earlier, refused (:class:`InputFileError`) if its profile was taken on another
     device or with other settings."""
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.profiling.profiler import profile_identity
+    from itcp_deploy.profiling.identity import profile_identity
     from itcp_deploy.profiling.records import check_identity
 
     model = PerfModel.load(path)
@@ -185,7 +185,8 @@ def stage_profile(ctx: RunContext) -> dict:
                                                progress=ctx.progress, focus=focus)
             profile.save(path)
             out[t.name] = {"builds": profile.builds, "builds_new": summary.builds_new,
-                           "noise_pct": summary.noise_pct, "measurements_new": summary.measurements_new}
+                           "noise_pct": summary.noise_pct,
+                           "session_noise_pct": summary.session_noise_pct, "measurements_new": summary.measurements_new}
     return out
 
 

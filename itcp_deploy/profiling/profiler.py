@@ -13,20 +13,19 @@ raw samples and raw per-node times stay in the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
+import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from itcp_deploy.digest import damaged_files, tree_checksums
 from itcp_deploy.engines import Backend, EngineOptions, get_backend
 from itcp_deploy.engines.build import ChainPaths, EngineSpec, build_chain
-from itcp_deploy.engines.int8 import engine_int8_settings
 from itcp_deploy.engines.mixed import group_layers
 from itcp_deploy.engines.precision import check_precision
 from itcp_deploy.errors import InputFileError, UsageError
@@ -42,9 +41,10 @@ from itcp_deploy.profiling.design import (
     shard,
     with_precisions,
 )
+from itcp_deploy.profiling.identity import model_hash, profile_identity
 from itcp_deploy.profiling.layer_split import layer_of_node, layer_times, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
-from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, summarize
+from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, session_noise_pct, summarize
 from itcp_deploy.space import PruningSpace
 
 Progress = Callable[[str, int, int], None]
@@ -59,6 +59,8 @@ class ProfileConfig:
     ``layer_runs``: profiled runs per engine for per-layer times (onnxruntime reports whole microseconds,
     so many runs are averaged).
     ``shard``: ``"i/n"`` builds and measures only every n-th plan.
+    ``noise_sessions``: sessions the dense engine is measured in, so that the noise floor includes how much a
+    new session of an engine moves its median (:func:`~itcp_deploy.profiling.timing.session_noise_pct`).
     """
 
     backend: str = "onnxruntime"
@@ -70,6 +72,7 @@ class ProfileConfig:
     layer_runs: int = 300
     calib: str | None = None
     shard: str | None = None
+    noise_sessions: int = 3
 
 
 @dataclass
@@ -82,29 +85,11 @@ class ProfileSummary:
     measurements_new: int = 0
     measurements_cached: int = 0
     builds_damaged: int = 0  # cached engines whose files no longer match their checksums: rebuilt
-    noise_pct: float = float("nan")
+    noise_pct: float = float("nan")  # the larger of the split-half and the between-session noise
+    session_noise_pct: float = float("nan")
     wall_s: float = 0.0
     build_s: list[float] = field(default_factory=list)
     rounds: int = 1  # adaptive profiling rounds
-
-
-def model_hash(model) -> str:
-    """The architecture (``repr`` and every parameter/buffer name, shape and dtype), hashed: the cache's model
-    identity. Weight values are left out on purpose: they do not change dense-kernel latency, so a finetuned
-    or retrained model of the same architecture reuses its profile."""
-    h = hashlib.sha256(repr(model).encode())
-    for name, tensor in model.state_dict().items():
-        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-    return h.hexdigest()[:20]
-
-
-def profile_identity(config: ProfileConfig) -> dict[str, str]:
-    """What a profile taken with ``config`` on this machine records as :meth:`Profile.identity` (and what
-    every cache key of the run starts from): backend and version, device, precision, INT8 settings."""
-    backend = get_backend(config.backend)
-    int8 = engine_int8_settings(backend.name, config.precision, config.engine.provider)
-    return {"backend": backend.name, "backend_version": backend.version(), "device": backend.device_name(config.engine),
-            "precision": config.precision, "quantization": int8.label if int8 else ""}
 
 
 class _Run:
@@ -208,33 +193,36 @@ class _Run:
         self.calib = load_calibration(self.config.calib, self.space.input_shape)
         return self.calib
 
-    def latency_key(self, plan: PlannedEngine, session: str | None = None) -> CacheKey:
-        """``session``: measured in the session of exactly these engines (:func:`run_profiling`'s final one)."""
+    def latency_key(self, plan: PlannedEngine, session: str | None = None, copy: int = 0) -> CacheKey:
+        """``session``: measured in the session of exactly these engines (:func:`run_profiling`'s final one);
+        ``copy``: the engine's ``copy``-th extra session there (the dense engine's, for the noise floor)."""
         t = self.config.timing
         settings = {"threads": self.config.engine.threads, "warmup": t.warmup, "rounds": t.rounds,
-                    "runs_per_round": t.runs_per_round}
+                    "runs_per_round": t.runs_per_round, **({"copy": copy} if copy else {})}
         return self.key(plan, "latency", {**settings, **({"session": session} if session else {})})
+
+    def copies(self, plan: PlannedEngine) -> range:
+        """The sessions ``plan`` is measured in: ``noise_sessions`` for the dense engine, else one."""
+        return range(self.config.noise_sessions if plan.role == "dense" else 1)
 
     def layers_key(self, plan: PlannedEngine) -> CacheKey:
         return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs})
 
     def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict], session: str | None = None) -> None:
-        """Measure the plans not measured yet (in ``session``, when given), interleaved."""
-        todo = [p for p in plans if self.cache.get(self.latency_key(p, session)) is None]
-        self.summary.measurements_cached += len(plans) - len(todo)
+        """Measure the plans not measured yet (in ``session``, when given), interleaved; the dense engine also in
+        more sessions of its own (:meth:`copies`, :func:`~itcp_deploy.profiling.timing.session_noise_pct`)."""
+        wanted = [(p, c) for p in plans for c in self.copies(p)]
+        todo = [(p, c) for p, c in wanted if self.cache.get(self.latency_key(p, session, c)) is None]
+        self.summary.measurements_cached += len(wanted) - len(todo)
         if not todo:
             return
         self.progress("measure", 0, len(todo))
         with contextlib.ExitStack() as stack:
-            runners = [
-                stack.enter_context(
-                    self.backend.runner(self.cache.dir / builds[p.engine_id]["artifact"], self._options())
-                )
-                for p in todo
-            ]
+            runners = [stack.enter_context(self.backend.runner(self.cache.dir / builds[p.engine_id]["artifact"],
+                                                               self._options())) for p, _ in todo]
             result = measure_interleaved(runners, None, self.config.timing)
-        for plan, samples in zip(todo, result.samples_ms, strict=True):
-            self.cache.put(self.latency_key(plan, session), {"samples_ms": samples})
+        for (plan, copy), samples in zip(todo, result.samples_ms, strict=True):
+            self.cache.put(self.latency_key(plan, session, copy), {"samples_ms": samples})
         self.summary.measurements_new += len(todo)
         self.progress("measure", len(todo), len(todo))
 
@@ -279,7 +267,12 @@ def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, sessio
                                          latency=stats.stats[0], layer_ms=entry["layer_ms"],
                                          other_ms=entry["other_ms"], round_medians_ms=stats.round_medians_ms[0],
                                          int8_groups=plan.int8_groups))
-    run.summary.noise_pct = noise_pct([e.round_medians_ms for e in engines])
+    dense = [p for p in plans if p.role == "dense"][:1]
+    run.summary.session_noise_pct = session_noise_pct(
+        [summarize([run.cache.get(run.latency_key(p, session, c))["samples_ms"]]).stats[0].median_ms
+         for p in dense for c in run.copies(p)])
+    both = (noise_pct([e.round_medians_ms for e in engines]), run.summary.session_noise_pct)
+    run.summary.noise_pct = max((v for v in both if math.isfinite(v)), default=math.nan)
     run.summary.wall_s = time.perf_counter() - started
     return Profile(model=run.space.model, input_shape=tuple(run.space.input_shape), backend=run.backend.name,
                    backend_version=run.base.backend_version, precision=run.config.precision,
@@ -344,7 +337,7 @@ def measure_plans(model, space: PruningSpace, widths: list[dict[str, int]], conf
     runs contended, :meth:`LatencyStats.slowdown`); ``reference_ms``, the dense latency of the profile they join,
     puts them on its scale (another window put a plan 28% under its prediction on a MobileNet-V3 at 224).
     ``int8_groups``: per plan, its INT8 groups (mixed)."""
-    config = config or ProfileConfig()
+    config = replace(config or ProfileConfig(), noise_sessions=1)  # the profile's noise floor is the profile's
     mixed = config.precision == "mixed"  # a plan's id hashes its INT8 groups, as the design's do
     full = space.full_widths()
     plans = [PlannedEngine(engine_id(full, () if mixed else None), "dense", full)]

@@ -173,6 +173,18 @@ def noise_pct(round_medians_ms: Sequence[Sequence[float]]) -> float:
     return float(np.mean(diffs)) if diffs else float("nan")
 
 
+def session_noise_pct(session_medians_ms: Sequence[float]) -> float:
+    """How much an engine's median moves between sessions, in percent: the standard deviation of one engine's
+    medians measured in separate sessions (each its own allocation of the weights), over their mean.
+
+    A deployed engine is a new session, so this is re-measurement too, and the split-half noise floor cannot see
+    it: AlexNet's dense engine at 224, eight sessions measured interleaved, moved 2.0% between sessions against
+    1.2% within one (its 9216x4096 classifier reads 151 MB of weights per run), VGG-11-BN's 2.3% against 1.7%,
+    ResNet-18's 0.4% against 0.5% (``bench/session_noise.py``). NaN with fewer than two sessions."""
+    m = np.asarray(session_medians_ms, dtype=float)
+    return float(np.std(m, ddof=1) / np.mean(m) * 100.0) if len(m) >= 2 and np.mean(m) > 0 else float("nan")
+
+
 def round_ratios(
     rounds_a_ms: Sequence[Sequence[float]], rounds_b_ms: Sequence[Sequence[float]], percentile: int = 50
 ) -> np.ndarray:
