@@ -3,7 +3,9 @@
 
 A capture that lets the forward run on costs a whole forward per refit layer and batch, and records a layer's output
 after any in-place op that follows it (timm's squeeze-excite SiLU). The plan keeps about 70% of each group's
-candidates; the batches are random images.
+candidates; the batches are random images. Since the dense outputs come from one forward for many layers
+(bench/compensation_time.py), only the pruned network's input captures differ between the two; the rows in
+bench/results/compensation_capture.jsonl before that change timed both captures.
 
     OMP_NUM_THREADS=1 python bench/compensation_capture.py timm:efficientnet_b0 --size 224 --batch 8
 """
@@ -23,11 +25,10 @@ from itcp_deploy.pruning import apply_widths, build_space, channel_importance
 from itcp_deploy.pruning import compensate as comp
 
 
-def full_capture(model: torch.nn.Module, name: str, output: bool, batches: list) -> list[torch.Tensor]:
-    """The capture before 197d9ba: every forward runs to the end."""
+def full_capture(model: torch.nn.Module, name: str, batches: list) -> list[torch.Tensor]:
+    """The capture of a layer's input before 197d9ba: every forward runs to the end."""
     seen: list[torch.Tensor] = []
-    handle = model.get_submodule(name).register_forward_hook(
-        lambda _m, i, o: seen.append((o if output else i[0]).detach()))
+    handle = model.get_submodule(name).register_forward_hook(lambda _m, i, o: seen.append(i[0].detach()))
     try:
         with torch.no_grad():
             for x, _ in batches:

@@ -114,12 +114,44 @@ def test_linear_layers_over_tokens_refit_on_their_last_dimension():
 def test_a_layer_is_refit_to_its_own_output_not_the_in_place_activation_after_it():
     """timm's squeeze-excite applies SiLU in place to ``conv_reduce``'s output: a capture that let the forward go
     on recorded the activated tensor as the layer's output (EfficientNet-B0's refit targets were off by up to
-    0.29). The capture stops the forward at the layer, so it records what the layer computed (and costs half)."""
-    from itcp_deploy.pruning.compensate import _capture
+    0.29). The dense targets are read inside the layer's hook, before anything after it runs."""
+    import numpy as np
+
+    from itcp_deploy.pruning.compensate import _dense_targets
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(2, 3, 8, 8)
-    (captured,) = _capture(net, "0", True, [(x, None)])
+    (targets,) = _dense_targets(net, {"0": np.arange(8)}, [(x, None)], budget=1 << 20)["0"]
     with torch.no_grad():
-        assert torch.equal(captured, net[0](x)) and captured.min() < 0  # before the ReLU
+        expected = net[0](x).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.equal(targets, expected) and targets.min() < 0  # before the ReLU
+
+
+def _counted_compensation(target_bytes: int):
+    """ResNet-20 at half width compensated on 3 batches; the refit model and how often the dense model ran."""
+    torch.manual_seed(0)
+    dense = create_model("cifar_resnet20", num_classes=10).eval()
+    space = build_space(dense, SHAPE, model_spec="cifar_resnet20")
+    widths = {g.name: g.candidates[len(g.candidates) // 2] for g in space.prunable}
+    importance = channel_importance(dense, space, "l1")
+    fitted = apply_widths(dense, space, widths, importance=importance).eval()
+    calls = []
+    handle = dense.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        refit = compensate(fitted, dense, space, kept_channels(dense, space, widths, importance), _batches(2, 3),
+                           CompensationSettings(num_batches=3, target_bytes=target_bytes))
+    finally:
+        handle.remove()
+    return fitted, refit, len(calls)
+
+
+def test_the_dense_outputs_of_many_layers_come_from_one_forward():
+    """The dense network's outputs do not depend on the refits, so one dense forward per batch serves every layer
+    whose outputs fit the budget (at 224 the per-layer dense forwards were most of the recipe's time); a budget
+    of one layer at a time gives the same weights, with a dense forward per layer and batch."""
+    fitted, refit, calls = _counted_compensation(1 << 30)
+    one_by_one, same, many = _counted_compensation(1)
+    assert len(refit) > 3 and calls == 3 and same == refit and many == 3 * len(refit)
+    for (name, a), b in zip(fitted.state_dict().items(), one_by_one.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

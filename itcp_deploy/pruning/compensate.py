@@ -12,8 +12,11 @@ a ridge regression towards the pruned weights ``W_0``, solved exactly from the G
 few calibration batches (``lam`` = ``ridge`` x the mean diagonal of the Gram matrix). Layers are refit one at a
 time, each seeing the already refit layers before it, with BatchNorm in eval mode, so the dense statistics the
 pruned BatchNorms inherit stay valid for refit outputs. Re-estimate BatchNorm afterwards as usual. Fixed layers
-(``requires_grad=False``, e.g. an option-A shortcut) and grouped convs are left alone. Costs two forward passes
-per refit layer and calibration batch, each stopped at the layer; no gradient.
+(``requires_grad=False``, e.g. an option-A shortcut) and grouped convs are left alone.
+
+Cost, without gradients: each refit layer needs one forward of the pruned network per calibration batch, stopped
+at the layer (its input depends on the refits before it). The dense network's outputs do not, so they are read
+for many layers in one forward per batch, as many layers' as fit in ``target_bytes``, and the forward stops there.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ def kept_channels(model: nn.Module, space: PruningSpace, widths: Mapping[str, in
 
 @dataclass(frozen=True)
 class CompensationSettings:
-    """``num_batches`` calibration batches per layer; ``ridge``: pull towards the pruned weights."""
+    """``num_batches`` calibration batches per layer; ``ridge``: pull towards the pruned weights;
+    ``target_bytes``: the dense outputs held at once (the more, the fewer dense forwards)."""
 
     num_batches: int = 4
     ridge: float = 1e-3
+    target_bytes: int = 1 << 30
 
 
 def _refittable(layer: nn.Module) -> bool:
@@ -72,31 +77,30 @@ def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
-    """Dense outputs on the kept channels, one row per output position. A linear layer's channels are its last
-    dimension, whatever comes before (tokens: a Swin or ConvNeXt MLP reads N x H x W x C)."""
+    """Dense outputs on the kept channels, one row per output position, float32 (a copy: an in-place op after
+    the layer cannot change it). A linear layer's channels are its last dimension, whatever comes before
+    (tokens: a Swin or ConvNeXt MLP reads N x H x W x C)."""
     if isinstance(layer, nn.Linear):
-        return y.reshape(-1, y.shape[-1])[:, torch.as_tensor(kept)].double()
+        return y.reshape(-1, y.shape[-1])[:, torch.as_tensor(kept)].float()
     y = y[:, torch.as_tensor(kept)]
     dims = (0, *range(2, y.dim()), 1)
-    return y.permute(*dims).reshape(-1, y.shape[1]).double()
+    return y.permute(*dims).reshape(-1, y.shape[1]).float()
 
 
 class _Captured(Exception):
-    """Raised by the capture hook: the rest of the forward is not needed."""
+    """Raised by a capture hook: the rest of the forward is not needed."""
 
 
-def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) -> list[torch.Tensor]:
-    """The input (or output) of layer ``name`` for every batch, in eval mode, without gradients. Each forward
-    stops at the layer, so the capture is what the layer computed (timm's squeeze-excite applied SiLU in place to
-    a captured output), and a refit in forward order costs fewer passes (timm EfficientNet-B0 1.4x faster at 224,
-    2.3x at 96; ResNet-18 1.16x at 224, where the least squares dominate: bench/compensation_capture.py)."""
+def _capture(model: nn.Module, name: str, batches: list[Batch]) -> list[torch.Tensor]:
+    """The input of layer ``name`` for every batch, in eval mode, without gradients. Each forward stops at the
+    layer (timm EfficientNet-B0's refit 1.4x faster at 224, 2.3x at 96: bench/compensation_capture.py)."""
     seen: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, i: tuple, o: torch.Tensor) -> None:
-        seen.append((o if output else i[0]).detach())
+    def hook(_m: nn.Module, i: tuple) -> None:
+        seen.append(i[0].detach())
         raise _Captured
 
-    handle = model.get_submodule(name).register_forward_hook(hook)
+    handle = model.get_submodule(name).register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             for x, _ in batches:
@@ -109,8 +113,42 @@ def _capture(model: nn.Module, name: str, output: bool, batches: list[Batch]) ->
     return seen
 
 
-def _refit(pruned: nn.Module, dense: nn.Module, name: str, kept_out: np.ndarray, batches: list[Batch],
-           ridge: float) -> None:
+def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: list[Batch],
+                   budget: int) -> dict[str, list[torch.Tensor]]:
+    """The dense outputs (:func:`_targets`) of as many of ``layers`` (name -> kept output channels) as the first
+    batch's forward reaches before they fill ``budget`` bytes over all batches (at least one layer; all of them
+    when the forward ends first), per batch. Outputs are read in the layer's hook, before any in-place op after
+    it (timm's squeeze-excite SiLU), and a layer called twice keeps its first call, as :func:`_capture` does."""
+    found: dict[str, list[torch.Tensor]] = {}
+    held = 0
+
+    def read(name: str, i: int):
+        def hook(m: nn.Module, _i: tuple, y: torch.Tensor) -> None:
+            nonlocal held
+            if i == 0 and name not in found and found and held > budget:
+                raise _Captured  # the chunk is full: its layers are the ones found so far
+            if i == 0 or name in found:
+                if len(found.setdefault(name, [])) == i:
+                    found[name].append(_targets(m, y.detach(), layers[name]))  # type: ignore[arg-type]
+                    held += found[name][-1].numel() * 4 * len(batches) if i == 0 else 0
+            if i > 0 and all(len(v) > i for v in found.values()):
+                raise _Captured
+        return hook
+
+    for i, (x, _) in enumerate(batches):
+        handles = [dense.get_submodule(n).register_forward_hook(read(n, i)) for n in layers]
+        try:
+            with torch.no_grad():
+                dense(x)
+        except _Captured:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+    return found if held > budget else {name: found.get(name, []) for name in layers}
+
+
+def _refit(pruned: nn.Module, name: str, targets: list[torch.Tensor], batches: list[Batch], ridge: float) -> None:
     layer = pruned.get_submodule(name)
     assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
     bias = layer.bias
@@ -119,14 +157,12 @@ def _refit(pruned: nn.Module, dense: nn.Module, name: str, kept_out: np.ndarray,
         w0 = torch.cat([w0, bias.detach().double()[:, None]], dim=1)
     gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64)
     cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
-    inputs = _capture(pruned, name, False, batches)
-    outputs = _capture(dense, name, True, batches)
-    for x, y in zip(inputs, outputs, strict=True):
+    for x, y in zip(_capture(pruned, name, batches), targets, strict=True):
         rows = _rows(layer, x)
         if bias is not None:
             rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
         gram += rows.T @ rows
-        cross += rows.T @ _targets(layer, y, kept_out)
+        cross += rows.T @ y.double()
     lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
     solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
     with torch.no_grad():
@@ -153,13 +189,18 @@ def compensate(pruned: nn.Module, dense: nn.Module, space: PruningSpace, kept: M
     was_training = pruned.training, dense.training
     pruned.eval()
     dense.eval()
-    refit: list[str] = []
+    todo: dict[str, np.ndarray] = {}  # forward order
     drifting = False
-    for layer in space.layers:  # forward order
+    for layer in space.layers:
         drifting = drifting or any(g in pruned_groups for g in layer.in_group.split("+"))
         if drifting and _refittable(pruned.get_submodule(layer.name)):
-            _refit(pruned, dense, layer.name, kept[layer.out_group], calib, s.ridge)
-            refit.append(layer.name)
+            todo[layer.name] = kept[layer.out_group]
+    refit = list(todo)
+    while todo:
+        targets = _dense_targets(dense, todo, calib, s.target_bytes)
+        for name in [n for n in todo if n in targets]:
+            _refit(pruned, name, targets.pop(name), calib, s.ridge)
+            del todo[name]
     pruned.train(was_training[0])
     dense.train(was_training[1])
     return refit
