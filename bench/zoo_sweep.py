@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.zoo_models import TIMM_MODELS, torchvision_classifiers  # noqa: E402
-from bench.zoo_table import print_table  # noqa: E402
+from bench.zoo_table import compare, print_table  # noqa: E402
 
 STAGE_PREFIX = "ZOO-STAGE "
 RESULT_PREFIX = "ZOO-RESULT "
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="*", help="specs to run (default: torchvision classifiers + timm list)")
     p.add_argument("--rerun-failed", action="store_true", help="retry models recorded as failed")
     p.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    p.add_argument("--compare", metavar="BEFORE", help="compare --out against an earlier results file and exit")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
 
         record = run_stages(args.one, Path(args.work), announce, args.cap_s)
         print(RESULT_PREFIX + json.dumps(record), flush=True)
+        return
+    if args.compare:
+        print("\n".join(compare(_records(Path(args.compare)), _records(Path(args.out)))))
         return
     if args.table:
         records = [r for path in args.out.split(",") for r in _records(Path(path)).values()]

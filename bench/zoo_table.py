@@ -54,3 +54,24 @@ def print_table(records: list[dict], expected: list[str] | None = None) -> None:
     if missing:
         print()
         print(f"Not run yet ({len(missing)}): " + ", ".join(missing))
+
+
+def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """The models both sweeps ran, ``after`` against ``before``: passes, and the held-out error of those that
+    passed in both (worse: above ``before``'s by more than a point, the sweep's own noise at these profile
+    sizes), as markdown lines."""
+    both = sorted(set(before) & set(after))
+    passed = [m for m in both if before[m]["status"] == after[m]["status"] == "pass"]
+    errs = [(m, before[m].get("perf_err_pct"), after[m].get("perf_err_pct")) for m in passed]
+    errs = [(m, b, a) for m, b, a in errs if b is not None and a is not None]
+    worse = [(m, b, a) for m, b, a in errs if a > b + 1.0]
+    lost = [m for m in both if before[m]["status"] == "pass" and after[m]["status"] != "pass"]
+    gained = [m for m in both if before[m]["status"] != "pass" and after[m]["status"] == "pass"]
+    med = (lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan"))  # noqa: E731
+    lines = [f"- models in both: {len(both)}; pass in both: {len(passed)}; passed before only: {len(lost)} "
+             f"({', '.join(lost)}); passed after only: {len(gained)} ({', '.join(gained)})",
+             f"- median held-out error of those passing both: {med([b for _, b, _ in errs]):.2f}% before, "
+             f"{med([a for _, _, a in errs]):.2f}% after; better in {sum(a < b for _, b, a in errs)} of {len(errs)}",
+             f"- more than a point worse after ({len(worse)}): "
+             + ", ".join(f"{m} {b:.1f} -> {a:.1f}" for m, b, a in worse)]
+    return lines
