@@ -35,6 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.processes import die_with_parent  # noqa: E402
+
 # cheapest first, so that an unfinished sweep has the most rows
 MODELS = [f"torchvision:{n}" for n in (
     "mobilenet_v3_small", "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "mobilenet_v2", "regnet_x_400mf",
@@ -114,7 +118,8 @@ def run_model(spec: str, work: Path, settings: SweepSettings) -> dict:
     started = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.wall_cap_s, env=env, cwd=work)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.wall_cap_s, env=env, cwd=work,
+                              preexec_fn=die_with_parent)
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as e:
         rc, err = "timeout", (e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or "")

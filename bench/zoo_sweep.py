@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.processes import die_with_parent  # noqa: E402
 from bench.zoo_models import TIMM_MODELS, torchvision_classifiers  # noqa: E402
 from bench.zoo_table import compare, print_table  # noqa: E402
 
@@ -86,6 +87,7 @@ def _limits(cap_s: float) -> Callable[[], None]:
     def limit() -> None:  # in the child, before exec: SIGXCPU at cap_s CPU-seconds, SIGKILL a second later;
         resource.setrlimit(resource.RLIMIT_CPU, (int(cap_s), int(cap_s) + 1))  # allocations past MEMORY_CAP
         resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))    # fail (shared 23 GB machine)
+        die_with_parent()
     return limit
 
 
