@@ -120,23 +120,24 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
     when the forward ends first), per batch. Outputs are read in the layer's hook, before any in-place op after
     it (timm's squeeze-excite SiLU), and a layer called twice keeps its first call, as :func:`_capture` does."""
     found: dict[str, list[torch.Tensor]] = {}
-    held = 0
+    held, full = 0, False
 
     def read(name: str, i: int):
         def hook(m: nn.Module, _i: tuple, y: torch.Tensor) -> None:
-            nonlocal held
-            if i == 0 and name not in found and found and held > budget:
-                raise _Captured  # the chunk is full: its layers are the ones found so far
-            if i == 0 or name in found:
-                if len(found.setdefault(name, [])) == i:
-                    found[name].append(_targets(m, y.detach(), layers[name]))  # type: ignore[arg-type]
-                    held += found[name][-1].numel() * 4 * len(batches) if i == 0 else 0
+            nonlocal held, full
+            if len(found.get(name, [])) > i:  # a second call of the layer: its first counts
+                return
+            if i == 0 and found and held > budget:
+                full = True
+                raise _Captured  # the chunk is the layers found so far
+            found.setdefault(name, []).append(_targets(m, y.detach(), layers[name]))  # type: ignore[arg-type]
+            held += found[name][-1].numel() * 4 * len(batches) if i == 0 else 0
             if i > 0 and all(len(v) > i for v in found.values()):
                 raise _Captured
         return hook
 
-    for i, (x, _) in enumerate(batches):
-        handles = [dense.get_submodule(n).register_forward_hook(read(n, i)) for n in layers]
+    for i, (x, _) in enumerate(batches):  # the first batch sets the chunk; the others read only its layers
+        handles = [dense.get_submodule(n).register_forward_hook(read(n, i)) for n in (found if i else layers)]
         try:
             with torch.no_grad():
                 dense(x)
@@ -145,7 +146,7 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
         finally:
             for h in handles:
                 h.remove()
-    return found if held > budget else {name: found.get(name, []) for name in layers}
+    return found if full else {name: found.get(name, []) for name in layers}
 
 
 def _refit(pruned: nn.Module, name: str, targets: list[torch.Tensor], batches: list[Batch], ridge: float) -> None:
