@@ -25,6 +25,7 @@ import torch
 
 from itcp_deploy.models import create_model
 from itcp_deploy.pruning import apply_widths, build_space, channel_importance
+from itcp_deploy.pruning import compensate as comp
 from itcp_deploy.pruning.compensate import CompensationSettings, compensate, kept_channels
 from itcp_deploy.train import recalibrate_bn
 
@@ -56,7 +57,27 @@ def score(model: torch.nn.Module, dense: torch.nn.Module, test: list) -> dict:
     return {"top1": round(100.0 * correct / total, 2) if total else None, "mse_to_dense": dist}
 
 
-def run(args: argparse.Namespace, spec: str) -> None:
+def timed_helpers() -> dict[str, float]:
+    """Wrap compensation's capture helpers so that their seconds add up in the returned dict (``pruned_capture_s``:
+    the pruned network's forwards to each layer; ``dense_targets_s``: the dense outputs, where the code has them
+    apart); what is left of the total is mostly the least squares."""
+    spent: dict[str, float] = {}
+    for name, key in (("_capture", "pruned_capture_s"), ("_dense_targets", "dense_targets_s")):
+        inner = getattr(comp, name, None)
+        if inner is None:
+            continue
+
+        def timed(*a, inner=inner, key=key):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a)
+            finally:
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+        setattr(comp, name, timed)
+    return spent
+
+
+def run(args: argparse.Namespace, spec: str, spent: dict[str, float]) -> None:
     torch.manual_seed(0)
     dense = create_model(spec, weights=args.weights, num_classes=10).eval()
     space = build_space(dense, (1, 3, args.size, args.size), model_spec=spec)
@@ -65,6 +86,7 @@ def run(args: argparse.Namespace, spec: str) -> None:
     calib, bn = batches_of(args, "train", args.batches, 1), batches_of(args, "train", 20, 2)
     test = batches_of(args, "test", args.test_batches, 3)
     pruned = apply_widths(dense, space, widths, importance=importance).eval()
+    spent.clear()
     load, t0 = os.getloadavg()[0], time.perf_counter()
     layers = compensate(pruned, dense, space, kept_channels(dense, space, widths, importance), calib,
                         CompensationSettings(num_batches=args.batches))
@@ -72,6 +94,7 @@ def run(args: argparse.Namespace, spec: str) -> None:
     recalibrate_bn(pruned, bn, num_batches=20)
     print(json.dumps({"model": spec, "size": args.size, "batch": args.batch, "batches": args.batches,
                       "code": args.label, "refit_layers": len(layers), "compensate_s": round(seconds, 1),
+                      **{k: round(v, 1) for k, v in spent.items()},
                       **score(pruned.eval(), dense, test), "load": [round(load, 2), round(os.getloadavg()[0], 2)]}),
           flush=True)
 
@@ -90,8 +113,9 @@ def main() -> None:
     args = parser.parse_args()
     args.test = args.test or args.data
     torch.set_num_threads(1)
+    spent = timed_helpers()
     for spec in args.models:
-        run(args, spec)
+        run(args, spec, spent)
 
 
 if __name__ == "__main__":
