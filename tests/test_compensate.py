@@ -128,8 +128,9 @@ def test_a_layer_is_refit_to_its_own_output_not_the_in_place_activation_after_it
     assert torch.equal(targets, expected) and targets.min() < 0  # before the ReLU
 
 
-def _counted_compensation(target_bytes: int):
-    """ResNet-20 at half width compensated on 3 batches; the refit model and how often the dense model ran."""
+def _counted_compensation(target_bytes: int, pruned_calls: list | None = None):
+    """ResNet-20 at half width compensated on 3 batches; the refit model and how often the dense model ran
+    (``pruned_calls``: gets an item per forward of the pruned model)."""
     torch.manual_seed(0)
     dense = create_model("cifar_resnet20", num_classes=10).eval()
     space = build_space(dense, SHAPE, model_spec="cifar_resnet20")
@@ -138,11 +139,13 @@ def _counted_compensation(target_bytes: int):
     fitted = apply_widths(dense, space, widths, importance=importance).eval()
     calls = []
     handle = dense.register_forward_pre_hook(lambda *_: calls.append(1))
+    counter = fitted.register_forward_pre_hook(lambda *_: (pruned_calls if pruned_calls is not None else []).append(1))
     try:
         refit = compensate(fitted, dense, space, kept_channels(dense, space, widths, importance), _batches(2, 3),
                            CompensationSettings(num_batches=3, target_bytes=target_bytes))
     finally:
         handle.remove()
+        counter.remove()
     return fitted, refit, len(calls)
 
 
@@ -155,3 +158,59 @@ def test_the_dense_outputs_of_many_layers_come_from_one_forward():
     assert len(refit) > 3 and calls == 3 and same == refit and many == 3 * len(refit)
     for (name, a), b in zip(fitted.state_dict().items(), one_by_one.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+
+def test_the_lockstep_refits_exactly_what_a_forward_per_layer_does(monkeypatch):
+    """The pruned forwards run in lockstep, one per batch, each paused before every refit layer until it is refit:
+    the same inputs as a forward per layer stopped at it (bit for bit), with one pruned forward per batch in all."""
+    from itcp_deploy.pruning import compensate as comp
+
+    counted: list = []
+    fitted, refit, _ = _counted_compensation(1 << 30, counted)
+    assert len(counted) == 3  # one pruned forward per batch
+    with monkeypatch.context() as m:
+        m.setattr(comp, "_refit_in_lockstep", lambda *a: None)
+        per_layer, same, _ = _counted_compensation(1 << 30, counted := [])
+    assert len(counted) == 3 * len(refit) and same == refit
+    for (name, a), b in zip(fitted.state_dict().items(), per_layer.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+class _Branchy(torch.nn.Module):
+    """A layer that only batches of positive mean reach: their forwards part ways there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.c(self.b(h) if x.mean() > 0 else h)
+
+
+def test_forwards_that_part_ways_finish_the_refit_a_layer_at_a_time():
+    """Where the batches' forwards reach different layers, the lockstep stops and leaves the rest to a forward per
+    layer: the same weights as that from the start, and no thread left waiting."""
+    import copy
+    import threading
+
+    import numpy as np
+
+    from itcp_deploy.pruning.compensate import _refit_each, _refit_in_lockstep
+
+    torch.manual_seed(0)
+    dense, start = _Branchy().eval(), _Branchy().eval()
+    batches = [(torch.randn(2, 3, 4, 4) + 1, None), (torch.randn(2, 3, 4, 4) - 1, None)]
+    results = []
+    for lockstep in (True, False):
+        pruned = copy.deepcopy(start)
+        todo = {n: np.arange(4) for n in ("a", "b", "c")}
+        targets: dict = {}
+        if lockstep:
+            _refit_in_lockstep(pruned, dense, todo, targets, batches, CompensationSettings())
+            assert list(todo) == ["b", "c"] and threading.active_count() == 1
+        _refit_each(pruned, dense, todo, targets, batches, CompensationSettings())
+        results.append(pruned.state_dict())
+    for name, a in results[0].items():
+        assert torch.equal(a, results[1][name]), name
