@@ -67,17 +67,6 @@ def test_kept_channels_are_the_ones_apply_widths_keeps(setting):
         assert torch.equal(pruned.get_submodule(layer.name).weight.detach(), expected), layer.name
 
 
-def test_run_compensates_before_bn(tmp_path):
-    import json
-
-    from itcp_deploy.pipeline import run
-    from tests.test_pipeline import _config
-
-    run(_config(tmp_path, epochs=0))  # on by default
-    stage = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["finetune"]
-    assert "linear" in stage["compensated_layers"]
-
-
 class _TokenMLP(torch.nn.Module):
     """A ConvNeXt/Swin-style MLP: linear layers over the last dimension of N x H x W x C tokens."""
 

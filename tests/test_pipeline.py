@@ -69,6 +69,13 @@ def test_run_writes_every_promised_output(finished):
     assert data["final_over_dense"] < 1.0
 
 
+def test_run_compensates_by_default(finished):
+    """Least squares refit the layers reading pruned channels before BatchNorm and finetuning (on by default)."""
+    tmp, _, _, _ = finished
+    stage = json.loads((tmp / "out" / "state.json").read_text())["stages"]["finetune"]
+    assert "linear" in stage["compensated_layers"]
+
+
 def test_report_says_how_the_perf_model_did_on_the_searchs_own_plan(finished):
     """Issue 24: the held-out error (random plans) beside the first plan the search chose, measured/predicted
     (ratios to dense); and the final verdict's measurements."""
