@@ -268,3 +268,17 @@ def test_a_mixed_probe_builds_a_plan_with_a_removed_branch(tiny, tmp_path):
     engines = measure_plans(model, removal, [plan], fast_config(tmp_path, precision="mixed", calib=_calib(tmp_path)),
                             int8_groups=[(stage,)])
     assert len(engines) == 1 and engines[0].widths["block2.conv1"] == 0 and engines[0].int8_groups == (stage,)
+
+
+def test_the_torch_backend_times_a_plan_with_a_removed_branch(tiny, tmp_path):
+    """The torch backend times layers one by one: a removed branch's convs (0 channels) ran as layers and the
+    run failed in its probe (``weight of size [0, 16, 3, 3]``, CI on b36e696); they take 0 ms."""
+    from itcp_deploy.profiling.profiler import measure_plans
+    from tests.test_profiler import fast_config
+
+    model, space = tiny
+    plan = {**{g.name: g.candidates[0] for g in space.prunable}, "block2.conv1": 0}
+    (engine,) = measure_plans(model, space.with_removal(), [plan], fast_config(tmp_path, backend="torch"))
+    removed = [la.name for la in space.layers if "block2.conv1" in (la.in_group, la.out_group)]
+    assert removed and all(engine.layer_ms[name] == 0.0 for name in removed)
+    assert all(ms > 0 for name, ms in engine.layer_ms.items() if name not in removed)

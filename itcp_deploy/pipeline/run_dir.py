@@ -62,6 +62,7 @@ class RunFolder:
         self.state = self.root / "state.json"
         self.space = self.root / "space.json"
         self.scores = self.root / "scores.json"
+        self.importance = self.root / "importance.json"  # per-channel taylor importance, when the scores had it
         self.int8_cost = self.root / "int8_cost.json"  # a mixed-precision run's: each group's INT8 cost
         self.sensitivity_cache = self.root / "sensitivity_cache.json"
         self.plan = self.root / "widths.json"

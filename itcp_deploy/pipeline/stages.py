@@ -184,8 +184,7 @@ def stage_profile(ctx: RunContext) -> dict:
             profile, summary = profile_engines(ctx.inputs.model, space, t.engine, c.profile, seed=c.seed,
                                                progress=ctx.progress, focus=focus)
             profile.save(path)
-            out[t.name] = {"builds": profile.builds, "builds_new": summary.builds_new,
-                           "noise_pct": summary.noise_pct,
+            out[t.name] = {"builds": profile.builds, "builds_new": summary.builds_new, "noise_pct": summary.noise_pct,
                            "session_noise_pct": summary.session_noise_pct, "measurements_new": summary.measurements_new}
     return out
 
@@ -243,9 +242,12 @@ def stage_scores(ctx: RunContext) -> dict:
     if chosen.note:
         ctx.log(f"note: {chosen.note}")
     batches = inputs.batches(score_batches(c))
+    importance = channel_importance_of(ctx) if chosen.score == chosen.importance == "taylor" else None
+    if importance is not None:  # one gradient pass for the scores and the kept channels
+        ctx.folder.write_arrays(ctx.folder.importance, importance)
     scores = group_scores(inputs.model, ctx.space, chosen.score, loader=batches,
                           calib_loader=inputs.eval_loader or batches, cache_path=ctx.folder.sensitivity_cache,
-                          loss_fn=inputs.loss_fn)
+                          loss_fn=inputs.loss_fn, importance=importance)
     ctx.folder.write_arrays(ctx.folder.scores, scores)
     costs = int8_cost(ctx, batches)
     if costs is not None:
@@ -265,8 +267,7 @@ def int8_cost(ctx: RunContext, batches: list) -> dict[str, float] | None:
     mixed = [t for t in ctx.config.targets if t.engine.precision == "mixed"]
     if not mixed:
         return None
-    loader = ctx.inputs.eval_loader
-    held = list(islice(loader, len(batches))) if loader is not None else batches
+    held = list(islice(ctx.inputs.eval_loader, len(batches))) if ctx.inputs.eval_loader is not None else batches
     calib = load_calibration(mixed[0].engine.calib, ctx.config.input_shape)
     with Int8Loss(ctx.inputs.model, ctx.space, calib, held) as loss:
         costs = int8_costs(loss)
@@ -285,8 +286,7 @@ def stage_finetune(ctx: RunContext) -> dict:
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning import pruned_layer_widths, save_pruned
 
-    inputs, folder = ctx.inputs, ctx.folder
-    plan = PruningPlan.load(folder.plan)
+    inputs, folder, plan = ctx.inputs, ctx.folder, PruningPlan.load(ctx.folder.plan)
     pruned, refit = ctx.strategy.pruned(ctx, plan)
     acc_bn = inputs.accuracy(pruned)
     if inputs.finetune is not None:
@@ -317,10 +317,13 @@ def one_shot(ctx: RunContext, widths: dict[str, int], importance: dict) -> tuple
 
 
 def channel_importance_of(ctx: RunContext) -> dict:
-    """Each group's channel importance under the run's criterion (Taylor on the score batches, else the weights)."""
+    """Each group's channel importance under the run's criterion (Taylor on the score batches, else the weights);
+    the scores stage's, where it took the same Taylor gradients (a pass of ResNet-50 at 224 takes minutes)."""
     from itcp_deploy.pruning import channel_importance
 
     c, inputs, importance = ctx.config, ctx.inputs, criteria(ctx).importance
+    if importance == "taylor" and ctx.folder.importance.is_file():
+        return ctx.folder.read_arrays(ctx.folder.importance)
     batches = inputs.batches(score_batches(c)) if importance == "taylor" else None
     return channel_importance(inputs.model, ctx.space, importance, loader=batches, loss_fn=inputs.loss_fn)
 

@@ -49,7 +49,7 @@ def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = Non
         for layer in run.space.layers:
             w_in, w_out = plan.widths[layer.in_group], plan.widths[layer.out_group]
             sig = layer.signature(w_in, w_out)
-            if sig not in keys:
+            if w_in and w_out and sig not in keys:  # a removed branch's layer runs nothing: 0 ms
                 key = CacheKey(
                     kind="isolated",
                     device=run.base.device,
@@ -84,7 +84,7 @@ def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = Non
     out = {}
     for plan in plans:
         layer_ms = {
-            layer.name: median[layer.signature(plan.widths[layer.in_group], plan.widths[layer.out_group])]
+            layer.name: median.get(layer.signature(plan.widths[layer.in_group], plan.widths[layer.out_group]), 0.0)
             for layer in run.space.layers
         }
         total = float(

@@ -40,6 +40,7 @@ class ScoreInputs:
     cache_path: str | os.PathLike[str] | None = None
     settings: ScoreSettings = field(default_factory=ScoreSettings)
     loss_fn: LossFn | None = None  # the taylor gradients' loss; cross-entropy when None
+    importance: dict[str, np.ndarray] | None = None  # taylor's channel importance, when already computed
 
 
 

@@ -55,8 +55,10 @@ def _from_importance(model: nn.Module, space: PruningSpace, imp: dict[str, np.nd
 def taylor_scores(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> dict[str, np.ndarray]:
     if inputs.loader is None:
         raise UsageError("the taylor score needs training data for gradients", "pass a loader (--data)")
-    imp = channel_importance(model, space, "taylor", loader=inputs.loader,
-                             num_batches=inputs.settings.gradient_batches, loss_fn=inputs.loss_fn)
+    imp = inputs.importance
+    if imp is None:
+        imp = channel_importance(model, space, "taylor", loader=inputs.loader,
+                                 num_batches=inputs.settings.gradient_batches, loss_fn=inputs.loss_fn)
     return _from_importance(model, space, imp, lambda v, keep: -(float(v.sum()) - float(v[keep].sum())))
 
 
@@ -91,7 +93,8 @@ def _sensitivity(model: nn.Module, space: PruningSpace, inputs: ScoreInputs) -> 
 def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *,
                  loader: Iterable[Batch] | None = None, calib_loader: Iterable[Batch] | None = None,
                  cache_path: str | os.PathLike[str] | None = None,
-                 settings: ScoreSettings | None = None, loss_fn: LossFn | None = None) -> dict[str, np.ndarray]:
+                 settings: ScoreSettings | None = None, loss_fn: LossFn | None = None,
+                 importance: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """One score per candidate width of every prunable group (see the module docstring for each score).
 
     Args:
@@ -103,6 +106,7 @@ def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *
         cache_path: JSON file caching ``sensitivity`` results (resumable per group).
         settings: Batch/image counts and channel choice. Defaults to ``ScoreSettings()``.
         loss_fn: ``loss_fn(outputs, targets)`` behind the taylor gradients. Defaults to cross-entropy.
+        importance: ``taylor``'s per-channel importance (:func:`channel_importance`), when the caller has it.
 
     Returns:
         Group name -> float64 array aligned with ``space.group(name).candidates``, non-decreasing.
@@ -110,7 +114,7 @@ def group_scores(model: nn.Module, space: PruningSpace, score: str = "taylor", *
     fn = SCORES.get(score)
     return break_ties(space, fn(model, space, ScoreInputs(loader=loader, calib_loader=calib_loader,
                                                          cache_path=cache_path, settings=settings or ScoreSettings(),
-                                                         loss_fn=loss_fn)))
+                                                         loss_fn=loss_fn, importance=importance)))
 
 
 def break_ties(space: PruningSpace, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
