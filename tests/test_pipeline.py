@@ -130,12 +130,16 @@ def test_other_settings_in_same_out_dir_are_refused(finished):
 
 
 def test_sla_below_fastest_plan_names_the_minimum(finished):
+    """Refused after the fit, in one line that names the minimum (the API reuses the finished run's profile; the
+    CLI profiles a little: what is tested is the refusal)."""
     tmp, config, _, _ = finished
+    reuse = replace(config.profile, profile_path=str(tmp / "out" / "profile.json"))
     with pytest.raises(InfeasibleError, match="fastest reachable plan"):
-        run(_config(tmp, out_dir=str(tmp / "infeasible"), targets=one_target(LatencyTarget(sla_ms=1e-4))))
+        run(_config(tmp, out_dir=str(tmp / "infeasible"), targets=one_target(LatencyTarget(sla_ms=1e-4)),
+                    profile=reuse))
     code, _, err = run_cli("run", "cifar_resnet20", "--data", DATA, "--input-shape", "1x3x32x32",
                            "-o", str(tmp / "infeasible-cli"), "--sla-ms", "0.0001", "--quiet",
-                           "--cache", str(tmp / "engines"), "--epochs", "0")
+                           "--cache", str(tmp / "engines"), "--epochs", "0", "--max-builds", "6")
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "ms" in lines[0] and "at least" in lines[0], err

@@ -20,7 +20,8 @@ from tests.conftest import run_cli
 DATA = "synthetic:train=256,test=128"
 IGNORED = "layer3.0.conv1"  # 64 channels; without the option the run cut it (48 of 64 on main)
 OPTIONS = ("--ignore-layers", IGNORED, "--no-compensate", "--no-block-removal")
-COMMON = ("--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.6", "--epochs", "0", "--json")
+COMMON = ("--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.6", "--epochs", "0", "--max-builds", "12",
+          "--json")
 
 
 def _prune_objects(out: Path, cache: Path):
@@ -33,8 +34,9 @@ def _prune_objects(out: Path, cache: Path):
     torch.manual_seed(0)
     model = create_model("cifar_resnet20", num_classes=10).eval()
     loader = make_loader(load_dataset(DATA, "train", augment=False), 64, shuffle=True, seed=0)
+    profile = ProfileSettings(cache_dir=str(cache), max_builds=12)
     options = itcp_deploy.PruneOptions(name="cifar_resnet20", ignore_layers=(IGNORED,), compensate=False,
-                                       block_removal=False, profile=ProfileSettings(cache_dir=str(cache)))
+                                       block_removal=False, profile=profile)
     itcp_deploy.prune(model, torch.zeros(1, 3, 32, 32), speedup=1.6, score_loader=loader, out_dir=out,
                       options=options)
 
