@@ -45,7 +45,7 @@ def test_run_probes_the_searchs_plan_and_refits(tmp_path, cache):
 
     loop = json.loads((tmp_path / "out" / "state.json").read_text())["stages"]["loop"]
     bias = loop["search_bias"][row["name"]]
-    assert bias == pytest.approx(min(1.15, max(1 / 1.15, probes[-1]["measured_over_predicted"])))
+    assert bias == pytest.approx(min(1.15, max(1.0, probes[-1]["measured_over_predicted"])))
     assert row["search_bias"] == bias
     first = loop["rounds"][0]
     unscaled = PerfModel.load(tmp_path / "out" / "perf_model.json").predict_ms(first["widths"])
@@ -108,3 +108,17 @@ def test_profile_engines_with_an_sla_takes_no_adaptive(tmp_path, cache):
     assert code in (0, 1), err
     report = json.loads((out / "report.json").read_text())
     assert report["targets"][0]["probes"] == 0
+
+
+def test_the_search_bias_only_scales_predictions_up():
+    """The last probe's measured / predicted scales the loop's model when the probe measured over its prediction
+    (the DP's fresh optimism), never down: the next plan is picked where the model is optimistic."""
+    from types import SimpleNamespace
+
+    from itcp_deploy.pipeline.probe import MAX_BIAS, debiased
+
+    ctx = SimpleNamespace(config=SimpleNamespace(targets=[SimpleNamespace(name=n) for n in "abc"]), log=print)
+    perf = [SimpleNamespace(scaled=lambda b: b)] * 3
+    records = [{"target": t, "measured_over_predicted": r} for t, r in (("a", 0.9), ("b", 1.05), ("c", 1.5))]
+    scaled, biases = debiased(ctx, perf, records)
+    assert biases == [1.0, 1.05, MAX_BIAS] and scaled == biases
