@@ -36,6 +36,13 @@ def layer_module(layer: LayerSpec, w_in: int, w_out: int):
     return nn.Sequential(conv, nn.ReLU()), (1, w_in, *layer.in_hw)
 
 
+def _signature(layer: LayerSpec, widths: dict[str, int]) -> str | None:
+    """The layer's cost signature at ``widths``; None for a removed branch's layer (0 channels), which runs
+    nothing and takes 0 ms."""
+    w_in, w_out = widths[layer.in_group], widths[layer.out_group]
+    return layer.signature(w_in, w_out) if w_in and w_out else None
+
+
 def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = None) -> dict[str, dict]:
     """``engine_id -> {"layer_ms": {layer: ms}, "other_ms": ms}`` , measuring missing signatures (``other_ms``:
     the engine's latency in ``session`` less its layers)."""
@@ -48,8 +55,8 @@ def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = Non
     for plan in plans:
         for layer in run.space.layers:
             w_in, w_out = plan.widths[layer.in_group], plan.widths[layer.out_group]
-            sig = layer.signature(w_in, w_out)
-            if w_in and w_out and sig not in keys:  # a removed branch's layer runs nothing: 0 ms
+            sig = _signature(layer, plan.widths)
+            if sig and sig not in keys:
                 key = CacheKey(
                     kind="isolated",
                     device=run.base.device,
@@ -83,10 +90,8 @@ def isolated_layer_ms(run, plans: list[PlannedEngine], session: str | None = Non
     }
     out = {}
     for plan in plans:
-        layer_ms = {
-            layer.name: median.get(layer.signature(plan.widths[layer.in_group], plan.widths[layer.out_group]), 0.0)
-            for layer in run.space.layers
-        }
+        signatures = {layer.name: _signature(layer, plan.widths) for layer in run.space.layers}
+        layer_ms = {name: median[sig] if sig else 0.0 for name, sig in signatures.items()}
         total = float(
             np.median([s for rnd in run.cache.get(run.latency_key(plan, session))["samples_ms"] for s in rnd])
         )

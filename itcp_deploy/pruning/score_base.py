@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from itcp_deploy.pruning.apply import DEFAULT_GRADIENT_BATCHES
 from itcp_deploy.pruning.importance import Batch, LossFn
 
 
@@ -24,7 +25,7 @@ class ScoreSettings:
     interpolated) to bound sensitivity's cost; ``None`` evaluates all.
     """
 
-    gradient_batches: int = 4
+    gradient_batches: int = DEFAULT_GRADIENT_BATCHES  # as channel_importance's: the run keeps one for both
     bn_images: int = 256
     calib_images: int = 512
     importance: str = "l1"
