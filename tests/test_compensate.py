@@ -203,3 +203,18 @@ def test_forwards_that_part_ways_finish_the_refit_a_layer_at_a_time():
         results.append(pruned.state_dict())
     for name, a in results[0].items():
         assert torch.equal(a, results[1][name]), name
+
+
+def test_a_batch_taken_a_few_images_at_a_time_gives_the_same_refit(monkeypatch):
+    """The Gram matrices are summed over image blocks of at most ROW_BYTES of rows, so VGG at 224 fits in memory;
+    the sum is the same up to float64 rounding."""
+    import itcp_deploy.pruning.compensate as comp
+
+    whole, refit, _ = _counted_compensation(1 << 30)
+    monkeypatch.setattr(comp, "ROW_BYTES", 1)  # one image at a time
+    blocks, refit_blocks, _ = _counted_compensation(1 << 30)
+    assert refit == refit_blocks and refit
+    for (name, a), (_, b) in zip(whole.state_dict().items(), blocks.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    assert any(not torch.equal(a, b) for a, b in zip(whole.state_dict().values(), blocks.state_dict().values(),
+                                                      strict=True))  # it did sum in a different order

@@ -119,6 +119,10 @@ def _capture(model: nn.Module, name: str, batches: list[Batch]) -> list[torch.Te
     return seen
 
 
+ROW_BYTES = 1 << 28
+"""The float64 rows one Gram update holds: a batch is taken a few images at a time (VGG-16's second conv at 224
+has 232 MB of rows an image, by arithmetic: 15 GB for a 64-image batch taken whole)."""
+
 _running = threading.local()  # the paused forward a thread runs, for the layers' hooks
 
 
@@ -256,11 +260,14 @@ def _refit(pruned: nn.Module, name: str, inputs: list[torch.Tensor], targets: li
     gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64)
     cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
     for x, y in zip(inputs, targets, strict=True):
-        rows = _rows(layer, x)
-        if bias is not None:
-            rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
-        gram += rows.T @ rows
-        cross += rows.T @ y.double()
+        per_image = y.shape[0] // x.shape[0]  # rows are image-major, for convs and token linears alike
+        step = max(1, ROW_BYTES // (per_image * w0.shape[1] * 8))
+        for i in range(0, x.shape[0], step):
+            rows = _rows(layer, x[i:i + step])
+            if bias is not None:
+                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
+            gram += rows.T @ rows
+            cross += rows.T @ y[i * per_image:(i + step) * per_image].double()
     lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
     solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
     with torch.no_grad():
