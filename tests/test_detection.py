@@ -17,6 +17,7 @@ from itcp_deploy.pruning.apply import apply_widths
 from itcp_deploy.pruning.importance import accumulate_gradients
 from itcp_deploy.pruning.output_kind import own_loss_applies
 from itcp_deploy.pruning.space_builder import build_space
+from itcp_deploy.sample_inputs import sample_inputs
 
 SIZE = 128  # tests build the detectors at a small deploy size; docs/detection.md runs them at 320
 SHAPE = (1, 3, SIZE, SIZE)
@@ -184,8 +185,9 @@ def test_random_ssd_sends_a_trained_models_number_of_boxes_to_nms():
     NMS dominates the engine; with the background prior a small share does (about detections_per_img on the
     random images it was set on, a few times that on another)."""
     model = _model(SSD)
+    image = torch.from_numpy(sample_inputs(SHAPE, np.random.default_rng(1)))  # what engines are timed on
     with torch.no_grad(), model.network_only():
-        logits = model(torch.randn(1, *SHAPE[1:]))[1]
+        logits = model(image)[1]
     passing = int((logits.softmax(-1)[..., 1:] > model.detector.score_thresh).sum())
     assert 0 < passing < logits[..., 1:].numel() // 10
 
@@ -222,7 +224,7 @@ def test_a_random_rpn_proposes_a_trained_ones_number_of_boxes_under_other_batchn
     from itcp_deploy.train import recalibrate_bn
 
     model = _model(RCNN)
-    x = torch.randn(1, *SHAPE[1:], generator=torch.Generator().manual_seed(1))
+    x = torch.from_numpy(sample_inputs(SHAPE, np.random.default_rng(1)))
     top_n = model.detector.rpn._post_nms_top_n["testing"]  # 150
     assert _proposals(model, x) == top_n
     recalibrate_bn(model, detection_batches(2, 2, SHAPE[-1]), num_batches=2)

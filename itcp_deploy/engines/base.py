@@ -91,9 +91,11 @@ class Runner(ABC):
         return None
 
     def random_feeds(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Seeded random inputs matching :meth:`input_specs` (timing does not depend on the values)."""
+        """Seeded inputs matching :meth:`input_specs` (:func:`~itcp_deploy.sample_inputs.sample_inputs`)."""
+        from itcp_deploy.sample_inputs import sample_inputs
+
         rng = np.random.default_rng(seed)
-        return {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in self.input_specs().items()}
+        return {name: sample_inputs(shape, rng, dtype) for name, (shape, dtype) in self.input_specs().items()}
 
     def _check(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.active:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from itcp_deploy.errors import InputFileError, UsageError
+from itcp_deploy.sample_inputs import sample_inputs
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def _is_static(dim: object) -> bool:
 
 def engine_feeds(specs: dict[str, tuple[tuple, np.dtype]], input_shape: tuple[int, ...] | None, what: str,
                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for an engine whose input specs are ``specs`` (name -> (shape, dtype)).
+    """Seeded inputs (:func:`~itcp_deploy.sample_inputs.sample_inputs`) for an engine whose input specs are
+    ``specs`` (name -> (shape, dtype)).
 
     Dynamic dimensions (``'batch'``, ``None``) take ``input_shape``; without it they are refused, as is an
     ``input_shape`` that contradicts a static dimension.
@@ -105,7 +107,7 @@ def engine_feeds(specs: dict[str, tuple[tuple, np.dtype]], input_shape: tuple[in
         if not all(_is_static(d) for d in dims):
             raise UsageError(f"{what}'s input {name!r} has dynamic dimensions {dims}",
                              "pass --input-shape NxCxHxW to measure it at one shape")
-        feeds[name] = rng.standard_normal(dims).astype(dtype)
+        feeds[name] = sample_inputs(dims, rng, dtype)
     return feeds
 
 

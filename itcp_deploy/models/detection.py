@@ -21,8 +21,11 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+
+from itcp_deploy.sample_inputs import sample_inputs
 
 #: Box detectors this module builds, with the square input size their transform resizes to.
 DEPLOY_SIZES = {
@@ -150,7 +153,7 @@ def torchvision_detector(name: str, *, num_classes: int = COCO_CLASSES, image_si
                                             **kwargs)
     _set_size(detector, size)
     model = TensorDetector(detector)
-    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # as engines are timed
+    images = torch.from_numpy(sample_inputs((2, 3, size, size), np.random.default_rng(0)))  # as engines are timed
     _normalise_activations(model, images)
     _background_prior(model, images)
     _anchored_proposals(model)
