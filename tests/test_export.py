@@ -116,18 +116,18 @@ def test_parity_of_an_ill_conditioned_net_is_judged_against_float64():
     BatchNorm re-estimation failed parity at 1.4e-3), the engine passes when it is as close to the float64
     result as FP32_SLACK times PyTorch's FP32, and a wrong engine still fails; a well-conditioned net keeps the
     plain check (test_parity_failure_raises_and_leaves_no_file)."""
-    from itcp_deploy.engines.export import FP32_SLACK, PARITY_RTOL, _against_float64
+    from itcp_deploy.engines.export import FP32_SLACK, PARITY_RTOL, _against_float64, _outputs_error
 
     x = torch.linspace(-1, 1, 101).reshape(1, 101)
     model = _Rounding()
     with torch.no_grad():
         fp32 = [model(x).numpy()]
     exact = (x.double().numpy(),)
-    error, tol = _against_float64(model, x, fp32, [exact[0].astype(np.float32)], "x.onnx")
+    error, tol = _against_float64(model, x, fp32, [exact[0].astype(np.float32)], "x.onnx", _outputs_error)
     assert tol > PARITY_RTOL and error <= tol and tol == pytest.approx(FP32_SLACK * np.abs(fp32[0] - exact[0]).max())
-    wrong, tol = _against_float64(model, x, fp32, [1.1 * exact[0].astype(np.float32)], "x.onnx")
+    wrong, tol = _against_float64(model, x, fp32, [1.1 * exact[0].astype(np.float32)], "x.onnx", _outputs_error)
     assert wrong > tol
-    assert _against_float64(torch.nn.Identity(), x, [x.numpy()], [x.numpy()], "x.onnx") is None
+    assert _against_float64(torch.nn.Identity(), x, [x.numpy()], [x.numpy()], "x.onnx", _outputs_error) is None
 
 
 class _RoundingDetections(torch.nn.Module):

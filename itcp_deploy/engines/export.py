@@ -154,7 +154,7 @@ Compare = Callable[[list[np.ndarray], list[np.ndarray], "str | Path", float], fl
 
 
 def _against_float64(model: nn.Module, x: torch.Tensor, expected: list[np.ndarray], got: list[np.ndarray],
-                     path: str | Path, compare: Compare | None = None) -> tuple[float, float] | None:
+                     path: str | Path, compare: Compare) -> tuple[float, float] | None:
     """(the engine's error, its tolerance) against an exact (float64) forward, when PyTorch's own FP32 result
     is off exact by more than :data:`ILL_CONDITIONED`: a network can be ill-conditioned enough that two
     FP32 summation orders differ by more than ``PARITY_RTOL`` (an EfficientNet-B1 at 224 after pruning and
@@ -162,7 +162,6 @@ def _against_float64(model: nn.Module, x: torch.Tensor, expected: list[np.ndarra
     export is off by far more than PyTorch's rounding. Detections are matched within a tolerance, so PyTorch's
     own error is the first of :data:`FP32_LADDER`'s tolerances it matches at. None when the float64 forward
     fails or PyTorch's FP32 is close to exact (the plain check stands)."""
-    compare = compare or _outputs_error
     try:
         with torch.no_grad():
             exact = _flat_outputs(copy.deepcopy(model).double()(x.double()))
@@ -180,7 +179,7 @@ def _check_finite(arrays: list[np.ndarray], path: str | Path) -> None:
                         "check the weights for NaN or inf values")
 
 
-def _outputs_error(expected: list[np.ndarray], got: list[np.ndarray], path: str | Path, _rtol: float = 0.0) -> float:
+def _outputs_error(expected: list[np.ndarray], got: list[np.ndarray], path: str | Path, _rtol: float) -> float:
     """Max over outputs of max |diff| / max |torch output| (the tolerance is the caller's to apply)."""
     worst = 0.0
     for want, have in zip(expected, got, strict=True):
