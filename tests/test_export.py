@@ -139,8 +139,8 @@ class _RoundingDetections(torch.nn.Module):
 
 
 def test_detections_of_an_ill_conditioned_detector_are_judged_against_float64():
-    """A random Faster R-CNN's saturated boxes after BatchNorm re-estimation failed parity at 2.4e-3 where
-    PyTorch's own FP32 was as far from exact as ONNX Runtime: detections are matched within a tolerance, so
+    """A random Faster R-CNN's saturated boxes after BatchNorm re-estimation failed parity where PyTorch's own
+    FP32 was as far from exact as ONNX Runtime: detections are matched within a tolerance, so
     PyTorch's error is taken at the first tolerance it matches at, and the engine is judged against float64."""
     from itcp_deploy.engines.export import FP32_SLACK, PARITY_RTOL, _against_float64, _detections_error
 

@@ -158,7 +158,7 @@ def _against_float64(model: nn.Module, x: torch.Tensor, expected: list[np.ndarra
     """(the engine's error, its tolerance) against an exact (float64) forward, when PyTorch's own FP32 result
     is off exact by more than :data:`ILL_CONDITIONED`: a network can be ill-conditioned enough that two
     FP32 summation orders differ by more than ``PARITY_RTOL`` (an EfficientNet-B1 at 224 after pruning and
-    BatchNorm re-estimation: 1.4e-3; a random Faster R-CNN's saturated boxes after the same, 2.4e-3); a wrong
+    BatchNorm re-estimation: 1.4e-3; a random Faster R-CNN's saturated boxes after the same); a wrong
     export is off by far more than PyTorch's rounding. Detections are matched within a tolerance, so PyTorch's
     own error is the first of :data:`FP32_LADDER`'s tolerances it matches at. None when the float64 forward
     fails or PyTorch's FP32 is close to exact (the plain check stands)."""

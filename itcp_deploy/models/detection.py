@@ -164,9 +164,9 @@ def torchvision_detector(name: str, *, num_classes: int = COCO_CLASSES, image_si
 def _anchored_proposals(model: TensorDetector) -> None:
     """Zero a two-stage detector's RPN box deltas, so its proposals are its anchors: a trained RPN's deltas are
     small corrections, and it proposes ``post_nms_top_n`` boxes on any image. Random deltas under other
-    BatchNorm statistics (a pruned copy's, re-estimated on the run's images) collapsed 140 of Faster R-CNN's 150
-    proposals to slivers, and its box head, 1.9 GMACs at 150 boxes, made that engine 0.13 of dense where its
-    widths alone give 0.65 (docs/benchmarks.md section 22): the latency of a random model, not of one deployed."""
+    BatchNorm statistics (a pruned copy's, re-estimated on the run's images) collapsed most of Faster R-CNN's 150
+    proposals to slivers, and its box head (1.9 GMACs at 150 boxes) went with them: that engine measured 0.135 of
+    dense where its widths give 0.650 (docs/benchmarks.md section 22), the latency of a random model."""
     rpn = getattr(model.detector, "rpn", None)
     if rpn is not None:
         rpn.head.bbox_pred.weight.zero_()
