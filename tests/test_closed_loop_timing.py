@@ -112,3 +112,45 @@ def test_a_steady_miss_stays_a_miss():
     s = _ScriptedMeter([(0.55, 0.01), (0.45, 0.3)])  # the lucky second look is the noisier one: not kept
     kept, taken = s.meter.settle(Path("e"))
     assert len(taken) == 2 and kept.ratio == 0.55 and not s.meter.judge(kept).met
+
+
+# ---------------------------------------------------------------- check-latency judges by the same rule
+
+
+def _scripted_gate(monkeypatch, tmp_path, script):
+    """``check-latency --reference --max-ratio 0.5`` whose measurements are scripted (ratio, p10-p90
+    half-width): the gate must settle a miss the way the final stage does."""
+    from itcp_deploy.pipeline.gate import GateConfig, check_latency
+    from itcp_deploy.profiling import engine_timing
+    from itcp_deploy.profiling.engine_timing import EngineLatency, EnginesLatency
+
+    script, calls = list(script), []
+
+    def measured(*args, **kwargs):
+        ratio, half = script.pop(0)
+        calls.append(ratio)
+        stats = LatencyStats.from_samples([ratio] * 5)
+        return EnginesLatency([EngineLatency(stats, ratio, (ratio - half, ratio + half))],
+                              LatencyStats.from_samples([1.0] * 5))
+
+    monkeypatch.setattr(engine_timing, "measure_engines", measured)
+    for name in ("e.onnx", "d.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    config = GateConfig(engine=str(tmp_path / "e.onnx"), reference=str(tmp_path / "d.onnx"), max_ratio=0.5)
+    return check_latency(config), calls
+
+
+def test_the_gate_measures_a_pass_once(monkeypatch, tmp_path):
+    result, calls = _scripted_gate(monkeypatch, tmp_path, [(0.45, 0.01)])
+    assert result.passed and calls == [0.45] and "measured again" not in result.line()
+
+
+def test_the_gate_measures_a_noisy_miss_again_and_keeps_the_narrower(monkeypatch, tmp_path):
+    result, calls = _scripted_gate(monkeypatch, tmp_path, [(0.52, 0.05), (0.47, 0.01)])
+    assert result.passed and result.measured == 0.47 and calls == [0.52, 0.47]
+    assert "measured again: 0.520, 0.470" in result.line()
+
+
+def test_the_gate_keeps_a_steady_miss(monkeypatch, tmp_path):
+    result, calls = _scripted_gate(monkeypatch, tmp_path, [(0.52, 0.01), (0.45, 0.2)])
+    assert not result.passed and result.measured == 0.52 and len(calls) == 2

@@ -137,6 +137,17 @@ def test_demo_checks_out_before_training(tmp_path, monkeypatch):
     assert target.read_text() == "keep me"
 
 
+def test_the_demo_aims_under_its_sla_by_its_margin(tmp_path, monkeypatch):
+    from itcp_deploy.pipeline import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "train_dense", lambda config: tmp_path / "model.pt")
+    monkeypatch.setattr(demo, "run", lambda rc, **kw: seen.setdefault("config", rc))
+    demo.demo(demo.DemoConfig(out_dir=str(tmp_path / "out"), sla_fraction=0.5, margin=0.2))
+    latency = seen["config"].targets[0].latency
+    assert latency.resolve_ms(1.0) == 0.5 and abs(latency.target_ms(1.0) - 0.4) < 1e-12
+
+
 @pytest.mark.parametrize("case", ["fit -o DIR", "fit -o FILE/x", "search -o DIR", "export --out FILE/x",
                                   "train --out FILE"])
 def test_outputs_are_checked_before_any_work(case, tmp_path, monkeypatch):

@@ -22,11 +22,15 @@ DATA = "digits"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """``sla_fraction``: the SLA as a fraction of the dense engine's measured latency."""
+    """``sla_fraction``: the SLA as a fraction of the dense engine's measured latency. ``margin``: the safety
+    margin below it. CI re-measures the demo's engine against this very SLA on a shared 2-core runner, where one
+    gate measured 0.600 against 0.6 an engine the demo had shipped under it (CI on 22209a5; earlier gates on
+    that runner 0.578-0.581), so the demo keeps 5% in reserve rather than the default 3%."""
 
     out_dir: str = "demo-out"
     train_seconds: float = 60.0
     sla_fraction: float = 0.6
+    margin: float = 0.05
     finetune_epochs: int = 2
     cache_dir: str = "engines"
     seed: int = 0
@@ -55,7 +59,8 @@ def demo(config: DemoConfig | None = None, log: Log | None = None, progress: Pro
     config = config or DemoConfig()
     check_output_dir("--out", config.out_dir)  # before a minute of training, not after it
     weights = train_dense(config)
-    target = DeployTarget.named(EngineSpec(), (1, 3, 32, 32), LatencyTarget(speedup=1.0 / config.sla_fraction))
+    target = DeployTarget.named(EngineSpec(), (1, 3, 32, 32), LatencyTarget(speedup=1.0 / config.sla_fraction,
+                                                                                   margin=config.margin))
     rc = RunConfig(model=MODEL, data=DATA, out_dir=str(Path(config.out_dir) / "run"), targets=(target,),
                    weights=str(weights), num_classes=10,
                    recipe=FinetuneRecipe(epochs=config.finetune_epochs, lr=0.02, train_subset=None),

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.profiling.engine_timing import EngineLatency, measure_engines
@@ -116,15 +117,9 @@ class TargetMeter:
         return replace(kept["m"], timing_rounds=rounds)
 
     def settle(self, artifact: Path, timing: TimingConfig | None = None) -> tuple[Measured, list[Measured]]:
-        """The verdict a gate can stand on: a precise measurement, and on a miss a second precise one; the
-        narrower of the two (per-round ratio spread) is kept, whichever way it points. One noisy window must not
-        fail a run that met its SLA, nor pass one that did not. Returns the kept one and every one taken."""
-        first = self.measure(artifact, timing, precise=True)
-        if self.judge(first).met:
-            return first, [first]
-        second = self.measure(artifact, timing, precise=True)
-        kept = min((first, second), key=_relative_spread)
-        return kept, [first, second]
+        """:func:`settle` on precise measurements of ``artifact``, judged by this target's SLA."""
+        return settle(lambda: self.measure(artifact, timing, precise=True), lambda m: self.judge(m).met,
+                      lambda m: relative_spread(m.latency))
 
     def judge(self, measured: Measured, *, with_margin: bool = False) -> Verdict:
         """Whether ``measured`` meets the SLA (or, ``with_margin``, the aim below it)."""
@@ -138,10 +133,24 @@ class TargetMeter:
         return self.latency.measured_ms(self._measurement(latency), self.dense_ms() if self.latency.relative else None)
 
 
-def _relative_spread(m: Measured) -> float:
+T = TypeVar("T")
+
+
+def settle(measure: Callable[[], T], met: Callable[[T], bool], spread: Callable[[T], float]) -> tuple[T, list[T]]:
+    """The verdict a gate can stand on (the final stage's and ``check-latency``'s): ``measure()``, and on a miss
+    a second one; the narrower of the two (``spread``) is kept, whichever way it points. One noisy window must
+    not fail an engine that meets its SLA, nor pass one that does not. Returns the kept one and every one taken."""
+    first = measure()
+    if met(first):
+        return first, [first]
+    second = measure()
+    return min((first, second), key=spread), [first, second]
+
+
+def relative_spread(latency: EngineLatency) -> float:
     """The per-round ratio's p10-p90 width relative to its median (inf without one)."""
-    spread, ratio = m.latency.ratio_spread, m.latency.ratio
+    spread, ratio = latency.ratio_spread, latency.ratio
     return (spread[1] - spread[0]) / ratio if spread is not None and ratio else math.inf
 
 
-__all__ = ["Measured", "TargetMeter", "measure_precise", "rounds_needed"]
+__all__ = ["Measured", "TargetMeter", "measure_precise", "relative_spread", "rounds_needed", "settle"]
