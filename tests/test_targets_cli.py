@@ -56,11 +56,11 @@ def test_defaults_and_the_run_input_shape():
 def test_one_target_is_a_list_of_one():
     """A single --target is a run's one target, like the target the plain options describe."""
     (target,) = run_targets(["backend=openvino,shape=2x3x32x32,threads=2,percentile=90,sla_ms=3"], None, None,
-                            (None, None, 50), EngineSpec(), "digits")
+                            (None, None, 50, None), EngineSpec(), "digits")
     assert (target.input_shape, target.latency, target.engine) == (
         (2, 3, 32, 32), LatencyTarget(sla_ms=3.0, percentile=90), EngineSpec("openvino", options=EngineOptions(2)))
     engine = EngineSpec("openvino", options=EngineOptions(2))
-    (plain,) = run_targets(None, None, "2x3x32x32", ("3", None, 90), engine, "digits")
+    (plain,) = run_targets(None, None, "2x3x32x32", ("3", None, 90, None), engine, "digits")
     assert (plain.input_shape, plain.latency, plain.engine) == (target.input_shape, target.latency, target.engine)
 
 
@@ -77,6 +77,8 @@ def test_one_target_is_a_list_of_one():
     ("backend=tflite,speedup=2", ["tflite"]),
     ("speedup", ["'speedup' is not key=value"]),
     ("speedup=2,speedup=3", ["'speedup' given twice"]),
+    ("speedup=2,margin=0.5", ["safety margin", "[0, 0.5)", "margin="]),
+    ("speedup=2,margin=wide", ["margin", "number"]),
     ("name=a b,speedup=2", ["target name 'a b'"]),
 ])
 def test_bad_target_is_one_line_naming_the_key(spec, words):
@@ -161,3 +163,43 @@ def test_cli_run_with_two_targets_hands_them_to_the_pipeline(tmp_path, monkeypat
     seen.clear()
     run_cli("run", "cifar_resnet20", "--data", "synthetic", "-o", str(tmp_path / "o"), "--target", EDGE)
     assert [t.latency for t in seen[0].targets] == [LatencyTarget(speedup=1.67)]
+
+
+def test_the_margin_reaches_every_entry_points_target(monkeypatch, tmp_path):
+    """--margin (run, profile-engines --sla-ms), margin= (--target) and PruneOptions.margin move the aim the
+    closed loop measures against: (1 - margin) x the SLA."""
+    import torch
+
+    import itcp_deploy.api as api
+    import itcp_deploy.pipeline.driver as driver
+    from bench.small_residual import SmallResidual
+    from itcp_deploy import PruneOptions
+
+    class Stop(Exception):
+        pass
+
+    aims = []
+
+    def fake_stages(config, inputs, log=None, progress=None, **kw):
+        aims.append([t.latency.target_ms(1.0) for t in config.targets])
+        raise Stop
+
+    monkeypatch.setattr(driver, "run_stages", fake_stages)
+    common = ("cifar_resnet20", "--input-shape", "1x3x32x32", "--data", "synthetic:train=64,test=32", "--epochs", "0")
+    for args in (("run", *common, "--speedup", "2", "--margin", "0.1"),
+                 ("profile-engines", *common, "--speedup", "2", "--margin", "0.1"),
+                 ("run", *common, "--target", "speedup=2,margin=0.1", "--target", "speedup=4")):
+        with pytest.raises(Stop):
+            run_cli(*args, "-o", str(tmp_path / "o"))
+    with pytest.raises(Stop):
+        api.prune(SmallResidual().eval(), torch.randn(1, 3, 32, 32), speedup=2.0, out_dir=tmp_path / "api",
+                  score_loader=[(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))], options=PruneOptions(margin=0.1))
+    assert aims == [[pytest.approx(0.45)]] * 2 + [[pytest.approx(0.45), pytest.approx(0.25 * 0.97)]] + [
+        [pytest.approx(0.45)]]
+
+
+def test_margin_and_target_together_is_one_line():
+    from tests.test_reliability import assert_user_error
+
+    assert_user_error(run_cli("run", "cifar_resnet20", "--data", "digits", "-o", "x", "--target", "speedup=2",
+                              "--margin", "0.1"), "put margin= in each --target")

@@ -24,6 +24,9 @@ SlaOpt = Annotated[str | None, typer.Option("--sla-ms", help="Latency SLA in ms.
 SpeedupOpt = Annotated[str | None, typer.Option("--speedup", help="SLA = measured dense latency / S.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Finetuning epochs (0: BN re-estimation only).")]
 PercentileOpt = Annotated[int, typer.Option("--percentile", help="The SLA's latency percentile: 50, 90 or 99.")]
+MarginOpt = Annotated[str | None, typer.Option(
+    "--margin", help="Safety margin in [0, 0.5): the closed loop aims at (1 - margin) x the SLA [default 0.03]; "
+    "widen it where a CI gate re-measures the engine on a noisy runner.")]
 CompensateOpt = Annotated[bool, typer.Option("--compensate/--no-compensate", help="Least-squares refit after pruning.")]
 BlockRemovalOpt = Annotated[bool, typer.Option("--block-removal/--no-block-removal",
                                                help="Let residual branches be removed (width 0).")]

@@ -16,6 +16,7 @@ from itcp_deploy.cli.common import (
     CompensateOpt,
     DeviceOpt,
     EpochsOpt,
+    MarginOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
@@ -56,6 +57,7 @@ def run_command(
     compensate: CompensateOpt = True,
     block_removal: BlockRemovalOpt = True,
     percentile: PercentileOpt = 50,
+    margin: MarginOpt = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
     device: DeviceOpt = "cpu",
     workspace_mb: WorkspaceOpt = 1024,
@@ -78,7 +80,8 @@ def run_command(
 
     engine = EngineSpec(backend, precision, EngineOptions(threads=threads, device=device, workspace_mb=workspace_mb),
                         calib)
-    targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile), engine, data)
+    targets = run_targets(target, targets_file, input_shape, (sla_ms, speedup, percentile, margin), engine,
+                          data)
     config = RunConfig(
         model=model, data=data, out_dir=str(out), targets=targets, weights=weights, trust_code=trust_code,
         ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,

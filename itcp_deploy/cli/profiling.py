@@ -17,6 +17,7 @@ from itcp_deploy.cli.common import (
     CompensateOpt,
     DeviceOpt,
     EpochsOpt,
+    MarginOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
@@ -88,6 +89,7 @@ def profile_engines_cmd(
     data: Annotated[str | None, typer.Option("--data", help="With an SLA: data for scores and finetuning.")] = None,
     epochs: EpochsOpt = 1,
     percentile: PercentileOpt = 50,
+    margin: MarginOpt = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Allow pickles and factories.")] = False,
     ignore_layers: IgnoreLayersOpt = None,
     compensate: CompensateOpt = True,
@@ -103,7 +105,6 @@ def profile_engines_cmd(
     from itcp_deploy.engines.build import EngineSpec
     from itcp_deploy.pipeline.config import ProfileSettings
     from itcp_deploy.profiling.timing import TimingConfig
-
     shape = parse_input_shape(input_shape)
     engine = EngineSpec(backend, precision, EngineOptions(threads=threads, provider=provider, device=device,
                                                          perf_hint=perf_hint, workspace_mb=workspace_mb), calib)
@@ -117,7 +118,7 @@ def profile_engines_cmd(
     from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, RunConfig
 
     _check_sla_options(data, out, shard)
-    target = DeployTarget.named(engine, shape, parse_target(sla_ms, speedup, percentile))
+    target = DeployTarget.named(engine, shape, parse_target(sla_ms, speedup, percentile, margin))
     deliver(RunConfig(model=model, data=str(data), out_dir=str(out), targets=(target,), weights=weights,
                       trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()), compensate=compensate,
                       block_removal=block_removal, profile=settings,

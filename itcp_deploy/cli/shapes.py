@@ -38,19 +38,27 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def positive_float(value: float | str, option: str) -> float:
-    """A finite number > 0, e.g. ``--sla-ms`` or ``--speedup``."""
+def number(value: float | str, option: str) -> float:
+    """A number given to ``option`` (its range is the caller's to check)."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise UsageError(f"{option} must be a number, got {value!r}", f"pass e.g. {option} 2.0") from None
-    if not math.isfinite(number) or number <= 0:
+
+
+def positive_float(value: float | str, option: str) -> float:
+    """A finite number > 0, e.g. ``--sla-ms`` or ``--speedup``."""
+    parsed = number(value, option)
+    if not math.isfinite(parsed) or parsed <= 0:
         raise UsageError(f"{option} must be a finite number > 0, got {value!r}", f"pass e.g. {option} 2.0")
-    return number
+    return parsed
 
 
-def parse_target(sla_ms: float | str | None, speedup: float | str | None, percentile: int = 50) -> LatencyTarget:
-    """The one :class:`LatencyTarget` of a command, from its ``--sla-ms`` / ``--speedup`` / ``--percentile``."""
+def parse_target(sla_ms: float | str | None, speedup: float | str | None, percentile: int = 50,
+                 margin: float | str | None = None) -> LatencyTarget:
+    """The one :class:`LatencyTarget` of a command, from its ``--sla-ms`` / ``--speedup`` / ``--percentile`` /
+    ``--margin`` (None: the target's default)."""
+    extra = {} if margin is None else {"margin": number(margin, "--margin")}
     return LatencyTarget(sla_ms=None if sla_ms is None else positive_float(sla_ms, "--sla-ms"),
                          speedup=None if speedup is None else positive_float(speedup, "--speedup"),
-                         percentile=percentile)
+                         percentile=percentile, **extra)

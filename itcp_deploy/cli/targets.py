@@ -2,11 +2,11 @@
 with one ``[[target]]`` table per target (the same keys).
 
 Keys: ``name``, ``backend`` (onnxruntime), ``precision`` (fp32), ``shape`` (NxCxHxW, batch included; default
-the run's ``--input-shape``), ``threads`` (1), ``percentile`` (50), and exactly one of ``sla_ms`` and
-``speedup``. Example::
+the run's ``--input-shape``), ``threads`` (1), ``percentile`` (50), ``margin`` (0.03: the closed loop aims at
+(1 - margin) x the SLA), and exactly one of ``sla_ms`` and ``speedup``. Example::
 
     --target name=edge,backend=onnxruntime,shape=1x3x32x32,threads=1,speedup=1.67
-    --target name=server,backend=openvino,shape=8x3x32x32,threads=2,percentile=99,sla_ms=10
+    --target name=server,backend=openvino,shape=8x3x32x32,threads=2,percentile=99,sla_ms=10,margin=0.05
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from itcp_deploy.cli.shapes import parse_input_shape, positive_float
+from itcp_deploy.cli.shapes import number, parse_input_shape, positive_float
 from itcp_deploy.engines import EngineOptions
 from itcp_deploy.engines.build import EngineSpec
 from itcp_deploy.errors import InputFileError, UnknownNameError, UsageError
@@ -24,7 +24,7 @@ from itcp_deploy.names import check_engine
 from itcp_deploy.pipeline.config import DeployTarget, check_targets
 from itcp_deploy.target import LatencyTarget
 
-KEYS = ("name", "backend", "precision", "shape", "threads", "percentile", "sla_ms", "speedup")
+KEYS = ("name", "backend", "precision", "shape", "threads", "percentile", "sla_ms", "speedup", "margin")
 EXAMPLE = "e.g. --target backend=onnxruntime,shape=1x3x32x32,threads=1,speedup=1.67"
 
 
@@ -67,7 +67,12 @@ def target_from_fields(fields: dict[str, Any], where: str, default_shape: tuple[
         raise UsageError(f"{where}: {e.problem}", e.fix) from None
     threads = _int(where, "threads", fields.get("threads", 1))
     sla = {k: _positive(where, k, fields[k]) if k in fields else None for k in ("sla_ms", "speedup")}
-    latency = LatencyTarget(**sla, percentile=_int(where, "percentile", fields.get("percentile", 50), (50, 90, 99)))
+    percentile = _int(where, "percentile", fields.get("percentile", 50), (50, 90, 99))
+    try:
+        margin = {"margin": number(fields["margin"], "margin")} if "margin" in fields else {}
+        latency = LatencyTarget(**sla, percentile=percentile, **margin)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e.problem}", "write e.g. margin=0.05") from None
     target = DeployTarget.named(EngineSpec(backend, precision, EngineOptions(threads=threads)), shape, latency, index)
     return target if "name" not in fields else replace(target, name=str(fields["name"]))
 
@@ -127,17 +132,20 @@ def data_input_shape(data: str) -> tuple[int, int, int, int]:
 
 
 def run_targets(specs: list[str] | None, file: str | Path | None, input_shape: str | None,
-                sla_options: tuple[object, object, int], engine: EngineSpec, data: str) -> tuple[DeployTarget, ...]:
+                sla_options: tuple[object, object, int, object], engine: EngineSpec,
+                data: str) -> tuple[DeployTarget, ...]:
     """``run``'s targets: those of ``--target``/``--targets`` (one or more), else the one target that
-    ``--input-shape`` (default: :func:`data_input_shape`), ``--sla-ms``/``--speedup``, ``--percentile`` and the
-    engine options describe."""
+    ``--input-shape`` (default: :func:`data_input_shape`), ``--sla-ms``/``--speedup``, ``--percentile``,
+    ``--margin`` and the engine options describe."""
     from itcp_deploy.cli.shapes import parse_target
 
-    sla_ms, speedup, percentile = sla_options
+    sla_ms, speedup, percentile, margin = sla_options
     if specs or file:
         if sla_ms is not None or speedup is not None:
             raise UsageError("--sla-ms/--speedup and --target both give an SLA", "put the SLA in each --target")
+        if margin is not None:
+            raise UsageError("--margin is for the one target of --sla-ms/--speedup", "put margin= in each --target")
         return tuple(parse_targets(specs, file, parse_input_shape(input_shape) if input_shape else None))
-    latency = parse_target(sla_ms, speedup, percentile)
+    latency = parse_target(sla_ms, speedup, percentile, margin)
     shape = parse_input_shape(input_shape) if input_shape is not None else data_input_shape(data)
     return (DeployTarget.named(engine, shape, latency),)
