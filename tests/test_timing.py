@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -75,6 +76,30 @@ def test_measure_needs_an_active_runner():
 def test_time_calls_returns_one_positive_sample_per_call():
     samples = time_calls(lambda: sum(range(1000)), 7)
     assert len(samples) == 7 and all(s > 0 for s in samples)
+
+
+def test_a_slow_engines_round_ends_after_its_time_but_not_before_its_fewest_runs():
+    from itcp_deploy.profiling.timing import MIN_RUNS
+
+    def slow():
+        time.sleep(0.02)
+
+    assert len(time_calls(slow, 50, max_s=0.1)) in range(MIN_RUNS, 8)  # about 5 runs of 20 ms fill 0.1 s
+    assert len(time_calls(slow, 50, max_s=0.0)) == MIN_RUNS
+    assert len(time_calls(slow, 3, max_s=0.0)) == 3  # never more than asked for
+    assert len(time_calls(lambda: None, 50, max_s=0.1)) == 50  # a fast engine is not bounded
+
+
+def test_interleaved_rounds_take_their_time_bound_from_the_timing_config():
+    from itcp_deploy.profiling.timing import MIN_RUNS
+
+    runner = CountingRunner("slow")
+    runner.__enter__()
+    calls = []
+    runner._prepare = lambda feeds: lambda: calls.append(time.sleep(0.002))
+    result = measure_interleaved([runner], None, TimingConfig(warmup=40, rounds=3, runs_per_round=40,
+                                                              max_round_s=0.0))
+    assert len(calls) == MIN_RUNS * 4 and result.stats[0].n == MIN_RUNS * 3
 
 
 def test_summarize_and_noise_floor():

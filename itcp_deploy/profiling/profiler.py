@@ -198,7 +198,8 @@ class _Run:
         ``copy``: the engine's ``copy``-th extra session there (the dense engine's, for the noise floor)."""
         t = self.config.timing
         settings = {"threads": self.config.engine.threads, "warmup": t.warmup, "rounds": t.rounds,
-                    "runs_per_round": t.runs_per_round, **({"copy": copy} if copy else {})}
+                    "runs_per_round": t.runs_per_round, "max_round_s": t.max_round_s,
+                    **({"copy": copy} if copy else {})}
         return self.key(plan, "latency", {**settings, **({"session": session} if session else {})})
 
     def copies(self, plan: PlannedEngine) -> range:

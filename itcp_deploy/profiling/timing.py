@@ -15,6 +15,7 @@ exceeds its cores logs one warning (:func:`busy_note`), at most every ten minute
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -26,6 +27,7 @@ import numpy as np
 from itcp_deploy.engines.base import Runner
 from itcp_deploy.profiling.records import LatencyStats
 
+MIN_RUNS = 5  # a time-bounded round still takes this many runs
 BUSY_NOTE_EVERY_S = 600.0  # one warning per busy spell, not one per measurement
 _last_busy_note = -BUSY_NOTE_EVERY_S
 
@@ -59,12 +61,18 @@ def _warn_if_busy() -> None:
 @dataclass(frozen=True)
 class TimingConfig:
     """How many runs make one measurement. Defaults to 10 rounds x 60 runs after 20 warm-up runs (600 timed
-    runs per engine: about a second for a CIFAR ResNet-20 on one core)."""
+    runs per engine: about a second for a CIFAR ResNet-20 on one core).
+
+    ``max_round_s``: an engine's round (and its warm-up) ends once it has lasted that long and has
+    :data:`MIN_RUNS` runs, as trtexec's ``--duration`` bounds its runs by time. A detector at 512 that takes a
+    second a run on a CPU core is then measured in minutes rather than hours; at 60 runs a round the bound
+    binds only above 33 ms a run, and for a slow engine a few runs a round still give a round median."""
 
     warmup: int = 20
     rounds: int = 10
     runs_per_round: int = 60
     seed: int = 0
+    max_round_s: float = 2.0
 
     @property
     def runs(self) -> int:
@@ -81,9 +89,11 @@ class Interleaved:
 
 
 def time_calls(
-    run_once: Callable[[], object], runs: int, clock: str = "cpu", sync: Callable[[], None] | None = None
+    run_once: Callable[[], object], runs: int, clock: str = "cpu", sync: Callable[[], None] | None = None,
+    max_s: float = math.inf,
 ) -> list[float]:
-    """Time ``runs`` consecutive calls; returns one latency in ms per call."""
+    """Time ``runs`` consecutive calls, or fewer (at least :data:`MIN_RUNS`) once they have taken ``max_s``
+    seconds (CPU clock; CUDA events are read only at the end); returns one latency in ms per call."""
     if clock == "cuda":
         import torch
 
@@ -96,13 +106,16 @@ def time_calls(
             end.record()
         torch.cuda.synchronize()
         return [start.elapsed_time(end) for start, end in events]
-    samples = []
+    samples: list[float] = []
+    started = time.perf_counter()
     for _ in range(runs):
         t0 = time.perf_counter()
         run_once()
         if sync is not None:
             sync()
         samples.append((time.perf_counter() - t0) * 1000.0)
+        if len(samples) >= MIN_RUNS and time.perf_counter() - started >= max_s:
+            break
     return samples
 
 
@@ -133,7 +146,7 @@ def measure_interleaved(
     feeds = list(feeds) if feeds is not None else [r.random_feeds() for r in runners]
     calls = [r.prepare(f) for r, f in zip(runners, feeds, strict=True)]
     for runner, call in zip(runners, calls, strict=True):
-        time_calls(call, config.warmup, runner.clock, runner.synchronize)
+        time_calls(call, config.warmup, runner.clock, runner.synchronize, config.max_round_s)
     rng = random.Random(config.seed)
     samples: list[list[list[float]]] = [[] for _ in runners]
     order = list(range(len(runners)))
@@ -141,7 +154,8 @@ def measure_interleaved(
         rng.shuffle(order)
         for i in order:
             samples[i].append(
-                time_calls(calls[i], config.runs_per_round, runners[i].clock, runners[i].synchronize)
+                time_calls(calls[i], config.runs_per_round, runners[i].clock, runners[i].synchronize,
+                           config.max_round_s)
             )
     return summarize(samples)
 
