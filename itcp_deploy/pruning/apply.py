@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from itcp_deploy.collector import graphs_freed
 from itcp_deploy.errors import InputFileError, UsageError
 from itcp_deploy.models.copying import own_tensors, sharing_copy
 from itcp_deploy.pruning.importance import (
@@ -28,7 +29,7 @@ from itcp_deploy.pruning.importance import (
     group_importance,
 )
 from itcp_deploy.pruning.removal import is_removed, remove_branches
-from itcp_deploy.pruning.tracing import free_graphs, restore_requires_grad, root_group, trace
+from itcp_deploy.pruning.tracing import restore_requires_grad, root_group, trace
 from itcp_deploy.space import ChannelGroup, PruningSpace
 
 DEFAULT_GRADIENT_BATCHES = 4
@@ -89,13 +90,13 @@ def channel_importance(model: nn.Module, space: PruningSpace, importance: str = 
         Group name -> float64 vector of length ``full_width``, indexed like the root layer's output channels.
     """
     IMPORTANCE.get(importance)
-    work = copy.deepcopy(model)
-    graph = trace(work, space.input_shape, space.model)
-    try:
-        return _importances(graph, work, list(space.prunable), importance, loader, num_batches, loss_fn)
-    finally:
-        del graph, work
-        free_graphs()
+    with graphs_freed():
+        work = copy.deepcopy(model)
+        graph = trace(work, space.input_shape, space.model)
+        try:
+            return _importances(graph, work, list(space.prunable), importance, loader, num_batches, loss_fn)
+        finally:
+            del graph, work
 
 
 def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int], *,
@@ -133,15 +134,16 @@ def apply_widths(model: nn.Module, space: PruningSpace, widths: Mapping[str, int
     shared = not inplace and not gradients
     pruned = model if inplace else sharing_copy(model) if shared else copy.deepcopy(model)
     flags = {name: p.requires_grad for name, p in pruned.named_parameters()}
-    graph = trace(pruned, space.input_shape, space.model)
-    try:
-        scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn)
-                  if isinstance(importance, str) else importance)
-        drops = {g.name: _dropped(g, scores.get(g.name), plan[g.name], conv_multiple(model, g)) for g in targets}
-        _prune(_merged(graph, [root_group(graph, pruned, name, drop) for name, drop in drops.items()]))
-    finally:
-        del graph
-        free_graphs()
+    with graphs_freed():
+        graph = trace(pruned, space.input_shape, space.model)
+        try:
+            scores = (_importances(graph, pruned, targets, importance, loader, loss_fn=loss_fn)
+                      if isinstance(importance, str) else importance)
+            drops = {g.name: _dropped(g, scores.get(g.name), plan[g.name], conv_multiple(model, g))
+                     for g in targets}
+            _prune(_merged(graph, [root_group(graph, pruned, name, drop) for name, drop in drops.items()]))
+        finally:
+            del graph
     if shared:
         own_tensors(pruned, model)
     remove_branches(pruned, space, {g.name for g in targets if plan[g.name] == 0})

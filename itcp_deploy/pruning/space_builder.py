@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from itcp_deploy.collector import graphs_freed
 from itcp_deploy.engines.device import channel_block
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pruning.removal import removable_groups
@@ -29,7 +30,6 @@ from itcp_deploy.pruning.runnable import keep_unrunnable
 from itcp_deploy.pruning.tracing import (
     PRUNABLE_LAYERS,
     TracedGroup,
-    free_graphs,
     parameters_requiring_grad,
     trace,
     traced_groups,
@@ -219,6 +219,28 @@ def _fixed(name: str, width: int) -> ChannelGroup:
     return ChannelGroup(name=name, full_width=width, candidates=(width,), fixed=True)
 
 
+def _traced_space(model: nn.Module, shape: tuple[int, ...], model_spec: str, grid: CandidateGrid,
+                  ignored: set[str], ignore_layers: tuple[str, ...]) -> tuple[PruningSpace, set[str]]:
+    """The space TP's trace of ``model`` gives, and its removable groups (the graph dies on return)."""
+    graph = trace(model, shape, model_spec)
+    sizes = _record_sizes(model, shape)
+    traced = traced_groups(graph, model)
+    if not traced:
+        raise UsageError(f"{model_spec} has no Conv or Linear layer Torch-Pruning can prune",
+                         "pass a CNN whose layers are torch.nn.Conv2d / torch.nn.Linear modules")
+    seen = traced_layers(graph)
+    missing = [name for name, module in model.named_modules() if name in sizes and module not in seen]
+    constant = _constant_input_layers(model, shape) if missing else set()
+    for name in missing:
+        if name not in constant:  # a constant-input layer (position-bias MLP) keeps its widths; others refuse
+            raise _untraced(model_spec, name, "is missing from Torch-Pruning's graph")
+    layers, groups = _layer_groups(model, traced, _space_groups(traced, shape, grid, ignored), sizes)
+    _check_widths(model_spec, groups, layers)
+    space = PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
+                         grid=grid, ignore_layers=ignore_layers)
+    return space, removable_groups(graph, model, space)
+
+
 def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, model_spec: str = "custom",
                 grid: CandidateGrid | None = None, ignore_layers: Sequence[str] = ()) -> PruningSpace:
     """Find the channel groups of ``model`` and the groups setting each Conv/Linear layer's widths.
@@ -247,25 +269,8 @@ def build_space(model: nn.Module, input_shape: tuple[int, int, int, int], *, mod
     grid = grid or CandidateGrid().aligned_to(channel_block())
     shape = tuple(int(d) for d in input_shape)
     ignored = ignored_layer_names(model, ignore_layers, model_spec)
-    graph = trace(model, shape, model_spec)
-    sizes = _record_sizes(model, shape)
-    traced = traced_groups(graph, model)
-    if not traced:
-        raise UsageError(f"{model_spec} has no Conv or Linear layer Torch-Pruning can prune",
-                         "pass a CNN whose layers are torch.nn.Conv2d / torch.nn.Linear modules")
-    seen = traced_layers(graph)
-    missing = [name for name, module in model.named_modules() if name in sizes and module not in seen]
-    constant = _constant_input_layers(model, shape) if missing else set()
-    for name in missing:
-        if name not in constant:  # a constant-input layer (position-bias MLP) keeps its widths; others refuse
-            raise _untraced(model_spec, name, "is missing from Torch-Pruning's graph")
-    layers, groups = _layer_groups(model, traced, _space_groups(traced, shape, grid, ignored), sizes)
-    _check_widths(model_spec, groups, layers)
-    space = PruningSpace(model=model_spec, input_shape=shape, groups=tuple(groups), layers=tuple(layers),
-                         grid=grid, ignore_layers=tuple(ignore_layers))
-    removable = removable_groups(graph, model, space)
-    del graph
-    free_graphs()  # the trace's saved activations, before keep_unrunnable's pruned forwards
+    with graphs_freed():  # the trace's saved activations go before keep_unrunnable's pruned forwards
+        space, removable = _traced_space(model, shape, model_spec, grid, ignored, tuple(ignore_layers))
     space = replace(space, groups=tuple(replace(g, removable=g.name in removable) for g in space.groups))
     return keep_unrunnable(model, space)
 

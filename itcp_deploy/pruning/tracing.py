@@ -11,7 +11,6 @@ detector, :class:`~itcp_deploy.models.detection.TensorDetector`) is traced withi
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -87,17 +86,6 @@ def network_only(model: nn.Module) -> contextlib.AbstractContextManager:
     outputs, without the box decoding and NMS that hold no channels), else nothing."""
     network_only = getattr(model, "network_only", None)
     return network_only() if callable(network_only) else contextlib.nullcontext()
-
-
-def free_graphs() -> None:
-    """Collect the dependency graphs the caller has just dropped.
-
-    TP's graph is cyclic (nodes point at each other) and reaches the traced copy's modules and, through the
-    autograd nodes it keeps, the full-size tensors pruning replaced. Reference counting never frees it and
-    Python's collector counts objects, not bytes, so on a large model every pruned copy stayed in memory
-    until some later collection: a VGG profile grew by ~0.5 GB per engine and hit the zoo sweep's memory cap.
-    """
-    gc.collect()
 
 
 def traced_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
