@@ -69,3 +69,12 @@ def test_old_output_spellings_still_work_unshown(old, tmp_path):
     code, out, err = run_cli("calibrate", "--data", "synthetic", "--num", "4", old, str(tmp_path / "c"), "--json")
     assert code == 0, err
     assert old not in run_cli("calibrate", "--help")[1]
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "itcp_deploy", "check-latency"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "give an ENGINE or --run" in done.stderr, done.stderr
