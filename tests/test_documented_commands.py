@@ -57,7 +57,7 @@ def _fenced_commands(text: str) -> list[str]:
     found = []
     for block in _blocks(text)[0]:
         for line in _unfold(block).splitlines():
-            line = line.split(" #", 1)[0].strip()
+            line = line.split(" #", 1)[0].strip().replace("-m itcp_deploy ", "itcp-deploy ")  # python -m itcp_deploy
             if "itcp-deploy " in line and "docker build" not in line:
                 found.append(line[line.index("itcp-deploy "):].split(" && ")[0].split(" | ")[0].split(" > ")[0])
     return found
