@@ -132,3 +132,29 @@ def test_session_noise_is_the_spread_of_an_engines_medians_across_sessions():
     assert session_noise_pct([10.0, 10.0, 10.0]) == 0.0
     assert session_noise_pct([9.0, 10.0, 11.0]) == pytest.approx(10.0)  # sd 1 (ddof 1) over mean 10
     assert math.isnan(session_noise_pct([10.0]))  # one session says nothing about the next
+
+
+def test_counted_runs_are_bounded_by_time_at_the_measured_latency():
+    from itcp_deploy.profiling.timing import MIN_RUNS, runs_within
+
+    assert runs_within(300, 0.4, 20.0) == 300  # ResNet-20 at 32: all of them
+    assert runs_within(300, 1000.0, 20.0) == 20  # a detector at a second a run: 20 s of runs
+    assert runs_within(300, 60_000.0, 20.0) == MIN_RUNS and runs_within(3, 60_000.0, 20.0) == 3
+    assert runs_within(300, float("nan"), 20.0) == 300  # no latency to go by
+
+
+def test_a_slow_engines_layer_profile_takes_fewer_runs():
+    from types import SimpleNamespace
+
+    from itcp_deploy.profiling.layer_split import LAYER_SECONDS, layer_times
+
+    asked = {}
+    run = SimpleNamespace(
+        backend=SimpleNamespace(in_context_layers=True),
+        config=SimpleNamespace(layer_runs=300, timing=TimingConfig(warmup=20, max_round_s=2.0)),
+        cache=SimpleNamespace(get=lambda key: {"samples_ms": [[key] * 5]}),
+        latency_key=lambda plan, session: plan.latency_ms,
+        measure_layers=lambda plan, build, runs, warmup: asked.setdefault(plan.engine_id, (runs, warmup)))
+    plans = [SimpleNamespace(engine_id=e, latency_ms=ms) for e, ms in (("fast", 0.5), ("slow", 1000.0))]
+    layer_times(run, plans, {"fast": {}, "slow": {}}, lambda *a: None)
+    assert asked == {"fast": (300, 20), "slow": (int(LAYER_SECONDS), 5)}

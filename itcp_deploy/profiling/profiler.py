@@ -42,7 +42,7 @@ from itcp_deploy.profiling.design import (
     with_precisions,
 )
 from itcp_deploy.profiling.identity import model_hash, profile_identity
-from itcp_deploy.profiling.layer_split import layer_of_node, layer_times, split_layers
+from itcp_deploy.profiling.layer_split import LAYER_SECONDS, layer_of_node, layer_times, split_layers
 from itcp_deploy.profiling.records import EngineMeasurement, Profile
 from itcp_deploy.profiling.timing import TimingConfig, measure_interleaved, noise_pct, session_noise_pct, summarize
 from itcp_deploy.space import PruningSpace
@@ -207,7 +207,8 @@ class _Run:
         return range(self.config.noise_sessions if plan.role == "dense" else 1)
 
     def layers_key(self, plan: PlannedEngine) -> CacheKey:
-        return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs})
+        return self.key(plan, "layers", {"threads": self.config.engine.threads, "layer_runs": self.config.layer_runs,
+                                         "layer_seconds": LAYER_SECONDS})
 
     def measure_latency(self, plans: list[PlannedEngine], builds: dict[str, dict], session: str | None = None) -> None:
         """Measure the plans not measured yet (in ``session``, when given), interleaved; the dense engine also in
@@ -227,8 +228,9 @@ class _Run:
         self.summary.measurements_new += len(todo)
         self.progress("measure", len(todo), len(todo))
 
-    def measure_layers(self, plan: PlannedEngine, build: dict) -> dict:
+    def measure_layers(self, plan: PlannedEngine, build: dict, runs: int, warmup: int) -> dict:
         """Node times (cached), each node's layer attributed anew: cached times outlive an attribution fix."""
+
         key = self.layers_key(plan)
         artifact = self.cache.dir / build["artifact"]
         entry = self.cache.get(key)
@@ -237,7 +239,7 @@ class _Run:
             raw = entry["raw_ms"]
         else:
             with self.backend.runner(artifact, self._options()) as runner:
-                raw = runner.layer_times_ms(runner.random_feeds(), self.config.layer_runs, self.config.timing.warmup)
+                raw = runner.layer_times_ms(runner.random_feeds(), runs, warmup)
             raw = raw or {}
             self.cache.put(key, {"raw_ms": raw})
             self.summary.measurements_new += 1

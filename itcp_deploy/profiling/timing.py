@@ -88,6 +88,14 @@ class Interleaved:
     samples_ms: list[list[list[float]]] = field(default_factory=list)  # engine -> round -> samples
 
 
+def runs_within(runs: int, latency_ms: float, seconds: float) -> int:
+    """``runs``, or fewer (at least :data:`MIN_RUNS`) where they would take longer than ``seconds`` at
+    ``latency_ms`` a run: the time bound of a round for work that is counted before it starts."""
+    if not latency_ms > 0:
+        return runs
+    return min(runs, max(MIN_RUNS, math.ceil(seconds * 1000.0 / latency_ms)))
+
+
 def time_calls(
     run_once: Callable[[], object], runs: int, clock: str = "cpu", sync: Callable[[], None] | None = None,
     max_s: float = math.inf,
