@@ -178,3 +178,23 @@ def test_a_failing_kernel_on_one_image_is_raised_as_it_is():
 
     with pytest.raises(RuntimeError, match="could not create a primitive"):
         accumulate_gradients(_MemoryCapped(cap=0, message="could not create a primitive"), _batches(1, size=4), 1)
+
+
+def test_a_batch_is_taken_as_many_images_at_a_time_as_its_activations_allow(monkeypatch):
+    """RetinaNet at 512 held 19.5 GB for its 64 score images in one pass, and the OOM killer ended the run: a pass
+    takes at most PASS_BYTES of activations (x ACTIVATION_COPIES), with the same gradient."""
+    import itcp_deploy.pruning.importance as importance
+
+    torch.manual_seed(0)
+    whole, parts = _MemoryCapped(cap=64), _MemoryCapped(cap=64)
+    parts.load_state_dict(whole.state_dict())
+    batches = _batches(1, size=10)
+    assert importance.images_per_pass(whole, batches[0][0]) >= 10  # a few KB an image: one pass
+    importance.accumulate_gradients(whole, batches, 1)
+    passes = []
+    monkeypatch.setattr(importance, "PASS_BYTES", 1)  # one image a pass
+    monkeypatch.setattr(parts, "forward", lambda x, f=parts.forward: passes.append(len(x)) or f(x))
+    importance.accumulate_gradients(parts, batches, 1)
+    assert passes == [1] * 11  # the probe's image, then each of the ten
+    for a, b in zip(whole.parameters(), parts.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -96,9 +96,10 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
                          loss_fn: LossFn | None = None) -> int:
     """Sum the gradients of the loss (``loss_fn(model(x), y)``, the mean cross-entropy by default) over up to
     ``num_batches`` batches into ``.grad``, scaled to a per-batch mean, in eval mode. Every parameter gets a
-    gradient (fixed layers too). A batch that does not fit in memory (MaxViT at 224: 16 images' activations)
-    is taken in halves, each half's loss weighted by its share, which is the same gradient for a mean loss;
-    later batches start at the size that fitted. Returns batches."""
+    gradient (fixed layers too). A batch is taken :func:`images_per_pass` images at a time, each part's loss
+    weighted by its share (the same gradient for a mean loss); one that still runs out of memory (MaxViT at 224:
+    16 images' activations) is taken in halves, and later batches start at the size that fitted. Returns
+    batches."""
     training = model.training
     model.eval()
     params = list(model.parameters())
@@ -110,7 +111,8 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
         for x, y in batches:
             if seen >= num_batches:
                 break
-            step = fits if fits and isinstance(y, torch.Tensor) and len(y) == len(x) else len(x)
+            fits = fits or images_per_pass(model, x)
+            step = min(fits, len(x)) if _sliceable(x, y) else len(x)
             for start in range(0, len(x), step):
                 part = slice(start, start + step)
                 batch = (x[part], y[part]) if step < len(x) else (x, y)
@@ -129,6 +131,51 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
 #: oneDNN's error when it cannot allocate a kernel's buffers (maxvit_t's GELU at 16 images, near the zoo sweep's
 #: memory cap); another cause of it fails again on the halves, and on one image is raised as it is
 _ONEDNN_NO_MEMORY = "could not create a primitive"
+
+
+#: the activations one gradient pass may hold, and how many copies of its forward outputs a pass holds at its
+#: peak (those saved for backward, the gradients flowing back, the allocator's slack: a rough bound). RetinaNet at
+#: 512 took its 64 score images in one pass: 19.5 GB, and Linux's OOM killer ended the run before torch could
+#: report an allocation failing, so the halving above never ran
+PASS_BYTES = 1 << 31
+ACTIVATION_COPIES = 3
+
+
+def images_per_pass(model: nn.Module, x: Any) -> int:
+    """How many images of ``x`` one gradient pass may take: :data:`PASS_BYTES` over one image's forward outputs
+    (every leaf module's, one forward without gradients) x :data:`ACTIVATION_COPIES`; at least 1. ``len(x)``
+    when that one image does not fit either: the gradient pass reports it."""
+    outputs = 0
+
+    def count(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        nonlocal outputs
+        outputs += sum(t.numel() * t.element_size() for t in _tensors(out))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    except RuntimeError as err:
+        if not (is_out_of_memory(err) or _ONEDNN_NO_MEMORY in str(err)):
+            raise
+        return len(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(1, PASS_BYTES // max(1, outputs * ACTIVATION_COPIES))
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a module's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [t for item in items for t in _tensors(item)]
+
+
+def _sliceable(x: Any, y: Any) -> bool:
+    """Whether a batch can be taken in parts: one target per image (class labels, or a detector's box dicts)."""
+    return isinstance(y, (torch.Tensor, list, tuple)) and len(y) == len(x)
 
 
 def computes_own_loss(model: nn.Module) -> bool:
@@ -158,7 +205,7 @@ def _add_gradient(model: nn.Module, params: list[nn.Parameter], batch: Batch, lo
     try:
         grads = torch.autograd.grad(batch_loss(model, x, y, loss_fn) * weight, params, allow_unused=True)
     except RuntimeError as err:  # torch's CPU allocator raises RuntimeError ("can't allocate memory")
-        splittable = len(x) > 1 and isinstance(y, torch.Tensor) and len(y) == len(x)
+        splittable = len(x) > 1 and _sliceable(x, y)
         if not (is_out_of_memory(err) or (splittable and _ONEDNN_NO_MEMORY in str(err))):
             raise
         if not splittable:
