@@ -86,7 +86,8 @@ def _parse(words: list[str]) -> None:
 
     group = typer.main.get_command(app)
     root = group.make_context("itcp-deploy", list(words), resilient_parsing=True)
-    name, cmd, rest = group.resolve_command(root, words)
+    command = words[next((i for i, w in enumerate(words) if not w.startswith("-")), len(words)):]  # after -v
+    name, cmd, rest = group.resolve_command(root, command)
     assert cmd is not None, f"no command {words[0]!r}"
     if not rest:  # a command named in prose (`itcp-deploy fit`): it exists
         return
