@@ -152,9 +152,8 @@ def test_a_slow_engines_layer_profile_takes_fewer_runs():
     run = SimpleNamespace(
         backend=SimpleNamespace(in_context_layers=True),
         config=SimpleNamespace(layer_runs=300, timing=TimingConfig(warmup=20, max_round_s=2.0)),
-        cache=SimpleNamespace(get=lambda key: {"samples_ms": [[key] * 5]}),
-        latency_key=lambda plan, session: plan.latency_ms,
         measure_layers=lambda plan, build, runs, warmup: asked.setdefault(plan.engine_id, (runs, warmup)))
     plans = [SimpleNamespace(engine_id=e, latency_ms=ms) for e, ms in (("fast", 0.5), ("slow", 1000.0))]
-    layer_times(run, plans, {"fast": {}, "slow": {}}, lambda *a: None)
+    layer_times(run, plans, {"fast": {}, "slow": {}}, lambda *a: None, None,
+                {p.engine_id: p.latency_ms for p in plans})
     assert asked == {"fast": (300, 20), "slow": (int(LAYER_SECONDS), 5)}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from itcp_deploy.engines.backend import ATTACHED
 from itcp_deploy.profiling.records import ATTACHED_SUFFIX
-from itcp_deploy.profiling.timing import runs_within, summarize
+from itcp_deploy.profiling.timing import runs_within
 
 LAYER_SECONDS = 20.0  # an engine's profiled runs for layer times stop at about this long (binds above 67 ms a run)
 
@@ -63,11 +63,11 @@ def layer_of_node(node_to_module: dict[str, str], node: str | None) -> str | Non
 
 
 def layer_times(run, plans: list, builds: dict[str, dict], progress: Callable[[str, int, int], None],
-                session: str | None = None) -> dict:
+                session: str | None, latency_ms: dict[str, float]) -> dict:
     """Per-layer times of every plan: in context where the backend profiles layers, else isolated (the rest of
     the engine's latency in ``session``, as measured). In context, an engine's profiled runs (``layer_runs``) and
-    their warm-up stop at about :data:`LAYER_SECONDS` and ``max_round_s`` at its measured latency: a detector that
-    takes a second a run is profiled in 20 runs, not 300."""
+    their warm-up stop at about :data:`LAYER_SECONDS` and ``max_round_s`` at its measured latency (``latency_ms``,
+    by engine id): a detector that takes a second a run is profiled in 20 runs, not 300."""
     if not run.backend.in_context_layers:
         from itcp_deploy.profiling.isolated import isolated_layer_ms
 
@@ -75,7 +75,7 @@ def layer_times(run, plans: list, builds: dict[str, dict], progress: Callable[[s
     layers = {}
     for i, plan in enumerate(plans):
         progress("layers", i, len(plans))
-        latency = summarize([run.cache.get(run.latency_key(plan, session))["samples_ms"]]).stats[0].median_ms
+        latency = latency_ms[plan.engine_id]
         runs = runs_within(run.config.layer_runs, latency, LAYER_SECONDS)
         warmup = runs_within(run.config.timing.warmup, latency, run.config.timing.max_round_s)
         layers[plan.engine_id] = run.measure_layers(plan, builds[plan.engine_id], runs, warmup)

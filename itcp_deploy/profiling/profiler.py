@@ -230,7 +230,6 @@ class _Run:
 
     def measure_layers(self, plan: PlannedEngine, build: dict, runs: int, warmup: int) -> dict:
         """Node times (cached), each node's layer attributed anew: cached times outlive an attribution fix."""
-
         key = self.layers_key(plan)
         artifact = self.cache.dir / build["artifact"]
         entry = self.cache.get(key)
@@ -258,10 +257,12 @@ def _measure_round(run: _Run, plans: list[PlannedEngine], started: float, sessio
         builds[plan.engine_id] = run.build(plan)
     run.progress("build", len(plans), len(plans))
     run.measure_latency(plans, builds, session)
-    layers = layer_times(run, plans, builds, run.progress, session)
+    measured = {p.engine_id: summarize([run.cache.get(run.latency_key(p, session))["samples_ms"]]) for p in plans}
+    layers = layer_times(run, plans, builds, run.progress, session,
+                         {e: stats.stats[0].median_ms for e, stats in measured.items()})
     engines = []
     for plan in plans:
-        stats = summarize([run.cache.get(run.latency_key(plan, session))["samples_ms"]])
+        stats = measured[plan.engine_id]
         entry = layers[plan.engine_id]
         if "raw_ms" in entry:
             entry = split_layers(entry["raw_ms"], entry["node_module"], stats.stats[0].median_ms,

@@ -106,13 +106,15 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[Batch], num_batches
     for p in params:
         p.requires_grad_(True)
         p.grad = None
-    seen, fits = 0, None  # fits: the most images a pass took once a larger pass ran out of memory
+    seen, fits = 0, None  # fits: the most images a pass may take (lowered when a pass ran out of memory)
     with torch.enable_grad():
         for x, y in batches:
             if seen >= num_batches:
                 break
-            fits = fits or images_per_pass(model, x)
-            step = min(fits, len(x)) if _sliceable(x, y) else len(x)
+            sliceable = _sliceable(x, y)
+            if sliceable:  # a batch that cannot be split goes in one pass: no probe for its bound
+                fits = fits or images_per_pass(model, x)
+            step = min(fits, len(x)) if sliceable and fits else len(x)
             for start in range(0, len(x), step):
                 part = slice(start, start + step)
                 batch = (x[part], y[part]) if step < len(x) else (x, y)
