@@ -99,14 +99,19 @@ def test_rerun_skips_finished_stages(finished):
     assert again.widths == report.widths
 
 
-def test_interrupted_run_resumes_after_last_finished_stage(finished):
+def test_interrupted_run_resumes_after_last_finished_stage(finished, tmp_path):
+    import shutil
+
     tmp, config, report, _ = finished
-    state_path = tmp / "out" / "state.json"
+    shutil.copytree(tmp / "out", tmp_path / "out")
+    state_path = tmp_path / "out" / "state.json"
     state = json.loads(state_path.read_text())
     del state["stages"]["final"]  # as if the process died while building the final engine
+    state.pop("retries", None)
+    state["config"]["loop"]["final_retries"] = 0  # a final engine that misses in a noisy window would re-solve
     state_path.write_text(json.dumps(state))
     logs: list[str] = []
-    run(config, log=logs.append)
+    run(replace(config, out_dir=str(tmp_path / "out"), loop=replace(config.loop, final_retries=0)), log=logs.append)
     ran = [line for line in logs if line.startswith("stage") and "skipped" not in line]
     assert ran == ["stage final ..."], logs
 
@@ -233,12 +238,17 @@ def test_a_value_dependent_engine_is_measured_as_it_will_ship(finished, monkeypa
     import shutil
     from types import SimpleNamespace
 
+    import torch
+
     from itcp_deploy.models import create_model
     from itcp_deploy.pipeline import closed_loop as loop_module
     from itcp_deploy.pipeline.meter import Measured, TargetMeter
+    from itcp_deploy.pipeline.run_dir import RunFolder
+    from itcp_deploy.pipeline.strategies import one_shot_model
+    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.profiling.engine_timing import EngineLatency
     from itcp_deploy.profiling.records import LatencyStats
-    from itcp_deploy.pruning import build_space
+    from itcp_deploy.pruning import apply_widths, build_space
 
     tmp, config, _, _ = finished
     model = create_model("cifar_resnet20", num_classes=10).eval()
@@ -256,7 +266,7 @@ def test_a_value_dependent_engine_is_measured_as_it_will_ship(finished, monkeypa
 
     def one_shot(ctx, widths, imp):
         calls["one_shot"] += 1
-        return model, []
+        return apply_widths(model, space, widths, importance="l1"), ["layer1.0.conv1"]
 
     monkeypatch.setattr(loop_module, "channel_importance_of", importance)
     monkeypatch.setattr(loop_module, "one_shot", one_shot)
@@ -265,10 +275,18 @@ def test_a_value_dependent_engine_is_measured_as_it_will_ship(finished, monkeypa
         monkeypatch.setattr("itcp_deploy.engines.export.value_dependent", lambda path, d=dependent: d)
         out = tmp_path / f"loop-{dependent}"
         shutil.copytree(tmp / "out", out, ignore=shutil.ignore_patterns("engines", "rounds", "finetune"))
-        result = loop_module.closed_loop(_loop_context(config, out, model, space),
-                                         [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)])
+        ctx = _loop_context(config, out, model, space)
+        result = loop_module.closed_loop(ctx, [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)])
         rounds = len(result["rounds"])
         assert calls == ({"importance": 1, "one_shot": rounds} if dependent else {"importance": 0, "one_shot": 0})
+        # the finetuning stage takes the loop's one-shot model of the accepted plan instead of making it again
+        assert result["shipped_refit"] == (["layer1.0.conv1"] if dependent else None)
+        assert RunFolder(out).shipped_model.is_file() is dependent
+    plan = PruningPlan.load(RunFolder(out).plan)
+    made, refit = one_shot_model(replace(ctx, state=SimpleNamespace(done=lambda stage: result)), plan)
+    assert calls["one_shot"] == rounds and refit == ["layer1.0.conv1"]
+    expected = apply_widths(model, space, plan.widths, importance="l1").state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in made.state_dict().items())
 
 
 def test_profile_engines_with_an_sla_runs_the_pipeline_of_run(monkeypatch, tmp_path):

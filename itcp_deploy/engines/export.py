@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from itcp_deploy.atomic_io import atomic_path
 from itcp_deploy.engines.detection_parity import detections_error
@@ -101,14 +102,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def _flat_outputs(output: object) -> list[np.ndarray]:
-    if isinstance(output, torch.Tensor):
-        return [output.detach().numpy()]
-    if isinstance(output, (tuple, list)):
-        return [a for item in output for a in _flat_outputs(item)]
-    if isinstance(output, dict):
-        return [a for item in output.values() for a in _flat_outputs(item)]
-    raise ItcpError(f"model returns a {type(output).__name__}, which ONNX cannot hold",
-                    "return a tensor (or a tuple of tensors) from forward()")
+    """The arrays of a model's output, in ONNX's order (a tensor, or tuples, lists and dicts of them)."""
+    leaves = tree_leaves(output)
+    if wrong := [leaf for leaf in leaves if not isinstance(leaf, torch.Tensor)]:
+        raise ItcpError(f"model returns a {type(wrong[0]).__name__}, which ONNX cannot hold",
+                        "return a tensor (or a tuple of tensors) from forward()")
+    return [leaf.detach().numpy() for leaf in leaves]
 
 
 def verify_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, trials: int = 2,

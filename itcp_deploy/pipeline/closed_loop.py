@@ -35,7 +35,10 @@ from itcp_deploy.pipeline.stages import RunContext, channel_importance_of, one_s
 from itcp_deploy.search.precision import split_states
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.search.vector import VectorSolution
 
 Log = Callable[[str], None]
@@ -224,7 +227,6 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
     from itcp_deploy.engines.build import build_engine
     from itcp_deploy.engines.mixed import group_layers
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.pruning import apply_widths
     from itcp_deploy.search.dp import min_latency_ms
 
     c, targets = ctx.config, ctx.config.targets
@@ -236,11 +238,11 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
                 f"{t.latency.describe(m.dense_ms())}, aim {m.aim_ms:.4f} ms")
 
     importance = _as_shipped(ctx)
+    shipped: dict[str, tuple] = {}  # each round's one-shot model and refit layers, by its widths
 
     def measure(states: dict, r: int) -> list[dict]:
         widths, int8 = split_states(states)
-        pruned = (apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1") if importance is None
-                  else one_shot(ctx, widths, importance)[0])
+        pruned = _round_model(ctx, widths, importance, shipped)
         out = []
         for t, meter in zip(targets, meters, strict=True):
             built = build_engine(pruned, t.input_shape, *ctx.folder.target(t.name).round_engine("round", r),
@@ -266,9 +268,38 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
     if len(targets) > 1:
         chosen = _measure_candidates(rounds, problems, measure, chosen, ctx.log)
     i = rounds.solutions.index(chosen)
-    _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
+    plan = _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
     return {**loop_record(targets, meters, rounds.records, rounds.notes, i, chosen), "probes": probes,
-            "search_bias": {t.name: b for t, b in zip(targets, biases, strict=True)}}
+            "search_bias": {t.name: b for t, b in zip(targets, biases, strict=True)},
+            "shipped_refit": _keep_shipped(ctx, shipped.get(_widths_key(chosen.widths)), plan)}
+
+
+def _round_model(ctx: RunContext, widths: dict[str, int], importance: dict | None, shipped: dict) -> nn.Module:
+    """A round's model: the plain pruned weights, or (``importance`` given) the one-shot model, kept in
+    ``shipped`` by its widths."""
+    from itcp_deploy.pruning import apply_widths
+
+    if importance is None:
+        return apply_widths(ctx.inputs.model, ctx.space, widths, importance="l1")
+    key = _widths_key(widths)
+    shipped[key] = shipped.get(key) or one_shot(ctx, widths, importance)
+    return shipped[key][0]
+
+
+def _widths_key(states: dict) -> str:
+    return repr(sorted(split_states(states)[0].items()))
+
+
+def _keep_shipped(ctx: RunContext, shipped: tuple | None, plan: PruningPlan) -> list[str] | None:
+    """Save the one-shot model the loop made of the accepted plan (:attr:`RunFolder.shipped_model`) for the
+    finetuning stage; returns its refit layers, None where the rounds used plain pruned weights."""
+    from itcp_deploy.pruning import save_pruned
+
+    if shipped is None:
+        return None
+    model, refit = shipped
+    save_pruned(ctx.folder.shipped_model, model, plan, plan_path=ctx.folder.plan)
+    return list(refit)
 
 
 def _as_shipped(ctx: RunContext) -> dict | None:
@@ -301,15 +332,17 @@ def loop_record(targets, meters: list[TargetMeter], records: list[dict], notes: 
             "rounds": records, "notes": notes}
 
 
-def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front: list) -> None:
+def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front: list) -> PruningPlan:
     from itcp_deploy.plan import PruningPlan
 
     c = ctx.config
     widths, int8 = split_states(chosen.widths)
-    PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
+    plan = PruningPlan(model=c.model, input_shape=tuple(c.input_shape),
                 widths={g.name: widths[g.name] for g in ctx.space.prunable}, method=c.method,
                 criterion=c.criterion, importance=c.importance, budget_ms=budget_ms, predicted_ms=chosen.costs[0],
-                score=chosen.score, weights=c.weights, pareto=front, int8_groups=int8).save(ctx.folder.plan)
+                score=chosen.score, weights=c.weights, pareto=front, int8_groups=int8)
+    plan.save(ctx.folder.plan)
+    return plan
 
 
 def _single_target_plans(names: list[str], problems, budgets: list[float], above: float) -> list[VectorSolution]:

@@ -68,6 +68,7 @@ class RunFolder:
         self.plan = self.root / "widths.json"
         self.pruned = self.root / "pruned.pt"
         self.peer_model = self.root / "peer_pruned.pt"  # a peer pruner's own pruned model (its channel choice)
+        self.shipped_model = self.root / "loop_pruned.pt"  # the loop's one-shot model of its plan, when it made one
         self.finetune = self.root / "finetune"
         self.pareto_plot = self.root / "pareto.png"
         self.widths_plot = self.root / "widths.png"

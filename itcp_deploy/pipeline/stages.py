@@ -299,15 +299,11 @@ def stage_finetune(ctx: RunContext) -> dict:
             "compensated_layers": refit}
 
 
-def one_shot_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]]:
-    """The plan made into a model by the one-shot recipe: the channels of largest importance kept, least-squares
-    compensation (when configured), BatchNorm re-estimated; returns it and the refit layers."""
-    return one_shot(ctx, plan.widths, channel_importance_of(ctx))
-
-
 def one_shot(ctx: RunContext, widths: dict[str, int], importance: dict) -> tuple[nn.Module, list[str]]:
-    """:func:`one_shot_model` at ``widths``, the channels ranked by ``importance`` (:func:`channel_importance_of`,
-    computed once where many plans are made: the loop's rounds of a value-dependent engine)."""
+    """A plan's widths made into a model by the one-shot recipe: the channels of largest ``importance``
+    (:func:`channel_importance_of`, computed once where many plans are made: the loop's rounds of a
+    value-dependent engine) kept, least-squares compensation (when configured), BatchNorm re-estimated; returns
+    it and the refit layers."""
     from itcp_deploy.pruning.compensate import OneShot, prune_one_shot
 
     c, inputs = ctx.config, ctx.inputs

@@ -2,7 +2,8 @@
 method's kind.
 
 - ``itcp`` and every baseline search (:data:`~itcp_deploy.search.baselines.SEARCH_METHODS`): the closed loop on
-  predicted budgets (:func:`~itcp_deploy.pipeline.closed_loop.closed_loop`), then the one-shot recipe.
+  predicted budgets (:func:`~itcp_deploy.pipeline.closed_loop.closed_loop`), then the one-shot recipe (the
+  loop's own one-shot model of the plan, where it built its rounds as shipped).
 - ``tp-taylor``, ``tp-taylor-round``: Torch-Pruning's own pruner behind the same SLA. It has no latency model,
   so it bisects on its ``pruning_ratio`` against the candidate's latency measured by the same
   :class:`~itcp_deploy.pipeline.meter.TargetMeter` (engine, timing, safety margin) as ITCP's loop, on the same
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.closed_loop import closed_loop, loop_record
 from itcp_deploy.pipeline.meter import TargetMeter
-from itcp_deploy.pipeline.stages import RunContext, Strategy, one_shot_model, score_batches
+from itcp_deploy.pipeline.stages import RunContext, Strategy, channel_importance_of, one_shot, score_batches
 from itcp_deploy.registry import Registry
 
 if TYPE_CHECKING:
@@ -74,6 +75,21 @@ def peer_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]
     model = load_pruned(ctx.folder.peer_model, plan, weights=c.weights, trust_code=c.trust_code,
                         base=ctx.inputs.model).eval()  # prune()'s own module: its name is no spec to rebuild from
     return recalibrate_bn(model, ctx.inputs.batches(c.recipe.bn_batches), num_batches=c.recipe.bn_batches), []
+
+
+def one_shot_model(ctx: RunContext, plan: PruningPlan) -> tuple[nn.Module, list[str]]:
+    """The plan made into a model by the one-shot recipe (:func:`~itcp_deploy.pipeline.stages.one_shot`). Where
+    the loop already made it, to build its round's engine as it will ship, the loop's model is taken: the same
+    recipe on the same plan, not run again (25 minutes of compensation for RetinaNet at 512)."""
+    from itcp_deploy.pruning import load_pruned
+
+    refit = (ctx.state.done("loop") or {}).get("shipped_refit")
+    if refit is None or not ctx.folder.shipped_model.is_file():
+        return one_shot(ctx, plan.widths, channel_importance_of(ctx))
+    c = ctx.config
+    model = load_pruned(ctx.folder.shipped_model, plan, weights=c.weights, trust_code=c.trust_code,
+                        base=ctx.inputs.model)
+    return model.eval(), refit
 
 
 BUDGET = Strategy(loop=closed_loop, pruned=one_shot_model)

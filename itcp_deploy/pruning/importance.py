@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from itcp_deploy.errors import ItcpError, UsageError, is_out_of_memory
 from itcp_deploy.registry import Registry
@@ -169,10 +170,7 @@ def images_per_pass(model: nn.Module, x: Any) -> int:
 
 def _tensors(value: Any) -> list[torch.Tensor]:
     """The tensors in a module's output (a tensor, or tuples, lists and dicts of them)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    return [t for item in items for t in _tensors(item)]
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def _sliceable(x: Any, y: Any) -> bool:
