@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import die_with_parent  # noqa: E402
+from bench.processes import code_commit, die_with_parent  # noqa: E402
 
 # cheapest first, so that an unfinished sweep has the most rows
 MODELS = [f"torchvision:{n}" for n in (
@@ -87,16 +87,6 @@ def row_from_folder(out: Path) -> dict:
     return row
 
 
-def _commit(code: Path) -> str:
-    """The commit of ``code``: its git HEAD (``+dirty`` with uncommitted changes), or the ``COMMIT`` file of an
-    exported copy (``git archive``, so that commits made while a sweep runs do not change its code)."""
-    if (code / "COMMIT").exists():
-        return (code / "COMMIT").read_text().strip()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "itcp_deploy"], cwd=code, capture_output=True, text=True)
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 @dataclass(frozen=True)
 class SweepSettings:
     """What every run of one sweep shares: its label, profiling cache, code checkout, ``--data``, where to keep
@@ -126,7 +116,7 @@ def run_model(spec: str, work: Path, settings: SweepSettings) -> dict:
     lines = [ln.strip() for ln in err.splitlines() if ln.strip() and "Warning" not in ln]
     row = {"model": spec, "label": settings.label, "input_shape": SHAPE, "speedup": SPEEDUP, "exit": rc,
            "status": "pass" if rc in (0, 1) and (out / "report.json").exists() else "fail",
-           "error": lines[-1][:300] if rc != 0 and lines else "", "commit": _commit(code),
+           "error": lines[-1][:300] if rc != 0 and lines else "", "commit": code_commit(code),
            "wall_s": round(time.perf_counter() - started, 1), "load_start": round(load, 2),
            "load_end": round(os.getloadavg()[0], 2),
            "command": "itcp-deploy " + " ".join(cmd[3:]).replace(str(out), "OUT")}

@@ -35,9 +35,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from bench.processes import die_with_parent  # noqa: E402
+from bench.processes import code_commit, die_with_parent  # noqa: E402
 from bench.zoo_models import TIMM_MODELS, torchvision_classifiers  # noqa: E402
 from bench.zoo_table import compare, print_table  # noqa: E402
 
@@ -119,7 +120,7 @@ def sweep(models: list[str], out: Path, cap_s: float, rerun_failed: bool) -> Non
             continue
         with tempfile.TemporaryDirectory(prefix="zoo-") as work:
             record = run_model(spec, cap_s, Path(work))
-        record["cap_s"] = cap_s
+        record.update(cap_s=cap_s, commit=code_commit(ROOT), load_end=round(os.getloadavg()[0], 2))
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"{spec}: {record['status']} {record.get('stage') or ''} {record.get('error') or ''}", flush=True)
