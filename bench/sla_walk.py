@@ -5,7 +5,9 @@ A frame counts when, at its call, one of its arguments is the run's ``LatencyTar
 levels of attributes and items (a RunConfig, a DeployTarget, a meter, the run context). Dataclass ``__init__``,
 ``__post_init__``, comprehensions and lambdas are left out of the function walk; consecutive calls within one
 room are one step. ``reads``: the functions that read an attribute of the ``LatencyTarget`` itself (where the SLA
-is used rather than carried). Runs ``profile-engines --sla-ms`` (the same pipeline as ``run``) on a small synthetic set.
+is used rather than carried). ``loop_stage``: the function walk within the loop stage alone (``stage_loop``),
+the scope of issue 23's own count. Runs ``profile-engines --sla-ms`` (the same pipeline as ``run``) on a small
+synthetic set.
 
 Example (before/after: run it with PYTHONPATH at each checkout)::
 
@@ -79,16 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     modules: list[str] = []
     functions: list[str] = []
+    loop: list[str] = []  # the functions entered within the loop stage (the issue's "stage_loop walk")
+    inside: list[object] = []
 
     def profile(frame, event, arg) -> None:
         module = frame.f_globals.get("__name__", "")
-        if event != "call" or not module.startswith("itcp_deploy") or module.startswith("itcp_deploy.cli.common"):
+        if not module.startswith("itcp_deploy") or module.startswith("itcp_deploy.cli.common"):
+            return
+        if frame.f_code.co_name == "stage_loop":
+            if event == "call":
+                inside.append(frame)
+            elif event == "return" and inside:
+                inside.pop()
+        if event != "call":
             return
         if any(holds(v) for v in list(frame.f_locals.values())):
             modules.append(module.removeprefix("itcp_deploy."))
             name = f"{module.removeprefix('itcp_deploy.')}.{frame.f_code.co_qualname}"
             if not SKIP.search(name):
                 functions.append(name)
+                if inside:
+                    loop.append(name)
 
     reads: list[str] = []
     _spy_reads(reads)
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--json"])
     sys.setprofile(None)
     result = {"exit": code, "modules": walk_counts(modules), "functions": walk_counts(functions),
+              "loop_stage": walk_counts(loop), "loop_rooms": list(dict.fromkeys(loop)),
               "rounds": len(json.loads((Path(args.out) / "report.json").read_text())["rounds"]),
               "reads": walk_counts(reads), "reading_rooms": list(dict.fromkeys(reads)),
               "function_rooms": list(dict.fromkeys(functions)),

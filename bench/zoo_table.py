@@ -74,4 +74,10 @@ def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
              f"{med([a for _, _, a in errs]):.2f}% after; better in {sum(a < b for _, b, a in errs)} of {len(errs)}",
              f"- more than a point worse after ({len(worse)}): "
              + ", ".join(f"{m} {b:.1f} -> {a:.1f}" for m, b, a in worse)]
+    noise = [(before[m].get("noise_pct"), after[m].get("noise_pct")) for m, _, _ in errs]
+    bar = [sum(r[m]["perf_err_pct"] <= max(1.5 * (r[m].get("noise_pct") or 0.0), 2.0) for m, _, _ in errs)
+           for r in (before, after)]
+    lines.append(f"- median noise floor of those: {med([b for b, _ in noise if b is not None]):.2f}% before, "
+                 f"{med([a for _, a in noise if a is not None]):.2f}% after; held-out error within "
+                 f"max(1.5 x noise, 2%): {bar[0]} of {len(errs)} before, {bar[1]} after")
     return lines
