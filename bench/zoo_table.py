@@ -77,7 +77,14 @@ def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
     noise = [(before[m].get("noise_pct"), after[m].get("noise_pct")) for m, _, _ in errs]
     bar = [sum(r[m]["perf_err_pct"] <= max(1.5 * (r[m].get("noise_pct") or 0.0), 2.0) for m, _, _ in errs)
            for r in (before, after)]
+    better = [(m, b, a) for m, b, a in errs if a < b - 1.0]
+    lines.append(f"- more than a point better after ({len(better)}): "
+                 + ", ".join(f"{m} {b:.1f} -> {a:.1f}" for m, b, a in better))
     lines.append(f"- median noise floor of those: {med([b for b, _ in noise if b is not None]):.2f}% before, "
                  f"{med([a for _, a in noise if a is not None]):.2f}% after; held-out error within "
                  f"max(1.5 x noise, 2%): {bar[0]} of {len(errs)} before, {bar[1]} after")
+    tail = [(sum(e) / len(e) if e else float("nan"), sorted(e)[int(0.9 * (len(e) - 1))] if e else float("nan"),
+             sum(x > 5.0 for x in e)) for e in ([b for _, b, _ in errs], [a for _, _, a in errs])]
+    lines.append(f"- held-out error mean, 90th percentile, models above 5%: {tail[0][0]:.2f}%, {tail[0][1]:.2f}%, "
+                 f"{tail[0][2]} before; {tail[1][0]:.2f}%, {tail[1][1]:.2f}%, {tail[1][2]} after")
     return lines
