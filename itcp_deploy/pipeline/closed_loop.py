@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.search.vector import VectorSolution
 
 Log = Callable[[str], None]
@@ -268,10 +267,12 @@ def closed_loop(ctx: RunContext, meters: list[TargetMeter]) -> dict:
     if len(targets) > 1:
         chosen = _measure_candidates(rounds, problems, measure, chosen, ctx.log)
     i = rounds.solutions.index(chosen)
-    plan = _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [])
+    kept = shipped.get(_widths_key(chosen.widths))  # the accepted plan's one-shot model, where rounds made them
+    _save_plan(ctx, chosen, rounds.records[i]["targets"][0]["budget_ms"], fronts[i] if i < len(fronts) else [],
+               kept[0] if kept else None)
     return {**loop_record(targets, meters, rounds.records, rounds.notes, i, chosen), "probes": probes,
             "search_bias": {t.name: b for t, b in zip(targets, biases, strict=True)},
-            "shipped_refit": _keep_shipped(ctx, shipped.get(_widths_key(chosen.widths)), plan)}
+            "shipped_refit": list(kept[1]) if kept else None}  # None: the finetuning stage makes the model
 
 
 def _round_model(ctx: RunContext, widths: dict[str, int], importance: dict | None, shipped: dict) -> nn.Module:
@@ -288,18 +289,6 @@ def _round_model(ctx: RunContext, widths: dict[str, int], importance: dict | Non
 
 def _widths_key(states: dict) -> str:
     return repr(sorted(split_states(states)[0].items()))
-
-
-def _keep_shipped(ctx: RunContext, shipped: tuple | None, plan: PruningPlan) -> list[str] | None:
-    """Save the one-shot model the loop made of the accepted plan (:attr:`RunFolder.shipped_model`) for the
-    finetuning stage; returns its refit layers, None where the rounds used plain pruned weights."""
-    from itcp_deploy.pruning import save_pruned
-
-    if shipped is None:
-        return None
-    model, refit = shipped
-    save_pruned(ctx.folder.shipped_model, model, plan, plan_path=ctx.folder.plan)
-    return list(refit)
 
 
 def _as_shipped(ctx: RunContext) -> dict | None:
@@ -332,8 +321,11 @@ def loop_record(targets, meters: list[TargetMeter], records: list[dict], notes: 
             "rounds": records, "notes": notes}
 
 
-def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front: list) -> PruningPlan:
+def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front: list, model: nn.Module | None) -> None:
+    """Write the chosen plan, and with it the loop's one-shot ``model`` of it when the rounds made one (for the
+    finetuning stage: :attr:`RunFolder.shipped_model`)."""
     from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.pruning import save_pruned
 
     c = ctx.config
     widths, int8 = split_states(chosen.widths)
@@ -341,8 +333,10 @@ def _save_plan(ctx: RunContext, chosen: VectorSolution, budget_ms: float, front:
                 widths={g.name: widths[g.name] for g in ctx.space.prunable}, method=c.method,
                 criterion=c.criterion, importance=c.importance, budget_ms=budget_ms, predicted_ms=chosen.costs[0],
                 score=chosen.score, weights=c.weights, pareto=front, int8_groups=int8)
-    plan.save(ctx.folder.plan)
-    return plan
+    if model is None:
+        plan.save(ctx.folder.plan)
+    else:
+        save_pruned(ctx.folder.shipped_model, model, plan, plan_path=ctx.folder.plan)
 
 
 def _single_target_plans(names: list[str], problems, budgets: list[float], above: float) -> list[VectorSolution]:
