@@ -12,6 +12,7 @@ what can be compared. One JSON line per model.
         --weights ../shared/weights/cifar10-resnet/resnet56-4bfd9763.th --data cifar10:../shared/data/cifar10-jpeg \\
         --test ../shared/data/cifar10-exact-test-1017 --size 32 --batch 64
     OMP_NUM_THREADS=1 python bench/compensation_time.py torchvision:resnet50 --size 224 --batch 16
+    OMP_NUM_THREADS=1 python bench/compensation_time.py torchvision:mobilenet_v3_large --size 224 --max-positions 1024
 """
 
 from __future__ import annotations
@@ -86,14 +87,16 @@ def run(args: argparse.Namespace, spec: str, spent: dict[str, float]) -> None:
     calib, bn = batches_of(args, "train", args.batches, 1), batches_of(args, "train", 20, 2)
     test = batches_of(args, "test", args.test_batches, 3)
     pruned = apply_widths(dense, space, widths, importance=importance).eval()
+    positions = {} if args.max_positions is None else {"max_positions": args.max_positions}  # older code: none
     spent.clear()
     load, t0 = os.getloadavg()[0], time.perf_counter()
     layers = compensate(pruned, dense, space, kept_channels(dense, space, widths, importance), calib,
-                        CompensationSettings(num_batches=args.batches))
+                        CompensationSettings(num_batches=args.batches, **positions))
     seconds = time.perf_counter() - t0
     recalibrate_bn(pruned, bn, num_batches=20)
     print(json.dumps({"model": spec, "size": args.size, "batch": args.batch, "batches": args.batches,
-                      "code": args.label, "refit_layers": len(layers), "compensate_s": round(seconds, 1),
+                      "code": args.label, "max_positions": args.max_positions,
+                      "refit_layers": len(layers), "compensate_s": round(seconds, 1),
                       **{k: round(v, 1) for k, v in spent.items()},
                       **score(pruned.eval(), dense, test), "load": [round(load, 2), round(os.getloadavg()[0], 2)]}),
           flush=True)
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="calibration and BatchNorm images (train split)")
     parser.add_argument("--test", default=None, help="the test images' --data spec (default: --data)")
     parser.add_argument("--test-batches", type=int, default=16)
+    parser.add_argument("--max-positions", type=int, default=None,
+                        help="output positions an image gives a layer's regression (default: the code's own)")
     parser.add_argument("--label", default="", help="what the row says the code was (e.g. its commit)")
     args = parser.parse_args()
     args.test = args.test or args.data

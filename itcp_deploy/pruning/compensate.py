@@ -21,7 +21,9 @@ pruned forward per batch in all, where stopping a forward at each layer in turn 
 (64% of ResNet-50's refit at 224). Forwards that part ways (a layer reached by some batches only) finish the
 refit the old way, a forward per layer stopped at it (:func:`_capture`). The dense network's outputs do not
 depend on the refits, so they are read for many layers in one forward per batch, as many layers' as fit in
-``target_bytes``, and the forward stops there.
+``target_bytes``, and the forward stops there. An image gives each layer's regression at most
+``max_positions`` of its output positions (a fixed subset, :func:`positions`): a 512 detector's early maps hold
+16,384, and the rows, not the unknowns, set what the dense outputs weigh and how often the dense network runs.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def kept_channels(model: nn.Module, space: PruningSpace, widths: Mapping[str, in
 @dataclass(frozen=True)
 class CompensationSettings:
     """``num_batches`` calibration batches per layer; ``ridge``: pull towards the pruned weights;
-    ``target_bytes``: the dense outputs held at once (the more, the fewer dense forwards)."""
+    ``target_bytes``: the dense outputs held at once (the more, the fewer dense forwards); ``max_positions``:
+    the output positions an image gives each layer's regression (:func:`positions`)."""
 
     num_batches: int = 4
     ridge: float = 1e-3
     target_bytes: int = 1 << 30
+    max_positions: int = 4096
 
 
 def _refittable(layer: nn.Module) -> bool:
@@ -73,24 +77,51 @@ def _refittable(layer: nn.Module) -> bool:
             and layer.weight.requires_grad)
 
 
-def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as one row per output position (im2col for convs), float64."""
-    if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).double()
-    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,  # type: ignore[arg-type]
-                    stride=layer.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+def positions(per_image: torch.Tensor, limit: int) -> torch.Tensor:
+    """``per_image`` (N x positions x features) at most ``limit`` positions an image: a fixed, seeded subset
+    of them, the same for a layer's inputs and its dense outputs (both have the layer's output positions). A
+    regression of at most a few thousand unknowns needs no million rows: RetinaNet at 512 gave its first
+    stage's convs 16,384 positions an image, 1 GiB of dense outputs a layer over 64 images, and the dense
+    network ran once per layer to read them (25 minutes of its one-shot recipe)."""
+    count = per_image.shape[1]
+    if count <= limit:
+        return per_image
+    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(count))[:limit].sort().values
+    return per_image[:, chosen]
 
 
-def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray) -> torch.Tensor:
-    """Dense outputs on the kept channels, one row per output position, float32 (a copy: an in-place op after
-    the layer cannot change it). A linear layer's channels are its last dimension, whatever comes before
-    (tokens: a Swin or ConvNeXt MLP reads N x H x W x C)."""
+def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, limit: int) -> torch.Tensor:
+    """The layer's input as one row per output position (im2col for convs; at most ``limit`` positions an
+    image, :func:`positions`), float64."""
     if isinstance(layer, nn.Linear):
-        return y.reshape(-1, y.shape[-1])[:, torch.as_tensor(kept)].float()
-    y = y[:, torch.as_tensor(kept)]
-    dims = (0, *range(2, y.dim()), 1)
-    return y.permute(*dims).reshape(-1, y.shape[1]).float()
+        per_image = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,  # type: ignore[arg-type]
+                        stride=layer.stride)
+        per_image = cols.transpose(1, 2)
+    return positions(per_image, limit).reshape(-1, per_image.shape[-1]).double()
+
+
+def _positions_of(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> int:
+    """The output positions an image of input ``x`` gives ``layer`` (tokens for a linear layer)."""
+    if isinstance(layer, nn.Linear):
+        return int(np.prod(x.shape[1:-1]))
+    sizes = [(n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in zip(
+        x.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True)]  # type: ignore[arg-type]
+    return int(np.prod(sizes))
+
+
+def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray, limit: int) -> torch.Tensor:
+    """Dense outputs on the kept channels, one row per output position (at most ``limit`` an image, the
+    positions :func:`_rows` takes), float32 (a copy: an in-place op after the layer cannot change it). A linear
+    layer's channels are its last dimension, whatever comes before (tokens: a Swin or ConvNeXt MLP reads N x H
+    x W x C)."""
+    if isinstance(layer, nn.Linear):
+        per_image = y.reshape(y.shape[0], -1, y.shape[-1])[..., torch.as_tensor(kept)]
+    else:
+        y = y[:, torch.as_tensor(kept)]
+        per_image = y.permute(0, *range(2, y.dim()), 1).reshape(y.shape[0], -1, y.shape[1])
+    return positions(per_image, limit).reshape(-1, per_image.shape[-1]).float()
 
 
 class _Captured(Exception):
@@ -202,8 +233,8 @@ def _refit_in_lockstep(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.n
                 return
             name = str(at.pop())
             if name not in targets:
-                targets.update(_dense_targets(dense, todo, batches, s.target_bytes))
-            _refit(pruned, name, [f.input for f in forwards if f.input is not None], targets.pop(name), s.ridge)
+                targets.update(_dense_targets(dense, todo, batches, s))
+            _refit(pruned, name, [f.input for f in forwards if f.input is not None], targets.pop(name), s)
             del todo[name]
     finally:
         for f in forwards:
@@ -213,9 +244,9 @@ def _refit_in_lockstep(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.n
 
 
 def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: list[Batch],
-                   budget: int) -> dict[str, list[torch.Tensor]]:
+                   s: CompensationSettings) -> dict[str, list[torch.Tensor]]:
     """The dense outputs (:func:`_targets`) of as many of ``layers`` (name -> kept output channels) as the first
-    batch's forward reaches before they fill ``budget`` bytes over all batches (at least one layer; all of them
+    batch's forward reaches before they fill ``s.target_bytes`` over all batches (at least one layer; all of them
     when the forward ends first), per batch. Outputs are read in the layer's hook, before any in-place op after
     it (timm's squeeze-excite SiLU), and a layer called twice keeps its first call, as :func:`_capture` does."""
     found: dict[str, list[torch.Tensor]] = {}
@@ -226,10 +257,10 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
             nonlocal held, full
             if len(found.get(name, [])) > i:  # a second call of the layer: its first counts
                 return
-            if i == 0 and found and held > budget:
+            if i == 0 and found and held > s.target_bytes:
                 full = True
                 raise _Captured  # the chunk is the layers found so far
-            found.setdefault(name, []).append(_targets(m, y.detach(), layers[name]))  # type: ignore[arg-type]
+            found.setdefault(name, []).append(_targets(m, y.detach(), layers[name], s.max_positions))  # type: ignore[arg-type]
             held += found[name][-1].numel() * 4 * len(batches) if i == 0 else 0
             if i > 0 and all(len(v) > i for v in found.values()):
                 raise _Captured
@@ -249,7 +280,7 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
 
 
 def _refit(pruned: nn.Module, name: str, inputs: list[torch.Tensor], targets: list[torch.Tensor],
-           ridge: float) -> None:
+           s: CompensationSettings) -> None:
     """Solve layer ``name``'s ridge regression from its pruned ``inputs`` to the dense ``targets`` (per batch)."""
     layer = pruned.get_submodule(name)
     assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
@@ -261,14 +292,15 @@ def _refit(pruned: nn.Module, name: str, inputs: list[torch.Tensor], targets: li
     cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
     for x, y in zip(inputs, targets, strict=True):
         per_image = y.shape[0] // x.shape[0]  # rows are image-major, for convs and token linears alike
-        step = max(1, ROW_BYTES // (per_image * w0.shape[1] * 8))
+        unfolded = _positions_of(layer, x)  # an image's rows before the subset: what the unfold holds
+        step = max(1, ROW_BYTES // (max(per_image, unfolded) * w0.shape[1] * 8))
         for i in range(0, x.shape[0], step):
-            rows = _rows(layer, x[i:i + step])
+            rows = _rows(layer, x[i:i + step], s.max_positions)
             if bias is not None:
                 rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
             gram += rows.T @ rows
             cross += rows.T @ y[i * per_image:(i + step) * per_image].double()
-    lam = ridge * float(torch.diagonal(gram).mean()) + 1e-12
+    lam = s.ridge * float(torch.diagonal(gram).mean()) + 1e-12
     solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
     with torch.no_grad():
         if bias is not None:
@@ -282,9 +314,9 @@ def _refit_each(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.ndarray]
     """Refit what the lockstep left in ``todo``, a forward per layer and batch stopped at the layer."""
     while todo:
         if not any(n in targets for n in todo):
-            targets = _dense_targets(dense, todo, batches, s.target_bytes)
+            targets = _dense_targets(dense, todo, batches, s)
         for name in [n for n in todo if n in targets]:
-            _refit(pruned, name, _capture(pruned, name, batches), targets.pop(name), s.ridge)
+            _refit(pruned, name, _capture(pruned, name, batches), targets.pop(name), s)
             del todo[name]
 
 
