@@ -22,8 +22,8 @@ pruned forward per batch in all, where stopping a forward at each layer in turn 
 refit the old way, a forward per layer stopped at it (:func:`_capture`). The dense network's outputs do not
 depend on the refits, so they are read for many layers in one forward per batch, as many layers' as fit in
 ``target_bytes``, and the forward stops there. An image gives each layer's regression at most
-``max_positions`` of its output positions (a fixed subset, :func:`positions`): a 512 detector's early maps hold
-16,384, and the rows, not the unknowns, set what the dense outputs weigh and how often the dense network runs.
+``max_positions`` of its output positions (a fixed subset, :func:`positions`; 64x64 maps and smaller are taken
+whole): the rows set what the dense outputs weigh and so how often the dense network runs.
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def _refittable(layer: nn.Module) -> bool:
 def positions(per_image: torch.Tensor, limit: int) -> torch.Tensor:
     """``per_image`` (N x positions x features) at most ``limit`` positions an image: a fixed, seeded subset
     of them, the same for a layer's inputs and its dense outputs (both have the layer's output positions). A
-    regression of at most a few thousand unknowns needs no million rows: RetinaNet at 512 gave its first
-    stage's convs 16,384 positions an image, 1 GiB of dense outputs a layer over 64 images, and the dense
-    network ran once per layer to read them (25 minutes of its one-shot recipe)."""
+    regression of a few thousand unknowns needs no million rows: a 256-channel conv on 128x128 maps (RetinaNet's
+    first stage at 512) holds 1 GiB of dense outputs over 64 images, by arithmetic. Fewer rows cost accuracy:
+    ResNet-56's one-shot top-1 held at 64 positions an image and fell 8 points at 16 (docs/benchmarks.md,
+    section 25)."""
     count = per_image.shape[1]
     if count <= limit:
         return per_image
