@@ -208,10 +208,10 @@ def test_forwards_that_part_ways_finish_the_refit_a_layer_at_a_time():
 def test_a_batch_taken_a_few_images_at_a_time_gives_the_same_refit(monkeypatch):
     """The Gram matrices are summed over image blocks of at most ROW_BYTES of rows, so VGG at 224 fits in memory;
     the sum is the same up to float64 rounding."""
-    import itcp_deploy.pruning.compensate as comp
+    import itcp_deploy.pruning.least_squares as ls
 
     whole, refit, _ = _counted_compensation(1 << 30)
-    monkeypatch.setattr(comp, "ROW_BYTES", 1)  # one image at a time
+    monkeypatch.setattr(ls, "ROW_BYTES", 1)  # one image at a time
     blocks, refit_blocks, _ = _counted_compensation(1 << 30)
     assert refit == refit_blocks and refit
     for (name, a), (_, b) in zip(whole.state_dict().items(), blocks.state_dict().items(), strict=True):
@@ -229,15 +229,15 @@ def test_a_layers_rows_and_targets_take_the_same_positions(layer, shape, limit):
     the subsampled rows gives the subsampled outputs, at most ``limit`` an image."""
     import numpy as np
 
-    from itcp_deploy.pruning.compensate import _positions_of, _rows, _targets
+    from itcp_deploy.pruning.least_squares import dense_rows, layer_rows, positions_of
 
     torch.manual_seed(0)
     x = torch.randn(*shape)
     with torch.no_grad():
         y = layer(x)
-    rows = _rows(layer, x, limit)
-    targets = _targets(layer, y, np.arange(6), limit)
-    per_image = min(limit, _positions_of(layer, x))
+    rows = layer_rows(layer, x, limit)
+    targets = dense_rows(layer, y, np.arange(6), limit)
+    per_image = min(limit, positions_of(layer, x))
     assert rows.shape[0] == targets.shape[0] == shape[0] * per_image
     w = layer.weight.detach().reshape(6, -1).double()
     assert torch.allclose(rows @ w.T + layer.bias.detach().double(), targets.double(), atol=1e-5)
@@ -256,3 +256,39 @@ def test_compensation_on_a_subset_of_positions_fits_nearly_as_well(setting):
         errors.append(_error(fitted, dense, _batches(3, 3)))
     full, subset = errors
     assert full < subset < 1.25 * full and subset < 0.5 * _error(plain, dense, _batches(3, 3))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fewer_rows_than_unknowns_solve_the_same_ridge_regression_from_the_kernel(bias):
+    """VGG's first classifier layer (25,089 unknowns, a row an image) is solved from the rows' kernel matrix;
+    the solution is the Gram matrix's, checked on a layer small enough for both."""
+    from itcp_deploy.pruning.least_squares import _row_blocks, _solve_dual, _solve_primal
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(300, 5, bias=bias)
+    x, y = torch.randn(40, 300), torch.randn(40, 5)
+    w0 = layer.weight.detach().double()
+    if bias:
+        w0 = torch.cat([w0, layer.bias.detach().double()[:, None]], dim=1)
+    for ridge in (1e-3, 1.0):
+        primal = _solve_primal(_row_blocks(layer, [x[:15], x[15:]], [y[:15], y[15:]], 4096), w0, ridge)
+        dual = _solve_dual(_row_blocks(layer, [x[:15], x[15:]], [y[:15], y[15:]], 4096), w0, ridge)
+        assert torch.allclose(primal, dual, rtol=1e-6, atol=1e-8)
+        assert not torch.allclose(primal, w0, atol=1e-3)  # the fit moved the weights
+
+
+def test_a_layer_with_fewer_rows_than_unknowns_takes_the_kernel_solve(monkeypatch):
+    import itcp_deploy.pruning.least_squares as ls
+
+    called = []
+
+    def recorded(name: str):
+        inner = getattr(ls, name)
+        return lambda *a: called.append(name) or inner(*a)
+
+    for name in ("_solve_primal", "_solve_dual"):
+        monkeypatch.setattr(ls, name, recorded(name))
+    torch.manual_seed(0)
+    ls.refit_layer(torch.nn.Linear(50, 3), [torch.randn(8, 50)], [torch.randn(8, 3)], 1e-3, 4096)  # 51 unknowns
+    ls.refit_layer(torch.nn.Linear(5, 3), [torch.randn(8, 5)], [torch.randn(8, 3)], 1e-3, 4096)  # 6
+    assert called == ["_solve_dual", "_solve_primal"]

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from itcp_deploy.pruning.apply import conv_multiple, keep_indices
 from itcp_deploy.pruning.importance import Batch
+from itcp_deploy.pruning.least_squares import dense_rows, refit_layer
 from itcp_deploy.space import PruningSpace
 
 
@@ -77,54 +77,6 @@ def _refittable(layer: nn.Module) -> bool:
             and layer.weight.requires_grad)
 
 
-def positions(per_image: torch.Tensor, limit: int) -> torch.Tensor:
-    """``per_image`` (N x positions x features) at most ``limit`` positions an image: a fixed, seeded subset
-    of them, the same for a layer's inputs and its dense outputs (both have the layer's output positions). A
-    regression of a few thousand unknowns needs no million rows: a 256-channel conv on 128x128 maps (RetinaNet's
-    first stage at 512) holds 1 GiB of dense outputs over 64 images, by arithmetic. Fewer rows cost accuracy:
-    ResNet-56's one-shot top-1 held at 64 positions an image and fell 8 points at 16 (docs/benchmarks.md,
-    section 25)."""
-    count = per_image.shape[1]
-    if count <= limit:
-        return per_image
-    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(count))[:limit].sort().values
-    return per_image[:, chosen]
-
-
-def _rows(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, limit: int) -> torch.Tensor:
-    """The layer's input as one row per output position (im2col for convs; at most ``limit`` positions an
-    image, :func:`positions`), float64."""
-    if isinstance(layer, nn.Linear):
-        per_image = x.reshape(x.shape[0], -1, x.shape[-1])
-    else:
-        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,  # type: ignore[arg-type]
-                        stride=layer.stride)
-        per_image = cols.transpose(1, 2)
-    return positions(per_image, limit).reshape(-1, per_image.shape[-1]).double()
-
-
-def _positions_of(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> int:
-    """The output positions an image of input ``x`` gives ``layer`` (tokens for a linear layer)."""
-    if isinstance(layer, nn.Linear):
-        return int(np.prod(x.shape[1:-1]))
-    sizes = [(n + 2 * p - d * (k - 1) - 1) // st + 1 for n, p, d, k, st in zip(
-        x.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True)]  # type: ignore[arg-type]
-    return int(np.prod(sizes))
-
-
-def _targets(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray, limit: int) -> torch.Tensor:
-    """Dense outputs on the kept channels, one row per output position (at most ``limit`` an image, the
-    positions :func:`_rows` takes), float32 (a copy: an in-place op after the layer cannot change it). A linear
-    layer's channels are its last dimension, whatever comes before (tokens: a Swin or ConvNeXt MLP reads N x H
-    x W x C)."""
-    if isinstance(layer, nn.Linear):
-        per_image = y.reshape(y.shape[0], -1, y.shape[-1])[..., torch.as_tensor(kept)]
-    else:
-        y = y[:, torch.as_tensor(kept)]
-        per_image = y.permute(0, *range(2, y.dim()), 1).reshape(y.shape[0], -1, y.shape[1])
-    return positions(per_image, limit).reshape(-1, per_image.shape[-1]).float()
-
-
 class _Captured(Exception):
     """Raised by a capture hook: the rest of the forward is not needed."""
 
@@ -150,10 +102,6 @@ def _capture(model: nn.Module, name: str, batches: list[Batch]) -> list[torch.Te
         handle.remove()
     return seen
 
-
-ROW_BYTES = 1 << 28
-"""The float64 rows one Gram update holds: a batch is taken a few images at a time (VGG-16's second conv at 224
-has 232 MB of rows an image, by arithmetic: 15 GB for a 64-image batch taken whole)."""
 
 _running = threading.local()  # the paused forward a thread runs, for the layers' hooks
 
@@ -235,7 +183,8 @@ def _refit_in_lockstep(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.n
             name = str(at.pop())
             if name not in targets:
                 targets.update(_dense_targets(dense, todo, batches, s))
-            _refit(pruned, name, [f.input for f in forwards if f.input is not None], targets.pop(name), s)
+            refit_layer(pruned.get_submodule(name), [f.input for f in forwards if f.input is not None],  # type: ignore[arg-type]
+                        targets.pop(name), s.ridge, s.max_positions)
             del todo[name]
     finally:
         for f in forwards:
@@ -246,10 +195,11 @@ def _refit_in_lockstep(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.n
 
 def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: list[Batch],
                    s: CompensationSettings) -> dict[str, list[torch.Tensor]]:
-    """The dense outputs (:func:`_targets`) of as many of ``layers`` (name -> kept output channels) as the first
-    batch's forward reaches before they fill ``s.target_bytes`` over all batches (at least one layer; all of them
-    when the forward ends first), per batch. Outputs are read in the layer's hook, before any in-place op after
-    it (timm's squeeze-excite SiLU), and a layer called twice keeps its first call, as :func:`_capture` does."""
+    """The dense outputs (:func:`~itcp_deploy.pruning.least_squares.dense_rows`) of as many of ``layers`` (name ->
+    kept output channels) as the first batch's forward reaches before they fill ``s.target_bytes`` over all
+    batches (at least one layer; all of them when the forward ends first), per batch. Outputs are read in the
+    layer's hook, before any in-place op after it (timm's squeeze-excite SiLU), and a layer called twice keeps its
+    first call, as :func:`_capture` does."""
     found: dict[str, list[torch.Tensor]] = {}
     held, full = 0, False
 
@@ -261,7 +211,7 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
             if i == 0 and found and held > s.target_bytes:
                 full = True
                 raise _Captured  # the chunk is the layers found so far
-            found.setdefault(name, []).append(_targets(m, y.detach(), layers[name], s.max_positions))  # type: ignore[arg-type]
+            found.setdefault(name, []).append(dense_rows(m, y.detach(), layers[name], s.max_positions))  # type: ignore[arg-type]
             held += found[name][-1].numel() * 4 * len(batches) if i == 0 else 0
             if i > 0 and all(len(v) > i for v in found.values()):
                 raise _Captured
@@ -280,36 +230,6 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
     return found if full else {name: found.get(name, []) for name in layers}
 
 
-def _refit(pruned: nn.Module, name: str, inputs: list[torch.Tensor], targets: list[torch.Tensor],
-           s: CompensationSettings) -> None:
-    """Solve layer ``name``'s ridge regression from its pruned ``inputs`` to the dense ``targets`` (per batch)."""
-    layer = pruned.get_submodule(name)
-    assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
-    bias = layer.bias
-    w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
-    if bias is not None:
-        w0 = torch.cat([w0, bias.detach().double()[:, None]], dim=1)
-    gram = torch.zeros(w0.shape[1], w0.shape[1], dtype=torch.float64)
-    cross = torch.zeros(w0.shape[1], w0.shape[0], dtype=torch.float64)
-    for x, y in zip(inputs, targets, strict=True):
-        per_image = y.shape[0] // x.shape[0]  # rows are image-major, for convs and token linears alike
-        unfolded = _positions_of(layer, x)  # an image's rows before the subset: what the unfold holds
-        step = max(1, ROW_BYTES // (max(per_image, unfolded) * w0.shape[1] * 8))
-        for i in range(0, x.shape[0], step):
-            rows = _rows(layer, x[i:i + step], s.max_positions)
-            if bias is not None:
-                rows = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], dim=1)
-            gram += rows.T @ rows
-            cross += rows.T @ y[i * per_image:(i + step) * per_image].double()
-    lam = s.ridge * float(torch.diagonal(gram).mean()) + 1e-12
-    solved = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross + lam * w0.T).T
-    with torch.no_grad():
-        if bias is not None:
-            bias.copy_(solved[:, -1].to(bias.dtype))
-            solved = solved[:, :-1]
-        layer.weight.copy_(solved.reshape(layer.weight.shape).to(layer.weight.dtype))
-
-
 def _refit_each(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.ndarray],
                 targets: dict[str, list[torch.Tensor]], batches: list[Batch], s: CompensationSettings) -> None:
     """Refit what the lockstep left in ``todo``, a forward per layer and batch stopped at the layer."""
@@ -317,7 +237,8 @@ def _refit_each(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.ndarray]
         if not any(n in targets for n in todo):
             targets = _dense_targets(dense, todo, batches, s)
         for name in [n for n in todo if n in targets]:
-            _refit(pruned, name, _capture(pruned, name, batches), targets.pop(name), s)
+            refit_layer(pruned.get_submodule(name), _capture(pruned, name, batches), targets.pop(name),  # type: ignore[arg-type]
+                        s.ridge, s.max_positions)
             del todo[name]
 
 
