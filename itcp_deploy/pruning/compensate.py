@@ -22,8 +22,9 @@ pruned forward per batch in all, where stopping a forward at each layer in turn 
 refit the old way, a forward per layer stopped at it (:func:`_capture`). The dense network's outputs do not
 depend on the refits, so they are read for many layers in one forward per batch, as many layers' as fit in
 ``target_bytes``, and the forward stops there. An image gives each layer's regression at most
-``max_positions`` of its output positions (a fixed subset, :func:`positions`; 64x64 maps and smaller are taken
-whole): the rows set what the dense outputs weigh and so how often the dense network runs.
+``max_positions`` of its output positions (a fixed subset, :func:`~itcp_deploy.pruning.least_squares.positions`;
+64x64 maps and smaller are taken whole): the rows set what the dense outputs weigh and so how often the dense
+network runs.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def kept_channels(model: nn.Module, space: PruningSpace, widths: Mapping[str, in
 class CompensationSettings:
     """``num_batches`` calibration batches per layer; ``ridge``: pull towards the pruned weights;
     ``target_bytes``: the dense outputs held at once (the more, the fewer dense forwards); ``max_positions``:
-    the output positions an image gives each layer's regression (:func:`positions`)."""
+    the output positions an image gives each layer's regression, at most (see the module doc)."""
 
     num_batches: int = 4
     ridge: float = 1e-3
@@ -183,8 +184,7 @@ def _refit_in_lockstep(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.n
             name = str(at.pop())
             if name not in targets:
                 targets.update(_dense_targets(dense, todo, batches, s))
-            refit_layer(pruned.get_submodule(name), [f.input for f in forwards if f.input is not None],  # type: ignore[arg-type]
-                        targets.pop(name), s.ridge, s.max_positions)
+            _refit(pruned, name, [f.input for f in forwards if f.input is not None], targets.pop(name), s)
             del todo[name]
     finally:
         for f in forwards:
@@ -230,6 +230,14 @@ def _dense_targets(dense: nn.Module, layers: Mapping[str, np.ndarray], batches: 
     return found if full else {name: found.get(name, []) for name in layers}
 
 
+def _refit(pruned: nn.Module, name: str, inputs: list[torch.Tensor], targets: list[torch.Tensor],
+           s: CompensationSettings) -> None:
+    """Refit layer ``name`` of ``pruned`` from its ``inputs`` to the dense ``targets`` (per batch)."""
+    layer = pruned.get_submodule(name)
+    assert isinstance(layer, (nn.Conv2d, nn.Linear))  # _refittable checked it
+    refit_layer(layer, inputs, targets, s.ridge, s.max_positions)
+
+
 def _refit_each(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.ndarray],
                 targets: dict[str, list[torch.Tensor]], batches: list[Batch], s: CompensationSettings) -> None:
     """Refit what the lockstep left in ``todo``, a forward per layer and batch stopped at the layer."""
@@ -237,8 +245,7 @@ def _refit_each(pruned: nn.Module, dense: nn.Module, todo: dict[str, np.ndarray]
         if not any(n in targets for n in todo):
             targets = _dense_targets(dense, todo, batches, s)
         for name in [n for n in todo if n in targets]:
-            refit_layer(pruned.get_submodule(name), _capture(pruned, name, batches), targets.pop(name),  # type: ignore[arg-type]
-                        s.ridge, s.max_positions)
+            _refit(pruned, name, _capture(pruned, name, batches), targets.pop(name), s)
             del todo[name]
 
 

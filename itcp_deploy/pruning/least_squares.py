@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ROW_BYTES = 1 << 28
+"""The float64 rows one Gram update holds: a batch is taken a few images at a time (VGG-16's second conv at 224
+has 232 MB of rows an image, by arithmetic: 15 GB for a 64-image batch taken whole)."""
+
 
 def positions(per_image: torch.Tensor, limit: int) -> torch.Tensor:
     """``per_image`` (N x positions x features) at most ``limit`` positions an image: a fixed, seeded subset
@@ -60,10 +64,6 @@ def dense_rows(layer: nn.Conv2d | nn.Linear, y: torch.Tensor, kept: np.ndarray, 
         per_image = y.permute(0, *range(2, y.dim()), 1).reshape(y.shape[0], -1, y.shape[1])
     return positions(per_image, limit).reshape(-1, per_image.shape[-1]).float()
 
-
-ROW_BYTES = 1 << 28
-"""The float64 rows one Gram update holds: a batch is taken a few images at a time (VGG-16's second conv at 224
-has 232 MB of rows an image, by arithmetic: 15 GB for a 64-image batch taken whole)."""
 
 def refit_layer(layer: nn.Conv2d | nn.Linear, inputs: list[torch.Tensor], targets: list[torch.Tensor],
                 ridge: float, limit: int) -> None:
@@ -114,8 +114,8 @@ def _solve_primal(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], w0: torch
 def _solve_dual(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], w0: torch.Tensor, ridge: float) -> torch.Tensor:
     """The same ridge solution from the rows' kernel ``X X^T`` (rows x rows), for fewer rows than unknowns:
     ``W^T = W0^T + X^T (X X^T + lam I)^-1 (Y - X W0^T)``. VGG's first classifier layer has 25,089 unknowns and a
-    row an image: its Gram matrix took 5 GB, 15 GB with the solve's copies, and VGG-11 at 224 was killed for
-    memory on a 24 GB machine (docs/benchmarks.md, section 25)."""
+    row an image: its Gram matrix took 5 GB, and VGG-11's compensation 18.5 GB at its peak with the solve's
+    copies (killed for memory beside another process on a 24 GB machine; docs/benchmarks.md, section 25)."""
     pairs = list(blocks)
     x = torch.cat([rows for rows, _ in pairs])
     residual = torch.cat([y for _, y in pairs]) - x @ w0.T
