@@ -18,8 +18,7 @@ variant is a row with its error); ``OUT/results.md`` is the table. Data: CIFAR-1
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python bench/mixed_table.py --model cifar_resnet20 \\
         --weights ../shared/weights/cifar10-resnet/resnet20-12fca82f.th --seeds 0 1 --out runs/mixed-r20
-    # ResNet-56: --model cifar_resnet56 --weights .../resnet56-4bfd9763.th --seeds 0 --out runs/mixed-r56
-    # smoke: --speedups 2 --train-subset 512 --test-samples 256 --max-builds 12 --out /tmp/mixed-smoke
+    # ResNet-56: --model cifar_resnet56 --weights .../resnet56-4bfd9763.th; the shipped one-shot engines: --epochs 0
 """
 
 from __future__ import annotations
@@ -69,10 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
-    p.add_argument("--epochs", type=int, default=1, help="finetuning epochs of the second row of each variant")
+    p.add_argument("--epochs", type=int, default=1, choices=range(100), metavar="EPOCHS", help="finetuning epochs "
+                   "of a variant's second row (0: one row, the shipped one-shot engine, as precision control sees it)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--train-subset", type=int, default=50000, help="finetuning images per epoch (seeded subset)")
     p.add_argument("--test-samples", type=int, default=2000, help="fixed subset of the test split (top-1)")
+    p.add_argument("--pipeline-samples", type=int, default=1000, help="the runs' own evaluation data (INT8 costs, "
+                   "precision control): the test images after --test-samples, disjoint from the table's")
     p.add_argument("--calib-images", type=int, default=256, help="INT8 calibration images (training split)")
     p.add_argument("--max-builds", type=int, default=32, help="profiling budget per precision")
     p.add_argument("--measure-rounds", type=int, default=30, help="final interleaved session: rounds")
@@ -101,9 +103,8 @@ class Results:
 
 
 def key_of(row: dict) -> tuple:
-    if row["kind"] == "variant":
-        return ("variant", row["seed"], row["speedup"], row["variant"], row["epochs"])
-    return (row["kind"], row.get("seed"), row.get("speedup"))
+    return (("variant", row["seed"], row["speedup"], row["variant"], row["epochs"]) if row["kind"] == "variant"
+            else (row["kind"], row.get("seed"), row.get("speedup")))
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Bench:
     out: Path
     inputs: Inputs
     eval_batches: list
+    pipeline_batches: list
     results: Results
     space: object = None  # the dense model's PruningSpace, as the pipeline builds it (block removal on)
     dense: dict = field(default_factory=dict)
@@ -162,7 +164,9 @@ def load_bench(args: argparse.Namespace) -> Bench:
     (out := Path(args.out)).mkdir(parents=True, exist_ok=True)
     inputs = load_inputs(ModelSource(args.model, args.data, args.weights), 0)
     batches = list(make_loader(inputs.test, 64, shuffle=False, max_samples=args.test_samples))
-    b = Bench(args, out, inputs, batches, Results(out / "results.jsonl"))
+    held = list(range(args.test_samples, args.test_samples + args.pipeline_samples))
+    pipeline = list(make_loader(replace(inputs.test, dataset=Subset(inputs.test.dataset, held)), 64, shuffle=False))
+    b = Bench(args, out, inputs, batches, pipeline, Results(out / "results.jsonl"))
     b.space = build_space(inputs.model, b.shape, model_spec=args.model).with_removal(True)
     return b
 
@@ -213,7 +217,6 @@ def trainer(b: Bench, seed: int, folder: Path):
     info, n = b.inputs.train, len(b.inputs.train.dataset)
     if b.args.train_subset < n:
         info = replace(info, dataset=Subset(info.dataset, seeded_indices(n, b.args.train_subset, seed)))
-
     def finetune(model: torch.nn.Module) -> torch.nn.Module:
         config = TrainConfig(epochs=b.args.epochs, lr=b.args.lr, batch_size=64, seed=seed, teacher=b.inputs.model,
                              checkpoint_dir=folder / "finetune", resume=True, quiet=True, device="cpu")
@@ -250,7 +253,7 @@ def prune_run(b: Bench, seed: int, folder: Path, target: dict, spec: EngineSpec,
     (default ``spec``'s; ``spec``: the one-shot engine's); returns its result and the one-shot facts."""
     a = b.args
     options = PruneOptions(name=a.model, data=a.data, weights=a.weights, calib=spec.calib, seed=seed,
-                           eval_loader=b.eval_batches, log=b.log(folder.name),
+                           eval_loader=b.pipeline_batches, log=b.log(folder.name),
                            recipe=FinetuneRecipe(epochs=a.epochs, lr=a.lr, train_subset=a.train_subset,
                                                  test_samples=a.test_samples),
                            profile=ProfileSettings(cache_dir=a.cache or str(b.out / "cache"), max_builds=a.max_builds))
@@ -303,11 +306,12 @@ def variant_b(b: Bench, seed: int, speedup: float, folder: Path) -> tuple[dict, 
 
 def run_variant(b: Bench, seed: int, speedup: float, v: str) -> None:
     """Both rows of one variant (epochs 0 and ``--epochs``), or two rows holding its error."""
-    keys = [("variant", seed, speedup, v, e) for e in (0, b.args.epochs)]
+    epochs = sorted({0, b.args.epochs})  # --epochs 0: the one-shot engine is the run's final one
+    keys = [("variant", seed, speedup, v, e) for e in epochs]
     rows = [b.results.rows.get(k) for k in keys]
     if all(rows) and not (b.args.retry_errors and any(r.get("error") for r in rows)):
         return
-    folder = b.out / "runs" / f"s{seed}-x{speedup:g}-{v}"
+    folder = b.out / "runs" / f"s{seed}-x{speedup:g}-{v}{'-e0' if b.args.epochs == 0 else ''}"
     base = {"kind": "variant", "model": b.args.model, "seed": seed, "speedup": speedup, "variant": v}
     print(f"seed {seed}, x{speedup:g}, {v} ({VARIANTS[v]}) ...", flush=True)
     t0 = time.perf_counter()
@@ -317,11 +321,11 @@ def run_variant(b: Bench, seed: int, speedup: float, v: str) -> None:
     except Exception as err:  # noqa: BLE001 (a failed variant is a row of the table, not the end of it)
         msg = f"{type(err).__name__}: {err}".splitlines()[0]
         print(f"  failed: {msg}", flush=True)
-        for e in (0, b.args.epochs):
+        for e in epochs:
             b.results.add({**base, "epochs": e, "error": msg, "wall_s": time.perf_counter() - t0})
         return
     wall = time.perf_counter() - t0
-    for e, facts in ((0, one), (b.args.epochs, final)):
+    for e, facts in ((0, one), (b.args.epochs, final))[-len(epochs):]:
         b.results.add({**base, **common, **facts, "epochs": e, "wall_s": wall})
         print(f"  epochs {e}: top-1 {facts['top1']:.2f}%, agrees with its FP32 model "
               f"{facts['agree_fp32_model']:.3f}, Q/DQ {100 * facts['qdq_share']:.1f}%", flush=True)
@@ -381,8 +385,6 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.epochs < 1:
-        raise SystemExit("--epochs must be >= 1: every variant has a one-shot row (epochs 0) and a finetuned one")
     b = load_bench(args)
     dense_point(b)
     for seed in args.seeds:

@@ -57,21 +57,31 @@ def walk_counts(steps: list[str]) -> dict:
             "steps": len(merged)}
 
 
-def _spy_reads(log: list[str]) -> None:
+def _spy_reads(log: list[tuple[str, bool]], inside: list[object]) -> None:
     """Record the function that reads each attribute of a ``LatencyTarget``: the rooms where the SLA is used,
-    not only carried inside a config or a context (dataclass-made methods left out)."""
+    not only carried inside a config or a context; each read with whether it was within the loop stage."""
     original = LatencyTarget.__getattribute__
 
     def spy(self, name: str):
         if not name.startswith("__"):
             frame = sys._getframe(1)
             module = frame.f_globals.get("__name__", "")
-            where = f"{module.removeprefix('itcp_deploy.')}.{frame.f_code.co_qualname}"
-            if module.startswith("itcp_deploy") and not SKIP.search(where):
-                log.append(where)
+            if module.startswith("itcp_deploy"):
+                log.append((f"{module.removeprefix('itcp_deploy.')}.{frame.f_code.co_qualname}", bool(inside)))
         return original(self, name)
 
     LatencyTarget.__getattribute__ = spy  # type: ignore[method-assign]
+
+
+def _read_counts(reads: list[tuple[str, bool]]) -> dict:
+    """The reading walk four ways: the whole run or the loop stage alone, with dataclass-made methods,
+    comprehensions and lambdas left out (``reads``) or counted (``reads_all``)."""
+    kept = [(r, loop) for r, loop in reads if not SKIP.search(r)]
+    return {"reads": walk_counts([r for r, _ in kept]), "reading_rooms": list(dict.fromkeys(r for r, _ in kept)),
+            "reads_all": walk_counts([r for r, _ in reads]),
+            "loop_reads": walk_counts([r for r, loop in kept if loop]),
+            "loop_reads_all": walk_counts([r for r, loop in reads if loop]),
+            "loop_reading_rooms_all": list(dict.fromkeys(r for r, loop in reads if loop))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 if inside:
                     loop.append(name)
 
-    reads: list[str] = []
-    _spy_reads(reads)
+    reads: list[tuple[str, bool]] = []
+    _spy_reads(reads, inside)
     from itcp_deploy.cli import main as cli
 
     sys.setprofile(profile)
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"exit": code, "modules": walk_counts(modules), "functions": walk_counts(functions),
               "loop_stage": walk_counts(loop), "loop_rooms": list(dict.fromkeys(loop)),
               "rounds": len(json.loads((Path(args.out) / "report.json").read_text())["rounds"]),
-              "reads": walk_counts(reads), "reading_rooms": list(dict.fromkeys(reads)),
+              **_read_counts(reads),
               "function_rooms": list(dict.fromkeys(functions)),
               "module_walk": " -> ".join(s for i, s in enumerate(modules) if i == 0 or modules[i - 1] != s)}
     print(json.dumps(result, indent=1), file=sys.stderr)

@@ -49,7 +49,9 @@ class PruneOptions:
     finetuning (its ``epochs`` unless :func:`prune` gets ``epochs=``; none by default) and the batches
     BatchNorm re-estimation reads; ``ignore_layers``: globs of layers whose output width is kept (a detection
     or segmentation head); ``compensate``: least-squares refit of the next layers after pruning;
-    ``block_removal``: let the search remove residual branches (width 0)."""
+    ``block_removal``: let the search remove residual branches (width 0); ``min_agreement``: a mixed-precision
+    engine agreeing with its FP32 model on fewer evaluation images is solved again with its most sensitive INT8
+    groups at FP32 (0: off)."""
 
     name: str | None = None
     data: str = "python objects"
@@ -59,6 +61,7 @@ class PruneOptions:
     ignore_layers: tuple[str, ...] = ()
     compensate: bool = True
     block_removal: bool = True
+    min_agreement: float = 0.95
     percentile: int = 50
     margin: float = 0.03
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -135,8 +138,9 @@ def _config(model: nn.Module, targets: tuple[DeployTarget, ...], out_dir: str | 
     return RunConfig(model=o.name or _name(model), data=o.data, out_dir=str(out_dir), targets=targets,
                      weights=o.weights, num_classes=o.num_classes, trust_code=o.trust_code,
                      ignore_layers=tuple(o.ignore_layers), compensate=o.compensate, block_removal=o.block_removal,
-                     criterion=o.criterion, importance=o.importance, method=o.method, recipe=recipe,
-                     profile=profile, loop=o.loop, score_samples=o.score_samples, seed=o.seed, quiet=o.quiet)
+                     min_agreement=o.min_agreement, criterion=o.criterion, importance=o.importance, method=o.method,
+                     recipe=recipe, profile=profile, loop=o.loop, score_samples=o.score_samples, seed=o.seed,
+                     quiet=o.quiet)
 
 
 def _read_batches(inputs: ModelInputs, config: RunConfig) -> ModelInputs:

@@ -10,7 +10,16 @@ import pytest
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.search.dp import min_cost, solve
-from itcp_deploy.search.precision import FP32, INT8, MIXED, group_states, int8_groups, mixed_problem, split_plan
+from itcp_deploy.search.precision import (
+    FP32,
+    INT8,
+    MIXED,
+    group_states,
+    int8_groups,
+    keep_fp32,
+    mixed_problem,
+    split_plan,
+)
 from itcp_deploy.search.problem import problem_from_tables
 from itcp_deploy.space import CandidateGrid
 from tests.synthetic_spaces import random_scores, resnet_space, staircase_tables
@@ -179,3 +188,33 @@ def test_a_removed_group_has_one_fp32_state_and_is_never_named_int8():
         assert (g.candidates[1], INT8) in states[g.name]
     assert group_states(space, (INT8,))[removable[0].name][0] == (0, INT8)  # one state, whatever is searched
     assert int8_groups({removable[0].name: (0, INT8), "conv1": (8, INT8), "x": (16, FP32)}) == ("conv1",)
+
+
+def test_held_groups_have_no_int8_state_and_the_dp_stays_exact_over_the_rest():
+    """The final stage's precision control holds groups at FP32: their INT8 states are gone, and the DP over
+    what is left still equals brute force."""
+    space = resnet_space(1, SMALL)
+    rng = np.random.default_rng(5)
+    held = ("conv1", "layer1.0.conv1")
+    problem = mixed_problem(space, combo_tables(space, rng), 50.0, random_scores(space), int8_costs(space, rng),
+                            fp32_groups=held)
+    assert all(p == FP32 for g in held for _, p in problem.candidates[g])
+    assert any(p == INT8 for _, p in problem.candidates["layer2.0.conv1"])
+    low = min_cost(problem)[0]
+    budget = np.floor(low + (problem.cost(problem.widest()) - low) * 0.3) + 0.5
+    sol = solve(problem, budget, bins=8000)
+    assert sol.exact and not set(held) & set(int8_groups(sol.widths))
+    assert sol.score == pytest.approx(brute_force(problem, budget), abs=1e-9)
+    with pytest.raises(UsageError, match="at fp32"):
+        group_states(space, (INT8,), fp32_groups=held)
+
+
+def test_keep_fp32_takes_the_groups_that_flip_most_until_the_excess_is_covered():
+    alone = {"a": 0.01, "b": 0.04, "c": 0.02, "d": 0.0}
+    assert keep_fp32(alone, measured=0.05, allowed=0.05) == ()  # agreement met: nothing held
+    # 8% disagree, 5% allowed: 3/8 of the summed 7% (2.6%) to remove: b alone (4%) covers it
+    assert keep_fp32(alone, measured=0.08, allowed=0.05) == ("b",)
+    # 20% disagree, 5% allowed: 3/4 of 7% (5.25%): b, then c
+    assert keep_fp32(alone, measured=0.20, allowed=0.05) == ("b", "c")
+    assert keep_fp32({"a": 0.0, "b": 0.0}, measured=0.2, allowed=0.05) == ("a", "b")  # flips only together
+    assert keep_fp32({}, measured=0.2, allowed=0.05) == ()

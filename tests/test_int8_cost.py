@@ -13,7 +13,7 @@ import torch
 
 from itcp_deploy.engines.int8 import ORT_FULL_RANGE
 from itcp_deploy.models.cifar_resnet import cifar_resnet
-from itcp_deploy.pruning.int8_cost import Int8Loss, int8_costs
+from itcp_deploy.pruning.int8_cost import Int8Loss, int8_costs, int8_disagreements
 from itcp_deploy.pruning.space_builder import build_space
 
 SHAPE = (1, 3, 32, 32)
@@ -55,3 +55,11 @@ def test_pairs_add_up_unless_they_share_a_tensor(loss):
     shared = loss.increase((OUTLIER, "layer2.0.conv2"))
     assert apart == pytest.approx(alone[OUTLIER] + alone["layer3.0.conv2"], rel=0.1)
     assert shared < 0.75 * (alone[OUTLIER] + alone["layer2.0.conv2"])
+
+
+def test_disagreement_counts_the_top1s_a_group_moves_alone(loss):
+    """The precision control's ranking: the outlier group, quantized alone, moves far more top-1s than a
+    quiet group; nothing at INT8 moves none."""
+    moved = int8_disagreements(loss, (OUTLIER, "layer3.0.conv2"))
+    assert loss.disagreement(()) == 0.0 and all(0.0 <= v <= 1.0 for v in moved.values())
+    assert moved[OUTLIER] >= 0.2 and moved[OUTLIER] > 2 * moved["layer3.0.conv2"]

@@ -1,7 +1,8 @@
 """Issue 27: ``--precision mixed`` reaches the pipeline through ``run``, ``profile-engines --sla-ms`` and
 ``prune(precision="mixed")``: the profile mixes precisions, the scores stage measures each group's INT8 cost, the
 loop searches (width, precision) states, and the plan's INT8 groups are the final engine's; the dense engine, the
-reference of a speed-up, stays FP32."""
+reference of a speed-up, stays FP32. ``--min-agreement`` (``PruneOptions.min_agreement``) reaches the final stage's
+precision control through each entry point."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.test_probe import near_the_sla
 
 DATA = "synthetic:train=256,test=128"
 COMMON = ("--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.3", "--epochs", "0", "--max-builds", "12",
-          "--precision", "mixed", "--json")
+          "--precision", "mixed", "--min-agreement", "0.99", "--json")
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +55,45 @@ def _check_mixed_run(out: Path) -> dict:
     return report
 
 
+def _check_precision_control(out: Path, again) -> None:
+    """``--min-agreement 0.99`` reaches the final stage's precision control. The random net predicts one class
+    on noise, so its mixed engine agrees with its FP32 model on every image: the measured agreement in the
+    finished run's state is set to 0.97 (above the default 0.95, below the option), as a resume reads it, and
+    ``again()`` (the same command) resumes: the run goes back to the loop once, with INT8 groups of the plan held
+    at FP32, measured on that pruned model, and the new plan puts none of them at INT8."""
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text())
+    first = json.loads((out / "report.json").read_text())
+    accuracy = state["stages"]["final"]["targets"][first["targets"][0]["name"]]["engine_accuracy"]
+    assert "agreement_with_source" in accuracy and not state.get("retries")
+    if not first["int8_groups"]:
+        pytest.skip("the plan put no group at INT8: nothing for the precision control to hold")
+    accuracy["agreement_with_source"] = 0.97
+    state_path.write_text(json.dumps(state))
+    again()
+    retries = json.loads(state_path.read_text())["retries"]
+    report = _check_mixed_run(out)
+    assert len(retries) == 1 and set(retries[0]["fp32_groups"]) <= set(first["int8_groups"]), retries
+    assert retries[0]["fp32_groups"] and not set(retries[0]["fp32_groups"]) & set(report["int8_groups"])
+    assert any("agrees with its FP32 model on 97.0%" in n and "at FP32" in n for n in report["notes"])
+
+
 def test_run_precision_mixed_searches_widths_and_precisions(tmp_path, cache):
     out = tmp_path / "out"
-    code, _, err = run_cli("run", "cifar_resnet20", *COMMON, "--cache", str(cache), "-o", str(out))
+    args = ("run", "cifar_resnet20", *COMMON, "--cache", str(cache), "-o", str(out))
+    code, _, err = run_cli(*args)
     assert code in (0, 1), err  # 1: the final engine missed the SLA (noise); the wiring is what is checked
     _check_mixed_run(out)
+    _check_precision_control(out, lambda: run_cli(*args))
 
 
 def test_profile_engines_with_an_sla_takes_precision_mixed(tmp_path, cache):
     out = tmp_path / "out"
-    code, _, err = run_cli("profile-engines", "cifar_resnet20", *COMMON, "--cache", str(cache), "-o", str(out))
+    args = ("profile-engines", "cifar_resnet20", *COMMON, "--cache", str(cache), "-o", str(out))
+    code, _, err = run_cli(*args)
     assert code in (0, 1), err
     _check_mixed_run(out)
+    _check_precision_control(out, lambda: run_cli(*args))
 
 
 def test_prune_precision_mixed(tmp_path, cache):
@@ -75,11 +103,17 @@ def test_prune_precision_mixed(tmp_path, cache):
     model = create_model("cifar_resnet20", num_classes=10).eval()
     data = TensorDataset(torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)))
     loader = DataLoader(data, batch_size=32)
-    options = PruneOptions(profile=ProfileSettings(cache_dir=str(cache), max_builds=12), eval_loader=loader)
-    result = itcp_deploy.prune(model, torch.randn(1, 3, 32, 32), speedup=1.3, precision="mixed",
-                               score_loader=loader, out_dir=tmp_path / "out", options=options)
+    options = PruneOptions(profile=ProfileSettings(cache_dir=str(cache), max_builds=12), eval_loader=loader,
+                           min_agreement=0.99)
+
+    def prune():
+        return itcp_deploy.prune(model, torch.randn(1, 3, 32, 32), speedup=1.3, precision="mixed",
+                                 score_loader=loader, out_dir=tmp_path / "out", options=options)
+
+    result = prune()
     report = _check_mixed_run(tmp_path / "out")
     assert result.report.int8_groups == report["int8_groups"]
+    _check_precision_control(tmp_path / "out", prune)
 
 
 def test_mixed_needs_itcp_and_every_target_mixed(tmp_path):

@@ -17,6 +17,7 @@ from itcp_deploy.cli.common import (
     DeviceOpt,
     EpochsOpt,
     MarginOpt,
+    MinAgreementOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
@@ -56,6 +57,7 @@ def run_command(
                                           help="Distil from the dense model while finetuning.")] = True,
     compensate: CompensateOpt = True,
     block_removal: BlockRemovalOpt = True,
+    min_agreement: MinAgreementOpt = 0.95,
     percentile: PercentileOpt = 50,
     margin: MarginOpt = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,
@@ -87,7 +89,7 @@ def run_command(
         ignore_layers=tuple(ignore_layers or ()), criterion=criterion, method=method,
         recipe=FinetuneRecipe(epochs=epochs, distill=distill, train_subset=None),
         profile=ProfileSettings(cache_dir=cache, max_builds=max_builds, adaptive=adaptive), compensate=compensate,
-        block_removal=block_removal, quiet=quiet or json)
+        block_removal=block_removal, min_agreement=min_agreement, quiet=quiet or json)
     deliver(config, json)
 
 

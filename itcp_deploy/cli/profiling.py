@@ -18,6 +18,7 @@ from itcp_deploy.cli.common import (
     DeviceOpt,
     EpochsOpt,
     MarginOpt,
+    MinAgreementOpt,
     PercentileOpt,
     PrecisionOpt,
     SlaOpt,
@@ -94,6 +95,7 @@ def profile_engines_cmd(
     ignore_layers: IgnoreLayersOpt = None,
     compensate: CompensateOpt = True,
     block_removal: BlockRemovalOpt = True,
+    min_agreement: MinAgreementOpt = 0.95,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path; with an SLA, the output "
                                              "directory of the engine (as in `run`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -116,12 +118,11 @@ def profile_engines_cmd(
         return
     from itcp_deploy.cli.output import deliver
     from itcp_deploy.pipeline.config import DeployTarget, FinetuneRecipe, RunConfig
-
     _check_sla_options(data, out, shard)
     target = DeployTarget.named(engine, shape, parse_target(sla_ms, speedup, percentile, margin))
     deliver(RunConfig(model=model, data=str(data), out_dir=str(out), targets=(target,), weights=weights,
                       trust_code=trust_code, ignore_layers=tuple(ignore_layers or ()), compensate=compensate,
-                      block_removal=block_removal, profile=settings,
+                      block_removal=block_removal, min_agreement=min_agreement, profile=settings,
                       recipe=FinetuneRecipe(epochs=epochs, train_subset=None), quiet=json_out), json_out)
 
 

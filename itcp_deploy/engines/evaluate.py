@@ -72,12 +72,23 @@ def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, bat
 
 
 def engine_quality(backend: str, artifact: Artifact, dense_artifact: Artifact, options: EngineOptions,
-                   batches: Iterable[Any], limit: int = 1000) -> dict[str, float | int]:
+                   batches: Iterable[Any], limit: int = 1000, source: Any = None) -> dict[str, float | int]:
     """The shipped engine's top-1, the dense engine's on the same images, and how often the two agree (a drop
     in agreement is what quantization or pruning cost, measured on the engines themselves). The batches are
-    read once, for both engines."""
+    read once, for both engines. ``source``: the FP32 PyTorch model the engine was built from; its agreement
+    with the engine is what quantization alone cost (``agreement_with_source``)."""
     images, labels = _images_and_labels(batches, limit)
     final = EngineOutputs(_logits(backend, artifact, options, images), labels)
     dense = EngineOutputs(_logits(backend, dense_artifact, options, images), labels)
-    return {"engine_top1": final.top1, "dense_engine_top1": dense.top1, "agreement_with_dense": final.agreement(dense),
-            "images": len(labels)}
+    out = {"engine_top1": final.top1, "dense_engine_top1": dense.top1, "agreement_with_dense": final.agreement(dense),
+           "images": len(labels)}
+    return out if source is None else {**out, "agreement_with_source": final.agreement(
+        EngineOutputs(_torch_logits(source, images), labels))}
+
+
+def _torch_logits(model: Any, images: np.ndarray, chunk: int = 256) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(images[i:i + chunk])).float().numpy().reshape(
+            min(chunk, len(images) - i), -1) for i in range(0, len(images), chunk)])

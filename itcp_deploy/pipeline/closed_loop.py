@@ -202,7 +202,8 @@ def _solver(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray
         importance = channel_importance(ctx.inputs.model, perf[0].space, "l1")
     # a mixed-precision run's INT8 costs: the search is over (width, precision) states
     costs = read_json(ctx.folder.int8_cost, "int8 costs") if ctx.folder.int8_cost.is_file() else None
-    inputs = [SearchInputs(p.space, p, scores, importance, costs) for p in perf]
+    held = tuple(sorted({g for r in ctx.state.retries for g in r.get("fp32_groups", [])}))  # precision control
+    inputs = [SearchInputs(p.space, p, scores, importance, costs, fp32_groups=held) for p in perf]
     problems = [i.problem() for i in inputs]
     names = [t.name for t in c.targets]
     if len(problems) > 1:

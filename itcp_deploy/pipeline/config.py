@@ -155,6 +155,9 @@ class RunConfig:
     # width 0 for residual branches (pruning/removal.py); measured on ResNet-20 with compensation: +7.3 / +11.4
     # points one-shot at 2x / 3x (mean of 2 calibration seeds), docs/benchmarks.md section 10
     block_removal: bool = True
+    # a mixed-precision plan whose final engine agrees with its FP32 model on fewer evaluation images is solved
+    # again with the groups that disagree most held at FP32 (pipeline/driver.py; issue 27 asks 0.95)
+    min_agreement: float = 0.95
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -174,6 +177,9 @@ class RunConfig:
         if len(self.targets) > 1 and (self.profile.profile_path or self.profile.perf_model_path):
             raise UsageError("a profile or perf model to reuse fits one target's engine, not several",
                              "drop the profile or perf model path, or give one target")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise UsageError(f"--min-agreement must be in [0, 1], got {self.min_agreement}",
+                             "pass e.g. --min-agreement 0.95 (0 turns the precision control off)")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
         if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1 or self.loop.final_retries < 0:

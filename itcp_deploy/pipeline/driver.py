@@ -23,7 +23,7 @@ from itcp_deploy.pipeline.config import DeployTarget, RunConfig
 from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
-from itcp_deploy.pipeline.stages import STAGES, Log, Progress, RunContext
+from itcp_deploy.pipeline.stages import STAGES, Log, Progress, RunContext, restore_pruned
 from itcp_deploy.pipeline.strategies import strategy_for
 
 
@@ -112,31 +112,78 @@ MIN_AIM_FACTOR = 0.8  # a final engine > 25% above the loop's engine of its plan
 
 
 def _solve_again(ctx: RunContext) -> bool:
-    """When the final engine missed an SLA that the loop's engine of the same plan met under its aim (the
-    shipped engine is another build: a tiny MobileNet-V2's measured 1-3.5% above the loop's, same graph, other
-    weights layout), send the run back to the loop aiming lower by final/loop for each missed target (method step
-    5), at most ``loop.final_retries`` times. Returns whether it did."""
+    """Send the run back to the loop (method step 5) when a final engine missed what the loop can correct, at most
+    ``loop.final_retries`` times: its latency (:func:`_aim_factors`) or, for a mixed-precision plan, its top-1
+    agreement with the FP32 model it came from (:func:`_precision_control`). Returns whether it did."""
+    c, state = ctx.config, ctx.state
+    if len(state.retries) >= c.loop.final_retries:
+        return False
+    factors, latency_note = _aim_factors(ctx)
+    fp32_groups, precision_note = _precision_control(ctx)
+    if not factors and not fp32_groups:
+        return False
+    note = "; ".join(n for n in (latency_note, precision_note) if n)
+    ctx.log(f"{note} (re-solve {len(state.retries) + 1} of {c.loop.final_retries})")
+    if ctx.folder.finetune.is_dir():  # its checkpoint is the old plan's: kept aside, not resumed from
+        ctx.folder.finetune.rename(ctx.folder.root / f"finetune.before-re-solve-{len(state.retries) + 1}")
+    state.retry(RESOLVED_STAGES, {"note": note, "aim_factor": factors, "fp32_groups": list(fp32_groups)})
+    return True
+
+
+def _aim_factors(ctx: RunContext) -> tuple[dict[str, float], str]:
+    """When a final engine missed an SLA that the loop's engine of the same plan met under its aim (the shipped
+    engine is another build: a tiny MobileNet-V2's measured 1-3.5% above the loop's, same graph, other weights
+    layout), each missed target's aim lowered by final/loop; ({}, "") when there is nothing to correct."""
     c, state = ctx.config, ctx.state
     final, loop = state.done("final")["targets"], state.done("loop")
     accepted = {t["name"]: t["measured_ms"] for t in loop["rounds"][loop["accepted_round"]]["targets"]}
     missed = [t for t in c.targets if not final[t.name]["met"]]
-    if not missed or len(state.retries) >= c.loop.final_retries:
-        return False
-    if any(accepted[t.name] > loop["aim_ms"][t.name] for t in missed):
-        return False  # the loop's own plan missed its aim (its rounds ran out): aiming lower is no correction
+    if not missed or any(accepted[t.name] > loop["aim_ms"][t.name] for t in missed):
+        return {}, ""  # nothing missed, or the loop's own plan missed its aim: aiming lower is no correction
     factors = {t.name: accepted[t.name] / final[t.name]["measured_ms"] for t in missed}
     if any(not MIN_AIM_FACTOR <= f < 1.0 or 1.0 - (1.0 - t.latency.margin) * f >= 0.5
            for t, f in zip(missed, factors.values(), strict=True)):
-        return False  # the engines differ by more than noise, or no aim would be left: report the miss
+        return {}, ""  # the engines differ by more than noise, or no aim would be left: report the miss
     note = "; ".join(f"{t.name}: final engine {final[t.name]['measured_ms']:.4g} ms, over the SLA "
                      f"{final[t.name]['sla_ms']:.4g} ms, where the loop measured {accepted[t.name]:.4g} ms"
                      for t in missed)
-    ctx.log(f"{note}: solving again aiming {1 - min(factors.values()):.1%} lower "
-            f"(re-solve {len(state.retries) + 1} of {c.loop.final_retries})")
-    if ctx.folder.finetune.is_dir():  # its checkpoint is the old plan's: kept aside, not resumed from
-        ctx.folder.finetune.rename(ctx.folder.root / f"finetune.before-re-solve-{len(state.retries) + 1}")
-    state.retry(RESOLVED_STAGES, {"note": note, "aim_factor": factors})
-    return True
+    return factors, f"{note}: solving again aiming {1 - min(factors.values()):.1%} lower"
+
+
+def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
+    """A mixed-precision plan whose final engine agrees with the FP32 model it came from on fewer than
+    ``min_agreement`` of the evaluation images: the plan's INT8 groups that disagree most alone (measured on
+    that pruned model, the same images), to hold at FP32 in the re-solve (:func:`~itcp_deploy.search.precision.
+    keep_fp32`); ((), "") when every engine agrees enough or nothing was measured."""
+    from itcp_deploy.data.calibration import load_calibration
+    from itcp_deploy.plan import PruningPlan
+    from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
+    from itcp_deploy.search.precision import keep_fp32
+
+    c, final = ctx.config, ctx.state.done("final")["targets"]
+    agreements = [a["agreement_with_source"] for t in c.targets if t.engine.precision == "mixed"
+                  and "agreement_with_source" in (a := final[t.name].get("engine_accuracy") or {})]
+    plan = PruningPlan.load(ctx.folder.plan)
+    if not agreements or min(agreements) >= c.min_agreement or not plan.int8_groups:
+        return (), ""
+    worst, images = min(agreements), final[c.targets[0].name]["engine_accuracy"]["images"]
+    held, n = [], 0
+    for x, y in ctx.inputs.eval_loader or []:  # the images the agreement was measured on
+        held.append((x[:images - n], y[:images - n]))
+        n += len(held[-1][0])
+        if n >= images:
+            break
+    if not held:  # a one-pass loader, read by the final stage
+        ctx.log("precision control: the evaluation data could not be read again; the mixed plan stays as it is")
+        return (), ""
+    calib = load_calibration(c.targets[0].engine.calib, c.input_shape)
+    pruned = restore_pruned(ctx.inputs.model, c, ctx.folder)
+    with Int8Loss(pruned, ctx.space, calib, held, widths=plan.widths) as loss:
+        alone = int8_disagreements(loss, plan.int8_groups)
+    groups = keep_fp32(alone, 1.0 - worst, 1.0 - c.min_agreement)
+    return groups, (f"the mixed engine agrees with its FP32 model on {worst:.1%} of {images} evaluation images, "
+                    f"under {c.min_agreement:.1%}: solving again with {', '.join(groups)} at FP32 (alone at INT8 "
+                    f"they moved {', '.join(f'{alone[g]:.1%}' for g in groups)} of the top-1s)")
 
 
 def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...], data: str | None = None) -> None:

@@ -139,9 +139,11 @@ def engine_accuracy_rows(targets: list[dict]) -> list[str]:
         a = t.get("engine_accuracy")
         if a:
             who = f" `{t['name']}`" if len(targets) > 1 else ""
+            source = ("" if "agreement_with_source" not in a else
+                      f", with its FP32 model on {100 * a['agreement_with_source']:.1f}%")
             rows.append(f"| engine{who} top-1, measured on the engine ({a['images']} images) | "
                         f"{a['dense_engine_top1']:.2f}% | {a['engine_top1']:.2f}% (agrees with the dense engine on "
-                        f"{100 * a['agreement_with_dense']:.1f}%) |")
+                        f"{100 * a['agreement_with_dense']:.1f}%{source}) |")
     return rows
 
 

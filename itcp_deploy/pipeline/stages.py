@@ -366,14 +366,15 @@ def stage_final(ctx: RunContext) -> dict:
                        "measured_ms": verdict.measured_ms, "sla_ms": verdict.limit_ms, "met": verdict.met,
                        "measurements": [{"ratio": m.ratio, "ratio_spread": m.latency.ratio_spread,
                                          "timing_rounds": m.timing_rounds} for m in taken],
-                       "engine_accuracy": _engine_accuracy(ctx, t, built.artifact)}
+                       "engine_accuracy": _engine_accuracy(ctx, t, built.artifact, pruned)}
     macs, params = count_macs_params(pruned, c.input_shape)
     return {"targets": out, "macs": macs, "params": params}
 
 
-def _engine_accuracy(ctx: RunContext, target: DeployTarget, artifact: Path) -> dict | None:
+def _engine_accuracy(ctx: RunContext, target: DeployTarget, artifact: Path, pruned: nn.Module) -> dict | None:
     """The engine's own top-1 and its agreement with the dense engine on the evaluation data (classifiers
-    with the default loss, as the model's accuracy), or None."""
+    with the default loss, as the model's accuracy), and below FP32 with ``pruned``, the model it came from;
+    or None."""
     from itcp_deploy.engines.evaluate import engine_quality
 
     if ctx.state.done("dense").get("accuracy") is None or ctx.inputs.eval_loader is None:
@@ -382,7 +383,8 @@ def _engine_accuracy(ctx: RunContext, target: DeployTarget, artifact: Path) -> d
     if tuple(images.shape[1:]) != tuple(target.input_shape[1:]):  # e.g. 32x32 data, an engine built at 224
         return None
     dense = Path(ctx.state.done("dense")["targets"][target.name])
-    return engine_quality(target.engine.backend, artifact, dense, target.engine.options, ctx.inputs.eval_loader)
+    return engine_quality(target.engine.backend, artifact, dense, target.engine.options, ctx.inputs.eval_loader,
+                          source=pruned if target.engine.precision != "fp32" else None)
 
 
 STAGES: list[tuple[str, Callable[[RunContext], dict]]] = [

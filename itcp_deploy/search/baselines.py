@@ -38,6 +38,7 @@ class SearchInputs:
     scores: dict[str, np.ndarray]
     channel_importance: dict[str, np.ndarray] | None = None
     int8_cost: dict[str, float] | None = None  # a mixed-precision perf model's: each group's INT8 cost
+    fp32_groups: tuple[str, ...] = ()  # a mixed search's groups held at fp32 (the final stage's precision control)
 
     def problem(self) -> SearchProblem:
         """Over widths; over (width, precision) states when the perf model is mixed-precision
@@ -45,7 +46,8 @@ class SearchInputs:
         if self.perf_model.precision_tables:
             from itcp_deploy.search.precision import problem_from_mixed
 
-            return problem_from_mixed(self.space, self.perf_model, self.scores, self.int8_cost or {})
+            return problem_from_mixed(self.space, self.perf_model, self.scores, self.int8_cost or {},
+                                      self.fp32_groups)
         return problem_from(self.space, self.perf_model, self.scores)
 
 

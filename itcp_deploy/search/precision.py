@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -34,24 +34,49 @@ from itcp_deploy.perfmodel.mixed import FP32, INT8, MIXED, SAME, Combo
 from itcp_deploy.search.problem import SearchProblem, Term, space_scores
 from itcp_deploy.space import PruningSpace
 
-__all__ = ["FP32", "INT8", "MIXED", "group_states", "int8_groups", "mixed_problem", "problem_from_mixed",
-           "split_plan", "split_states", "state_scores"]
+__all__ = ["FP32", "INT8", "MIXED", "group_states", "int8_groups", "keep_fp32", "mixed_problem",
+           "problem_from_mixed", "split_plan", "split_states", "state_scores"]
 State = tuple[int, str]
 _RANK = {INT8: 0, FP32: 1}  # within one width, the cheaper, lower-scoring state first (as widths ascend)
 
 
-def group_states(space: PruningSpace, precisions: Sequence[str] = MIXED) -> dict[str, tuple[State, ...]]:
+def group_states(space: PruningSpace, precisions: Sequence[str] = MIXED,
+                 fp32_groups: Collection[str] = ()) -> dict[str, tuple[State, ...]]:
     """Every group's states, ordered by width, then int8 before fp32; a fixed group: its width at fp32. Width 0
     (a removed residual branch) has one state, at fp32 when fp32 is searched: no layer is left to quantize (a
-    plan naming a removed group INT8 names layers its engine does not have)."""
+    plan naming a removed group INT8 names layers its engine does not have). ``fp32_groups``: groups held at
+    fp32 (the final stage's precision control, :func:`keep_fp32`)."""
     bad = [p for p in precisions if p not in _RANK]
-    if bad or not precisions:
-        raise UsageError(f"precisions {list(precisions)} are not a subset of {list(MIXED)}",
+    if bad or not precisions or (fp32_groups and FP32 not in precisions):
+        raise UsageError(f"precisions {list(precisions)} are not a subset of {list(MIXED)} that can hold "
+                         f"{len(fp32_groups)} group(s) at fp32",
                          f"choose per-group precisions among {', '.join(MIXED)}")
     order = sorted(set(precisions), key=_RANK.get)
     removed = (FP32,) if FP32 in order else tuple(order)
     return {g.name: ((g.candidates[-1], FP32),) if g.fixed else
-            tuple((w, p) for w in g.candidates for p in (order if w > 0 else removed)) for g in space.groups}
+            tuple((w, p) for w in g.candidates
+                  for p in (order if w > 0 and g.name not in fp32_groups else removed)) for g in space.groups}
+
+
+def keep_fp32(disagreement: Mapping[str, float], measured: float, allowed: float) -> tuple[str, ...]:
+    """The INT8 groups to hold at fp32 when a mixed engine's top-1 disagrees with its FP32 model on a share
+    ``measured`` of the images, over ``allowed``: the groups that disagree most alone (``disagreement``: each
+    INT8 group's share when it alone is INT8), taken until they account for the excess share of the groups'
+    summed disagreement, at least one. Flips need not add up over groups, so this is a ranking and a
+    proportion, checked by measuring the re-solved engine; () when ``measured`` is within ``allowed``."""
+    if measured <= allowed or not disagreement:
+        return ()
+    ranked = sorted(disagreement, key=lambda g: (-disagreement[g], g))
+    total = sum(disagreement.values())
+    if total <= 0:
+        return tuple(sorted(ranked))  # no group flips alone, only together: every one goes back
+    need, kept, taken = (measured - allowed) / measured * total, [], 0.0
+    for g in ranked:
+        if kept and taken >= need:
+            break
+        kept.append(g)
+        taken += disagreement[g]
+    return tuple(sorted(kept))
 
 
 def state_scores(space: PruningSpace, states: Mapping[str, tuple[State, ...]],
@@ -77,12 +102,13 @@ def mixed_problem(
     width_scores: Mapping[str, np.ndarray],
     int8_cost: Mapping[str, float | np.ndarray] | None = None,
     precisions: Sequence[str] = MIXED,
+    fp32_groups: Collection[str] = (),
 ) -> SearchProblem:
     """The search over states: ``tables[layer][(p_in, p_out)]`` is the layer's latency (ms) over its groups'
     candidate widths (len C_in x len C_out) when its input group is at ``p_in`` and its output group at
     ``p_out``. With ``precisions=("fp32",)`` this is :func:`~itcp_deploy.search.problem.problem_from_tables`
-    on the fp32 tables, state ``(w, "fp32")`` for width ``w``."""
-    states = group_states(space, precisions)
+    on the fp32 tables, state ``(w, "fp32")`` for width ``w``; ``fp32_groups``: held at fp32."""
+    states = group_states(space, precisions, fp32_groups)
     terms = []
     for layer in space.layers:
         a, b = space.group(layer.in_group), space.group(layer.out_group)
@@ -104,15 +130,16 @@ def problem_from_mixed(
     perf_model,
     width_scores: Mapping[str, np.ndarray],
     int8_cost: Mapping[str, float | np.ndarray],
+    fp32_groups: Collection[str] = (),
 ) -> SearchProblem:
     """The search over states on a mixed-precision :class:`~itcp_deploy.perfmodel.PerfModel` (fitted on a
-    profile of mixed engines: its ``precision_tables``)."""
+    profile of mixed engines: its ``precision_tables``); ``fp32_groups``: held at fp32."""
     if not perf_model.precision_tables:
         raise UsageError("the perf model has no mixed-precision tables",
                          "fit it on a profile taken with --precision mixed")
     tables = {layer.name: {SAME: perf_model.layer_table(layer.name), **perf_model.precision_tables[layer.name]}
               for layer in space.layers}
-    return mixed_problem(space, tables, perf_model.constant_ms, width_scores, int8_cost)
+    return mixed_problem(space, tables, perf_model.constant_ms, width_scores, int8_cost, fp32_groups=fp32_groups)
 
 
 def split_plan(states: Mapping[str, State | Sequence]) -> tuple[dict[str, int], dict[str, str]]:
