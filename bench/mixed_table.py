@@ -213,14 +213,14 @@ class Miss(Exception):
 
 def trainer(b: Bench, seed: int, folder: Path):
     """The CLI's finetuning recipe (``from_specs.spec_inputs``: distillation from the dense model, checkpoints
-    and resume in the run folder) over the seed's ``--train-subset`` of the augmented training split."""
+    and resume in the run folder) over the seed's ``--train-subset`` of the training split; none at --epochs 0."""
     info, n = b.inputs.train, len(b.inputs.train.dataset)
     if b.args.train_subset < n:
         info = replace(info, dataset=Subset(info.dataset, seeded_indices(n, b.args.train_subset, seed)))
     def finetune(model: torch.nn.Module) -> torch.nn.Module:
-        config = TrainConfig(epochs=b.args.epochs, lr=b.args.lr, batch_size=64, seed=seed, teacher=b.inputs.model,
-                             checkpoint_dir=folder / "finetune", resume=True, quiet=True, device="cpu")
-        train(model, info, None, config)
+        if b.args.epochs:
+            train(model, info, None, TrainConfig(epochs=b.args.epochs, lr=b.args.lr, batch_size=64, seed=seed,
+                  teacher=b.inputs.model, checkpoint_dir=folder / "finetune", resume=True, quiet=True, device="cpu"))
         return model.cpu().eval()
 
     return finetune

@@ -53,4 +53,25 @@ def test_no_engine_accuracy_when_the_data_is_not_at_the_engines_shape():
     state = SimpleNamespace(done=lambda stage: {"accuracy": 10.0, "targets": {"t": "dense"}})
     ctx = SimpleNamespace(state=state, inputs=SimpleNamespace(eval_loader=[(torch.zeros(2, 3, 32, 32), None)]))
     target = SimpleNamespace(name="t", input_shape=(1, 3, 224, 224))
-    assert _engine_accuracy(ctx, target, "engine") is None
+    assert _engine_accuracy(ctx, target, "engine", _net()) is None
+
+
+def test_quality_compares_the_engine_with_the_model_it_came_from(tmp_path):
+    """``source``: the FP32 PyTorch model the engine was built from (a quantized engine's agreement with it is
+    what quantization alone cost); its argmax differs from the engine's where the logits differ."""
+    from itcp_deploy.engines.evaluate import engine_quality
+
+    model = _net()
+    built = build_engine(model, (1, 3, 8, 8), tmp_path, "m", EngineSpec("onnxruntime", "fp32"))
+    x, y = torch.randn(20, 3, 8, 8), torch.randint(0, 5, (20,))
+    same = engine_quality("onnxruntime", built.artifact, built.artifact, EngineOptions(), [(x, y)], source=model)
+    assert same["agreement_with_source"] == 1.0 and same["agreement_with_dense"] == 1.0
+    other = _net()
+    with torch.no_grad():
+        other[-1].weight.neg_()  # another classifier: most images change class
+    moved = engine_quality("onnxruntime", built.artifact, built.artifact, EngineOptions(), [(x, y)], source=other)
+    with torch.no_grad():
+        want = float(np.mean(other(x).argmax(1).numpy() == model(x).argmax(1).numpy()))
+    assert moved["agreement_with_source"] == pytest.approx(want) and want < 1.0
+    assert "agreement_with_source" not in engine_quality("onnxruntime", built.artifact, built.artifact,
+                                                         EngineOptions(), [(x, y)])
