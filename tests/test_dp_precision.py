@@ -14,6 +14,7 @@ from itcp_deploy.search.precision import (
     FP32,
     INT8,
     MIXED,
+    agreement_aim,
     group_states,
     int8_groups,
     keep_fp32,
@@ -218,3 +219,10 @@ def test_keep_fp32_takes_the_groups_that_flip_most_until_the_excess_is_covered()
     assert keep_fp32(alone, measured=0.20, allowed=0.05) == ("b", "c")
     assert keep_fp32({"a": 0.0, "b": 0.0}, measured=0.2, allowed=0.05) == ("a", "b")  # flips only together
     assert keep_fp32({}, measured=0.2, allowed=0.05) == ()
+
+
+def test_the_agreement_aim_covers_the_measurements_noise():
+    """1,000 images at 0.95: 1.645 standard errors (0.0113) above; fewer images, a wider margin; 1 and 0 exact."""
+    assert agreement_aim(0.95, 1000) == pytest.approx(0.95 + 1.645 * (0.95 * 0.05 / 1000) ** 0.5)
+    assert agreement_aim(0.95, 128) > agreement_aim(0.95, 1000) > 0.95
+    assert agreement_aim(1.0, 1000) == 1.0 and agreement_aim(0.0, 1000) == 0.0 and agreement_aim(0.9, 0) == 1.0

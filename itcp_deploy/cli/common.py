@@ -32,7 +32,8 @@ BlockRemovalOpt = Annotated[bool, typer.Option("--block-removal/--no-block-remov
                                                help="Let residual branches be removed (width 0).")]
 MinAgreementOpt = Annotated[float, typer.Option(
     "--min-agreement", min=0.0, max=1.0, help="--precision mixed: solve again, the INT8 groups that move most "
-    "top-1s held at FP32, when the engine agrees with its FP32 model on fewer evaluation images (0: off).")]
+    "top-1s held at FP32, unless the engine agrees with its FP32 model on this share of evaluation images (95% "
+    "confidence; 0: off).")]
 WorkspaceOpt = Annotated[int, typer.Option("--workspace-mb", min=1,
                                            help="TensorRT builder workspace (MiB): raise it when a build fails.")]
 AdaptiveOpt = Annotated[bool, typer.Option(

@@ -158,15 +158,17 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     from itcp_deploy.data.calibration import load_calibration
     from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
-    from itcp_deploy.search.precision import keep_fp32
+    from itcp_deploy.search.precision import agreement_aim, keep_fp32
 
     c, final = ctx.config, ctx.state.done("final")["targets"]
-    agreements = [a["agreement_with_source"] for t in c.targets if t.engine.precision == "mixed"
-                  and "agreement_with_source" in (a := final[t.name].get("engine_accuracy") or {})]
+    measured = [a for t in c.targets if t.engine.precision == "mixed"
+                and "agreement_with_source" in (a := final[t.name].get("engine_accuracy") or {})]
     plan = PruningPlan.load(ctx.folder.plan)
-    if not agreements or min(agreements) >= c.min_agreement or not plan.int8_groups:
+    images = min((a["images"] for a in measured), default=0)
+    worst = min((a["agreement_with_source"] for a in measured), default=1.0)
+    aim = agreement_aim(c.min_agreement, images)
+    if not measured or worst >= aim or not plan.int8_groups:
         return (), ""
-    worst, images = min(agreements), final[c.targets[0].name]["engine_accuracy"]["images"]
     held, n = [], 0
     for x, y in ctx.inputs.eval_loader or []:  # the images the agreement was measured on
         held.append((x[:images - n], y[:images - n]))
@@ -180,10 +182,11 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     pruned = restore_pruned(ctx.inputs.model, c, ctx.folder)
     with Int8Loss(pruned, ctx.space, calib, held, widths=plan.widths) as loss:
         alone = int8_disagreements(loss, plan.int8_groups)
-    groups = keep_fp32(alone, 1.0 - worst, 1.0 - c.min_agreement)
+    groups = keep_fp32(alone, 1.0 - worst, 1.0 - aim)
     return groups, (f"the mixed engine agrees with its FP32 model on {worst:.1%} of {images} evaluation images, "
-                    f"under {c.min_agreement:.1%}: solving again with {', '.join(groups)} at FP32 (alone at INT8 "
-                    f"they moved {', '.join(f'{alone[g]:.1%}' for g in groups)} of the top-1s)")
+                    f"under {aim:.1%} (--min-agreement {c.min_agreement:g} with 95% confidence): solving again "
+                    f"with {', '.join(groups)} at FP32 (alone at INT8 they moved "
+                    f"{', '.join(f'{alone[g]:.1%}' for g in groups)} of the top-1s)")
 
 
 def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...], data: str | None = None) -> None:
