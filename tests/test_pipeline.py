@@ -170,13 +170,16 @@ def test_run_on_torch_backend(tmp_path):
 
 def _loop_context(config, out, model, space):
     """What the closed loop reads of a run: its config, a copy of a finished run folder, the dense model."""
+    from types import SimpleNamespace
+
     from itcp_deploy.pipeline.run_dir import RunFolder
     from itcp_deploy.pipeline.sources import ModelInputs
     from itcp_deploy.pipeline.stages import RunContext
     from itcp_deploy.pipeline.strategies import STRATEGIES
 
     config = replace(config, profile=replace(config.profile, adaptive=False))  # no probes: they build real engines
-    return RunContext(config, RunFolder(out), None, ModelInputs(model, []), space, STRATEGIES.get("itcp"),
+    state = SimpleNamespace(retries=[])  # a first pass: no re-solve has held a group at FP32
+    return RunContext(config, RunFolder(out), state, ModelInputs(model, []), space, STRATEGIES.get("itcp"),
                       lambda m: None)
 
 

@@ -174,7 +174,8 @@ def test_measurement_keeps_a_single_target_plan_that_beats_the_vector_plan(two_t
     model = create_model("cifar_resnet20", num_classes=10).eval()
     space = build_space(model, (1, 3, 32, 32), model_spec="cifar_resnet20").with_removal(config.block_removal)
     context = RunContext(replace(config, profile=replace(config.profile, adaptive=False)), RunFolder(out, names),
-                         None, ModelInputs(model, []), space, STRATEGIES.get("itcp"), lambda m: None)
+                         SimpleNamespace(retries=[]), ModelInputs(model, []), space, STRATEGIES.get("itcp"),
+                         lambda m: None)
     result = closed_loop(context, [TargetMeter(t.engine, t.latency, tmp_path, config.loop.timing)
                                    for t in config.targets])
     rounds, kept = result["rounds"], result["rounds"][result["accepted_round"]]
