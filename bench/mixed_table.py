@@ -73,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--train-subset", type=int, default=50000, help="finetuning images per epoch (seeded subset)")
     p.add_argument("--test-samples", type=int, default=2000, help="fixed subset of the test split (top-1)")
-    p.add_argument("--pipeline-samples", type=int, default=1000, help="the runs' own evaluation data (INT8 costs, "
-                   "precision control): the test images after --test-samples, disjoint from the table's")
+    p.add_argument("--pipeline-samples", type=int, default=1000, help="the runs' own test images, after the table's")
     p.add_argument("--calib-images", type=int, default=256, help="INT8 calibration images (training split)")
+    p.add_argument("--min-agreement", type=float, default=0.0, help="the runs' precision control (default off)")
     p.add_argument("--max-builds", type=int, default=32, help="profiling budget per precision")
     p.add_argument("--measure-rounds", type=int, default=30, help="final interleaved session: rounds")
     p.add_argument("--measure-runs", type=int, default=100, help="final interleaved session: runs per round")
@@ -203,8 +203,8 @@ def dense_point(b: Bench) -> None:
 
 def check_ratio(b: Bench, artifact: Path) -> float:
     """``artifact``'s latency over the dense FP32 engine's, measured interleaved (variant b's check)."""
-    m = measure_engines(BACKEND, [artifact], EngineOptions(), CHECK, reference=Path(b.dense["engine"]))
-    return m.engines[0].ratio
+    reference = Path(b.dense["engine"])
+    return measure_engines(BACKEND, [artifact], EngineOptions(), CHECK, reference=reference).engines[0].ratio
 
 
 class Miss(Exception):
@@ -253,7 +253,7 @@ def prune_run(b: Bench, seed: int, folder: Path, target: dict, spec: EngineSpec,
     (default ``spec``'s; ``spec``: the one-shot engine's); returns its result and the one-shot facts."""
     a = b.args
     options = PruneOptions(name=a.model, data=a.data, weights=a.weights, calib=spec.calib, seed=seed,
-                           eval_loader=b.pipeline_batches, log=b.log(folder.name),
+                           min_agreement=a.min_agreement, eval_loader=b.pipeline_batches, log=b.log(folder.name),
                            recipe=FinetuneRecipe(epochs=a.epochs, lr=a.lr, train_subset=a.train_subset,
                                                  test_samples=a.test_samples),
                            profile=ProfileSettings(cache_dir=a.cache or str(b.out / "cache"), max_builds=a.max_builds))

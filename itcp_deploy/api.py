@@ -51,7 +51,7 @@ class PruneOptions:
     or segmentation head); ``compensate``: least-squares refit of the next layers after pruning;
     ``block_removal``: let the search remove residual branches (width 0); ``min_agreement``: a mixed-precision
     engine agreeing with its FP32 model on fewer evaluation images is solved again with its most sensitive INT8
-    groups at FP32 (0: off)."""
+    groups at FP32 (0, the default: off)."""
 
     name: str | None = None
     data: str = "python objects"
@@ -61,7 +61,7 @@ class PruneOptions:
     ignore_layers: tuple[str, ...] = ()
     compensate: bool = True
     block_removal: bool = True
-    min_agreement: float = 0.95
+    min_agreement: float = 0.0
     percentile: int = 50
     margin: float = 0.03
     engine: EngineOptions = field(default_factory=EngineOptions)

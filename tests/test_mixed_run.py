@@ -58,7 +58,7 @@ def _check_mixed_run(out: Path) -> dict:
 def _check_precision_control(out: Path, again) -> None:
     """``--min-agreement 0.99`` reaches the final stage's precision control. The random net predicts one class
     on noise, so its mixed engine agrees with its FP32 model on every image: the measured agreement in the
-    finished run's state is set to 0.97 (above the default 0.95, below the option), as a resume reads it, and
+    finished run's state is set to 0.97 (which the default, off, lets through), as a resume reads it, and
     ``again()`` (the same command) resumes: the run goes back to the loop once, with INT8 groups of the plan held
     at FP32, measured on that pruned model, and the new plan puts none of them at INT8."""
     state_path = out / "state.json"

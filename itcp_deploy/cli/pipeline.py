@@ -57,7 +57,7 @@ def run_command(
                                           help="Distil from the dense model while finetuning.")] = True,
     compensate: CompensateOpt = True,
     block_removal: BlockRemovalOpt = True,
-    min_agreement: MinAgreementOpt = 0.95,
+    min_agreement: MinAgreementOpt = 0.0,
     percentile: PercentileOpt = 50,
     margin: MarginOpt = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Engine threads.")] = 1,

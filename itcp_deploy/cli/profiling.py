@@ -95,7 +95,7 @@ def profile_engines_cmd(
     ignore_layers: IgnoreLayersOpt = None,
     compensate: CompensateOpt = True,
     block_removal: BlockRemovalOpt = True,
-    min_agreement: MinAgreementOpt = 0.95,
+    min_agreement: MinAgreementOpt = 0.0,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Profile JSON path; with an SLA, the output "
                                              "directory of the engine (as in `run`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
