@@ -15,6 +15,7 @@ from itcp_deploy.search.precision import (
     INT8,
     MIXED,
     agreement_aim,
+    fp32_costs,
     group_states,
     int8_groups,
     keep_fp32,
@@ -219,7 +220,19 @@ def test_keep_fp32_takes_the_groups_that_flip_most_until_the_excess_is_covered()
     assert keep_fp32(alone, measured=0.20, allowed=0.05) == ("b", "c")
     assert keep_fp32({"a": 0.0, "b": 0.0}, measured=0.2, allowed=0.05) == ("a", "b")  # flips only together
     assert keep_fp32({}, measured=0.2, allowed=0.05) == ()
+    # with what each costs to hold (ms): b, which moves most, takes 100x c's time; c and a cover the excess
+    assert keep_fp32(alone, measured=0.08, allowed=0.05, cost={"a": 1.0, "b": 10.0, "c": 0.1, "d": 0.1}) == ("a", "c")
 
+
+def test_fp32_costs_are_the_time_each_int8_group_saves():
+    space = resnet_space(1, SMALL)
+    rng = np.random.default_rng(3)
+    problem = mixed_problem(space, combo_tables(space, rng), 5.0, random_scores(space), int8_costs(space, rng))
+    states = {g.name: (g.candidates[-1], INT8 if not g.fixed else FP32) for g in space.groups}
+    costs = fp32_costs(problem, states, ("conv1", "layer2.0.conv1"))
+    for g, ms in costs.items():
+        assert ms == pytest.approx(problem.cost({**states, g: (states[g][0], FP32)}) - problem.cost(states))
+        assert ms > 0  # INT8 is 40-90% of FP32 in these tables: holding a group at FP32 costs time
 
 def test_the_agreement_aim_covers_the_measurements_noise():
     """1,000 images at 0.95: 1.645 standard errors (0.0113) above; fewer images, a wider margin; 1 and 0 exact."""

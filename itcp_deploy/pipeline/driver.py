@@ -25,6 +25,7 @@ from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
 from itcp_deploy.pipeline.stages import STAGES, Log, Progress, RunContext, restore_pruned
 from itcp_deploy.pipeline.strategies import strategy_for
+from itcp_deploy.plan import PruningPlan
 
 
 def run(config: RunConfig, log: Log | None = None, progress: Progress | None = None) -> RunReport:
@@ -156,7 +157,6 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     that pruned model, the same images), to hold at FP32 in the re-solve (:func:`~itcp_deploy.search.precision.
     keep_fp32`); ((), "") when every engine agrees enough or nothing was measured."""
     from itcp_deploy.data.calibration import load_calibration
-    from itcp_deploy.plan import PruningPlan
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
     from itcp_deploy.search.precision import agreement_aim, keep_fp32
 
@@ -182,11 +182,32 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     pruned = restore_pruned(ctx.inputs.model, c, ctx.folder)
     with Int8Loss(pruned, ctx.space, calib, held, widths=plan.widths) as loss:
         alone = int8_disagreements(loss, plan.int8_groups)
-    groups = keep_fp32(alone, 1.0 - worst, 1.0 - aim)
+    groups = keep_fp32(alone, 1.0 - worst, 1.0 - aim, _fp32_costs(ctx, plan))
     return groups, (f"the mixed engine agrees with its FP32 model on {worst:.1%} of {images} evaluation images, "
                     f"under {aim:.1%} (--min-agreement {c.min_agreement:g} with 95% confidence): solving again "
                     f"with {', '.join(groups)} at FP32 (alone at INT8 they moved "
                     f"{', '.join(f'{alone[g]:.1%}' for g in groups)} of the top-1s)")
+
+
+def _fp32_costs(ctx: RunContext, plan: PruningPlan) -> dict[str, float]:
+    """What holding each INT8 group of ``plan`` at FP32 would add to its predicted latency, as a share of the plan's
+    (summed over the targets): what the precision control weighs a group's moved top-1s against."""
+    from itcp_deploy.atomic_io import read_json
+    from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.search.baselines import SearchInputs
+    from itcp_deploy.search.precision import FP32, INT8, fp32_costs
+
+    scores, costs = ctx.folder.read_arrays(ctx.folder.scores), read_json(ctx.folder.int8_cost, "int8 costs")
+    shares = dict.fromkeys(plan.int8_groups, 0.0)
+    for t in ctx.config.targets:
+        perf = PerfModel.load(ctx.folder.target(t.name).perf_model)
+        problem = SearchInputs(perf.space, perf, scores, None, costs).problem()
+        states = {g.name: (g.candidates[-1] if g.fixed else plan.widths[g.name],
+                           INT8 if g.name in plan.int8_groups else FP32) for g in perf.space.groups}
+        base = problem.cost(states)
+        for g, ms in fp32_costs(problem, states, plan.int8_groups).items():
+            shares[g] += ms / base
+    return shares
 
 
 def _note_other_size(inputs: ModelInputs, input_shape: tuple[int, ...], data: str | None = None) -> None:
@@ -219,7 +240,6 @@ def report_of(ctx: RunContext) -> RunReport:
     import os
 
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.plan import PruningPlan
 
     c, s, root = ctx.config, ctx.state, ctx.folder.root
     dense, loop, fin, final = s.done("dense"), s.done("loop"), s.done("finetune"), s.done("final")
