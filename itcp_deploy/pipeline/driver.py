@@ -152,10 +152,11 @@ def _aim_factors(ctx: RunContext) -> tuple[dict[str, float], str]:
 
 
 def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
-    """A mixed-precision plan whose final engine agrees with the FP32 model it came from on fewer than
-    ``min_agreement`` of the evaluation images: the plan's INT8 groups that disagree most alone (measured on
-    that pruned model, the same images), to hold at FP32 in the re-solve (:func:`~itcp_deploy.search.precision.
-    keep_fp32`); ((), "") when every engine agrees enough or nothing was measured."""
+    """A mixed-precision plan whose final engine agrees with the FP32 model it came from on too few evaluation images
+    (``min_agreement`` with 95% confidence, :func:`~itcp_deploy.search.precision.agreement_aim`): the plan's INT8
+    groups that move the most top-1s alone (measured on that pruned model, the same images) per share of latency
+    their INT8 saves, to hold at FP32 in the re-solve (:func:`~itcp_deploy.search.precision.keep_fp32`); ((), "")
+    when every engine agrees enough or nothing was measured."""
     from itcp_deploy.data.calibration import load_calibration
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
     from itcp_deploy.search.precision import agreement_aim, keep_fp32
