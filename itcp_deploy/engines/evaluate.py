@@ -37,7 +37,9 @@ class EngineOutputs:
         return float(np.mean(self.logits.argmax(1) == other.logits.argmax(1)))
 
 
-def _images_and_labels(batches: Iterable[Any], limit: int) -> tuple[np.ndarray, np.ndarray]:
+def images_and_labels(batches: Iterable[Any], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` images of ``batches`` (``(inputs, labels)`` pairs) and their labels, as arrays: the
+    images an engine's accuracy is measured on."""
     xs, ys, n = [], [], 0
     for batch in batches:
         x, y = batch[0], batch[1]
@@ -67,7 +69,7 @@ def _logits(backend: str, artifact: Artifact, options: EngineOptions, images: np
 def engine_outputs(backend: str, artifact: Artifact, options: EngineOptions, batches: Iterable[Any],
                    limit: int = 1000) -> EngineOutputs:
     """The engine's logits on the first ``limit`` images of ``batches`` (``(inputs, labels)`` pairs)."""
-    images, labels = _images_and_labels(batches, limit)
+    images, labels = images_and_labels(batches, limit)
     return EngineOutputs(logits=_logits(backend, artifact, options, images), labels=labels)
 
 
@@ -77,7 +79,7 @@ def engine_quality(backend: str, artifact: Artifact, dense_artifact: Artifact, o
     in agreement is what quantization or pruning cost, measured on the engines themselves). The batches are
     read once, for both engines. ``source``: the FP32 PyTorch model the engine was built from; its agreement
     with the engine is what quantization alone cost (``agreement_with_source``)."""
-    images, labels = _images_and_labels(batches, limit)
+    images, labels = images_and_labels(batches, limit)
     final = EngineOutputs(_logits(backend, artifact, options, images), labels)
     dense = EngineOutputs(_logits(backend, dense_artifact, options, images), labels)
     out = {"engine_top1": final.top1, "dense_engine_top1": dense.top1, "agreement_with_dense": final.agreement(dense),

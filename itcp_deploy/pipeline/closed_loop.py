@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from itcp_deploy.perfmodel import PerfModel
+    from itcp_deploy.search.baselines import SearchInputs
     from itcp_deploy.search.vector import VectorSolution
 
 Log = Callable[[str], None]
@@ -187,11 +188,22 @@ __all__ = ["Rounds", "check_reachable", "latency_split", "run_rounds"]
 # ---------------------------------------------------------------- `run`'s loop: the budget strategy
 
 
+def search_inputs(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray],
+                  importance: dict[str, np.ndarray] | None = None) -> list[SearchInputs]:
+    """Each target's search inputs: its perf model and the run's scores; a mixed-precision run's INT8 costs (the
+    search is over (width, precision) states) and the groups its re-solves held at FP32 (the precision control)."""
+    from itcp_deploy.search.baselines import SearchInputs
+
+    costs = read_json(ctx.folder.int8_cost, "int8 costs") if ctx.folder.int8_cost.is_file() else None
+    held = tuple(sorted({g for r in ctx.state.retries for g in r.get("fp32_groups", [])}))
+    return [SearchInputs(p.space, p, scores, importance, costs, fp32_groups=held) for p in perf]
+
+
 def _solver(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray],
             fronts: list[list[tuple[float, float]]]) -> tuple[list, Solve]:
     """The problems and the solve of one round: one target with the run's method (its Pareto front kept in
     ``fronts``), several with the vector DP."""
-    from itcp_deploy.search.baselines import SearchInputs, run_method
+    from itcp_deploy.search.baselines import run_method
     from itcp_deploy.search.vector import solve_targets, vector_solution
 
     c = ctx.config
@@ -200,10 +212,7 @@ def _solver(ctx: RunContext, perf: list[PerfModel], scores: dict[str, np.ndarray
         from itcp_deploy.pruning import channel_importance
 
         importance = channel_importance(ctx.inputs.model, perf[0].space, "l1")
-    # a mixed-precision run's INT8 costs: the search is over (width, precision) states
-    costs = read_json(ctx.folder.int8_cost, "int8 costs") if ctx.folder.int8_cost.is_file() else None
-    held = tuple(sorted({g for r in ctx.state.retries for g in r.get("fp32_groups", [])}))  # precision control
-    inputs = [SearchInputs(p.space, p, scores, importance, costs, fp32_groups=held) for p in perf]
+    inputs = search_inputs(ctx, perf, scores, importance)
     problems = [i.problem() for i in inputs]
     names = [t.name for t in c.targets]
     if len(problems) > 1:

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 
 from itcp_deploy.errors import UsageError
-from itcp_deploy.pipeline.closed_loop import latency_split
+from itcp_deploy.pipeline.closed_loop import latency_split, search_inputs
 from itcp_deploy.pipeline.config import DeployTarget, RunConfig
 from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
@@ -158,6 +158,7 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     their INT8 saves, to hold at FP32 in the re-solve (:func:`~itcp_deploy.search.precision.keep_fp32`); ((), "")
     when every engine agrees enough or nothing was measured."""
     from itcp_deploy.data.calibration import load_calibration
+    from itcp_deploy.engines.evaluate import images_and_labels
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
     from itcp_deploy.search.precision import agreement_aim, keep_fp32
 
@@ -170,13 +171,9 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     aim = agreement_aim(c.min_agreement, images)
     if not measured or worst >= aim or not plan.int8_groups:
         return (), ""
-    held, n = [], 0
-    for x, y in ctx.inputs.eval_loader or []:  # the images the agreement was measured on
-        held.append((x[:images - n], y[:images - n]))
-        n += len(held[-1][0])
-        if n >= images:
-            break
-    if not held:  # a one-pass loader, read by the final stage
+    try:  # the images the agreement was measured on
+        held = [images_and_labels(ctx.inputs.eval_loader or [], images)]
+    except UsageError:  # a one-pass loader, read by the final stage
         ctx.log("precision control: the evaluation data could not be read again; the mixed plan stays as it is")
         return (), ""
     calib = load_calibration(c.targets[0].engine.calib, c.input_shape)
@@ -193,18 +190,15 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
 def _fp32_costs(ctx: RunContext, plan: PruningPlan) -> dict[str, float]:
     """What holding each INT8 group of ``plan`` at FP32 would add to its predicted latency, as a share of the plan's
     (summed over the targets): what the precision control weighs a group's moved top-1s against."""
-    from itcp_deploy.atomic_io import read_json
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.search.baselines import SearchInputs
     from itcp_deploy.search.precision import FP32, INT8, fp32_costs
 
-    scores, costs = ctx.folder.read_arrays(ctx.folder.scores), read_json(ctx.folder.int8_cost, "int8 costs")
+    perf = [PerfModel.load(ctx.folder.target(t.name).perf_model) for t in ctx.config.targets]
     shares = dict.fromkeys(plan.int8_groups, 0.0)
-    for t in ctx.config.targets:
-        perf = PerfModel.load(ctx.folder.target(t.name).perf_model)
-        problem = SearchInputs(perf.space, perf, scores, None, costs).problem()
+    for inputs in search_inputs(ctx, perf, ctx.folder.read_arrays(ctx.folder.scores)):
+        problem = inputs.problem()
         states = {g.name: (g.candidates[-1] if g.fixed else plan.widths[g.name],
-                           INT8 if g.name in plan.int8_groups else FP32) for g in perf.space.groups}
+                           INT8 if g.name in plan.int8_groups else FP32) for g in inputs.space.groups}
         base = problem.cost(states)
         for g, ms in fp32_costs(problem, states, plan.int8_groups).items():
             shares[g] += ms / base
