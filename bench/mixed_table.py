@@ -18,7 +18,9 @@ variant is a row with its error); ``OUT/results.md`` is the table. Data: CIFAR-1
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python bench/mixed_table.py --model cifar_resnet20 \\
         --weights ../shared/weights/cifar10-resnet/resnet20-12fca82f.th --seeds 0 1 --out runs/mixed-r20
-    # ResNet-56: --model cifar_resnet56 --weights .../resnet56-4bfd9763.th; the shipped one-shot engines: --epochs 0
+    # ResNet-56: --model cifar_resnet56 --weights .../resnet56-4bfd9763.th --seeds 0 --out runs/mixed-r56
+    # the shipped one-shot engines only (what a mixed run's precision control acts on): --epochs 0
+    # smoke: --speedups 2 --train-subset 512 --test-samples 256 --max-builds 12 --out /tmp/mixed-smoke
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch.utils.data import Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itcp_deploy  # noqa: E402
+from bench.mixed_table_report import VARIANTS, markdown  # noqa: E402
 from itcp_deploy.api import PruneOptions  # noqa: E402
 from itcp_deploy.atomic_io import write_text  # noqa: E402
 from itcp_deploy.data import make_loader, seeded_indices  # noqa: E402
@@ -55,8 +58,6 @@ from itcp_deploy.pruning import build_space  # noqa: E402
 from itcp_deploy.train import TrainConfig, train  # noqa: E402
 
 BACKEND = "onnxruntime"
-VARIANTS = {"a": "itcp FP32", "b": "itcp FP32 at S/q, then INT8", "c": "itcp --precision int8",
-            "d": "itcp --precision mixed"}
 CHECK = TimingConfig(warmup=50, rounds=20, runs_per_round=50)  # q at the start; variant b's one-shot check
 
 
@@ -68,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
-    p.add_argument("--epochs", type=int, default=1, choices=range(100), metavar="EPOCHS", help="finetuning epochs "
-                   "of a variant's second row (0: one row, the shipped one-shot engine, as precision control sees it)")
+    p.add_argument("--epochs", type=int, default=1, help="finetuning epochs of a variant's second row (0: one row, "
+                   "the shipped one-shot engine, as the precision control sees it)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--train-subset", type=int, default=50000, help="finetuning images per epoch (seeded subset)")
     p.add_argument("--test-samples", type=int, default=2000, help="fixed subset of the test split (top-1)")
@@ -103,8 +104,9 @@ class Results:
 
 
 def key_of(row: dict) -> tuple:
-    return (("variant", row["seed"], row["speedup"], row["variant"], row["epochs"]) if row["kind"] == "variant"
-            else (row["kind"], row.get("seed"), row.get("speedup")))
+    if row["kind"] == "variant":
+        return ("variant", row["seed"], row["speedup"], row["variant"], row["epochs"])
+    return (row["kind"], row.get("seed"), row.get("speedup"))
 
 
 @dataclass
@@ -203,8 +205,8 @@ def dense_point(b: Bench) -> None:
 
 def check_ratio(b: Bench, artifact: Path) -> float:
     """``artifact``'s latency over the dense FP32 engine's, measured interleaved (variant b's check)."""
-    reference = Path(b.dense["engine"])
-    return measure_engines(BACKEND, [artifact], EngineOptions(), CHECK, reference=reference).engines[0].ratio
+    m = measure_engines(BACKEND, [artifact], EngineOptions(), CHECK, reference=Path(b.dense["engine"]))
+    return m.engines[0].ratio
 
 
 class Miss(Exception):
@@ -217,6 +219,7 @@ def trainer(b: Bench, seed: int, folder: Path):
     info, n = b.inputs.train, len(b.inputs.train.dataset)
     if b.args.train_subset < n:
         info = replace(info, dataset=Subset(info.dataset, seeded_indices(n, b.args.train_subset, seed)))
+
     def finetune(model: torch.nn.Module) -> torch.nn.Module:
         if b.args.epochs:
             train(model, info, None, TrainConfig(epochs=b.args.epochs, lr=b.args.lr, batch_size=64, seed=seed,
@@ -305,7 +308,7 @@ def variant_b(b: Bench, seed: int, speedup: float, folder: Path) -> tuple[dict, 
 
 
 def run_variant(b: Bench, seed: int, speedup: float, v: str) -> None:
-    """Both rows of one variant (epochs 0 and ``--epochs``), or two rows holding its error."""
+    """Both rows of one variant (epochs 0 and ``--epochs``; one at ``--epochs 0``), or rows holding its error."""
     epochs = sorted({0, b.args.epochs})  # --epochs 0: the one-shot engine is the run's final one
     keys = [("variant", seed, speedup, v, e) for e in epochs]
     rows = [b.results.rows.get(k) for k in keys]
@@ -325,7 +328,7 @@ def run_variant(b: Bench, seed: int, speedup: float, v: str) -> None:
             b.results.add({**base, "epochs": e, "error": msg, "wall_s": time.perf_counter() - t0})
         return
     wall = time.perf_counter() - t0
-    for e, facts in ((0, one), (b.args.epochs, final))[-len(epochs):]:
+    for e, facts in ((0, one), (b.args.epochs, final)) if b.args.epochs else ((0, final),):
         b.results.add({**base, **common, **facts, "epochs": e, "wall_s": wall})
         print(f"  epochs {e}: top-1 {facts['top1']:.2f}%, agrees with its FP32 model "
               f"{facts['agree_fp32_model']:.3f}, Q/DQ {100 * facts['qdq_share']:.1f}%", flush=True)
@@ -347,44 +350,10 @@ def measure_point(b: Bench, seed: int, speedup: float) -> None:
                    "spread": {v: e.ratio_spread for v, e in zip(finals, m.engines, strict=True)}})
 
 
-def _cell(row: dict, latency: dict | None, dense_top1: float) -> list[str]:
-    """One variant row's table cells after its first four (model, seed, S, variant)."""
-    if row.get("error"):
-        return [str(row["epochs"]), "error", "", "", "", "", "", row["error"].replace("|", "/")]
-    ratio = (latency or {}).get("ratios", {}).get(row["variant"])
-    lat = "n/a" if ratio is None else f"{ratio:.3f} ({1 / ratio:.2f}x){'' if ratio <= 1 / row['speedup'] else ' MISS'}"
-    groups, note = row["int8_groups"], row.get("note", "")
-    return [str(row["epochs"]), f"{row['top1']:.2f}%", f"{row['top1'] - dense_top1:+.2f}", lat,
-            f"{groups}/{row.get('groups', '')}" if isinstance(groups, int) else str(groups),
-            f"{100 * row['qdq_share']:.1f}%", f"{row['agree_fp32_model']:.3f}", note]
-
-
-def markdown(rows: list[dict]) -> str:
-    """The table of ``results.jsonl``'s rows: one line per (seed, S, variant, epochs)."""
-    dense = next((r for r in rows if r["kind"] == "dense"), None)
-    if dense is None:
-        return "# Mixed precision (issue 27)\n\nNo dense row yet.\n"
-    lat = {(r["seed"], r["speedup"]): r for r in rows if r["kind"] == "latency"}
-    lines = [f"# Mixed precision (issue 27): {dense['model']}, CIFAR-10 (JPEG copy)", "",
-             f"ONNX Runtime CPU, batch 1, one thread. Dense FP32 engine {dense['fp32_ms']:.4f} ms, top-1 "
-             f"{dense['fp32_top1']:.2f}%; dense INT8 {dense['int8_ms']:.4f} ms, top-1 {dense['int8_top1']:.2f}% "
-             f"(q = {dense['q']:.3f}); top-1 measured on each engine over {dense['images']} test images. Latency: "
-             "engine / dense FP32, every final engine of a point and the dense one in one interleaved session "
-             "(MISS: slower than dense / S). Agreement: top-1 agreement with the FP32 PyTorch model the engine "
-             "came from (the issue asks >= 0.95 for mixed).", "",
-             "| model | seed | S | variant | epochs | engine top-1 | vs dense FP32 | latency / dense FP32 "
-             "| INT8 groups | Q/DQ share | agreement with FP32 model | note |", "|" + "---|" * 12]
-    variants = sorted((r for r in rows if r["kind"] == "variant"),
-                      key=lambda r: (r["seed"], r["speedup"], r["variant"], r["epochs"]))
-    for r in variants:
-        cells = [r["model"], str(r["seed"]), f"{r['speedup']:g}", f"{r['variant']}: {VARIANTS[r['variant']]}",
-                 *_cell({**r, "groups": dense["groups"]}, lat.get((r["seed"], r["speedup"])), dense["fp32_top1"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.epochs < 0:
+        raise SystemExit("--epochs must be >= 0 (0: one row a variant, its shipped one-shot engine)")
     b = load_bench(args)
     dense_point(b)
     for seed in args.seeds:
