@@ -75,7 +75,8 @@ def agreement_aim(min_agreement: float, images: int) -> float:
 
 def fp32_costs(problem: SearchProblem, states: Mapping[str, State], groups: Sequence[str]) -> dict[str, float]:
     """What holding each of ``groups`` at fp32 adds to the plan ``states``'s predicted latency (ms): the time its
-    INT8 saves. A stage's residual group is costly (ResNet-56 at 4x: 0.286 of 0.548 ms), a block's inner one cheap."""
+    INT8 saves. A stage's residual group is costly (ResNet-56 at 4x: 0.286 of 0.548 ms), a block's inner one cheap
+    (0.013 ms there; ``bench/fp32_hold_cost.py``, docs/benchmarks.md section 26)."""
     base = problem.cost(states)
     return {g: problem.cost({**states, g: (states[g][0], FP32)}) - base for g in groups}
 
