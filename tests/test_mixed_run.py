@@ -2,7 +2,8 @@
 ``prune(precision="mixed")``: the profile mixes precisions, the scores stage measures each group's INT8 cost, the
 loop searches (width, precision) states, and the plan's INT8 groups are the final engine's; the dense engine, the
 reference of a speed-up, stays FP32. ``--min-agreement`` (``PruneOptions.min_agreement``) reaches the final stage's
-precision control through each entry point."""
+precision control through each entry point: every entry point builds one ``RunConfig`` for one driver, so each
+shows the option in the run's recorded config, and ``run`` shows its effect end to end (a resume that re-solves)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,15 @@ def _check_mixed_run(out: Path) -> dict:
     return report
 
 
+def _check_min_agreement_recorded(out: Path) -> None:
+    """The entry point put ``--min-agreement 0.99`` into the run's config, which the final stage's control reads
+    (and a resume re-reads), and the final stage measured the agreement it judges."""
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["min_agreement"] == 0.99
+    final = state["stages"]["final"]["targets"]
+    assert all("agreement_with_source" in t["engine_accuracy"] for t in final.values())
+
+
 def _check_precision_control(out: Path, again) -> None:
     """``--min-agreement 0.99`` reaches the final stage's precision control. The random net predicts one class
     on noise, so its mixed engine agrees with its FP32 model on every image: the measured agreement in the
@@ -84,6 +94,7 @@ def test_run_precision_mixed_searches_widths_and_precisions(tmp_path, cache):
     code, _, err = run_cli(*args)
     assert code in (0, 1), err  # 1: the final engine missed the SLA (noise); the wiring is what is checked
     _check_mixed_run(out)
+    _check_min_agreement_recorded(out)
     _check_precision_control(out, lambda: run_cli(*args))
 
 
@@ -93,7 +104,7 @@ def test_profile_engines_with_an_sla_takes_precision_mixed(tmp_path, cache):
     code, _, err = run_cli(*args)
     assert code in (0, 1), err
     _check_mixed_run(out)
-    _check_precision_control(out, lambda: run_cli(*args))
+    _check_min_agreement_recorded(out)
 
 
 def test_prune_precision_mixed(tmp_path, cache):
@@ -106,14 +117,11 @@ def test_prune_precision_mixed(tmp_path, cache):
     options = PruneOptions(profile=ProfileSettings(cache_dir=str(cache), max_builds=12), eval_loader=loader,
                            min_agreement=0.99)
 
-    def prune():
-        return itcp_deploy.prune(model, torch.randn(1, 3, 32, 32), speedup=1.3, precision="mixed",
-                                 score_loader=loader, out_dir=tmp_path / "out", options=options)
-
-    result = prune()
+    result = itcp_deploy.prune(model, torch.randn(1, 3, 32, 32), speedup=1.3, precision="mixed",
+                               score_loader=loader, out_dir=tmp_path / "out", options=options)
     report = _check_mixed_run(tmp_path / "out")
     assert result.report.int8_groups == report["int8_groups"]
-    _check_precision_control(tmp_path / "out", prune)
+    _check_min_agreement_recorded(tmp_path / "out")
 
 
 def test_mixed_needs_itcp_and_every_target_mixed(tmp_path):
