@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipeline-samples", type=int, default=1000, help="the runs' own test images, after the table's")
     p.add_argument("--calib-images", type=int, default=256, help="INT8 calibration images (training split)")
     p.add_argument("--min-agreement", type=float, default=0.0, help="the runs' precision control (default off)")
-    p.add_argument("--final-retries", type=int, default=1, help="re-solves after the final engine (LoopSettings)")
+    p.add_argument("--final-retries", type=int, default=1, help="latency re-solves (LoopSettings.final_retries)")
+    p.add_argument("--precision-retries", type=int, default=3, help="the control's (LoopSettings.precision_retries)")
     p.add_argument("--max-builds", type=int, default=32, help="profiling budget per precision")
     p.add_argument("--measure-rounds", type=int, default=30, help="final interleaved session: rounds")
     p.add_argument("--measure-runs", type=int, default=100, help="final interleaved session: runs per round")
@@ -258,7 +259,7 @@ def prune_run(b: Bench, seed: int, folder: Path, target: dict, spec: EngineSpec,
     a = b.args
     options = PruneOptions(name=a.model, data=a.data, weights=a.weights, calib=spec.calib, seed=seed,
                            min_agreement=a.min_agreement, eval_loader=b.pipeline_batches, log=b.log(folder.name),
-                           loop=LoopSettings(final_retries=a.final_retries),
+                           loop=LoopSettings(final_retries=a.final_retries, precision_retries=a.precision_retries),
                            recipe=FinetuneRecipe(epochs=a.epochs, lr=a.lr, train_subset=a.train_subset,
                                                  test_samples=a.test_samples),
                            profile=ProfileSettings(cache_dir=a.cache or str(b.out / "cache"), max_builds=a.max_builds))

@@ -8,7 +8,9 @@ shows the option in the run's recorded config, and ``run`` shows its effect end 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -17,7 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import itcp_deploy
 from itcp_deploy.api import PruneOptions
-from itcp_deploy.pipeline.config import ProfileSettings
+from itcp_deploy.pipeline.config import LoopSettings, ProfileSettings
+from itcp_deploy.pipeline.driver import retries_left
 from tests.conftest import run_cli
 from tests.test_probe import near_the_sla
 
@@ -127,3 +130,34 @@ def test_prune_precision_mixed(tmp_path, cache):
 def test_mixed_needs_itcp_and_every_target_mixed(tmp_path):
     code, _, err = run_cli("run", "cifar_resnet20", *COMMON, "--method", "uniform", "-o", str(tmp_path / "o"))
     assert code == 2 and "--precision mixed" in err and "Traceback" not in err
+
+
+def test_precision_and_latency_re_solves_have_their_own_budgets():
+    """Three precision re-solves by default (a narrower re-solved one-shot model has more near-ties: one reached
+    the agreement on 1 of 3 measured plans), apart from the latency correction's one; a re-solve that was both
+    counts for both."""
+    loop = LoopSettings()
+    assert retries_left(loop, []) == (True, True)
+    precision = {"aim_factor": {}, "fp32_groups": ["layer1.0.conv1"]}
+    assert retries_left(loop, [precision, precision]) == (True, True)
+    assert retries_left(loop, [precision] * 3) == (True, False)
+    both = {"aim_factor": {"t": 0.97}, "fp32_groups": ["layer1.0.conv1"]}
+    assert retries_left(loop, [both]) == (False, True)
+    assert retries_left(replace(loop, precision_retries=0, final_retries=2), [both]) == (True, False)
+
+
+def test_an_exhausted_precision_control_is_not_measured_again(monkeypatch):
+    """With its re-solves spent, the final stage does not run the control (a quantization per INT8 group), and a
+    latency miss the loop can correct still re-solves."""
+    from itcp_deploy.pipeline import driver
+
+    called = []
+    monkeypatch.setattr(driver, "_precision_control", lambda ctx: called.append(1) or (("g",), "precision"))
+    monkeypatch.setattr(driver, "_aim_factors", lambda ctx: ({}, ""))
+    retries = [{"aim_factor": {}, "fp32_groups": ["g"]}]
+    state = SimpleNamespace(retries=retries, retry=lambda stages, record: retries.append(record))
+    ctx = SimpleNamespace(config=SimpleNamespace(loop=LoopSettings(precision_retries=1)), state=state,
+                          log=lambda msg: None, folder=SimpleNamespace(finetune=Path("/nonexistent/finetune")))
+    assert not driver._solve_again(ctx) and not called and len(retries) == 1
+    monkeypatch.setattr(driver, "_aim_factors", lambda ctx: ({"t": 0.97}, "latency"))
+    assert driver._solve_again(ctx) and not called and retries[-1]["aim_factor"] == {"t": 0.97}

@@ -60,13 +60,17 @@ class LoopSettings:
     ``max_rounds`` times; ``bins``: budget resolution of the DP; ``timing`` measures each round,
     ``final_timing`` the final engine. ``final_retries``: how often a final engine that misses its SLA, though
     the loop measured its plan under the aim, sends the run back to the loop aiming lower by the difference
-    (then finetuning and the final engine again; the method's step 5)."""
+    (then finetuning and the final engine again; the method's step 5). ``precision_retries``: how often a
+    mixed-precision engine under ``--min-agreement`` sends it back with more groups held at FP32: a re-solve
+    narrows the widths to pay for them, and a narrower one-shot model has more near-ties, so one re-solve reached
+    the agreement on 1 of 3 measured 4x plans and up to three on all 3 (docs/benchmarks.md section 27)."""
 
     accept_low: float = 0.9
     max_rounds: int = 4
     bins: int = 1000
     max_timing_rounds: int = 100  # a noisy round is re-measured with up to this many timing rounds
     final_retries: int = 1
+    precision_retries: int = 3
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=50, rounds=20, runs_per_round=50))
     final_timing: TimingConfig = field(
         default_factory=lambda: TimingConfig(warmup=100, rounds=30, runs_per_round=100))
@@ -184,8 +188,9 @@ class RunConfig:
                              "pass e.g. --min-agreement 0.95 (0 turns the precision control off)")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
-        if not 0 < self.loop.accept_low <= 1 or self.loop.max_rounds < 1 or self.loop.final_retries < 0:
-            raise UsageError(f"accept_low must be in (0, 1], max_rounds >= 1 and final_retries >= 0, got "
-                             f"{self.loop.accept_low}, {self.loop.max_rounds} and {self.loop.final_retries}",
-                             "use the defaults (0.9, 4, 1)")
+        loop = self.loop
+        if not 0 < loop.accept_low <= 1 or loop.max_rounds < 1 or min(loop.final_retries, loop.precision_retries) < 0:
+            raise UsageError(f"accept_low must be in (0, 1], max_rounds >= 1, final_retries and precision_retries "
+                             f">= 0, got {loop.accept_low}, {loop.max_rounds}, {loop.final_retries} and "
+                             f"{loop.precision_retries}", "use the defaults (0.9, 4, 1, 3)")
         check_search(self.method, self.criterion, self.importance)

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from itcp_deploy.errors import UsageError
 from itcp_deploy.pipeline.closed_loop import latency_split, search_inputs
-from itcp_deploy.pipeline.config import DeployTarget, RunConfig
+from itcp_deploy.pipeline.config import DeployTarget, LoopSettings, RunConfig
 from itcp_deploy.pipeline.report import RunReport, levers_fields
 from itcp_deploy.pipeline.run_dir import RunFolder, RunState
 from itcp_deploy.pipeline.sources import ModelInputs
@@ -113,22 +113,30 @@ MIN_AIM_FACTOR = 0.8  # a final engine > 25% above the loop's engine of its plan
 
 
 def _solve_again(ctx: RunContext) -> bool:
-    """Send the run back to the loop (method step 5) when a final engine missed what the loop can correct, at most
-    ``loop.final_retries`` times: its latency (:func:`_aim_factors`) or, for a mixed-precision plan, its top-1
-    agreement with the FP32 model it came from (:func:`_precision_control`). Returns whether it did."""
+    """Send the run back to the loop (method step 5) when a final engine missed what the loop can correct: its
+    latency (:func:`_aim_factors`, at most ``loop.final_retries`` times) or, for a mixed-precision plan, its top-1
+    agreement with the FP32 model it came from (:func:`_precision_control`, at most ``loop.precision_retries``
+    times). Returns whether it did."""
     c, state = ctx.config, ctx.state
-    if len(state.retries) >= c.loop.final_retries:
-        return False
-    factors, latency_note = _aim_factors(ctx)
-    fp32_groups, precision_note = _precision_control(ctx)
+    latency_left, precision_left = retries_left(c.loop, state.retries)
+    factors, latency_note = _aim_factors(ctx) if latency_left else ({}, "")
+    fp32_groups, precision_note = _precision_control(ctx) if precision_left else ((), "")
     if not factors and not fp32_groups:
         return False
     note = "; ".join(n for n in (latency_note, precision_note) if n)
-    ctx.log(f"{note} (re-solve {len(state.retries) + 1} of {c.loop.final_retries})")
+    ctx.log(f"{note} (re-solve {len(state.retries) + 1})")
     if ctx.folder.finetune.is_dir():  # its checkpoint is the old plan's: kept aside, not resumed from
         ctx.folder.finetune.rename(ctx.folder.root / f"finetune.before-re-solve-{len(state.retries) + 1}")
     state.retry(RESOLVED_STAGES, {"note": note, "aim_factor": factors, "fp32_groups": list(fp32_groups)})
     return True
+
+
+def retries_left(loop: LoopSettings, retries: list[dict]) -> tuple[bool, bool]:
+    """Whether the latency correction and the precision control may each re-solve once more, given the
+    re-solves recorded so far (one may have been both)."""
+    latency = sum(bool(r.get("aim_factor")) for r in retries)
+    precision = sum(bool(r.get("fp32_groups")) for r in retries)
+    return latency < loop.final_retries, precision < loop.precision_retries
 
 
 def _aim_factors(ctx: RunContext) -> tuple[dict[str, float], str]:
