@@ -133,9 +133,9 @@ def test_mixed_needs_itcp_and_every_target_mixed(tmp_path):
 
 
 def test_precision_and_latency_re_solves_have_their_own_budgets():
-    """Three precision re-solves by default (a narrower re-solved one-shot model has more near-ties: one reached
-    the agreement on 1 of 3 measured plans), apart from the latency correction's one; a re-solve that was both
-    counts for both."""
+    """Three precision re-solves by default (a narrower re-solved one-shot model has more near-ties: the first
+    re-solve lowered three measured plans' agreement), apart from the latency correction's one; a re-solve that
+    was both counts for both."""
     loop = LoopSettings()
     assert retries_left(loop, []) == (True, True)
     precision = {"aim_factor": {}, "fp32_groups": ["layer1.0.conv1"]}

@@ -62,8 +62,8 @@ class LoopSettings:
     the loop measured its plan under the aim, sends the run back to the loop aiming lower by the difference
     (then finetuning and the final engine again; the method's step 5). ``precision_retries``: how often a
     mixed-precision engine under ``--min-agreement`` sends it back with more groups held at FP32: a re-solve
-    narrows the widths to pay for them, and a narrower one-shot model has more near-ties, so one re-solve reached
-    the agreement on 1 of 3 measured 4x plans and up to three on all 3 (docs/benchmarks.md section 27)."""
+    narrows the widths to pay for them, and a narrower one-shot model has more near-ties: on three 4x one-shot
+    plans the first re-solve lowered the agreement, two or three reached it (docs/benchmarks.md section 27)."""
 
     accept_low: float = 0.9
     max_rounds: int = 4
