@@ -256,15 +256,16 @@ def prune_run(b: Bench, seed: int, folder: Path, target: dict, spec: EngineSpec,
               precision: str | None = None):
     """One product run (``itcp_deploy.prune``) of ``target`` (``speedup=`` or ``sla_ms=``) at ``precision``
     (default ``spec``'s; ``spec``: the one-shot engine's); returns its result and the one-shot facts."""
-    a = b.args
+    a, precision = b.args, precision or spec.precision
     options = PruneOptions(name=a.model, data=a.data, weights=a.weights, calib=spec.calib, seed=seed,
-                           min_agreement=a.min_agreement, eval_loader=b.pipeline_batches, log=b.log(folder.name),
+                           min_agreement=a.min_agreement if precision == "mixed" else 0.0,  # the control is mixed's
+                           eval_loader=b.pipeline_batches, log=b.log(folder.name),
                            loop=LoopSettings(final_retries=a.final_retries, precision_retries=a.precision_retries),
                            recipe=FinetuneRecipe(epochs=a.epochs, lr=a.lr, train_subset=a.train_subset,
                                                  test_samples=a.test_samples),
                            profile=ProfileSettings(cache_dir=a.cache or str(b.out / "cache"), max_builds=a.max_builds))
     score = make_loader(b.inputs.plain, 64, shuffle=True, seed=seed)
-    result = itcp_deploy.prune(b.inputs.model, torch.zeros(b.shape), **target, precision=precision or spec.precision,
+    result = itcp_deploy.prune(b.inputs.model, torch.zeros(b.shape), **target, precision=precision,
                                score_loader=score, finetune=one_shot_hook(b, seed, folder, spec, check),
                                out_dir=folder, options=options)
     return result, json.loads((folder / "oneshot.json").read_text())

@@ -161,3 +161,44 @@ def test_an_exhausted_precision_control_is_not_measured_again(monkeypatch):
     assert not driver._solve_again(ctx) and not called and len(retries) == 1
     monkeypatch.setattr(driver, "_aim_factors", lambda ctx: ({"t": 0.97}, "latency"))
     assert driver._solve_again(ctx) and not called and retries[-1]["aim_factor"] == {"t": 0.97}
+
+
+@pytest.mark.parametrize("entry", ["run", "profile-engines", "prune"])
+def test_min_agreement_without_a_mixed_target_is_refused(tmp_path, entry):
+    """The control holds a mixed plan's INT8 groups at FP32; on an fp32 or int8 run it would do nothing, so
+    every entry point refuses it in one line rather than let the user think the engine is guarded."""
+    if entry == "prune":
+        from itcp_deploy.errors import UsageError
+        from itcp_deploy.models import create_model
+
+        options = PruneOptions(min_agreement=0.95, profile=ProfileSettings(cache_dir=str(tmp_path / "c")))
+        loader = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), batch_size=4)
+        with pytest.raises(UsageError, match="--precision mixed only"):
+            itcp_deploy.prune(create_model("cifar_resnet20", num_classes=10).eval(), torch.randn(1, 3, 32, 32),
+                              speedup=1.3, precision="int8", score_loader=loader, out_dir=tmp_path / "out",
+                              options=options)
+        assert not (tmp_path / "out").exists()
+        return
+    code, _, err = run_cli(entry, "cifar_resnet20", "--input-shape", "1x3x32x32", "--data", DATA, "--speedup", "1.3",
+                           "--min-agreement", "0.95", "-o", str(tmp_path / "out"))
+    assert code == 2 and "--precision mixed only" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def _note_ctx(agreement: float | None, retries: int) -> SimpleNamespace:
+    """A finished mixed run's context as the report reads it: one target whose engine measured ``agreement`` on
+    1,000 images (None: not measured), after ``retries`` precision re-solves, under --min-agreement 0.95."""
+    accuracy = {} if agreement is None else {"agreement_with_source": agreement, "images": 1000}
+    target = SimpleNamespace(name="t", engine=SimpleNamespace(precision="mixed"))
+    state = SimpleNamespace(retries=[{"aim_factor": {}, "fp32_groups": ["g"]}] * retries,
+                            done=lambda stage: {"targets": {"t": {"engine_accuracy": accuracy}}})
+    return SimpleNamespace(config=SimpleNamespace(min_agreement=0.95, targets=[target]), state=state)
+
+
+def test_the_report_says_when_min_agreement_is_unmet_or_unjudged():
+    from itcp_deploy.pipeline.driver import _agreement_note
+
+    assert _agreement_note(_note_ctx(0.97, 1)) is None  # over the aim (0.961 on 1,000 images)
+    assert "93.0% of 1000 evaluation images, under 96.1%" in _agreement_note(_note_ctx(0.93, 3))
+    assert "after 3 precision re-solve(s)" in _agreement_note(_note_ctx(0.93, 3))
+    assert "was not applied" in _agreement_note(_note_ctx(None, 0))

@@ -31,9 +31,9 @@ CompensateOpt = Annotated[bool, typer.Option("--compensate/--no-compensate", hel
 BlockRemovalOpt = Annotated[bool, typer.Option("--block-removal/--no-block-removal",
                                                help="Let residual branches be removed (width 0).")]
 MinAgreementOpt = Annotated[float, typer.Option(
-    "--min-agreement", min=0.0, max=1.0, help="--precision mixed: solve again, the INT8 groups that move most "
-    "top-1s held at FP32, unless the engine agrees with its FP32 model on this share of evaluation images (95% "
-    "confidence; 0: off, the default: held groups cost width).")]
+    "--min-agreement", min=0.0, max=1.0, help="--precision mixed: solve again (up to 3 times), the INT8 groups "
+    "that move most top-1s held at FP32, unless the engine agrees with its FP32 model on this share of evaluation "
+    "images (95% confidence; 0: off, the default: held groups cost width).")]
 WorkspaceOpt = Annotated[int, typer.Option("--workspace-mb", min=1,
                                            help="TensorRT builder workspace (MiB): raise it when a build fails.")]
 AdaptiveOpt = Annotated[bool, typer.Option(

@@ -186,6 +186,10 @@ class RunConfig:
         if not 0.0 <= self.min_agreement <= 1.0:
             raise UsageError(f"--min-agreement must be in [0, 1], got {self.min_agreement}",
                              "pass e.g. --min-agreement 0.95 (0 turns the precision control off)")
+        if self.min_agreement > 0 and not any(mixed):
+            raise UsageError("--min-agreement acts on --precision mixed only (it holds a mixed plan's INT8 groups "
+                             "at FP32)", "add --precision mixed, or gate an engine's agreement with "
+                             "`itcp-deploy check-latency --min-agreement A --reference DENSE --data D`")
         if self.recipe.epochs < 0:
             raise UsageError(f"--epochs must be >= 0, got {self.recipe.epochs}", "pass e.g. --epochs 1")
         loop = self.loop

@@ -168,16 +168,11 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
     from itcp_deploy.data.calibration import load_calibration
     from itcp_deploy.engines.evaluate import images_and_labels
     from itcp_deploy.pruning.int8_cost import Int8Loss, int8_disagreements
-    from itcp_deploy.search.precision import agreement_aim, keep_fp32
+    from itcp_deploy.search.precision import keep_fp32
 
-    c, final = ctx.config, ctx.state.done("final")["targets"]
-    measured = [a for t in c.targets if t.engine.precision == "mixed"
-                and "agreement_with_source" in (a := final[t.name].get("engine_accuracy") or {})]
-    plan = PruningPlan.load(ctx.folder.plan)
-    images = min((a["images"] for a in measured), default=0)
-    worst = min((a["agreement_with_source"] for a in measured), default=1.0)
-    aim = agreement_aim(c.min_agreement, images)
-    if not measured or worst >= aim or not plan.int8_groups:
+    c, plan = ctx.config, PruningPlan.load(ctx.folder.plan)
+    worst, aim, images = _agreement(ctx)
+    if not images or worst >= aim or not plan.int8_groups:
         return (), ""
     try:  # the images the agreement was measured on
         held = [images_and_labels(ctx.inputs.eval_loader or [], images)]
@@ -193,6 +188,37 @@ def _precision_control(ctx: RunContext) -> tuple[tuple[str, ...], str]:
                     f"under {aim:.1%} (--min-agreement {c.min_agreement:g} with 95% confidence): solving again "
                     f"with {', '.join(groups)} at FP32 (alone at INT8 they moved "
                     f"{', '.join(f'{alone[g]:.1%}' for g in groups)} of the top-1s)")
+
+
+def _agreement(ctx: RunContext) -> tuple[float, float, int]:
+    """The lowest top-1 agreement of a mixed final engine with the FP32 model it came from, the agreement
+    ``min_agreement`` asks of it on that many images (:func:`~itcp_deploy.search.precision.agreement_aim`), and
+    the images measured (0: no mixed engine's agreement was measured)."""
+    from itcp_deploy.search.precision import agreement_aim
+
+    c, final = ctx.config, ctx.state.done("final")["targets"]
+    measured = [a for t in c.targets if t.engine.precision == "mixed"
+                and "agreement_with_source" in (a := final[t.name].get("engine_accuracy") or {})]
+    images = min((a["images"] for a in measured), default=0)
+    worst = min((a["agreement_with_source"] for a in measured), default=1.0)
+    return worst, agreement_aim(c.min_agreement, images), images
+
+
+def _agreement_note(ctx: RunContext) -> str | None:
+    """What the report says when ``--min-agreement`` could not be met or not even judged: silence would read as
+    an engine that agrees enough."""
+    c = ctx.config
+    if c.min_agreement <= 0:
+        return None
+    worst, aim, images = _agreement(ctx)
+    if not images:
+        return (f"--min-agreement {c.min_agreement:g} was not applied: no mixed engine's agreement with its FP32 "
+                f"model was measured (it needs evaluation images at the engine's input size: --data with a test split)")
+    if worst >= aim:
+        return None
+    tries = sum(bool(r.get("fp32_groups")) for r in ctx.state.retries)
+    return (f"the mixed engine agrees with its FP32 model on {worst:.1%} of {images} evaluation images, under "
+            f"{aim:.1%} (--min-agreement {c.min_agreement:g} with 95% confidence), after {tries} precision re-solve(s)")
 
 
 def _fp32_costs(ctx: RunContext, plan: PruningPlan) -> dict[str, float]:
@@ -269,7 +295,8 @@ def report_of(ctx: RunContext) -> RunReport:
         method=c.method, epochs=c.recipe.epochs,
         perf_model_error={k: v for k, v in asdict(perf.report).items() if isinstance(v, float)} if perf.report else {},
         notes=[n for n in [s.done("scores").get("note"), _calibration_note(ctx)] if n] + list(loop.get("notes", []))
-        + [f"re-solved after the final stage: {r['note']}" for r in s.retries],
+        + [f"re-solved after the final stage: {r['note']}" for r in s.retries]
+        + [n for n in [_agreement_note(ctx)] if n],
         wall_s={k: v.get("wall_s", 0.0) for k, v in s.data["stages"].items()}, targets=entries,
         **levers_fields(c, fin))
     report.save(ctx.folder)
