@@ -18,7 +18,7 @@ from itcp_deploy.perfmodel import PerfModel  # noqa: E402
 from itcp_deploy.pipeline.run_dir import RunFolder  # noqa: E402
 from itcp_deploy.plan import PruningPlan  # noqa: E402
 from itcp_deploy.search.baselines import SearchInputs  # noqa: E402
-from itcp_deploy.search.precision import FP32, INT8, fp32_costs  # noqa: E402
+from itcp_deploy.search.precision import fp32_costs, plan_states  # noqa: E402
 
 
 def hold_costs(run: Path) -> dict:
@@ -27,8 +27,7 @@ def hold_costs(run: Path) -> dict:
     plan, perf = PruningPlan.load(folder.plan), PerfModel.load(folder.target("").perf_model)
     inputs = SearchInputs(perf.space, perf, folder.read_arrays(folder.scores),
                           int8_cost=json.loads(folder.int8_cost.read_text()))
-    states = {g.name: (g.candidates[-1] if g.fixed else plan.widths[g.name],
-                       INT8 if g.name in plan.int8_groups else FP32) for g in perf.space.groups}
+    states = plan_states(perf.space, plan.widths, plan.int8_groups)
     problem = inputs.problem()
     base = problem.cost(states)
     costs = fp32_costs(problem, states, plan.int8_groups)

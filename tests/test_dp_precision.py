@@ -20,7 +20,9 @@ from itcp_deploy.search.precision import (
     int8_groups,
     keep_fp32,
     mixed_problem,
+    plan_states,
     split_plan,
+    split_states,
 )
 from itcp_deploy.search.problem import problem_from_tables
 from itcp_deploy.space import CandidateGrid
@@ -234,8 +236,20 @@ def test_fp32_costs_are_the_time_each_int8_group_saves():
         assert ms == pytest.approx(problem.cost({**states, g: (states[g][0], FP32)}) - problem.cost(states))
         assert ms > 0  # INT8 is 40-90% of FP32 in these tables: holding a group at FP32 costs time
 
+
 def test_the_agreement_aim_covers_the_measurements_noise():
     """1,000 images at 0.95: 1.645 standard errors (0.0113) above; fewer images, a wider margin; 1 and 0 exact."""
     assert agreement_aim(0.95, 1000) == pytest.approx(0.95 + 1.645 * (0.95 * 0.05 / 1000) ** 0.5)
     assert agreement_aim(0.95, 128) > agreement_aim(0.95, 1000) > 0.95
     assert agreement_aim(1.0, 1000) == 1.0 and agreement_aim(0.0, 1000) == 0.0 and agreement_aim(0.9, 0) == 1.0
+
+
+def test_plan_states_is_split_states_inverse_and_checks_the_int8_groups():
+    space = resnet_space(1, SMALL)
+    widths = {g.name: g.candidates[0] for g in space.prunable}
+    states = plan_states(space, widths, ("layer1.0.conv1",))
+    assert split_states(states) == ({**widths, **{g.name: g.candidates[-1] for g in space.groups if g.fixed}},
+                                    ("layer1.0.conv1",))
+    fixed = next(g.name for g in space.groups if g.fixed)
+    with pytest.raises(UsageError, match="cannot be INT8"):
+        plan_states(space, widths, (fixed,))

@@ -161,8 +161,9 @@ class RunConfig:
     block_removal: bool = True
     # a mixed-precision plan whose final engine agrees with its FP32 model on fewer evaluation images is solved
     # again with the groups that disagree most held at FP32 (pipeline/driver.py). Off by default: at the same
-    # latency FP32 groups cost width: on ResNet-20/56 at 4x one-shot, 0.95 cost 0.7-15.4 points of top-1 and
-    # reached 0.95 on two of three engines (docs/benchmarks.md section 26)
+    # latency FP32 groups cost width: on ResNet-20/56 at 4x one-shot, 0.95 was reached on all three engines after
+    # up to three re-solves at a cost of 7.3-22.4 points of top-1; after one epoch it never re-solved
+    # (docs/benchmarks.md section 27)
     min_agreement: float = 0.0
 
     @property

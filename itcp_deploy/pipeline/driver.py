@@ -134,9 +134,13 @@ def _solve_again(ctx: RunContext) -> bool:
 def retries_left(loop: LoopSettings, retries: list[dict]) -> tuple[bool, bool]:
     """Whether the latency correction and the precision control may each re-solve once more, given the
     re-solves recorded so far (one may have been both)."""
-    latency = sum(bool(r.get("aim_factor")) for r in retries)
-    precision = sum(bool(r.get("fp32_groups")) for r in retries)
-    return latency < loop.final_retries, precision < loop.precision_retries
+    return (sum(bool(r.get("aim_factor")) for r in retries) < loop.final_retries,
+            _precision_tries(retries) < loop.precision_retries)
+
+
+def _precision_tries(retries: list[dict]) -> int:
+    """The re-solves the precision control asked for (a retry that held groups at FP32)."""
+    return sum(bool(r.get("fp32_groups")) for r in retries)
 
 
 def _aim_factors(ctx: RunContext) -> tuple[dict[str, float], str]:
@@ -216,7 +220,7 @@ def _agreement_note(ctx: RunContext) -> str | None:
                 f"model was measured (it needs evaluation images at the engine's input size: --data with a test split)")
     if worst >= aim:
         return None
-    tries = sum(bool(r.get("fp32_groups")) for r in ctx.state.retries)
+    tries = _precision_tries(ctx.state.retries)
     return (f"the mixed engine agrees with its FP32 model on {worst:.1%} of {images} evaluation images, under "
             f"{aim:.1%} (--min-agreement {c.min_agreement:g} with 95% confidence), after {tries} precision re-solve(s)")
 
@@ -225,14 +229,13 @@ def _fp32_costs(ctx: RunContext, plan: PruningPlan) -> dict[str, float]:
     """What holding each INT8 group of ``plan`` at FP32 would add to its predicted latency, as a share of the plan's
     (summed over the targets): what the precision control weighs a group's moved top-1s against."""
     from itcp_deploy.perfmodel import PerfModel
-    from itcp_deploy.search.precision import FP32, INT8, fp32_costs
+    from itcp_deploy.search.precision import fp32_costs, plan_states
 
     perf = [PerfModel.load(ctx.folder.target(t.name).perf_model) for t in ctx.config.targets]
     shares = dict.fromkeys(plan.int8_groups, 0.0)
     for inputs in search_inputs(ctx, perf, ctx.folder.read_arrays(ctx.folder.scores)):
         problem = inputs.problem()
-        states = {g.name: (g.candidates[-1] if g.fixed else plan.widths[g.name],
-                           INT8 if g.name in plan.int8_groups else FP32) for g in inputs.space.groups}
+        states = plan_states(inputs.space, plan.widths, plan.int8_groups)
         base = problem.cost(states)
         for g, ms in fp32_costs(problem, states, plan.int8_groups).items():
             shares[g] += ms / base

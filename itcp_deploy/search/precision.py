@@ -31,12 +31,13 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from itcp_deploy.errors import UsageError
-from itcp_deploy.perfmodel.mixed import FP32, INT8, MIXED, SAME, Combo
+from itcp_deploy.perfmodel.mixed import FP32, INT8, MIXED, SAME, Combo, group_precisions
 from itcp_deploy.search.problem import SearchProblem, Term, space_scores
 from itcp_deploy.space import PruningSpace
 
 __all__ = ["AGREEMENT_Z", "FP32", "INT8", "MIXED", "agreement_aim", "fp32_costs", "group_states", "int8_groups",
-           "keep_fp32", "mixed_problem", "problem_from_mixed", "split_plan", "split_states", "state_scores"]
+           "keep_fp32", "mixed_problem", "plan_states", "problem_from_mixed", "split_plan", "split_states",
+           "state_scores"]
 State = tuple[int, str]
 _RANK = {INT8: 0, FP32: 1}  # within one width, the cheaper, lower-scoring state first (as widths ascend)
 
@@ -71,6 +72,13 @@ def agreement_aim(min_agreement: float, images: int) -> float:
     if images <= 0:
         return 1.0
     return min(1.0, min_agreement + AGREEMENT_Z * math.sqrt(min_agreement * (1.0 - min_agreement) / images))
+
+
+def plan_states(space: PruningSpace, widths: Mapping[str, int], int8: Collection[str]) -> dict[str, State]:
+    """A plan as the search's states: each prunable group at its width in ``widths``, a fixed one at its full
+    width; the groups in ``int8`` at int8, every other at fp32 (the inverse of :func:`split_states`)."""
+    precisions = group_precisions(space, int8)
+    return {g.name: (g.candidates[-1] if g.fixed else int(widths[g.name]), precisions[g.name]) for g in space.groups}
 
 
 def fp32_costs(problem: SearchProblem, states: Mapping[str, State], groups: Sequence[str]) -> dict[str, float]:
